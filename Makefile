@@ -1,0 +1,61 @@
+# streamscore — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell echo "$(CURDIR)" | md5sum | cut -c1-8)
+DEMO_ARGS ?=
+
+.PHONY: help install lint format test test-unit test-integration demo up down status schemas clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv
+	@UV="$$(command -v uv || echo python3 -m uv)"; \
+	  test -x $(PY) || $$UV venv -q -p python3.11 $(VENV); \
+	  echo "installing streamscore and its dependencies into $(VENV) (torch pulls several GB the first time)"; \
+	  $$UV pip install --python $(PY) -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create the virtualenv with every dependency and fetch the Kafka jars
+	@$(BIN)/python -c "from streamscore.infra.kafka import fetch_jars; from streamscore.infra.settings import InfraSettings; fetch_jars(InfraSettings()) and print('Kafka jars cached in deploy/local/lib')"
+
+lint: install ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: install ## All tests: unit + integration against a real Kafka broker and redis-server
+	$(BIN)/pytest
+
+test-unit: install ## Unit tests only (no network)
+	$(BIN)/pytest tests/unit
+
+test-integration: install ## Integration tests only (starts its own broker and Redis on free ports)
+	$(BIN)/pytest tests/integration
+
+demo: install ## Start the local stack and show live traffic flowing through it
+	$(BIN)/streamscore demo $(DEMO_ARGS)
+
+up: install ## Start the local stack (Kafka + Redis + topics)
+	$(BIN)/streamscore infra up
+
+down: ## Stop the local stack
+	$(BIN)/streamscore infra down
+
+status: ## Show what the local stack runs
+	$(BIN)/streamscore infra status
+
+schemas: install ## Regenerate the JSON Schemas in docs/schemas/
+	$(BIN)/streamscore schemas export
+
+clean: ## Remove caches (not the virtualenv, not the Kafka jars)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache

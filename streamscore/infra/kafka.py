@@ -1,0 +1,165 @@
+"""The local Apache Kafka broker: official jars from Maven Central, KRaft combined broker/controller."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import subprocess
+import uuid
+from pathlib import Path
+
+from streamscore.errors import InfraError
+from streamscore.infra.process import ProcessRecord, require_tool, spawn
+from streamscore.infra.settings import InfraSettings
+
+log = logging.getLogger(__name__)
+
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
+_VERSION_MARKER = ".kafka-version"
+
+
+def pinned_version(pom: Path) -> str:
+    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom.read_text())
+    if not match:
+        raise InfraError("kafka", f"{pom} does not declare <kafka.version>")
+    return match.group(1)
+
+
+def jars_ready(settings: InfraSettings) -> bool:
+    marker = settings.jars_dir / _VERSION_MARKER
+    version = pinned_version(settings.pom)
+    return marker.exists() and marker.read_text().strip() == version and any(settings.jars_dir.glob("kafka_*.jar"))
+
+
+def fetch_jars(settings: InfraSettings) -> bool:
+    """Copy the broker jars into the cache with Maven; a no-op when the pinned version is cached.
+
+    Returns True when Maven ran.
+    """
+    if jars_ready(settings):
+        return False
+    mvn = require_tool("mvn")
+    version = pinned_version(settings.pom)
+    settings.jars_dir.mkdir(parents=True, exist_ok=True)
+    for stale in settings.jars_dir.glob("*.jar"):
+        stale.unlink()
+    argv = [
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(settings.pom),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={settings.jars_dir}",
+    ]
+    log.info("fetching Kafka %s jars with Maven into %s", version, settings.jars_dir)
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise InfraError(
+            "maven",
+            f"`{' '.join(argv)}` failed with exit code {result.returncode}",
+            (result.stdout + result.stderr)[-4000:],
+        )
+    (settings.jars_dir / _VERSION_MARKER).write_text(version + "\n")
+    return True
+
+
+def kafka_dir(settings: InfraSettings) -> Path:
+    return settings.data_dir / "kafka"
+
+
+def server_properties(settings: InfraSettings) -> str:
+    """A single combined broker/controller on loopback, with what one node needs for transactions."""
+    data = kafka_dir(settings) / "data"
+    return f"""\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{settings.controller_port}
+listeners=PLAINTEXT://127.0.0.1:{settings.kafka_port},CONTROLLER://127.0.0.1:{settings.controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{settings.kafka_port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={data}
+num.partitions=6
+default.replication.factor=1
+min.insync.replicas=1
+# One node: internal topics cannot have more than one replica, or transactions and groups hang.
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=6
+# No reason to wait for more members to join a group on a single developer machine.
+group.initial.rebalance.delay.ms=0
+# Every topic comes from the registry (or Faust's own changelogs), never from a typo in a client.
+auto.create.topics.enable=false
+delete.topic.enable=true
+num.network.threads=2
+num.io.threads=4
+log.retention.hours=168
+"""
+
+
+def log4j_properties(log_file: Path) -> str:
+    return f"""\
+log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.RollingFileAppender
+log4j.appender.file.File={log_file}
+log4j.appender.file.MaxFileSize=20MB
+log4j.appender.file.MaxBackupIndex=2
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.state.change.logger=WARN
+log4j.logger.org.apache.kafka.controller=WARN
+log4j.logger.kafka.log.LogCleaner=WARN
+"""
+
+
+def _java_base(settings: InfraSettings) -> list[str]:
+    java = require_tool("java")
+    base = kafka_dir(settings)
+    return [
+        java,
+        "-Xms256m",
+        f"-Xmx{settings.kafka_heap}",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j.configuration=file:{base / 'log4j.properties'}",
+        f"-Dkafka.logs.dir={base / 'logs'}",
+        "-cp",
+        str(settings.jars_dir / "*"),
+    ]
+
+
+def prepare(settings: InfraSettings) -> Path:
+    """Write the configuration and format KRaft storage once; returns the server.properties path."""
+    base = kafka_dir(settings)
+    (base / "logs").mkdir(parents=True, exist_ok=True)
+    props = base / "server.properties"
+    props.write_text(server_properties(settings))
+    (base / "log4j.properties").write_text(log4j_properties(base / "logs" / "server.log"))
+    if (base / "data" / "meta.properties").exists():
+        return props
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    argv = [*_java_base(settings), STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(props)]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise InfraError("kafka", "formatting KRaft storage failed", (result.stdout + result.stderr)[-4000:])
+    return props
+
+
+def start(settings: InfraSettings) -> ProcessRecord:
+    props = prepare(settings)
+    base = kafka_dir(settings)
+    argv = [*_java_base(settings), MAIN_CLASS, str(props)]
+    # The properties path is unique to this data dir: it identifies our broker among other JVMs.
+    return spawn("kafka", argv, base / "logs" / "stdout.log", settings.kafka_port, marker=str(props))
+
+
+def server_log(settings: InfraSettings) -> Path:
+    return kafka_dir(settings) / "logs" / "server.log"

@@ -1,0 +1,155 @@
+"""`streamscore infra up|down|status`: the local stack as one object.
+
+`up` is idempotent: services already running (per the pid file) are kept, topics already present are
+kept. `down` stops exactly the processes `up` recorded, by process id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from streamscore.errors import BrokerUnavailableError, InfraError
+from streamscore.infra import kafka as local_kafka
+from streamscore.infra import redis as local_redis
+from streamscore.infra.process import ProcessRecord, StateFile, is_running, require_tool, stop, tail
+from streamscore.infra.settings import InfraSettings
+from streamscore.kafka import TopicReport, admin_client, ensure_topics, wait_for_broker
+from streamscore.topics import TopicRegistry
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[str], None]
+
+
+@dataclass
+class UpReport:
+    started: list[str] = field(default_factory=list)
+    already_running: list[str] = field(default_factory=list)
+    jars_fetched: bool = False
+    kafka_ready_s: float | None = None
+    redis_ready_s: float | None = None
+    topics: TopicReport = field(default_factory=TopicReport)
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    running: bool
+    pid: int | None
+    port: int | None
+    uptime_s: float | None
+    log: str | None
+
+
+@dataclass
+class StackStatus:
+    services: list[ServiceStatus]
+    topics: dict[str, int] | None
+    """Topic name → partition count, when the broker answers."""
+
+
+class LocalStack:
+    def __init__(self, settings: InfraSettings | None = None) -> None:
+        self.settings = settings or InfraSettings()
+        self.state = StateFile(self.settings.data_dir / "stack.json")
+
+    def up(self, registry: TopicRegistry | None = None, on_step: StepCallback | None = None) -> UpReport:
+        step = on_step or (lambda message: log.info("%s", message))
+        for tool in ("java", "mvn", "redis-server"):
+            require_tool(tool)
+        report = UpReport()
+        records = {name: r for name, r in self.state.load().items() if is_running(r)}
+
+        step("checking the Kafka jars cache")
+        report.jars_fetched = local_kafka.fetch_jars(self.settings)
+
+        if "kafka" in records:
+            report.already_running.append("kafka")
+        else:
+            step(f"starting Kafka on 127.0.0.1:{self.settings.kafka_port}")
+            records["kafka"] = local_kafka.start(self.settings)
+            self.state.save(records)
+            report.started.append("kafka")
+
+        if "redis" in records:
+            report.already_running.append("redis")
+        else:
+            step(f"starting redis-server on 127.0.0.1:{self.settings.redis_port}")
+            records["redis"] = local_redis.start(self.settings)
+            self.state.save(records)
+            report.started.append("redis")
+
+        step("waiting for redis to answer PING")
+        report.redis_ready_s = local_redis.wait_ready(records["redis"], self.settings.start_timeout_s)
+        step("waiting for the Kafka broker to answer")
+        report.kafka_ready_s = self._wait_kafka(records["kafka"])
+
+        if registry is not None:
+            step(f"creating {len(registry.all())} topics")
+            report.topics = ensure_topics(self.settings.kafka_settings(), registry.all())
+        return report
+
+    def _wait_kafka(self, record: ProcessRecord) -> float:
+        started = time.monotonic()
+        kafka = self.settings.kafka_settings()
+        while True:
+            if not is_running(record):
+                raise InfraError(
+                    "kafka", "the broker exited during start-up", tail(local_kafka.server_log(self.settings))
+                    or tail(record.log)
+                )
+            try:
+                wait_for_broker(kafka, timeout_s=1.0)
+                return time.monotonic() - started
+            except BrokerUnavailableError:
+                if time.monotonic() - started > self.settings.start_timeout_s:
+                    raise InfraError(
+                        "kafka",
+                        f"no answer on {kafka.bootstrap_servers} within {self.settings.start_timeout_s:.0f} s",
+                        tail(local_kafka.server_log(self.settings)) or tail(record.log),
+                    ) from None
+
+    def down(self, on_step: StepCallback | None = None) -> list[str]:
+        """Stop what `up` started (Redis first, then the broker); returns the names stopped."""
+        step = on_step or (lambda message: log.info("%s", message))
+        records = self.state.load()
+        stopped = []
+        for name in ("redis", "kafka"):
+            record = records.pop(name, None)
+            if record is None:
+                continue
+            step(f"stopping {name} (pid {record.pid})")
+            if stop(record, timeout_s=30.0):
+                stopped.append(name)
+        self.state.save(records)
+        return stopped
+
+    def status(self) -> StackStatus:
+        records = self.state.load()
+        services = []
+        for name in ("kafka", "redis"):
+            record = records.get(name)
+            running = record is not None and is_running(record)
+            services.append(
+                ServiceStatus(
+                    name=name,
+                    running=running,
+                    pid=record.pid if record else None,
+                    port=record.port if record else None,
+                    uptime_s=time.time() - record.started_at if record and running else None,
+                    log=record.log if record else None,
+                )
+            )
+        topics = None
+        if services[0].running:
+            try:
+                metadata = admin_client(self.settings.kafka_settings()).list_topics(timeout=3.0)
+                topics = {
+                    name: len(t.partitions) for name, t in sorted(metadata.topics.items()) if not name.startswith("__")
+                }
+            except Exception:  # noqa: BLE001 - status must report, not fail
+                topics = None
+        return StackStatus(services, topics)

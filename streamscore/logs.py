@@ -1,0 +1,16 @@
+"""Logging, configured once by an entry point."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def configure(level: str | int | None = None) -> None:
+    """Plain `time level logger message` lines on stderr; `LOG_LEVEL` overrides the default."""
+    chosen = level or os.environ.get("LOG_LEVEL", "INFO")
+    logging.basicConfig(
+        level=chosen.upper() if isinstance(chosen, str) else chosen,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        force=True,
+    )

@@ -1,0 +1,64 @@
+"""The one topic registry. No topic name is written anywhere else in the code base.
+
+Names can carry a prefix (`TOPICS_PREFIX`), so tests and several environments can share one broker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+CleanupPolicy = Literal["delete", "compact", "compact,delete"]
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One topic: what it holds and how the broker keeps it."""
+
+    name: str
+    key: str
+    value: str
+    partitions: int
+    cleanup_policy: CleanupPolicy = "delete"
+    retention_ms: int = 7 * DAY_MS
+
+    def config(self) -> dict[str, str]:
+        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRegistry:
+    """Every topic of the system, named with an optional prefix and a default partition count."""
+
+    transactions: TopicSpec
+    labels: TopicSpec
+    scores: TopicSpec
+    scores_shadow: TopicSpec
+    dlq: TopicSpec
+    monitor_drift: TopicSpec
+    monitor_ab: TopicSpec
+    monitor_alerts: TopicSpec
+
+    @classmethod
+    def build(cls, prefix: str = "", partitions: int = 6) -> TopicRegistry:
+        def spec(name: str, key: str, value: str, **kw: object) -> TopicSpec:
+            return TopicSpec(prefix + name, key, value, partitions, **kw)  # type: ignore[arg-type]
+
+        return cls(
+            transactions=spec("transactions", "account_id", "Transaction"),
+            labels=spec("labels", "account_id", "Label", retention_ms=30 * DAY_MS),
+            scores=spec("scores", "account_id", "Score"),
+            scores_shadow=spec("scores.shadow", "account_id", "Score (variant=shadow)"),
+            dlq=spec("transactions.dlq", "original key", "original bytes; reason in headers", retention_ms=30 * DAY_MS),
+            monitor_drift=spec("monitor.drift", "feature", "DriftReport (JSON)"),
+            monitor_ab=spec("monitor.ab", "experiment", "ABReport (JSON)"),
+            monitor_alerts=spec("monitor.alerts", "feature or experiment", "Alert (JSON)", retention_ms=30 * DAY_MS),
+        )
+
+    def all(self) -> list[TopicSpec]:
+        return [getattr(self, name) for name in self.__dataclass_fields__]
+
+    def with_partitions(self, partitions: int) -> TopicRegistry:
+        return TopicRegistry(**{n: replace(getattr(self, n), partitions=partitions) for n in self.__dataclass_fields__})

@@ -1,0 +1,1 @@
+"""The umbrella CLI `streamscore`: wires the services, holds no logic of its own."""

@@ -1,0 +1,206 @@
+"""Every invalid transaction is rejected with the right dead-letter reason and a message naming the field."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from streamscore.contracts import (
+    DEAD_LETTER_MESSAGE_LIMIT,
+    DeadLetter,
+    DeadLetterReason,
+    Label,
+    Score,
+    Transaction,
+    decode_transaction,
+    headers_for,
+    is_traceparent,
+    json_schemas,
+)
+from streamscore.errors import EventError
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def valid() -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "event_id": "evt-1",
+        "account_id": "acc-000001",
+        "merchant_id": "mer-00001",
+        "merchant_category": "5411",
+        "amount": 42.5,
+        "currency": "EUR",
+        "country": "DE",
+        "channel": "pos",
+        "device_id": "dev-1",
+        "event_time": "2026-11-24T10:00:00+01:00",
+    }
+
+
+def encode(data: dict[str, Any]) -> bytes:
+    return json.dumps(data).encode()
+
+
+def reason_of(value: bytes, key: bytes | None = b"acc-000001", headers: list[tuple[str, bytes]] | None = None) -> str:
+    with pytest.raises(EventError) as info:
+        decode_transaction(key, value, headers)
+    assert info.value.detail, "a dead letter must say what is wrong"
+    return info.value.reason
+
+
+def test_valid_transaction_round_trips() -> None:
+    tx = decode_transaction(b"acc-000001", encode(valid()))
+    assert tx.amount == 42.5
+    assert tx.event_time.utcoffset() == timedelta(hours=1)
+    assert decode_transaction(b"acc-000001", tx.to_json()) == tx
+
+
+def with_(**changes: Any) -> bytes:
+    data = valid()
+    data.update(changes)
+    return encode(data)
+
+
+def without(field: str) -> bytes:
+    data = valid()
+    del data[field]
+    return encode(data)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "field"),
+    [
+        (b"\xff\xfe{}", DeadLetterReason.NOT_UTF8, None),
+        (b'{"event_id": ', DeadLetterReason.NOT_JSON, None),
+        (b"[1, 2]", DeadLetterReason.SCHEMA_INVALID, None),
+        (b'"text"', DeadLetterReason.SCHEMA_INVALID, None),
+        (without("amount"), DeadLetterReason.SCHEMA_INVALID, "amount"),
+        (with_(surprise=1), DeadLetterReason.SCHEMA_INVALID, "surprise"),
+        (with_(amount="42.5"), DeadLetterReason.SCHEMA_INVALID, "amount"),
+        (with_(channel="atm"), DeadLetterReason.SCHEMA_INVALID, "channel"),
+        (with_(merchant_category="54"), DeadLetterReason.SCHEMA_INVALID, "merchant_category"),
+        (with_(account_id="acc 1/"), DeadLetterReason.SCHEMA_INVALID, "account_id"),
+        (with_(schema_version=2), DeadLetterReason.UNKNOWN_SCHEMA_VERSION, "schema_version"),
+        (encode(valid()).replace(b"42.5", b"NaN"), DeadLetterReason.NON_FINITE_NUMBER, "amount"),
+        (encode(valid()).replace(b"42.5", b"Infinity"), DeadLetterReason.NON_FINITE_NUMBER, "amount"),
+        (encode(valid()).replace(b"42.5", b"1e999"), DeadLetterReason.NON_FINITE_NUMBER, "amount"),
+        (with_(amount=0), DeadLetterReason.OUT_OF_RANGE, "amount"),
+        (with_(amount=-3.0), DeadLetterReason.OUT_OF_RANGE, "amount"),
+        (with_(amount=1_000_000.01), DeadLetterReason.OUT_OF_RANGE, "amount"),
+        (with_(currency="EUX"), DeadLetterReason.INVALID_CODE, "currency"),
+        (with_(currency="eur"), DeadLetterReason.INVALID_CODE, "currency"),
+        (with_(country="XX"), DeadLetterReason.INVALID_CODE, "country"),
+        (with_(event_time="2026-11-24T10:00:00"), DeadLetterReason.INVALID_TIMESTAMP, "event_time"),
+        (with_(event_time="yesterday"), DeadLetterReason.INVALID_TIMESTAMP, "event_time"),
+        (with_(event_time="1999-12-31T23:00:00Z"), DeadLetterReason.INVALID_TIMESTAMP, "event_time"),
+    ],
+)
+def test_defective_transactions_get_their_reason(value: bytes, reason: str, field: str | None) -> None:
+    with pytest.raises(EventError) as info:
+        decode_transaction(b"acc-000001", value)
+    assert info.value.reason == reason
+    if field:
+        assert field in info.value.detail
+
+
+def test_record_level_defects() -> None:
+    good = encode(valid())
+    assert reason_of(good, key=None) == DeadLetterReason.MISSING_KEY
+    assert reason_of(good, key=b"") == DeadLetterReason.MISSING_KEY
+    assert reason_of(good, key=b"acc-999") == DeadLetterReason.KEY_MISMATCH
+    assert reason_of(b"{" + b" " * 70_000 + b"}") == DeadLetterReason.OVERSIZE
+    assert reason_of(good, headers=[("content-type", b"application/avro")]) == DeadLetterReason.UNSUPPORTED_CONTENT_TYPE
+    with pytest.raises(EventError):
+        decode_transaction(b"acc-000001", None)
+    # A JSON content type with parameters is still JSON.
+    decode_transaction(b"acc-000001", good, [("content-type", b"application/json; charset=utf-8")])
+
+
+def test_python_construction_is_strict_too() -> None:
+    with pytest.raises(ValidationError, match="timezone"):
+        Transaction.model_validate({**valid(), "event_time": datetime(2026, 1, 1)}, strict=False)
+    with pytest.raises(ValidationError, match="finite"):
+        Transaction.model_validate({**valid(), "amount": float("nan")}, strict=False)
+
+
+def test_label_and_score_are_validated() -> None:
+    now = datetime.now(UTC)
+    label = Label(event_id="e", account_id="a", is_fraud=True, event_time=now, labeled_at=now)
+    assert Label.model_validate_json(label.to_json()) == label
+    score = {
+        "event_id": "e",
+        "account_id": "a",
+        "score": 0.2,
+        "decision": "approve",
+        "model_name": "fraud-detector",
+        "model_version": "3",
+        "variant": "champion",
+        "experiment_id": "exp-1",
+        "feature_status": "ok",
+        "amount": 10.0,
+        "currency": "USD",
+        "event_time": now.isoformat(),
+        "scored_time": now.isoformat(),
+        "latency_ms": 3.2,
+    }
+    assert Score.model_validate_json(json.dumps(score)).source == "stream"
+    for bad in ({"score": 1.5}, {"decision": "maybe"}, {"feature_status": "stale"}, {"latency_ms": -1}):
+        with pytest.raises(ValidationError):
+            Score.model_validate_json(json.dumps({**score, **bad}))
+
+
+def test_dead_letter_headers_round_trip_and_cap_the_message() -> None:
+    payload = b"\x00" * 10
+    letter = DeadLetter.build(
+        payload,
+        original_topic="transactions",
+        original_partition=3,
+        original_offset=17,
+        original_timestamp_ms=1_700_000_000_000,
+        consumer_group="scorer",
+        stage="decode",
+        error_class=DeadLetterReason.NOT_JSON,
+        error_message="ü" * 5000,
+        scorer_version="0.1.0",
+    )
+    assert len(letter.error_message.encode()) <= DEAD_LETTER_MESSAGE_LIMIT
+    assert letter.payload_size == 10
+    assert len(letter.payload_sha256) == 64
+    headers = letter.to_headers()
+    assert all(name.startswith("dlq-") for name, _ in headers)
+    assert DeadLetter.from_headers(headers + [("traceparent", b"x")]) == letter
+
+
+def test_standard_headers() -> None:
+    tx = Transaction.model_validate_json(encode(valid()))
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    headers = dict(headers_for(tx, tp, model_version="4"))
+    assert headers == {
+        "content-type": b"application/json",
+        "schema-version": b"1",
+        "traceparent": tp.encode(),
+        "model-version": b"4",
+    }
+    assert is_traceparent(tp)
+    assert not is_traceparent("01-xyz")
+
+
+def test_committed_json_schemas_are_current() -> None:
+    directory = REPO / "docs" / "schemas"
+    for name, text in json_schemas().items():
+        path = directory / name
+        assert path.exists(), f"{path} is missing: run `make schemas`"
+        assert path.read_text() == text, f"{path} is stale: run `make schemas`"
+
+
+def test_json_schema_is_strict() -> None:
+    schema = json.loads(json_schemas()["Transaction.schema.json"])
+    assert schema["additionalProperties"] is False
+    assert "EUR" in schema["properties"]["currency"]["enum"]
+    assert set(schema["required"]) >= {"event_id", "account_id", "amount", "currency", "event_time"}
