@@ -63,7 +63,9 @@ class EventProducer:
         self.topics = topics
         self.stats = DeliveryStats()
 
-    def send_transaction(self, event: Transaction | Mapping[str, Any], *, traceparent: str | None = None) -> Transaction:
+    def send_transaction(
+        self, event: Transaction | Mapping[str, Any], *, traceparent: str | None = None
+    ) -> Transaction:
         tx = event if isinstance(event, Transaction) else Transaction.model_validate(dict(event), strict=False)
         self._send(self.topics.transactions.name, tx.account_id, tx, traceparent)
         return tx

@@ -95,13 +95,15 @@ def run_live(
     stream = generator.stream(datetime.now(UTC), rate_per_s=run.rate if run.rate > 0 else 1000.0)
     for generated in stream:
         now = time.monotonic()
-        if (run.events is not None and summary.events >= run.events) or (
-            run.duration_s is not None and now - started >= run.duration_s
-        ) or should_stop():
+        # Pace against the schedule, not the previous event, so short stalls are caught up.
+        due = started + summary.events / run.rate if run.rate > 0 else now
+        if (
+            (run.events is not None and summary.events >= run.events)
+            or (run.duration_s is not None and max(now, due) - started >= run.duration_s)
+            or should_stop()
+        ):
             break
         if run.rate > 0:
-            # Pace against the schedule, not the previous event, so short stalls are caught up.
-            due = started + summary.events / run.rate
             while now < due:
                 send_due_labels(now)
                 time.sleep(min(due - now, 0.05))

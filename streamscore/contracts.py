@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cache
@@ -36,6 +37,12 @@ MAX_MESSAGE_BYTES = 64 * 1024
 DEAD_LETTER_MESSAGE_LIMIT = 1024
 """Dead-letter reason messages are capped at this many UTF-8 bytes."""
 EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+Headers = list[tuple[str, str | bytes | None]]
+"""Kafka record headers as confluent-kafka accepts them."""
+HeadersIn = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None]
+"""Kafka record headers as confluent-kafka may return them."""
 
 
 class Header:
@@ -244,17 +251,18 @@ class DeadLetter(Contract):
         fields["error_message"] = cls.cap_message(str(fields.get("error_message", "")))
         return cls(payload_size=len(data), payload_sha256=hashlib.sha256(data).hexdigest(), **fields)
 
-    def to_headers(self) -> list[tuple[str, bytes]]:
+    def to_headers(self) -> Headers:
         return [
             (_DLQ_PREFIX + name.replace("_", "-"), str(value).encode())
             for name, value in self.model_dump(mode="json").items()
         ]
 
     @classmethod
-    def from_headers(cls, headers: list[tuple[str, bytes]] | None) -> DeadLetter:
+    def from_headers(cls, headers: HeadersIn | None) -> DeadLetter:
+        pairs = headers.items() if isinstance(headers, Mapping) else headers or []
         raw = {
-            name[len(_DLQ_PREFIX) :].replace("-", "_"): value.decode()
-            for name, value in headers or []
+            name[len(_DLQ_PREFIX) :].replace("-", "_"): value.decode() if isinstance(value, bytes) else value
+            for name, value in pairs
             if name.startswith(_DLQ_PREFIX) and value is not None
         }
         return cls.model_validate(raw, strict=False)
@@ -302,17 +310,19 @@ def describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _header(headers: list[tuple[str, bytes]] | None, name: str) -> bytes | None:
-    for key, value in headers or []:
+def header_value(headers: HeadersIn | None, name: str) -> bytes | None:
+    """The first value of header `name`, as bytes."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or []
+    for key, value in pairs:
         if key == name:
-            return value
+            return value.encode() if isinstance(value, str) else value
     return None
 
 
 def decode_transaction(
     key: bytes | None,
     value: bytes | None,
-    headers: list[tuple[str, bytes]] | None = None,
+    headers: HeadersIn | None = None,
     *,
     max_bytes: int = MAX_MESSAGE_BYTES,
 ) -> Transaction:
@@ -321,7 +331,7 @@ def decode_transaction(
         raise EventError(DeadLetterReason.SCHEMA_INVALID, "the record has no value (tombstone)")
     if len(value) > max_bytes:
         raise EventError(DeadLetterReason.OVERSIZE, f"payload of {len(value)} bytes exceeds {max_bytes}")
-    content_type = _header(headers, Header.CONTENT_TYPE)
+    content_type = header_value(headers, Header.CONTENT_TYPE)
     if content_type is not None and content_type.split(b";")[0].strip() != CONTENT_TYPE_JSON.encode():
         raise EventError(
             DeadLetterReason.UNSUPPORTED_CONTENT_TYPE,
@@ -353,8 +363,8 @@ def parse_event(model: type[ContractT], value: bytes) -> ContractT:
         raise EventError(_classify(exc), describe(exc)) from None
 
 
-def headers_for(event: Contract, traceparent: str | None = None, **extra: str) -> list[tuple[str, bytes]]:
-    headers = [
+def headers_for(event: Contract, traceparent: str | None = None, **extra: str) -> Headers:
+    headers: Headers = [
         (Header.CONTENT_TYPE, CONTENT_TYPE_JSON.encode()),
         (Header.SCHEMA_VERSION, str(event.SCHEMA_VERSION).encode()),
     ]
@@ -375,9 +385,6 @@ def is_traceparent(value: str) -> bool:
 def json_schemas() -> dict[str, str]:
     """JSON Schema text for every event, as written to docs/schemas/."""
     return {
-        f"{name}.schema.json": json.dumps(
-            model.model_json_schema(mode="validation"), indent=2, sort_keys=True
-        )
-        + "\n"
+        f"{name}.schema.json": json.dumps(model.model_json_schema(mode="validation"), indent=2, sort_keys=True) + "\n"
         for name, model in EVENT_MODELS.items()
     }

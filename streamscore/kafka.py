@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streamscore.errors import BrokerUnavailableError
 from streamscore.settings import KafkaSettings
@@ -21,6 +22,8 @@ from streamscore.topics import TopicSpec
 log = logging.getLogger(__name__)
 
 PARTITIONER = "murmur2_random"
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+"""librdkafka's own log lines go through Python logging (served on poll), not straight to stderr."""
 
 
 def producer_config(
@@ -31,11 +34,12 @@ def producer_config(
     linger_ms: int = 10,
     batch_bytes: int = 512 * 1024,
     compression: str = "lz4",
-) -> dict[str, str | int | bool]:
+) -> dict[str, Any]:
     """An idempotent producer (acks=all, ordered per partition), transactional when an id is given."""
-    config: dict[str, str | int | bool] = {
+    config: dict[str, Any] = {
         **kafka.client_config(),
         "client.id": f"{kafka.client_id_prefix}-{client_id}",
+        "logger": LIBRDKAFKA_LOG,
         "enable.idempotence": True,
         "acks": "all",
         "partitioner": PARTITIONER,
@@ -58,12 +62,13 @@ def consumer_config(
     read_committed: bool = True,
     auto_offset_reset: str = "earliest",
     enable_auto_commit: bool = False,
-) -> dict[str, str | int | bool]:
+) -> dict[str, Any]:
     """A consumer that reads only committed transactional data and commits offsets explicitly."""
     return {
         **kafka.client_config(),
         "group.id": group_id,
         "client.id": f"{kafka.client_id_prefix}-{client_id}",
+        "logger": LIBRDKAFKA_LOG,
         "isolation.level": "read_committed" if read_committed else "read_uncommitted",
         "auto.offset.reset": auto_offset_reset,
         "enable.auto.commit": enable_auto_commit,
@@ -72,7 +77,11 @@ def consumer_config(
 
 
 def admin_client(kafka: KafkaSettings, *, quiet: bool = False) -> AdminClient:
-    config: dict[str, str | int] = {**kafka.client_config(), "client.id": f"{kafka.client_id_prefix}-admin"}
+    config: dict[str, Any] = {
+        **kafka.client_config(),
+        "client.id": f"{kafka.client_id_prefix}-admin",
+        "logger": LIBRDKAFKA_LOG,
+    }
     if quiet:
         # Probing a broker that is still starting: "connection refused" is expected, not worth a log line.
         config["log_level"] = 2

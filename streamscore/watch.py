@@ -27,9 +27,7 @@ class TopicWatcher:
 
     def __init__(self, kafka: KafkaSettings, topics: list[str], *, from_beginning: bool = False) -> None:
         group = f"streamscore-watch-{uuid.uuid4().hex[:8]}"
-        config = consumer_config(
-            kafka, group, "watch", auto_offset_reset="earliest" if from_beginning else "latest"
-        )
+        config = consumer_config(kafka, group, "watch", auto_offset_reset="earliest" if from_beginning else "latest")
         self._consumer = Consumer(config)
         self._consumer.subscribe(topics)
         self.counts: dict[str, TopicCounts] = {topic: TopicCounts() for topic in topics}
@@ -47,11 +45,12 @@ class TopicWatcher:
                 if error.code() != KafkaError._PARTITION_EOF:
                     self.errors.append(error.str())
                 continue
-            counts = self.counts[msg.topic()]
+            counts = self.counts[str(msg.topic())]
             counts.messages += 1
-            counts.by_partition[msg.partition()] += 1
-            if msg.key() is not None:
-                counts.keys.add(msg.key())
+            counts.by_partition[msg.partition() or 0] += 1
+            key = msg.key()
+            if key is not None:
+                counts.keys.add(key)
             counts.last_values.append(msg.value() or b"")
             counts.last_timestamp_ms = msg.timestamp()[1]
         return len(messages)

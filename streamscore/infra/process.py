@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,7 +56,9 @@ def is_running(record: ProcessRecord) -> bool:
     return state != "Z" and record.marker in cmdline
 
 
-def spawn(name: str, argv: list[str], log_path: Path, port: int, marker: str, env: dict[str, str] | None = None) -> ProcessRecord:
+def spawn(
+    name: str, argv: list[str], log_path: Path, port: int, marker: str, env: dict[str, str] | None = None
+) -> ProcessRecord:
     """Start a daemon in its own session (it outlives the CLI) with stdout/stderr appended to its log."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -91,10 +94,8 @@ def stop(record: ProcessRecord, timeout_s: float = 20.0) -> bool:
 
 def _reap(pid: int) -> None:
     # Only our own children can be reaped; for a daemon started by an earlier CLI call this is a no-op.
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def tail(path: Path | str, lines: int = 40) -> str:

@@ -46,5 +46,7 @@ def wait_ready(record: ProcessRecord, timeout_s: float) -> float:
         if not is_running(record):
             raise InfraError("redis", "redis-server exited during start-up", tail(record.log))
         if time.monotonic() - started > timeout_s:
-            raise InfraError("redis", f"no PING answer on port {record.port} within {timeout_s:.0f} s", tail(record.log))
+            raise InfraError(
+                "redis", f"no PING answer on port {record.port} within {timeout_s:.0f} s", tail(record.log)
+            )
         time.sleep(0.05)

@@ -98,8 +98,9 @@ class LocalStack:
         while True:
             if not is_running(record):
                 raise InfraError(
-                    "kafka", "the broker exited during start-up", tail(local_kafka.server_log(self.settings))
-                    or tail(record.log)
+                    "kafka",
+                    "the broker exited during start-up",
+                    tail(local_kafka.server_log(self.settings)) or tail(record.log),
                 )
             try:
                 wait_for_broker(kafka, timeout_s=1.0)

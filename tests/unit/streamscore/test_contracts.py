@@ -174,7 +174,7 @@ def test_dead_letter_headers_round_trip_and_cap_the_message() -> None:
     assert len(letter.payload_sha256) == 64
     headers = letter.to_headers()
     assert all(name.startswith("dlq-") for name, _ in headers)
-    assert DeadLetter.from_headers(headers + [("traceparent", b"x")]) == letter
+    assert DeadLetter.from_headers([*headers, ("traceparent", b"x")]) == letter
 
 
 def test_standard_headers() -> None:

@@ -29,7 +29,9 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 def test_single_broker_properties_allow_transactions(tmp_path: Path) -> None:
     props = dict(
         line.split("=", 1)
-        for line in server_properties(InfraSettings(data_dir=tmp_path, kafka_port=1234, controller_port=1235)).splitlines()
+        for line in server_properties(
+            InfraSettings(data_dir=tmp_path, kafka_port=1234, controller_port=1235)
+        ).splitlines()
         if line and not line.startswith("#")
     )
     assert props["transaction.state.log.replication.factor"] == "1"

@@ -1,0 +1,39 @@
+"""`streamscore`: the umbrella CLI. It wires the services together and holds no logic of its own."""
+
+from __future__ import annotations
+
+import typer
+
+from streamscore import __version__
+from streamscore.logs import configure
+from streamscore_cli import demo, infra, produce, schemas
+
+app = typer.Typer(
+    help="streamscore — real-time fraud scoring on Kafka.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(infra.app, name="infra")
+app.add_typer(schemas.app, name="schemas")
+app.command()(produce.produce)
+app.command()(demo.demo)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    log_level: str = typer.Option("WARNING", envvar="LOG_LEVEL", help="Logging level of the services' loggers."),
+    version: bool = typer.Option(
+        False, "--version", callback=version_callback, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    configure(log_level)
+
+
+def main() -> None:
+    app()

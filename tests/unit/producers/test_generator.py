@@ -1,0 +1,271 @@
+"""The generator is deterministic, valid, time-ordered, has the fraud it promises and the daily rhythm.
+
+One large sample (200 000 events over about three simulated days) is generated once per module and
+checked from several angles; smaller streams cover determinism and configuration errors.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from itertools import islice, pairwise
+from typing import Any
+
+import pytest
+
+from producers.drift import DriftSpec
+from producers.generator import (
+    ACCOUNT_TAKEOVER,
+    CARD_TESTING,
+    CARD_TESTING_BURST,
+    COMPROMISE_MCCS,
+    COMPROMISED_MERCHANT,
+    PATTERN_SHARES,
+    PATTERNS,
+    TAKEOVER_EVENTS,
+    TAKEOVER_MCCS,
+    GeneratedEvent,
+    GeneratorConfig,
+    TransactionGenerator,
+)
+from producers.world import World, build_world
+from streamscore.contracts import Transaction, decode_transaction
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+SAMPLE_EVENTS = 200_000
+SAMPLE_RATE = SAMPLE_EVENTS / (3 * 86400)
+"""About three simulated days, so the rhythm and the fraud mix average over whole days."""
+FRAUD_RATE = 0.01
+FRAUD_TOLERANCE = 0.15
+"""Relative: the realised fraud share on 200 000 events is within 15 % of the configured rate."""
+
+
+def take(stream: Iterator[GeneratedEvent], n: int) -> list[GeneratedEvent]:
+    return list(islice(stream, n))
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return build_world(11, accounts=5_000, merchants=800)
+
+
+@pytest.fixture(scope="module")
+def sample(world: World) -> list[GeneratedEvent]:
+    generator = TransactionGenerator(world, GeneratorConfig(seed=5, fraud_rate=FRAUD_RATE))
+    return take(generator.stream(START, SAMPLE_RATE), SAMPLE_EVENTS)
+
+
+def groups(events: list[GeneratedEvent], pattern: str) -> dict[tuple[str, str | None], list[Transaction]]:
+    """Fraud events of `pattern` by (account, device): every incident uses a device of its own."""
+    result: dict[tuple[str, str | None], list[Transaction]] = defaultdict(list)
+    for event in events:
+        if event.pattern == pattern:
+            result[event.transaction.account_id, event.transaction.device_id].append(event.transaction)
+    return result
+
+
+def account_index(account_id: str) -> int:
+    return int(account_id.removeprefix("acc-"))
+
+
+# --- determinism ---------------------------------------------------------------------------------------
+
+
+def test_same_seed_gives_identical_events(world: World) -> None:
+    config = GeneratorConfig(seed=3, fraud_rate=0.05)
+    first = take(TransactionGenerator(world, config).stream(START, 20.0), 3_000)
+    second = take(TransactionGenerator(world, config).stream(START, 20.0), 3_000)
+    again = TransactionGenerator(world, config)
+    assert first == second
+    assert take(again.stream(START, 20.0), 3_000) == take(again.stream(START, 20.0), 3_000)
+
+
+def test_different_seed_gives_different_events(world: World) -> None:
+    first = take(TransactionGenerator(world, GeneratorConfig(seed=3)).stream(START, 20.0), 500)
+    second = take(TransactionGenerator(world, GeneratorConfig(seed=4)).stream(START, 20.0), 500)
+    differing = sum(a.transaction.account_id != b.transaction.account_id for a, b in zip(first, second, strict=True))
+    assert differing > 450
+
+
+def test_same_world_seed_gives_same_world() -> None:
+    first = build_world(2, accounts=300, merchants=100)
+    second = build_world(2, accounts=300, merchants=100)
+    other = build_world(3, accounts=300, merchants=100)
+    assert first.accounts == second.accounts and first.merchants == second.merchants
+    assert first.accounts != other.accounts
+
+
+def test_event_ids_differ_between_streams_with_different_starts(world: World) -> None:
+    generator = TransactionGenerator(world, GeneratorConfig(seed=3))
+    early = {e.transaction.event_id for e in take(generator.stream(START, 20.0), 1_000)}
+    later = {e.transaction.event_id for e in take(generator.stream(START + timedelta(days=1), 20.0), 1_000)}
+    assert not early & later
+
+
+# --- validity and ordering ------------------------------------------------------------------------------
+
+
+def test_every_event_round_trips_through_the_contract(sample: list[GeneratedEvent]) -> None:
+    for event in sample:
+        transaction = event.transaction
+        decoded = decode_transaction(transaction.account_id.encode(), transaction.to_json())
+        assert decoded == transaction
+        assert event.is_fraud == (event.pattern is not None)
+
+
+def test_events_are_time_ordered_with_unique_ids(sample: list[GeneratedEvent]) -> None:
+    times = [e.transaction.event_time for e in sample]
+    assert all(a <= b for a, b in pairwise(times))
+    assert times[0] >= START
+    assert len({e.transaction.event_id for e in sample}) == len(sample)
+
+
+def test_mean_rate_matches_the_requested_rate(sample: list[GeneratedEvent]) -> None:
+    two_days = START + timedelta(days=2)
+    count = sum(e.transaction.event_time < two_days for e in sample)
+    assert count / (2 * 86400) == pytest.approx(SAMPLE_RATE, rel=0.05)
+
+
+# --- fraud ------------------------------------------------------------------------------------------------
+
+
+def test_fraud_rate_is_within_tolerance(sample: list[GeneratedEvent]) -> None:
+    frauds = sum(e.is_fraud for e in sample)
+    assert abs(frauds / len(sample) - FRAUD_RATE) <= FRAUD_TOLERANCE * FRAUD_RATE
+
+
+def test_every_pattern_is_present_in_its_share(sample: list[GeneratedEvent]) -> None:
+    counts = Counter(e.pattern for e in sample if e.is_fraud)
+    total = sum(counts.values())
+    assert set(counts) == set(PATTERNS)
+    for pattern, share in PATTERN_SHARES.items():
+        assert counts[pattern] / total == pytest.approx(share, rel=0.3), pattern
+
+
+def test_card_testing_is_a_burst_of_tiny_amounts_within_minutes(world: World, sample: list[GeneratedEvent]) -> None:
+    incidents = groups(sample, CARD_TESTING)
+    assert len(incidents) > 50
+    for (account_id, device), events in incidents.items():
+        account = world.accounts[account_index(account_id)]
+        tiny = [t for t in events if t.amount <= 3.0]
+        large = [t for t in events if t.amount > 3.0]
+        low, high = CARD_TESTING_BURST
+        assert low <= len(tiny) <= high
+        assert all(t.amount >= 0.5 for t in tiny)
+        assert tiny[-1].event_time - tiny[0].event_time <= timedelta(minutes=5)
+        assert len({t.merchant_id for t in tiny}) == 1
+        assert len(large) <= 1 and all(t.event_time > tiny[-1].event_time for t in large)
+        assert device is not None and device not in account.devices
+        assert all(t.channel == "ecommerce" for t in events)
+
+
+def test_account_takeover_is_new_device_abroad_with_large_amounts(world: World, sample: list[GeneratedEvent]) -> None:
+    incidents = groups(sample, ACCOUNT_TAKEOVER)
+    assert len(incidents) > 50
+    for (account_id, device), events in incidents.items():
+        account = world.accounts[account_index(account_id)]
+        assert TAKEOVER_EVENTS[0] <= len(events) <= TAKEOVER_EVENTS[1]
+        assert device is not None and device not in account.devices
+        assert all(t.country != account.country for t in events)
+        assert all(t.amount >= 5 * account.typical_amount for t in events)
+        assert all(t.merchant_category in TAKEOVER_MCCS for t in events)
+        assert events[-1].event_time - events[0].event_time <= timedelta(hours=1)
+
+
+def test_compromised_merchant_cash_outs_follow_a_purchase_at_a_shared_merchant(
+    world: World, sample: list[GeneratedEvent]
+) -> None:
+    card_present: dict[str, list[Transaction]] = defaultdict(list)
+    for event in sample:
+        t = event.transaction
+        if not event.is_fraud and t.channel != "ecommerce" and t.merchant_category in COMPROMISE_MCCS:
+            card_present[t.account_id].append(t)
+    incidents = groups(sample, COMPROMISED_MERCHANT)
+    # Cash-outs of cards skimmed before the stream started have their skim outside the sample.
+    settled = START + timedelta(hours=4)
+    victims_by_merchant: dict[str, set[str]] = defaultdict(set)
+    checked = 0
+    for (account_id, device), events in incidents.items():
+        account = world.accounts[account_index(account_id)]
+        assert device is not None and device not in account.devices
+        assert all(t.channel == "ecommerce" for t in events)
+        first = events[0].event_time
+        if first < settled:
+            continue
+        skims = [t for t in card_present[account_id] if first - timedelta(hours=3, minutes=1) <= t.event_time < first]
+        assert skims, account_id
+        for skim in skims:
+            victims_by_merchant[skim.merchant_id].add(account_id)
+        checked += 1
+    assert checked > 50
+    # Victims share their point of compromise: a few merchants explain many cash-outs.
+    assert max(len(v) for v in victims_by_merchant.values()) >= 10
+
+
+# --- legitimate behaviour and rhythm ----------------------------------------------------------------------
+
+
+def test_legitimate_events_follow_account_habits(world: World, sample: list[GeneratedEvent]) -> None:
+    legit = [e.transaction for e in sample if not e.is_fraud]
+    home = 0
+    for t in legit:
+        account = world.accounts[account_index(t.account_id)]
+        home += t.country == account.country
+        assert t.currency == account.currency
+        assert t.device_id is None or t.device_id in account.devices
+        if t.channel == "ecommerce":
+            assert t.device_id is not None
+        if t.merchant_category == "5541":  # fuel stations sell nothing online
+            assert t.channel != "ecommerce"
+    assert home / len(legit) > 0.95
+
+
+def test_activity_is_heavy_tailed(sample: list[GeneratedEvent]) -> None:
+    per_account = sorted(Counter(e.transaction.account_id for e in sample).values(), reverse=True)
+    top_share = sum(per_account[: len(per_account) // 10]) / sum(per_account)
+    assert top_share > 0.3
+
+
+def test_nights_are_quieter_than_midday(sample: list[GeneratedEvent]) -> None:
+    hours = Counter(e.transaction.event_time.hour for e in sample)
+    night = hours[2] + hours[3] + hours[4]
+    midday = hours[11] + hours[12] + hours[13]
+    assert night < 0.2 * midday
+
+
+def test_without_rhythm_the_rate_is_flat(world: World) -> None:
+    generator = TransactionGenerator(world, GeneratorConfig(seed=5, rhythm=False))
+    events = take(generator.stream(START, 0.5), 43_200)
+    hours = Counter(e.transaction.event_time.hour for e in events)
+    night = hours[2] + hours[3] + hours[4]
+    midday = hours[11] + hours[12] + hours[13]
+    assert night / midday == pytest.approx(1.0, rel=0.15)
+
+
+def test_without_fraud_rate_there_is_no_fraud(world: World) -> None:
+    generator = TransactionGenerator(world, GeneratorConfig(seed=5, fraud_rate=0.0))
+    assert not any(e.is_fraud for e in take(generator.stream(START, 50.0), 20_000))
+
+
+# --- configuration ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [{"fraud_rate": -0.1}, {"fraud_rate": 0.9}, {"seed": -1}, {"seed": 2**63}])
+def test_invalid_config_is_rejected(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        GeneratorConfig(**kwargs)
+
+
+def test_invalid_stream_arguments_are_rejected(world: World) -> None:
+    generator = TransactionGenerator(world)
+    with pytest.raises(ValueError, match="timezone"):
+        generator.stream(datetime(2024, 1, 1), 1.0)
+    with pytest.raises(ValueError, match="rate_per_s"):
+        generator.stream(START, 0.0)
+
+
+def test_drift_category_already_in_the_world_is_rejected(world: World) -> None:
+    drift = DriftSpec(after_events=0, new_category="5411", new_category_share=0.1)
+    with pytest.raises(ValueError, match="5411"):
+        TransactionGenerator(world, GeneratorConfig(drift=drift))
