@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell echo "$(CURDIR)" | md5sum | cut -c1-8)
+STAMP := $(VENV)/.streamscore-installed
 DEMO_ARGS ?=
 
 .PHONY: help install lint format test test-unit test-integration demo up down status schemas clean
@@ -13,15 +13,15 @@ DEMO_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv
-	@UV="$$(command -v uv || echo python3 -m uv)"; \
-	  test -x $(PY) || $$UV venv -q -p python3.11 $(VENV); \
+install: ## Create the virtualenv with every dependency and fetch the Kafka jars
+	@if [ ! -f $(STAMP) ] || [ pyproject.toml -nt $(STAMP) ] || \
+	    ! $(PY) -c "import sys, streamscore; sys.exit(not streamscore.__file__.startswith('$(CURDIR)/'))" 2>/dev/null; then \
+	  command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv; \
+	  UV="$$(command -v uv || echo python3 -m uv)"; \
+	  test -x $(PY) || $$UV venv -q -p "$$(command -v python3.11 || command -v python3)" $(VENV); \
 	  echo "installing streamscore and its dependencies into $(VENV) (torch pulls several GB the first time)"; \
-	  $$UV pip install --python $(PY) -e '.[dev]'
-	@touch $(STAMP)
-
-install: $(STAMP) ## Create the virtualenv with every dependency and fetch the Kafka jars
+	  $$UV pip install --python $(PY) -e '.[dev]' && touch $(STAMP); \
+	fi
 	@$(BIN)/python -c "from streamscore.infra.kafka import fetch_jars; from streamscore.infra.settings import InfraSettings; fetch_jars(InfraSettings()) and print('Kafka jars cached in deploy/local/lib')"
 
 lint: install ## ruff (lint + format check) and mypy

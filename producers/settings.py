@@ -11,7 +11,7 @@ from streamscore.settings import KafkaSettings, TopicSettings
 class ProducerSettings(BaseSettings):
     """Defaults of `streamscore produce`; every one can be overridden by a CLI option."""
 
-    model_config = SettingsConfigDict(env_prefix="PRODUCER_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="PRODUCER_", extra="forbid", use_attribute_docstrings=True)
 
     seed: int = 7
     """Seed of the synthetic world and traffic: the same seed gives the same events."""

@@ -14,3 +14,7 @@ def configure(level: str | int | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         force=True,
     )
+    # librdkafka reports recoverable conditions (a coordinator still loading, an idle connection closed)
+    # as warnings and retries by itself; show them only when debugging.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("librdkafka").setLevel(logging.ERROR)

@@ -14,7 +14,7 @@ from streamscore.topics import TopicRegistry
 class KafkaSettings(BaseSettings):
     """How to reach the Kafka cluster (`KAFKA_…`)."""
 
-    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="forbid", use_attribute_docstrings=True)
 
     bootstrap_servers: str = "127.0.0.1:9092"
     """Comma-separated host:port list of brokers."""
@@ -51,7 +51,7 @@ class KafkaSettings(BaseSettings):
 class TopicSettings(BaseSettings):
     """Topic naming and sizing (`TOPICS_…`)."""
 
-    model_config = SettingsConfigDict(env_prefix="TOPICS_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="TOPICS_", extra="forbid", use_attribute_docstrings=True)
 
     prefix: str = ""
     """Prepended to every topic name, e.g. `staging.`; tests use a unique prefix per test."""
@@ -65,7 +65,7 @@ class TopicSettings(BaseSettings):
 class RedisSettings(BaseSettings):
     """How to reach the Redis online store (`REDIS_…`)."""
 
-    model_config = SettingsConfigDict(env_prefix="REDIS_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="REDIS_", extra="forbid", use_attribute_docstrings=True)
 
     host: str = "127.0.0.1"
     """Redis host."""

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from streamscore.errors import StreamscoreError
 
@@ -20,5 +21,5 @@ def friendly_errors() -> Iterator[None]:
     try:
         yield
     except StreamscoreError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None

@@ -6,7 +6,7 @@ import typer
 
 from streamscore import __version__
 from streamscore.logs import configure
-from streamscore_cli import demo, infra, produce, schemas
+from streamscore_cli import config, demo, infra, produce, schemas
 
 app = typer.Typer(
     help="streamscore — real-time fraud scoring on Kafka.",
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 app.add_typer(infra.app, name="infra")
 app.add_typer(schemas.app, name="schemas")
+app.add_typer(config.app, name="config")
 app.command()(produce.produce)
 app.command()(demo.demo)
 

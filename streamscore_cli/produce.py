@@ -21,6 +21,7 @@ from producers.history import write_history
 from producers.live import LiveProgress, LiveRun, LiveSummary, run_live
 from producers.settings import ProducerSettings
 from producers.world import build_world
+from streamscore.errors import ConfigError
 from streamscore.kafka import wait_for_broker
 from streamscore_cli.console import console, friendly_errors
 
@@ -30,7 +31,10 @@ HISTORY_RATE = 0.4
 
 def make_generator(settings: ProducerSettings, drift: str | None, *, rhythm: bool) -> TransactionGenerator:
     world = build_world(settings.seed, accounts=settings.accounts, merchants=settings.merchants)
-    spec = DriftSpec.parse(drift) if drift else None
+    try:
+        spec = DriftSpec.parse(drift) if drift else None
+    except ValueError as exc:
+        raise ConfigError("--drift", str(exc)) from None
     return TransactionGenerator(
         world, GeneratorConfig(seed=settings.seed, fraud_rate=settings.fraud_rate, rhythm=rhythm, drift=spec)
     )
@@ -83,6 +87,7 @@ def produce(
     history: float | None = typer.Option(None, help="Instead of live traffic: write this many past days to Parquet."),
     out: Path = typer.Option(Path("data/history"), help="Output folder of --history."),
     history_rate: float = typer.Option(HISTORY_RATE, help="Average events per simulated second in --history."),
+    connect_timeout: float = typer.Option(10.0, help="Seconds to wait for the broker before giving up."),
 ) -> None:
     """Synthetic card traffic: habits, daily rhythm, card testing, account takeover, compromised merchants."""
     with friendly_errors():
@@ -106,7 +111,7 @@ def produce(
             duration = 60.0
         generator = make_generator(settings, drift, rhythm=False)
         registry = settings.topics.registry()
-        wait_for_broker(settings.kafka, timeout_s=10.0)
+        wait_for_broker(settings.kafka, timeout_s=connect_timeout)
         producer = EventProducer(settings.kafka, registry, linger_ms=settings.linger_ms)
         run = LiveRun(
             events=events,

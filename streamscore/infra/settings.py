@@ -15,7 +15,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 class InfraSettings(BaseSettings):
     """Where the local Kafka and Redis live and which loopback ports they use."""
 
-    model_config = SettingsConfigDict(env_prefix="INFRA_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="INFRA_", extra="forbid", use_attribute_docstrings=True)
 
     data_dir: Path = PROJECT_ROOT / ".streamscore" / "local"
     """Broker data, logs and the pid file; delete it (after `infra down`) for a clean broker."""
