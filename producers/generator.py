@@ -4,18 +4,26 @@ Why synthetic: the scorer, the feature pipeline and the monitor need realistic t
 ground truth, reproducible from a seed, at any rate, with drift on demand. The world (`world.py`) gives
 accounts stable habits; legitimate events follow them, fraud breaks them in three known ways.
 
-Legitimate traffic is a Poisson process of rate `rate_per_s * (1 - fraud_rate)`. With the rhythm on it
-is non-homogeneous — the daily rhythm of `world.DAILY_RHYTHM`, mean 1 — and drawn by thinning: candidates
-at the peak rate, each kept with probability rhythm(t) / peak. Each arrival picks an account by activity
-x hour profile, mostly one of its usual merchants in its home country, one of its own devices, an amount
-from its personal log-normal scaled by the merchant's category, and a channel the merchant offers.
+Legitimate traffic is a Poisson process of the rate left over by fraud and skims (below). With the rhythm
+on it is non-homogeneous — the daily rhythm of `world.DAILY_RHYTHM`, mean 1 — and drawn by thinning:
+candidates at the peak rate, each kept with probability rhythm(t) / peak. Each arrival picks an account
+by activity x hour profile, mostly one of its usual merchants in its home country, one of its own
+devices, an amount from its personal log-normal scaled by the merchant's category, and a channel the
+merchant offers.
 
-Fraud arrives as incidents; each arrival starts one with a small probability chosen so that fraud events
-make about `fraud_rate` of all events, split by `PATTERN_SHARES`. An incident's events are scheduled
-into the future on a heap and merged with the arrivals, so the stream stays ordered by event time.
-Incidents that began in the hours before `start` are scheduled too (whole ones only), so the fraud share
-is right from the first event instead of ramping up over the longest incident (about three hours).
-Every event of an incident is fraud (`is_fraud=True`, `pattern` set):
+Fraud arrives as incidents, one process per pattern, apart from the legitimate arrivals. An incident's
+events are spread over minutes to hours after it starts (a skimmed card is cashed out up to three hours
+later), so an incident is placed by its anchor, the mean time of its fraud events, and starts that much
+earlier. Anchors are spaced evenly in the stream's operational time (the integral of the daily rhythm;
+plain time without it), jittered by `ANCHOR_JITTER`, at the rate that makes fraud events `fraud_rate` of
+all events, split by `PATTERN_SHARES`. Fraud events therefore follow the rhythm where they happen, not
+where their incident began, and the fraud share is about `fraud_rate` at every hour and in short runs as
+in long ones. The stream starts in the middle of this process: incidents that began before `start`
+contribute the events they still have to come (a card-testing burst under way at `start` is seen from
+its middle on), so the share is right from the first event. Each incident goes on a heap, its details
+are drawn when its first event from `start` on is due, and its events are merged with the arrivals, so
+the stream stays ordered by event time. Every event of an incident is fraud (`is_fraud=True`, `pattern`
+set):
 
 - `card_testing`: 3-10 tiny amounts (0.50-3.00) within a few minutes on one account, from one unseen
   device, at one online merchant (mostly digital goods / direct marketing); sometimes one large online
@@ -23,11 +31,11 @@ Every event of an incident is fraud (`is_fraud=True`, `pattern` set):
 - `account_takeover`: a new device in a foreign country, 2-6 purchases of many times the account's
   usual amount at electronics, jewelry or gambling merchants within an hour.
 - `compromised_merchant` (skimming): at any time one card-present merchant (fuel, restaurant, grocery,
-  fast food) is compromised, for a window of 4-12 hours, then another. An incident turns the arrival
-  that started it into a genuine card-present purchase at the compromised merchant by one of its
-  regular customers — legitimate, the point of compromise — and the stolen card is cashed out online
-  10 minutes to 3 hours later: 1-3 mid-sized purchases from an unseen device. Only the cash-outs are
-  fraud; linking them back to the merchant their accounts share is the detection problem.
+  fast food) is compromised, for a window of 4-12 hours, then another. An incident starts with a genuine
+  card-present purchase at the compromised merchant by one of its regular customers — legitimate, the
+  point of compromise, the skim — and the stolen card is cashed out online 10 minutes to 3 hours later:
+  1-3 mid-sized purchases from an unseen device. Only the cash-outs are fraud; linking them back to the
+  merchant their accounts share is the detection problem.
 
 Drift (`drift.py`) changes legitimate events only, from the `after_events`-th emitted event on.
 """
@@ -76,15 +84,21 @@ WALLET_SHARE = 0.4
 """Share of contactless payments made with a phone wallet, which carries the account's device id."""
 
 # Card testing.
+CARD_TESTING_DELAY_S = (1.0, 60.0)
+"""From the start of the incident to the first test charge."""
 CARD_TESTING_BURST = (3, 10)
 CARD_TESTING_AMOUNT = (0.5, 3.0)
 CARD_TESTING_GAP_S = (3.0, 30.0)
 CARD_TESTING_LARGE_SHARE = 0.3
+CARD_TESTING_LARGE_AFTER_S = (120.0, 900.0)
+"""From the last test charge to the large purchase that sometimes follows."""
 CARD_TESTING_MCCS = ("5816", "5967")
 CARD_TESTING_PREFERRED_SHARE = 0.7
 
 # Account takeover.
 TAKEOVER_EVENTS = (2, 6)
+TAKEOVER_DELAY_S = 30.0
+"""The earliest purchase after a takeover; all fall within `TAKEOVER_WINDOW_S` of it starting."""
 TAKEOVER_WINDOW_S = 3600.0
 TAKEOVER_MULTIPLIER = (6.0, 25.0)
 TAKEOVER_MCCS = ("5732", "5944", "7995")
@@ -105,8 +119,24 @@ _EXPECTED_EVENTS: dict[str, float] = {
     ACCOUNT_TAKEOVER: sum(TAKEOVER_EVENTS) / 2,
     COMPROMISED_MERCHANT: sum(CASHOUT_EVENTS) / 2,
 }
-WARM_UP_S = 4 * 3600.0
-"""Longer than any incident lasts, so the warm-up schedules every incident still running at `start`."""
+SPAN_S: dict[str, float] = {
+    CARD_TESTING: CARD_TESTING_DELAY_S[1]
+    + (CARD_TESTING_BURST[1] - 1) * CARD_TESTING_GAP_S[1]
+    + CARD_TESTING_LARGE_AFTER_S[1],
+    ACCOUNT_TAKEOVER: TAKEOVER_WINDOW_S,
+    COMPROMISED_MERCHANT: CASHOUT_DELAY_S[1] + (CASHOUT_EVENTS[1] - 1) * CASHOUT_GAP_S[1],
+}
+"""The longest an incident of each pattern lasts, from its start to its last fraud event."""
+ANCHOR_JITTER = 0.5
+"""Anchors of a pattern are `(1 +- ANCHOR_JITTER) / rate` apart in operational time: spread like a Poisson
+process would be, but without its bunching, so that a short stream already has about `fraud_rate` fraud."""
+_DAY_S = 86400.0
+_RHYTHM_GRID_S = np.linspace(0.0, _DAY_S, 1441)
+_RHYTHM_GRID_VALUES = rhythm_at(_RHYTHM_GRID_S / 3600.0)
+_RHYTHM_CUM = np.concatenate(([0.0], np.cumsum((_RHYTHM_GRID_VALUES[1:] + _RHYTHM_GRID_VALUES[:-1]) * 30.0)))
+_RHYTHM_CUM *= _DAY_S / _RHYTHM_CUM[-1]
+"""Operational time over a day, minute by minute: the integral of the rhythm (exact, it is linear per hour)."""
+_INCIDENT_CHUNK = 65_536
 _BLOCK = 4096
 """Arrival candidates drawn per vectorised block."""
 _ONLINE = 0.4
@@ -209,11 +239,66 @@ def choose_channel(online_share: float, amount_eur: float, u_online: float, u_co
     return "pos"
 
 
-def incident_probabilities(fraud_rate: float) -> dict[str, float]:
-    """Per legitimate arrival, the chance it starts an incident of each pattern, so that fraud events are
-    `fraud_rate` of all events: incidents per arrival = rate / (1 - rate) x share / events per incident."""
-    odds = fraud_rate / (1.0 - fraud_rate)
-    return {p: odds * PATTERN_SHARES[p] / _EXPECTED_EVENTS[p] for p in PATTERNS}
+def incident_rates(fraud_rate: float) -> dict[str, float]:
+    """Incidents of each pattern per event of the stream, so that fraud events are `fraud_rate` of all
+    events, split by `PATTERN_SHARES`: rate x share / events per incident."""
+    return {p: fraud_rate * PATTERN_SHARES[p] / _EXPECTED_EVENTS[p] for p in PATTERNS}
+
+
+_Offsets = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Per incident: times of its fraud events from its start (ascending, NaN-padded), their number, and the
+number of card-testing charges among them (the number of events for the other patterns)."""
+
+
+def card_testing_offsets(rng: np.random.Generator, k: int) -> _Offsets:
+    """`k` card-testing incidents: 3-10 test charges, sometimes followed by a large purchase."""
+    low, high = CARD_TESTING_BURST
+    counts = rng.integers(low, high + 1, k)
+    steps = rng.uniform(*CARD_TESTING_GAP_S, (k, high))
+    steps[:, 0] = rng.uniform(*CARD_TESTING_DELAY_S, k)
+    large = rng.random(k) < CARD_TESTING_LARGE_SHARE
+    after = rng.uniform(*CARD_TESTING_LARGE_AFTER_S, k)
+    offsets = np.full((k, high + 1), np.nan)
+    offsets[:, :high] = np.cumsum(steps, axis=1)
+    rows = np.arange(k)
+    last = offsets[rows, counts - 1]
+    offsets[np.arange(high + 1) >= counts[:, None]] = np.nan
+    offsets[rows[large], counts[large]] = last[large] + after[large]
+    return offsets, counts + large, counts
+
+
+def takeover_offsets(rng: np.random.Generator, k: int) -> _Offsets:
+    """`k` account takeovers: 2-6 purchases within the hour."""
+    low, high = TAKEOVER_EVENTS
+    counts = rng.integers(low, high + 1, k)
+    offsets = rng.uniform(TAKEOVER_DELAY_S, TAKEOVER_WINDOW_S, (k, high))
+    offsets[np.arange(high) >= counts[:, None]] = np.inf
+    offsets.sort(axis=1)
+    offsets[np.isinf(offsets)] = np.nan
+    return offsets, counts, counts
+
+
+def cashout_offsets(rng: np.random.Generator, k: int) -> _Offsets:
+    """`k` skimmed cards: 1-3 cash-outs, the first 10 minutes to 3 hours after the skim."""
+    low, high = CASHOUT_EVENTS
+    counts = rng.integers(low, high + 1, k)
+    steps = rng.uniform(*CASHOUT_GAP_S, (k, high))
+    steps[:, 0] = rng.uniform(*CASHOUT_DELAY_S, k)
+    offsets = np.cumsum(steps, axis=1)
+    offsets[np.arange(high) >= counts[:, None]] = np.nan
+    return offsets, counts, counts
+
+
+_MOST_EVENTS = {
+    CARD_TESTING: CARD_TESTING_BURST[1] + 1,
+    ACCOUNT_TAKEOVER: TAKEOVER_EVENTS[1],
+    COMPROMISED_MERCHANT: CASHOUT_EVENTS[1],
+}
+_OFFSETS = {
+    CARD_TESTING: card_testing_offsets,
+    ACCOUNT_TAKEOVER: takeover_offsets,
+    COMPROMISED_MERCHANT: cashout_offsets,
+}
 
 
 # --- one stream ---------------------------------------------------------------------------------------
@@ -222,8 +307,19 @@ _Payload = tuple[Account, Merchant, float, str, Channel, str | None, str | None]
 """account, merchant, amount, country, channel, device_id, pattern"""
 
 
+@dataclass(slots=True)
+class _Incident:
+    """An incident whose details are drawn when it starts: its pattern, start and fraud event times (seconds
+    from the stream's start, ascending) and, for card testing, how many of them are test charges."""
+
+    pattern: str
+    start: float
+    times: list[float]
+    count: int
+
+
 class _Stream:
-    """The mutable state of one `stream()` call: RNGs, clock, the heap of scheduled fraud, counters."""
+    """The mutable state of one `stream()` call: RNGs, clock, the heap of incidents and their events, counters."""
 
     def __init__(self, generator: TransactionGenerator, start: datetime, rate_per_s: float) -> None:
         config = generator.config
@@ -232,37 +328,54 @@ class _Stream:
         seeds = np.random.SeedSequence([config.seed, 0x6E4E])
         self.rng = np.random.default_rng(seeds)
         self.rand = random.Random(int(seeds.generate_state(1, np.uint64)[0]))
+        self.incident_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x1AC1]))
         self.start = start
         self.start_epoch = start.timestamp()
         self.rhythm = config.rhythm
         self.peak = max(DAILY_RHYTHM) if config.rhythm else 1.0
-        self.candidate_rate = rate_per_s * (1.0 - config.fraud_rate) * self.peak
+        rates = incident_rates(config.fraud_rate)
+        # A skim is a legitimate event of its own (the cash-outs are the fraud), so arrivals make up the rest.
+        legitimate_share = 1.0 - config.fraud_rate - rates[COMPROMISED_MERCHANT]
+        self.candidate_rate = rate_per_s * legitimate_share * self.peak
+        self.spacing = {p: 1.0 / (rate_per_s * r) for p, r in rates.items() if r > 0.0}
+        """Mean distance between anchors of each pattern, in operational time."""
+        self.day_offset = self.start_epoch % _DAY_S
+        self.op_offset = float(np.interp(self.day_offset, _RHYTHM_GRID_S, _RHYTHM_CUM))
+        self.next_anchor: dict[str, float] = {}
+        self.horizon: dict[str, float] = {}
+        self.pending: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        for p, spacing in self.spacing.items():
+            # Far enough back that the jittered anchors have forgotten where they began.
+            self.next_anchor[p] = self.op_time(-SPAN_S[p]) - spacing * (20.0 + self.rand.random())
+            self.horizon[p] = -math.inf
+            none, count = np.empty(0), np.empty(0, dtype=np.int64)
+            self.pending[p] = (none, none, np.empty((0, _MOST_EVENTS[p])), count, count)
         self.clock = 0.0
-        self.heap: list[tuple[float, int, _Payload]] = []
+        self.heap: list[tuple[float, int, _Payload | _Incident]] = []
         self.scheduled = 0
         self.emitted = 0
         stamp = start.strftime("%Y%m%dT%H%M%S") + (f".{start.microsecond:06d}" if start.microsecond else "")
         self.id_prefix = f"evt-{config.seed}-{stamp}-"
-        probabilities = incident_probabilities(config.fraud_rate)
-        self.p_compromise = probabilities[COMPROMISED_MERCHANT]
-        self.p_card_testing = self.p_compromise + probabilities[CARD_TESTING]
-        self.p_takeover = self.p_card_testing + probabilities[ACCOUNT_TAKEOVER]
         self.drift = config.drift
         self.drift_from = config.drift.after_events if config.drift is not None else math.inf
-        self.compromised = -1
-        self.compromised_until = -math.inf
-        self.victims: tuple[int, ...] = ()
-        self.victims_cum: tuple[float, ...] = ()
-        self.warm_up()
+        # Compromise windows back to back: window i ends at compromise_ends[i]; the first reaches back far
+        # enough for every skim of a card cashed out after `start`.
+        self.compromise_ends = [-2.0 * SPAN_S[COMPROMISED_MERCHANT] - self.rand.uniform(*COMPROMISE_WINDOW_S)]
+        self.compromised = [self.new_compromise()]
+        self.victims: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {}
 
     def run(self) -> Iterator[GeneratedEvent]:
         heap = self.heap
         while True:
             times, accounts, factors = self.block()
+            self.add_incidents(self.clock)
             for t, a, factor in zip(times, accounts, factors, strict=True):
                 while heap and heap[0][0] <= t:
-                    when, _, payload = heappop(heap)
-                    yield self.event(when, *payload)
+                    when, _, item = heappop(heap)
+                    if isinstance(item, _Incident):
+                        self.begin(item)
+                    else:
+                        yield self.event(when, *item)
                 yield self.legitimate(t, a, factor)
 
     def block(self) -> tuple[list[float], list[int], list[float]]:
@@ -306,20 +419,93 @@ class _Stream:
         )
         return GeneratedEvent(transaction, pattern is not None, pattern)
 
-    def schedule(self, events: list[tuple[float, _Payload]]) -> None:
+    def push(self, t: float, item: _Payload | _Incident) -> None:
+        self.scheduled += 1
+        heappush(self.heap, (t, self.scheduled, item))
+
+    # --- operational time ---------------------------------------------------------------------------
+
+    def op_time(self, t: float) -> float:
+        """Operational time at `t` (seconds from the start): the integral of the rhythm since the start."""
+        if not self.rhythm:
+            return t
+        x = self.day_offset + t
+        days = math.floor(x / _DAY_S)
+        return float(np.interp(x - days * _DAY_S, _RHYTHM_GRID_S, _RHYTHM_CUM)) + days * _DAY_S - self.op_offset
+
+    def real_times(self, op: np.ndarray) -> np.ndarray:
+        """Seconds from the start at operational times `op`: the inverse of `op_time`."""
+        if not self.rhythm:
+            return op
+        x = op + self.op_offset
+        days = np.floor(x / _DAY_S)
+        times: np.ndarray = np.interp(x - days * _DAY_S, _RHYTHM_CUM, _RHYTHM_GRID_S) + days * _DAY_S
+        return times - self.day_offset
+
+    # --- incidents ----------------------------------------------------------------------------------
+
+    def add_incidents(self, until: float) -> None:
+        """Put every incident whose first event from the stream's start on is by `until` on the heap."""
+        for pattern in self.spacing:
+            if self.horizon[pattern] < until + SPAN_S[pattern]:
+                self.draw_incidents(pattern, until + 1.5 * SPAN_S[pattern])
+            keys, begins, offsets, sizes, counts = self.pending[pattern]
+            n = int(np.searchsorted(keys, until, side="right"))
+            if not n:
+                continue
+            for key, begin, row, size, count in zip(
+                keys[:n].tolist(),
+                begins[:n].tolist(),
+                offsets[:n].tolist(),
+                sizes[:n].tolist(),
+                counts[:n].tolist(),
+                strict=True,
+            ):
+                self.push(key, _Incident(pattern, begin, [begin + o for o in row[:size]], count))
+            self.pending[pattern] = (keys[n:], begins[n:], offsets[n:], sizes[n:], counts[n:])
+
+    def draw_incidents(self, pattern: str, horizon: float) -> None:
+        """Draw the incidents of `pattern` anchored up to `horizon` into its pending ones, which are ordered by
+        the time of their first event from the stream's start on (an incident starts at most its span before
+        its anchor). Incidents that started before the start keep their events from the start on."""
+        rng, spacing = self.incident_rng, self.spacing[pattern]
+        parts = [self.pending[pattern]]
+        while self.horizon[pattern] < horizon:
+            need = (self.op_time(horizon) - self.next_anchor[pattern]) / spacing
+            k = min(int(need) + 16, _INCIDENT_CHUNK)
+            steps = spacing * (1.0 + ANCHOR_JITTER * (2.0 * rng.random(k) - 1.0))
+            ops = self.next_anchor[pattern] + np.cumsum(steps)
+            self.next_anchor[pattern] = float(ops[-1])
+            anchors = self.real_times(ops)
+            self.horizon[pattern] = float(anchors[-1])
+            offsets, sizes, counts = _OFFSETS[pattern](rng, k)
+            begins = anchors - np.nansum(offsets, axis=1) / sizes
+            times = begins[:, None] + offsets
+            keep = times[np.arange(k), sizes - 1] >= 0.0
+            first = np.where(times >= 0.0, times, np.inf).min(axis=1)
+            keys = np.where(begins >= 0.0, begins, first)
+            parts.append((keys[keep], begins[keep], offsets[keep], sizes[keep], counts[keep]))
+        keys, begins, offsets, sizes, counts = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+        order = np.argsort(keys, kind="stable")
+        self.pending[pattern] = (keys[order], begins[order], offsets[order], sizes[order], counts[order])
+
+    def begin(self, incident: _Incident) -> None:
+        """Draw the incident's details and schedule its events from the stream's start on."""
+        pattern = incident.pattern
+        if pattern == CARD_TESTING:
+            events = self.card_testing(incident)
+        elif pattern == ACCOUNT_TAKEOVER:
+            events = self.account_takeover(incident)
+        else:
+            events = self.compromised_merchant(incident)
         for t, payload in events:
-            self.scheduled += 1
-            heappush(self.heap, (t, self.scheduled, payload))
+            if t >= 0.0:
+                self.push(t, payload)
 
     # --- legitimate ---------------------------------------------------------------------------------
 
     def legitimate(self, t: float, a: int, factor: float) -> GeneratedEvent:
         rand = self.rand
-        u = rand.random()
-        if u < self.p_takeover:
-            if u < self.p_compromise:
-                return self.skim(t)
-            self.schedule(self.card_testing(t) if u < self.p_card_testing else self.account_takeover(t))
         world = self.world
         account = world.accounts[a]
         home = account.country
@@ -368,7 +554,8 @@ class _Stream:
         usual = account.typical_amount * rand.uniform(*multiplier)
         return clean_amount(max(usual, floor_eur * account.units_per_eur * rand.uniform(1.0, 2.5)))
 
-    def card_testing(self, t: float) -> list[tuple[float, _Payload]]:
+    def card_testing(self, incident: _Incident) -> list[tuple[float, _Payload]]:
+        """Tiny test charges at one online merchant from an unseen device, sometimes a large purchase after."""
         rand, world, gen = self.rand, self.world, self.gen
         account = world.accounts[world.account_by_activity(rand.random())]
         device = self.new_device()
@@ -376,91 +563,70 @@ class _Stream:
         preferred = rand.random() < CARD_TESTING_PREFERRED_SHARE
         merchant = world.merchants[rand.choice(gen.card_testing_merchants if preferred else gen.online_merchants)]
         events: list[tuple[float, _Payload]] = []
-        when = t + rand.uniform(1.0, 60.0)
-        for k in range(rand.randint(*CARD_TESTING_BURST)):
-            if k:
-                when += rand.uniform(*CARD_TESTING_GAP_S)
-            amount = round(rand.uniform(*CARD_TESTING_AMOUNT), 2)
-            events.append((when, (account, merchant, amount, country, "ecommerce", device, CARD_TESTING)))
-        if rand.random() < CARD_TESTING_LARGE_SHARE:
-            when += rand.uniform(120.0, 900.0)
-            target = world.merchants[rand.choice(gen.takeover_merchants)]
-            amount = self.large_amount(account, TAKEOVER_MULTIPLIER, 150.0)
-            events.append((when, (account, target, amount, country, "ecommerce", device, CARD_TESTING)))
+        for k, when in enumerate(incident.times):
+            if when < 0.0:
+                continue
+            if k < incident.count:
+                amount = round(rand.uniform(*CARD_TESTING_AMOUNT), 2)
+                events.append((when, (account, merchant, amount, country, "ecommerce", device, CARD_TESTING)))
+            else:
+                target = world.merchants[rand.choice(gen.takeover_merchants)]
+                amount = self.large_amount(account, TAKEOVER_MULTIPLIER, 150.0)
+                events.append((when, (account, target, amount, country, "ecommerce", device, CARD_TESTING)))
         return events
 
-    def account_takeover(self, t: float) -> list[tuple[float, _Payload]]:
+    def account_takeover(self, incident: _Incident) -> list[tuple[float, _Payload]]:
+        """Large purchases at electronics, jewelry or gambling merchants from a new device abroad."""
         rand, world, gen = self.rand, self.world, self.gen
         account = world.accounts[world.account_by_activity(rand.random())]
         device = self.new_device()
         country = self.fraud_country(account.country, TAKEOVER_RISK_COUNTRY_SHARE)
-        offsets = sorted(rand.uniform(30.0, TAKEOVER_WINDOW_S) for _ in range(rand.randint(*TAKEOVER_EVENTS)))
         events: list[tuple[float, _Payload]] = []
-        for offset in offsets:
+        for when in incident.times:
+            if when < 0.0:
+                continue
             merchant = world.merchants[rand.choice(gen.takeover_merchants)]
             amount = self.large_amount(account, TAKEOVER_MULTIPLIER, 150.0)
-            events.append((t + offset, (account, merchant, amount, country, "ecommerce", device, ACCOUNT_TAKEOVER)))
+            events.append((when, (account, merchant, amount, country, "ecommerce", device, ACCOUNT_TAKEOVER)))
         return events
 
-    def victim(self, t: float) -> tuple[Account, Merchant]:
-        """A regular customer of the merchant compromised at `t` (a new one is picked when the window ends)."""
+    def compromised_merchant(self, incident: _Incident) -> list[tuple[float, _Payload]]:
+        """A regular customer's card-present purchase at the merchant compromised at the start (legitimate,
+        the point of compromise), then online spend with the skimmed card from an unseen device."""
         rand, world, gen = self.rand, self.world, self.gen
-        if t >= self.compromised_until:
-            self.compromised = _pick(gen.compromise_candidates, gen.compromise_cum, rand.random())
-            self.victims = world.customers[self.compromised]
-            self.victims_cum = cumulative([world.accounts[v].activity for v in self.victims])
-            self.compromised_until = t + rand.uniform(*COMPROMISE_WINDOW_S)
-        return world.accounts[_pick(self.victims, self.victims_cum, rand.random())], world.merchants[self.compromised]
-
-    def cashouts(self, t: float, account: Account) -> list[tuple[float, _Payload]]:
-        """Online spend with the card skimmed at `t`, from an unseen device, a while later."""
-        rand, world, gen = self.rand, self.world, self.gen
+        skim = incident.start
+        account, merchant = self.victim(skim)
+        events: list[tuple[float, _Payload]] = []
+        if skim >= 0.0:
+            factor = math.exp(account.amount_mu + account.amount_sigma * rand.gauss(0.0, 1.0))
+            amount = clean_amount(factor * merchant.amount_scale)
+            channel = choose_channel(0.0, amount / account.units_per_eur, 1.0, rand.random())
+            events.append((skim, (account, merchant, amount, merchant.country, channel, None, None)))
         device = self.new_device()
         country = account.country if rand.random() < 0.5 else rand.choice(RISK_COUNTRIES)
-        events: list[tuple[float, _Payload]] = []
-        when = t + rand.uniform(*CASHOUT_DELAY_S)
-        for k in range(rand.randint(*CASHOUT_EVENTS)):
-            if k:
-                when += rand.uniform(*CASHOUT_GAP_S)
+        for when in incident.times:
+            if when < 0.0:
+                continue
             target = world.merchants[rand.choice(gen.cashout_merchants)]
             amount = self.large_amount(account, CASHOUT_MULTIPLIER, 50.0)
             events.append((when, (account, target, amount, country, "ecommerce", device, COMPROMISED_MERCHANT)))
         return events
 
-    def skim(self, t: float) -> GeneratedEvent:
-        """The arrival becomes a regular customer's card-present purchase at the compromised merchant."""
-        account, merchant = self.victim(t)
-        factor = math.exp(account.amount_mu + account.amount_sigma * self.rand.gauss(0.0, 1.0))
-        amount = clean_amount(factor * merchant.amount_scale)
-        channel = choose_channel(0.0, amount / account.units_per_eur, 1.0, self.rand.random())
-        self.schedule(self.cashouts(t, account))
-        return self.event(t, account, merchant, amount, merchant.country, channel, None, None)
+    def new_compromise(self) -> int:
+        gen = self.gen
+        return _pick(gen.compromise_candidates, gen.compromise_cum, self.rand.random())
 
-    def warm_up(self) -> None:
-        """Schedule the incidents that started in the hours before `start` and are still to come, so the
-        stream is stationary from its first event instead of ramping up its slow patterns. Incidents
-        that began before `start` are kept whole or not at all (a card-testing burst is never cut)."""
-        rand = self.rand
-        rate = self.candidate_rate * self.p_takeover
-        if rate <= 0.0:
-            return
-        t = -WARM_UP_S
-        while True:
-            t += rand.expovariate(rate)
-            if t >= 0.0:
-                return
-            if self.rhythm and rand.random() * self.peak >= self.rhythm_at(t):
-                continue
-            u = rand.random() * self.p_takeover
-            if u < self.p_compromise:
-                events = self.cashouts(t, self.victim(t)[0])
-            elif u < self.p_card_testing:
-                events = self.card_testing(t)
-            else:
-                events = self.account_takeover(t)
-            if events[0][0] >= 0.0:
-                self.schedule(events)
-
-    def rhythm_at(self, t: float) -> float:
-        hour = ((self.start_epoch + t) % 86400.0) / 3600.0
-        return float(rhythm_at(np.array([hour]))[0])
+    def victim(self, t: float) -> tuple[Account, Merchant]:
+        """A regular customer of the merchant compromised at `t`."""
+        ends = self.compromise_ends
+        while t >= ends[-1]:
+            ends.append(ends[-1] + self.rand.uniform(*COMPROMISE_WINDOW_S))
+            self.compromised.append(self.new_compromise())
+        compromised = self.compromised[bisect_right(ends, t)]
+        victims = self.victims.get(compromised)
+        if victims is None:
+            members = self.world.customers[compromised]
+            victims = members, cumulative([self.world.accounts[v].activity for v in members])
+            self.victims[compromised] = victims
+        world = self.world
+        return world.accounts[_pick(*victims, self.rand.random())], world.merchants[compromised]

@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.table import Table
 
 from producers.client import EventProducer
-from producers.live import LiveRun, LiveSummary, run_live
+from producers.live import LiveProgress, LiveRun, LiveSummary, run_live
 from producers.settings import ProducerSettings
 from streamscore.infra import LocalStack
 from streamscore.settings import TopicSettings
@@ -77,9 +77,13 @@ def demo(
         producer = EventProducer(kafka, registry, client_id="demo-producer")
         stop = stop_on_signal()
         result: list[LiveSummary] = []
+        latest: list[LiveProgress] = [LiveProgress(0, 0, 0, 0.0)]
         run = LiveRun(duration_s=duration, rate=rate, label_delay_s=label_delay)
         worker = threading.Thread(
-            target=lambda: result.append(run_live(generator, producer, run, should_stop=stop.is_set)), daemon=True
+            target=lambda: result.append(
+                run_live(generator, producer, run, on_progress=latest.append, should_stop=stop.is_set)
+            ),
+            daemon=True,
         )
         started = time.monotonic()
         worker.start()
@@ -88,7 +92,7 @@ def demo(
                 while True:
                     watcher.poll(0.25)
                     elapsed = time.monotonic() - started
-                    live.update(arrivals_table(watcher, tx_topic, labels_topic, producer.stats.sent, elapsed))
+                    live.update(arrivals_table(watcher, tx_topic, labels_topic, latest[-1].events, elapsed))
                     if not worker.is_alive():
                         summary = result[0] if result else None
                         caught_up = (

@@ -23,6 +23,7 @@ from producers.generator import (
     COMPROMISED_MERCHANT,
     PATTERN_SHARES,
     PATTERNS,
+    SPAN_S,
     TAKEOVER_EVENTS,
     TAKEOVER_MCCS,
     GeneratedEvent,
@@ -67,6 +68,12 @@ def groups(events: list[GeneratedEvent], pattern: str) -> dict[tuple[str, str | 
 
 def account_index(account_id: str) -> int:
     return int(account_id.removeprefix("acc-"))
+
+
+def whole(incidents: dict[tuple[str, str | None], list[Transaction]], pattern: str) -> list[list[Transaction]]:
+    """The incidents that began after the stream's start: those under way at the start are seen from it on."""
+    settled = START + timedelta(seconds=SPAN_S[pattern])
+    return [events for events in incidents.values() if events[0].event_time >= settled]
 
 
 # --- determinism ---------------------------------------------------------------------------------------
@@ -135,6 +142,36 @@ def test_fraud_rate_is_within_tolerance(sample: list[GeneratedEvent]) -> None:
     assert abs(frauds / len(sample) - FRAUD_RATE) <= FRAUD_TOLERANCE * FRAUD_RATE
 
 
+def test_fraud_follows_the_rhythm_where_it_happens(sample: list[GeneratedEvent]) -> None:
+    """Fraud events come minutes to hours after their incident starts; the share must not carry the busy
+    evening into the night nor the quiet night into the morning."""
+
+    def share(hours: set[int]) -> float:
+        events = [e for e in sample if e.transaction.event_time.hour in hours]
+        return sum(e.is_fraud for e in events) / len(events)
+
+    late, morning = share({21, 22, 23, 0, 1, 2}), share({5, 6, 7, 8, 9, 10})
+    assert late / morning == pytest.approx(1.0, abs=0.3)
+
+
+@pytest.mark.parametrize("rhythm", [True, False], ids=["rhythm", "flat"])
+@pytest.mark.parametrize("rate", [5.0, 500.0, 5_000.0])
+def test_fraud_share_is_right_from_the_first_event(world: World, rate: float, rhythm: bool) -> None:
+    """A short live run sees the configured share too: incidents under way at the start are in the stream."""
+    generator = TransactionGenerator(world, GeneratorConfig(seed=1, fraud_rate=FRAUD_RATE, rhythm=rhythm))
+    events = take(generator.stream(START, rate), 20_000)
+    assert events[0].transaction.event_time >= START
+    assert sum(e.is_fraud for e in events) / len(events) == pytest.approx(FRAUD_RATE, rel=0.25)
+
+
+def test_cash_outs_of_cards_skimmed_before_the_start_come_at_once(world: World) -> None:
+    generator = TransactionGenerator(world, GeneratorConfig(seed=1, fraud_rate=FRAUD_RATE, rhythm=False))
+    events = take(generator.stream(START, 5_000.0), 20_000)
+    # Four simulated seconds: a cash-out follows its skim by ten minutes at least.
+    assert events[-1].transaction.event_time < START + timedelta(seconds=10)
+    assert {e.pattern for e in events if e.is_fraud} == set(PATTERNS)
+
+
 def test_every_pattern_is_present_in_its_share(sample: list[GeneratedEvent]) -> None:
     counts = Counter(e.pattern for e in sample if e.is_fraud)
     total = sum(counts.values())
@@ -145,9 +182,12 @@ def test_every_pattern_is_present_in_its_share(sample: list[GeneratedEvent]) -> 
 
 def test_card_testing_is_a_burst_of_tiny_amounts_within_minutes(world: World, sample: list[GeneratedEvent]) -> None:
     incidents = groups(sample, CARD_TESTING)
-    assert len(incidents) > 50
+    assert len(whole(incidents, CARD_TESTING)) > 50
     for (account_id, device), events in incidents.items():
         account = world.accounts[account_index(account_id)]
+        assert device is not None and device not in account.devices
+        assert all(t.channel == "ecommerce" for t in events)
+    for events in whole(incidents, CARD_TESTING):
         tiny = [t for t in events if t.amount <= 3.0]
         large = [t for t in events if t.amount > 3.0]
         low, high = CARD_TESTING_BURST
@@ -156,16 +196,15 @@ def test_card_testing_is_a_burst_of_tiny_amounts_within_minutes(world: World, sa
         assert tiny[-1].event_time - tiny[0].event_time <= timedelta(minutes=5)
         assert len({t.merchant_id for t in tiny}) == 1
         assert len(large) <= 1 and all(t.event_time > tiny[-1].event_time for t in large)
-        assert device is not None and device not in account.devices
-        assert all(t.channel == "ecommerce" for t in events)
 
 
 def test_account_takeover_is_new_device_abroad_with_large_amounts(world: World, sample: list[GeneratedEvent]) -> None:
     incidents = groups(sample, ACCOUNT_TAKEOVER)
-    assert len(incidents) > 50
+    assert len(whole(incidents, ACCOUNT_TAKEOVER)) > 50
+    assert all(TAKEOVER_EVENTS[0] <= len(events) <= TAKEOVER_EVENTS[1] for events in whole(incidents, ACCOUNT_TAKEOVER))
     for (account_id, device), events in incidents.items():
         account = world.accounts[account_index(account_id)]
-        assert TAKEOVER_EVENTS[0] <= len(events) <= TAKEOVER_EVENTS[1]
+        assert len(events) <= TAKEOVER_EVENTS[1]
         assert device is not None and device not in account.devices
         assert all(t.country != account.country for t in events)
         assert all(t.amount >= 5 * account.typical_amount for t in events)
