@@ -66,21 +66,19 @@ class LocalStack:
         step("checking the Kafka jars cache")
         report.jars_fetched = local_kafka.fetch_jars(self.settings)
 
-        if "kafka" in records:
-            report.already_running.append("kafka")
-        else:
-            step(f"starting Kafka on 127.0.0.1:{self.settings.kafka_port}")
-            records["kafka"] = local_kafka.start(self.settings)
+        starters = {
+            "kafka": (f"starting Kafka on 127.0.0.1:{self.settings.kafka_port}", local_kafka.start),
+            "redis": (f"starting redis-server on 127.0.0.1:{self.settings.redis_port}", local_redis.start),
+        }
+        for name, (message, start) in starters.items():
+            if name in records:
+                report.already_running.append(name)
+                continue
+            step(message)
+            records[name] = start(self.settings)
+            # Saved after each start, so `down` finds a half-started stack too.
             self.state.save(records)
-            report.started.append("kafka")
-
-        if "redis" in records:
-            report.already_running.append("redis")
-        else:
-            step(f"starting redis-server on 127.0.0.1:{self.settings.redis_port}")
-            records["redis"] = local_redis.start(self.settings)
-            self.state.save(records)
-            report.started.append("redis")
+            report.started.append(name)
 
         step("waiting for redis to answer PING")
         report.redis_ready_s = local_redis.wait_ready(records["redis"], self.settings.start_timeout_s)
