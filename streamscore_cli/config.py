@@ -12,10 +12,13 @@ import typer
 from pydantic_settings import BaseSettings
 from rich.table import Table
 
+from feature_repo.settings import FeastSettings
 from producers.settings import ProducerSettings
+from stream_processors.settings import StreamProcessorSettings
 from streamscore.infra.settings import PROJECT_ROOT, InfraSettings
 from streamscore.settings import KafkaSettings, RedisSettings, TopicSettings
 from streamscore_cli.console import console, err_console
+from training.settings import TrainingSettings
 
 app = typer.Typer(help="Settings: environment variables, defaults, meanings.", no_args_is_help=True)
 
@@ -25,6 +28,9 @@ SETTINGS: tuple[type[BaseSettings], ...] = (
     RedisSettings,
     InfraSettings,
     ProducerSettings,
+    TrainingSettings,
+    StreamProcessorSettings,
+    FeastSettings,
 )
 DOC = PROJECT_ROOT / "docs" / "configuration.md"
 

@@ -6,7 +6,7 @@ import typer
 
 from streamscore import __version__
 from streamscore.logs import configure
-from streamscore_cli import config, demo, infra, produce, schemas
+from streamscore_cli import config, demo, features, infra, produce, schemas, stream, train
 
 app = typer.Typer(
     help="streamscore — real-time fraud scoring on Kafka.",
@@ -16,8 +16,11 @@ app = typer.Typer(
 app.add_typer(infra.app, name="infra")
 app.add_typer(schemas.app, name="schemas")
 app.add_typer(config.app, name="config")
+features.app.command("stream")(stream.stream)
+app.add_typer(features.app, name="features")
 app.command()(produce.produce)
 app.command()(demo.demo)
+app.command()(train.train)
 
 
 def version_callback(value: bool) -> None:

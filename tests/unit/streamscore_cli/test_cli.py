@@ -16,11 +16,14 @@ runner = CliRunner()
 def test_help_lists_the_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("infra", "produce", "demo", "schemas", "config"):
+    for command in ("infra", "produce", "demo", "schemas", "config", "features", "train"):
         assert command in result.output
     infra = runner.invoke(app, ["infra", "--help"])
     for command in ("up", "down", "status", "topics"):
         assert command in infra.output
+    features = runner.invoke(app, ["features", "--help"])
+    for command in ("batch", "apply", "materialize", "stream"):
+        assert command in features.output
 
 
 def test_generated_docs_are_current() -> None:

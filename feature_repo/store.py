@@ -1,0 +1,351 @@
+"""The feature store API the services use; the only module that calls Feast at run time.
+
+Keeping every Feast call here means one place knows Feast's quirks, and the services (stream processor,
+scorer, API, training) see plain `streamscore.features` dataclasses instead of Feast responses:
+
+- `open_store` builds the `RepoConfig` in code from `FeastSettings` (no feature_store.yaml lookup, no
+  working-directory dependence), so a test points the store at its own Redis, registry, data folder and
+  project. `apply` registers `definitions(data_dir)`.
+- `push_realtime` writes a batch of account snapshots with ONE `store.push(...)` (push source
+  `account_realtime_push`, `PushMode.ONLINE`: the offline side of the view is the real-time log built from
+  the history, not the pushes). The row's event timestamp is the snapshot's `last_event_ts`. The Redis
+  store is configured with `skip_dedup`: the last write wins, as on SQLite. Feast's default would skip a
+  write whose timestamp is not newer than the stored one, and an out-of-order transaction changes an
+  account's windows without advancing `last_event_ts` — its snapshot would never reach Redis. The stream
+  processor is the only writer of an account's row and pushes its snapshots in order, so the last write is
+  the newest state (one pipeline instead of two round trips, too).
+- `read_online` reads the three views for many (account, merchant) pairs with ONE `get_online_features`
+  call, `full_feature_names=True` because `tx_count_30d` exists in two views (without the prefix the two
+  would collide). A view without a row for the entity gives None, never zeros: Redis answers a missing
+  entity with empty values and a zero timestamp, SQLite with NOT_FOUND; both count as absent.
+- TTLs (2 days, see `definitions`) bound the offline join: a feature row older than the TTL at the entity
+  timestamp does not join. Feast's online read ignores TTLs; pass `as_of` to `read_online` to apply the
+  same rule online (rows older than the TTL at `as_of` count as absent) — without it, an account idle for
+  a week would be served its week-old snapshot while training saw no snapshot at all.
+- The point-in-time rule of training: entity timestamps are the transaction's event time minus 1 µs. Feast
+  joins the newest row with a timestamp <= the entity timestamp, and the real-time log row produced BY a
+  transaction carries that transaction's own timestamp, so the join sees exactly the state strictly before
+  the transaction (what the online store held when the scorer read it). Batch rows are stamped at the
+  snapshot instant and aggregate only what happened strictly before it.
+- Feast's file offline store (Dask) drops entity rows whose key has rows only outside the TTL window and
+  collapses entity rows sharing keys and timestamp, so `historical_features` retrieves each view of the
+  service separately for the distinct (key, timestamp) pairs and maps the values back onto every row; and
+  `open_store` stops dask from pickling list columns at every step (minutes → seconds). docs/features.md
+  lists these quirks with their places in the Feast and dask source.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from feast import FeatureStore, RepoConfig
+from feast.data_source import PushMode
+from feast.errors import FeastError
+
+from feature_repo.batch import TIMESTAMP_FIELD
+from feature_repo.definitions import (
+    BATCH_TTL,
+    MERCHANT_VIEW,
+    PROFILE_VIEW,
+    REALTIME_PUSH_SOURCE,
+    REALTIME_TTL,
+    REALTIME_VIEW,
+    SERVICES,
+    VIEW_FIELDS,
+    definitions,
+)
+from feature_repo.settings import REPO_DIR, FeastSettings
+from streamscore.errors import StreamscoreError
+from streamscore.features import AccountProfile, MerchantRisk, RealtimeSnapshot
+
+logger = logging.getLogger(__name__)
+
+BATCH_VIEWS: tuple[str, ...] = (PROFILE_VIEW, MERCHANT_VIEW)
+"""What `materialize` loads by default: the daily batch views (the real-time view is pushed)."""
+TTLS: dict[str, timedelta] = {REALTIME_VIEW: REALTIME_TTL, PROFILE_VIEW: BATCH_TTL, MERCHANT_VIEW: BATCH_TTL}
+_US = 1_000_000
+
+OnlineRow = tuple[RealtimeSnapshot | None, AccountProfile | None, MerchantRisk | None]
+"""What the online store holds for one (account, merchant) pair; None where a view has no row."""
+
+
+class FeatureStoreError(StreamscoreError):
+    """Feast refused a call: typically the repository was not applied (`streamscore features apply`)."""
+
+    def __init__(self, action: str, problem: str) -> None:
+        super().__init__(f"feature store: {action} failed: {problem}")
+        self.action = action
+
+
+@contextmanager
+def _feast(action: str) -> Iterator[None]:
+    # Feast's own errors (unknown view, service or push source: an unapplied registry) become one of ours;
+    # infrastructure errors (Redis down) pass through unchanged, so callers can retry them.
+    try:
+        yield
+    except FeastError as exc:
+        raise FeatureStoreError(action, f"{type(exc).__name__}: {exc}") from exc
+
+
+_dask_patched = False
+
+
+def _cheap_dask_tokens() -> None:
+    """Stop dask from pickling list-valued columns on every step of the file offline store.
+
+    Feast's file offline store runs on dask and `persist()`s after each step; dask then tokenizes the
+    persisted pandas data. For an object column of strings it hashes the joined text, but a column of
+    lists (our Array(String) features arrive as numpy arrays per row) falls back to pickling the whole
+    column two or three times per tokenization: a 2000-row training join over a 1M-row log took 8 minutes,
+    materializing 600k profile rows 2 minutes. Such arrays get a random token instead, which is what dask
+    itself does for objects it cannot pickle: always unique, never conflated, only not shared between
+    identical graphs. Other arrays keep dask's own tokenization.
+    """
+    global _dask_patched
+    if _dask_patched:
+        return
+    from dask.tokenize import normalize_token
+
+    dask_normalize = normalize_token.dispatch(np.ndarray)  # type: ignore[no-untyped-call]
+
+    def normalize(array: np.ndarray[Any, Any]) -> object:
+        if array.dtype.hasobject and array.size and not all(isinstance(v, str | bytes) for v in array.flat):
+            return ("streamscore-object-array", uuid.uuid4().hex, array.shape)
+        return dask_normalize(array)
+
+    normalize_token.register(np.ndarray, normalize)  # type: ignore[no-untyped-call]
+    _dask_patched = True
+
+
+def repo_config(settings: FeastSettings) -> RepoConfig:
+    """The Feast configuration of `settings`, the same as feature_store.yaml but built in code."""
+    online: dict[str, Any]
+    if settings.online_store == "redis":
+        # skip_dedup: last write wins (see the module docstring: out-of-order events keep last_event_ts).
+        online = {"type": "redis", "connection_string": settings.redis.connection_string(), "skip_dedup": True}
+    else:
+        online = {"type": "sqlite", "path": str(settings.sqlite_path.resolve())}
+    return RepoConfig(
+        project=settings.project,
+        provider="local",
+        registry={
+            "registry_type": "file",
+            "path": str(settings.registry_path.resolve()),
+            "cache_ttl_seconds": settings.registry_cache_ttl_s,
+        },
+        online_store=online,
+        offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+        repo_path=REPO_DIR,
+    )
+
+
+def open_store(settings: FeastSettings | None = None) -> FeatureStore:
+    """A Feast `FeatureStore` for `settings` (default: from the environment); creates its folders."""
+    settings = settings or FeastSettings()
+    _cheap_dask_tokens()
+    settings.registry_path.parent.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.online_store == "sqlite":
+        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(repo_path=str(REPO_DIR), config=repo_config(settings))
+
+
+def apply(store: FeatureStore, data_dir: Path) -> None:
+    """Register every entity, source, view and service, their files under `data_dir` (idempotent)."""
+    with _feast("apply"):
+        store.apply(definitions(data_dir))  # type: ignore[arg-type]
+
+
+def materialize(store: FeatureStore, start: datetime, end: datetime, *, views: Sequence[str] = BATCH_VIEWS) -> None:
+    """Load the newest row per entity with a timestamp in `[start, end]` of each view in `views` from its
+    offline file into the online store. Add `account_realtime` to bootstrap the online real-time state
+    from the history's log — before the stream processor runs: the last write wins, so materializing the
+    log later would replace newer pushed snapshots with the history's."""
+    for moment in (start, end):
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise ValueError(f"materialize needs timezone-aware instants, got {moment!r}")
+    with _feast("materialize"):
+        store.materialize(start_date=start, end_date=end, feature_views=list(views))
+
+
+def _stamp(last_event_ts: float | None, now_us: int) -> int:
+    return now_us if last_event_ts is None else round(last_event_ts * _US)
+
+
+def realtime_frame(rows: Sequence[tuple[str, RealtimeSnapshot]]) -> pd.DataFrame:
+    """The push DataFrame of (account_id, snapshot) rows; event timestamp = the snapshot's last event (µs,
+    UTC), the push time for a snapshot without any event."""
+    now_us = round(datetime.now(UTC).timestamp() * _US)
+    data: dict[str, Any] = {"account_id": [account for account, _ in rows]}
+    for name, _ in VIEW_FIELDS[REALTIME_VIEW]:
+        values = [getattr(snapshot, name) for _, snapshot in rows]
+        if name in ("known_devices", "known_countries"):
+            data[name] = [list(v) for v in values]
+        elif name == "last_event_ts":
+            data[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        elif name.startswith("amount_"):
+            data[name] = np.array(values, dtype=np.float64)
+        else:
+            data[name] = np.array(values, dtype=np.int64)
+    stamps = np.array([_stamp(s.last_event_ts, now_us) for _, s in rows], dtype=np.int64)
+    data[TIMESTAMP_FIELD] = pd.to_datetime(stamps, unit="us", utc=True)
+    return pd.DataFrame(data)
+
+
+def push_realtime(store: FeatureStore, rows: Sequence[tuple[str, RealtimeSnapshot]]) -> None:
+    """Write the snapshots of many accounts to the online store in one push (a no-op for no rows)."""
+    if not rows:
+        return
+    frame = realtime_frame(rows)
+    with _feast("push"):
+        store.push(REALTIME_PUSH_SOURCE, frame, to=PushMode.ONLINE)
+
+
+def _refs(view: str) -> list[str]:
+    return [f"{view}:{name}" for name, _ in VIEW_FIELDS[view]]
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return tuple(str(v) for v in value)  # type: ignore[attr-defined]
+
+
+def _number(value: object, default: float = 0.0) -> float:
+    if value is None:
+        return default
+    number = float(value)  # type: ignore[arg-type]
+    return default if math.isnan(number) else number
+
+
+def read_online(
+    store: FeatureStore,
+    keys: Sequence[tuple[str, str]],
+    *,
+    as_of: datetime | Sequence[datetime] | None = None,
+) -> list[OnlineRow]:
+    """For each (account_id, merchant_id): the real-time snapshot, profile and merchant risk the online
+    store holds, None for a view without a row. With `as_of` (one instant, or one per key), a row older than
+    its view's TTL at that instant also counts as absent, exactly as in the offline join."""
+    if not keys:
+        return []
+    cutoffs = _cutoffs(as_of, len(keys))
+    refs = [ref for view in (REALTIME_VIEW, PROFILE_VIEW, MERCHANT_VIEW) for ref in _refs(view)]
+    entity_rows = [{"account_id": account, "merchant_id": merchant} for account, merchant in keys]
+    with _feast("read"):
+        response = store.get_online_features(features=refs, entity_rows=entity_rows, full_feature_names=True)
+    values = response.to_dict()
+    names = list(response.proto.metadata.feature_names.val)
+    stamps: dict[str, list[float]] = {}
+    for view in (REALTIME_VIEW, PROFILE_VIEW, MERCHANT_VIEW):
+        # All fields of a view share its row's timestamp; 0 means "no row" (Redis) or NOT_FOUND (SQLite).
+        result = response.proto.results[names.index(f"{view}__{VIEW_FIELDS[view][0][0]}")]
+        stamps[view] = [ts.seconds + ts.nanos / 1e9 for ts in result.event_timestamps]
+
+    def present(view: str, i: int) -> bool:
+        stamp = stamps[view][i]
+        if stamp <= 0:
+            return False
+        cutoff = cutoffs[i]
+        return cutoff is None or stamp >= cutoff - TTLS[view].total_seconds()
+
+    def field(view: str, name: str, i: int) -> Any:
+        return values[f"{view}__{name}"][i]
+
+    out: list[OnlineRow] = []
+    for i in range(len(keys)):
+        realtime = None
+        if present(REALTIME_VIEW, i):
+            last = field(REALTIME_VIEW, "last_event_ts", i)
+            realtime = RealtimeSnapshot(
+                tx_count_5m=int(_number(field(REALTIME_VIEW, "tx_count_5m", i))),
+                tx_count_1h=int(_number(field(REALTIME_VIEW, "tx_count_1h", i))),
+                tx_count_24h=int(_number(field(REALTIME_VIEW, "tx_count_24h", i))),
+                amount_sum_5m=_number(field(REALTIME_VIEW, "amount_sum_5m", i)),
+                amount_sum_1h=_number(field(REALTIME_VIEW, "amount_sum_1h", i)),
+                amount_sum_24h=_number(field(REALTIME_VIEW, "amount_sum_24h", i)),
+                distinct_merchants_1h=int(_number(field(REALTIME_VIEW, "distinct_merchants_1h", i))),
+                last_event_ts=None if last is None or math.isnan(float(last)) else float(last),
+                known_devices=_strings(field(REALTIME_VIEW, "known_devices", i)),
+                known_countries=_strings(field(REALTIME_VIEW, "known_countries", i)),
+            )
+        profile = None
+        if present(PROFILE_VIEW, i):
+            profile = AccountProfile(
+                amount_mean_30d=_number(field(PROFILE_VIEW, "amount_mean_30d", i)),
+                amount_std_30d=_number(field(PROFILE_VIEW, "amount_std_30d", i)),
+                tx_count_30d=int(_number(field(PROFILE_VIEW, "tx_count_30d", i))),
+                home_country=str(field(PROFILE_VIEW, "home_country", i) or ""),
+                usual_countries=_strings(field(PROFILE_VIEW, "usual_countries", i)),
+                usual_devices=_strings(field(PROFILE_VIEW, "usual_devices", i)),
+            )
+        merchant = None
+        if present(MERCHANT_VIEW, i):
+            merchant = MerchantRisk(
+                fraud_rate_30d=_number(field(MERCHANT_VIEW, "fraud_rate_30d", i)),
+                tx_count_30d=int(_number(field(MERCHANT_VIEW, "tx_count_30d", i))),
+            )
+        out.append((realtime, profile, merchant))
+    return out
+
+
+def _cutoffs(as_of: datetime | Sequence[datetime] | None, n: int) -> list[float | None]:
+    if as_of is None:
+        return [None] * n
+    instants = [as_of] * n if isinstance(as_of, datetime) else list(as_of)
+    if len(instants) != n:
+        raise ValueError(f"as_of has {len(instants)} instants for {n} keys")
+    for moment in instants:
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise ValueError(f"as_of must be timezone-aware, got {moment!r}")
+    return [moment.timestamp() for moment in instants]
+
+
+JOIN_KEYS: dict[str, str] = {REALTIME_VIEW: "account_id", PROFILE_VIEW: "account_id", MERCHANT_VIEW: "merchant_id"}
+_ROW = "__entity_row"
+
+
+def historical_features(store: FeatureStore, entity_df: pd.DataFrame, service: str = "fraud_v1") -> pd.DataFrame:
+    """Point-in-time join of the feature service `service` onto `entity_df` (columns account_id,
+    merchant_id, event_timestamp = event time - 1 µs, and any others, which are kept): one output row per
+    entity row, in the entity rows' order, plus the service's `<view>__<field>` columns (NaN / None where a
+    view has no row within its TTL at or before the entity timestamp).
+
+    Feast's file (Dask) offline store has two quirks this works around (see docs/features.md): an entity row
+    whose key has feature rows, all outside `[ts - ttl, ts]`, is dropped from the result instead of getting
+    nulls, which would also lose the other views' values of that row; and entity rows that share the join
+    keys and timestamp are collapsed into one. So each view of the service is retrieved on its own, for the
+    distinct (join key, timestamp) pairs, and mapped back onto every entity row."""
+    if service not in SERVICES:
+        known = ", ".join(SERVICES)
+        raise FeatureStoreError("historical retrieval", f"unknown feature service {service!r} (known: {known})")
+    missing = [c for c in ("account_id", "merchant_id", TIMESTAMP_FIELD) if c not in entity_df.columns]
+    if missing:
+        raise ValueError(f"entity_df lacks the column(s) {', '.join(missing)}")
+    out = entity_df.copy()
+    with _feast("historical retrieval"):
+        for projection in store.get_feature_service(service).feature_view_projections:
+            key = JOIN_KEYS[projection.name]
+            pairs = entity_df[[key, TIMESTAMP_FIELD]]
+            group = pairs.groupby([key, TIMESTAMP_FIELD], sort=False, dropna=False).ngroup().to_numpy()
+            _, first = np.unique(group, return_index=True)
+            query = pairs.iloc[first].reset_index(drop=True)
+            query[_ROW] = np.arange(len(query))
+            refs = [f"{projection.name}:{f.name}" for f in projection.features]
+            job = store.get_historical_features(entity_df=query, features=refs, full_feature_names=True)
+            result: pd.DataFrame = job.to_df()
+            names = [f"{projection.name}__{f.name}" for f in projection.features]
+            aligned = result.set_index(_ROW)[names].reindex(np.arange(len(query)))
+            for name in names:
+                out[name] = aligned[name].to_numpy()[group]
+    return out

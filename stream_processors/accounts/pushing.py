@@ -1,0 +1,388 @@
+"""Batched pushes of account snapshots to the online store.
+
+The agent folds each transaction into its account's state and hands the new snapshot to a
+`SnapshotBatcher`. The batcher keeps one row per account (the last snapshot wins: only the newest state
+matters in the online store) and writes them in one call when `batch_size` accounts are waiting or the
+oldest waiting row is `max_delay_s` old, whichever comes first (a Faust timer checks the delay). Never one
+write per event.
+
+The write runs in a one-thread executor so the event loop (the consumer's heartbeats, the agent, the
+web server) never waits on Redis, and two pushes never overlap, so the online store sees the snapshots
+of an account in order.
+
+Offsets: each row comes with the ack of the event that produced it. Acks are released only after the
+push that carried the row succeeded, so a committed offset always means "this event's effect is
+readable in the online store". A failed push keeps its rows and acks queued (newer rows of the same
+account still win) and is retried with exponential backoff; consumption continues until
+`max_pending_events` events wait, then the agent waits for room (backpressure), the worker stays in its
+group and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from stream_processors.metrics import FeatureMetrics
+from streamscore.features import RealtimeSnapshot
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+    from feature_repo.settings import FeastSettings
+
+log = logging.getLogger(__name__)
+
+Row = tuple[str, RealtimeSnapshot]
+"""(account_id, the account's snapshot after its latest applied transaction)."""
+Ack = Callable[[], Awaitable[object]]
+"""Marks one consumed event as processed, so its offset may be committed."""
+
+
+class FeatureSink(Protocol):
+    """Where snapshots go: one blocking call per batch (it runs in a worker thread)."""
+
+    def push(self, rows: Sequence[Row]) -> None: ...
+
+
+@dataclass
+class MemorySink:
+    """A sink that keeps the latest snapshot per account in a dict (unit tests, dry runs)."""
+
+    rows: dict[str, RealtimeSnapshot] = field(default_factory=dict)
+    batches: list[int] = field(default_factory=list)
+    """Size of every batch pushed, in order."""
+
+    def push(self, rows: Sequence[Row]) -> None:
+        self.rows.update(rows)
+        self.batches.append(len(rows))
+
+
+class FeastSink:
+    """The production sink: one `push_realtime` call (Feast push source of `account_realtime`) per batch."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+
+    @classmethod
+    def open(cls, settings: FeastSettings) -> FeastSink:
+        """Open the store and check that the repository was applied: without the `account_realtime` view
+        every push would fail, so the worker refuses to start instead."""
+        # Imported here: Feast takes seconds to import, and the batcher's tests do not need it.
+        from feature_repo.definitions import REALTIME_VIEW
+        from feature_repo.store import FeatureStoreError, open_store
+
+        store = open_store(settings)
+        try:
+            store.get_feature_view(REALTIME_VIEW)
+        except Exception as exc:
+            raise FeatureStoreError(
+                "open",
+                f"feature view {REALTIME_VIEW!r} is not registered in project {settings.project!r} "
+                f"(registry {settings.registry_path}): run `streamscore features apply` first ({exc})",
+            ) from exc
+        return cls(store)
+
+    def push(self, rows: Sequence[Row]) -> None:
+        from feature_repo.store import push_realtime
+
+        push_realtime(self.store, rows)
+
+
+@dataclass(frozen=True, slots=True)
+class PushPolicy:
+    batch_size: int = 500
+    """Accounts per push: a full batch is written at once."""
+    max_delay_s: float = 0.2
+    """The oldest queued row is written after at most this long."""
+    max_pending_events: int = 20_000
+    """Events waiting for a push beyond which the agent stops consuming until a push succeeds."""
+    retry_initial_s: float = 0.1
+    """First backoff after a failed push; doubles per consecutive failure."""
+    retry_max_s: float = 5.0
+    """Longest backoff between two attempts."""
+    unhealthy_after_s: float = 60.0
+    """Pushes failing for this long make the health check fail."""
+
+    def backoff_s(self, failures: int) -> float:
+        """Wait after the `failures`-th consecutive failure (1, 2, …)."""
+        return float(min(self.retry_max_s, self.retry_initial_s * 2 ** max(failures - 1, 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class PushHealth:
+    healthy: bool
+    pending_rows: int
+    pending_events: int
+    consecutive_failures: int
+    failing_for_s: float
+    """Seconds since the first of the current run of failures; 0 when the last push succeeded."""
+    last_error: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "healthy": self.healthy,
+            "pending_rows": self.pending_rows,
+            "pending_events": self.pending_events,
+            "consecutive_failures": self.consecutive_failures,
+            "failing_for_s": round(self.failing_for_s, 3),
+            "last_error": self.last_error,
+        }
+
+
+def _log_crash(task: asyncio.Task[bool]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background push crashed", exc_info=task.exception())
+
+
+@dataclass(slots=True)
+class _Pending:
+    seq: int
+    """Sequence number of the add() that queued this snapshot (acks up to it are covered by it)."""
+    snapshot: RealtimeSnapshot
+    queued_at: float
+    """When this account's row started waiting (kept when a newer snapshot replaces the queued one)."""
+
+
+class SnapshotBatcher:
+    """Collects (account, snapshot, ack) and writes them to a `FeatureSink` in batches."""
+
+    def __init__(
+        self,
+        sink: FeatureSink,
+        policy: PushPolicy,
+        metrics: FeatureMetrics,
+        *,
+        executor: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sink = sink
+        self.policy = policy
+        self.metrics = metrics
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-push")
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._lock = asyncio.Lock()
+        self._rows: dict[str, _Pending] = {}
+        """Queued rows, oldest first (a replaced snapshot keeps its account's place)."""
+        self._acks: dict[str, list[tuple[int, Ack]]] = {}
+        self._n_acks = 0
+        self._seq = 0
+        self._retry_at = 0.0
+        self._failures = 0
+        self._failing_since: float | None = None
+        self._last_error: str | None = None
+        self._newest_pushed: float | None = None
+        self._task: asyncio.Task[bool] | None = None
+
+    # --- queueing (synchronous: called by the agent for every event) -----------------------------------
+
+    def add(self, account_id: str, snapshot: RealtimeSnapshot, ack: Ack | None = None) -> None:
+        """Queue the account's newest snapshot (replacing an older queued one) and the event's ack; the ack
+        is released once a snapshot at least this new has been written."""
+        self._seq += 1
+        queued = self._rows.get(account_id)
+        queued_at = queued.queued_at if queued is not None else self._clock()
+        self._rows[account_id] = _Pending(self._seq, snapshot, queued_at)
+        if ack is not None:
+            self._acks.setdefault(account_id, []).append((self._seq, ack))
+            self._n_acks += 1
+        self._gauges()
+
+    @property
+    def pending_rows(self) -> int:
+        return len(self._rows)
+
+    @property
+    def pending_events(self) -> int:
+        return self._n_acks
+
+    @property
+    def has_room(self) -> bool:
+        return self._n_acks < self.policy.max_pending_events
+
+    def due(self) -> bool:
+        """A push should happen now: a full batch, too many waiting events or an old enough row, and no
+        backoff in progress."""
+        if not self._rows:
+            return False
+        now = self._clock()
+        if now < self._retry_at:
+            return False
+        oldest = next(iter(self._rows.values())).queued_at
+        return len(self._rows) >= self.policy.batch_size or not self.has_room or now - oldest >= self.policy.max_delay_s
+
+    # --- pushing -------------------------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Start a push in the background if one is `due()` and none is running (the timer and the agent
+        call this; neither waits for Redis)."""
+        if self.due() and not self.flushing:
+            self._task = asyncio.get_running_loop().create_task(self.flush(), name="push-snapshots")
+            self._task.add_done_callback(_log_crash)
+
+    @property
+    def flushing(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def flush_if_due(self) -> bool:
+        """Push now if `due()`; True when a push happened and succeeded."""
+        if not self.due():
+            return False
+        return await self.flush()
+
+    async def flush(self) -> bool:
+        """Write what is queued now, `batch_size` rows per write. True on success; on failure the rows not
+        written stay queued and the next attempt waits for the backoff. Rows queued while this runs wait for
+        the next flush (so a slow push does not turn into a stream of tiny ones)."""
+        async with self._lock:
+            chunks = -(-len(self._rows) // self.policy.batch_size)
+            for _ in range(chunks):
+                if not self._rows:
+                    break
+                if not await self._push_once():
+                    return False
+            return True
+
+    async def _push_once(self) -> bool:
+        keys = list(self._rows)[: self.policy.batch_size]
+        taken = {k: self._rows.pop(k) for k in keys}
+        rows = [(k, p.snapshot) for k, p in taken.items()]
+        started = self._clock()
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.sink.push, rows)
+        except asyncio.CancelledError:
+            # Stopping (shutdown, rebalance): whether the write happened is unknown; keep the rows, their
+            # acks were not released, so the events are replayed if they are not pushed later.
+            self._requeue(taken)
+            raise
+        except Exception as exc:  # noqa: BLE001 — any sink failure (Redis down, timeout) is retried, never fatal
+            self._requeue(taken)
+            self._on_failure(exc, started, len(rows))
+            return False
+        self._on_success(rows, started)
+        for key, pushed in taken.items():
+            await self._release(key, pushed.seq)
+        self._gauges()
+        return True
+
+    async def _release(self, account_id: str, seq: int) -> None:
+        waiting = self._acks.get(account_id)
+        if not waiting:
+            return
+        covered = [ack for s, ack in waiting if s <= seq]
+        rest = [(s, ack) for s, ack in waiting if s > seq]
+        if rest:
+            self._acks[account_id] = rest
+        else:
+            del self._acks[account_id]
+        self._n_acks -= len(covered)
+        for ack in covered:
+            try:
+                await ack()
+            except Exception:
+                log.exception("acknowledging a consumed event failed; it will be redelivered")
+
+    def _requeue(self, taken: dict[str, _Pending]) -> None:
+        # The failed rows go back to the front. A row queued for the same account while the push ran is
+        # newer: its snapshot wins, the older waiting time stays.
+        merged: dict[str, _Pending] = {}
+        for key, old in taken.items():
+            newer = self._rows.pop(key, None)
+            merged[key] = old if newer is None else _Pending(newer.seq, newer.snapshot, old.queued_at)
+        merged.update(self._rows)
+        self._rows = merged
+        self._gauges()
+
+    def _on_failure(self, exc: Exception, started: float, size: int) -> None:
+        now = self._clock()
+        self.metrics.push_latency.observe(now - started)
+        self.metrics.push_failures.inc()
+        self._failures += 1
+        if self._failing_since is None:
+            self._failing_since = started
+        backoff = self.policy.backoff_s(self._failures)
+        self._retry_at = now + backoff
+        self._last_error = f"{type(exc).__name__}: {exc}"[:500]
+        log.warning(
+            "push of %d rows failed (attempt %d, retry in %.2f s, %d rows and %d events wait): %s",
+            size,
+            self._failures,
+            backoff,
+            len(self._rows),
+            self._n_acks,
+            self._last_error,
+            exc_info=self._failures == 1,
+        )
+
+    def _on_success(self, rows: list[Row], started: float) -> None:
+        self.metrics.push_latency.observe(self._clock() - started)
+        if self._failures:
+            log.info("push succeeded again after %d failed attempts", self._failures)
+        self._failures, self._failing_since, self._retry_at, self._last_error = 0, None, 0.0, None
+        self.metrics.push_batches.inc()
+        self.metrics.pushed_rows.inc(len(rows))
+        newest = max((s.last_event_ts for _, s in rows if s.last_event_ts is not None), default=None)
+        if newest is not None:
+            self.metrics.freshness.observe(max(self._wall_clock() - newest, 0.0))
+            if self._newest_pushed is None or newest > self._newest_pushed:
+                self._newest_pushed = newest
+                self.metrics.last_pushed_event.set(newest)
+
+    def _gauges(self) -> None:
+        self.metrics.pending_rows.set(len(self._rows))
+        self.metrics.pending_events.set(self._n_acks)
+
+    # --- waiting ---------------------------------------------------------------------------------------------
+
+    async def wait_for_room(self) -> None:
+        """Backpressure: return once fewer than `max_pending_events` events wait, pushing (after the
+        backoff) until then."""
+        while not self.has_room:
+            if self._task is not None and not self._task.done():
+                await asyncio.wait([self._task])
+                continue
+            wait = self._retry_at - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif await self.flush() and not self.has_room:
+                # Cannot happen (every waiting ack has a queued row, and a successful flush wrote them all);
+                # never spin without yielding to the event loop if it somehow does.
+                await asyncio.sleep(self.policy.max_delay_s)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """At shutdown: push everything queued, retrying with backoff for at most `timeout_s` (a push that
+        hangs longer is abandoned; its events are replayed at the next start)."""
+        try:
+            await asyncio.wait_for(self._drain(), timeout_s)
+        except TimeoutError:
+            return False
+        return not self._rows
+
+    async def _drain(self) -> None:
+        while self._rows:
+            if await self.flush():
+                continue
+            await asyncio.sleep(max(self._retry_at - self._clock(), 0.0))
+
+    def health(self) -> PushHealth:
+        failing_for = 0.0 if self._failing_since is None else self._clock() - self._failing_since
+        return PushHealth(
+            healthy=failing_for < self.policy.unhealthy_after_s,
+            pending_rows=len(self._rows),
+            pending_events=self._n_acks,
+            consecutive_failures=self._failures,
+            failing_for_s=failing_for,
+            last_error=self._last_error,
+        )
+
+    def close(self) -> None:
+        if self._own_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,223 @@
+"""The Faust application of the feature processor, built from settings (`create_app`).
+
+Faust choices, and why:
+
+- `processing_guarantee="at_least_once"`, one agent instance (concurrency 1): offsets are acknowledged
+  only after the pushed snapshot is in the online store; `apply_transaction` is idempotent by event_id,
+  so replays are harmless (see accounts/agents.py).
+- `stream_wait_empty=False`: on a rebalance or at shutdown Faust commits what is acknowledged and does
+  not wait for events still queued for a push (they would wait for Redis). Those events are replayed by
+  the partition's next owner, which is harmless for the same reason.
+- The app id is `TOPICS_PREFIX + FEATURES_APP_ID`: it is the consumer group and the prefix of the
+  table's changelog topic, so tests and environments sharing a broker stay apart. The broker does not
+  create topics on its own (`auto.create.topics.enable=false`); Faust declares its changelog topic itself
+  through the admin API (replication factor 1 here: `topic_replication_factor`). The leader-election
+  topic is disabled (no `on_leader` timers).
+- Faust reads its own environment variables (`WEB_PORT`, `BROKER_URL`, …) and lets them override the
+  arguments: the app gets an empty `env` so settings come from `StreamProcessorSettings` only.
+- Faust's web server (aiohttp, in the worker's event loop) serves `/metrics` (Prometheus text) and
+  `/healthz` on `FEATURES_METRICS_PORT`; there is no second HTTP server.
+- `memory://` table store: RocksDB is not installed. The table is rebuilt from the compacted changelog at
+  every start (measured in docs/stream-processors.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from stream_processors.accounts.agents import TABLE_NAME, install
+from stream_processors.accounts.pushing import FeastSink, FeatureSink, PushPolicy, SnapshotBatcher
+from stream_processors.metrics import FeatureMetrics, default_metrics
+from stream_processors.settings import StreamProcessorSettings
+from streamscore.errors import ConfigError
+from streamscore.kafka import admin_client
+from streamscore.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+CHANGELOG_CONFIG = {"segment.ms": str(3600 * 1000)}
+"""The changelog is compacted (one record per account survives), but the broker only compacts closed
+segments, and the default segment lives 7 days: rolling hourly keeps what a restart replays close to one
+record per account instead of one per event."""
+
+
+@dataclass
+class FeatureProcessor:
+    """The Faust app and the parts the worker, the web pages and tests reach into."""
+
+    app: Any
+    table: Any
+    batcher: SnapshotBatcher
+    metrics: FeatureMetrics
+    settings: StreamProcessorSettings
+
+
+def broker_urls(kafka: KafkaSettings) -> list[str]:
+    return [f"kafka://{host.strip()}" for host in kafka.bootstrap_servers.split(",") if host.strip()]
+
+
+def broker_credentials(kafka: KafkaSettings) -> Any:
+    """aiokafka credentials matching the librdkafka settings of KafkaSettings (None for PLAINTEXT)."""
+    protocol = kafka.security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context() if protocol.endswith("SSL") else None
+    if protocol.startswith("SASL"):
+        if not kafka.sasl_username or kafka.sasl_password is None:
+            raise ConfigError("KAFKA_SASL_USERNAME", f"{protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value(),
+            mechanism=kafka.sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    raise ConfigError("KAFKA_SECURITY_PROTOCOL", f"unknown protocol {kafka.security_protocol!r}")
+
+
+def transactions_partitions(settings: StreamProcessorSettings, timeout_s: float = 30.0) -> int:
+    """The partition count of the transactions topic, from the broker (the table must match it)."""
+    name = settings.topics.registry().transactions.name
+    metadata = admin_client(settings.kafka).list_topics(name, timeout=timeout_s)
+    topic = metadata.topics.get(name)
+    if topic is None or topic.error is not None or not topic.partitions:
+        raise ConfigError(
+            "TOPICS_PREFIX",
+            f"topic {name!r} does not exist on {settings.kafka.bootstrap_servers}; "
+            "create it with `streamscore infra up` (or `streamscore infra topics`)",
+        )
+    return len(topic.partitions)
+
+
+def changelog_topic_name(settings: StreamProcessorSettings) -> str:
+    """Faust's name for the account-state table's changelog topic."""
+    return f"{settings.faust_id}-{TABLE_NAME}-changelog"
+
+
+def faust_app(settings: StreamProcessorSettings, partitions: int) -> Any:
+    return faust.App(
+        settings.faust_id,
+        env={},
+        autodiscover=False,
+        broker=broker_urls(settings.kafka),
+        broker_credentials=broker_credentials(settings.kafka),
+        broker_client_id=f"{settings.kafka.client_id_prefix}-features",
+        broker_commit_interval=settings.commit_interval_s,
+        broker_commit_every=settings.commit_every,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        stream_processing_timeout=settings.stream_processing_timeout_s,
+        stream_wait_empty=False,
+        store=settings.store,
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        topic_disable_leader=True,
+        table_standby_replicas=0,
+        web_enabled=True,
+        web_port=settings.metrics_port,
+        web_bind=settings.metrics_bind,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+def create_app(
+    settings: StreamProcessorSettings | None = None,
+    *,
+    sink: FeatureSink | None = None,
+    metrics: FeatureMetrics | None = None,
+) -> FeatureProcessor:
+    """The feature processor's Faust app: the accounts agent, its table, the push timer, the web pages."""
+    settings = settings or StreamProcessorSettings()
+    partitions = settings.table_partitions or transactions_partitions(settings)
+    metrics = metrics or default_metrics()
+    if sink is None:
+        sink = FeastSink.open(settings.feast)
+    policy = PushPolicy(
+        batch_size=settings.push_batch_size,
+        max_delay_s=settings.push_max_delay_ms / 1000.0,
+        max_pending_events=settings.max_pending_events,
+        retry_initial_s=settings.push_retry_initial_ms / 1000.0,
+        retry_max_s=settings.push_retry_max_ms / 1000.0,
+        unhealthy_after_s=settings.unhealthy_after_s,
+    )
+    batcher = SnapshotBatcher(sink, policy, metrics)
+
+    app = faust_app(settings, partitions)
+    topic = app.topic(
+        settings.topics.registry().transactions.name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    table = app.Table(
+        TABLE_NAME,
+        partitions=partitions,
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        extra_topic_configs=CHANGELOG_CONFIG,
+        help="Per-account real-time state (streamscore.features.AccountState.as_dict()).",
+    )
+    install(app, topic, table, batcher, metrics)
+    processor = FeatureProcessor(app=app, table=table, batcher=batcher, metrics=metrics, settings=settings)
+    _add_timers(processor)
+    _add_pages(processor)
+    log.info(
+        "feature processor app=%s topic=%s partitions=%d batch=%d delay_ms=%d web=%s:%d",
+        settings.faust_id,
+        topic.get_topic_name(),
+        partitions,
+        settings.push_batch_size,
+        settings.push_max_delay_ms,
+        settings.metrics_bind,
+        settings.metrics_port,
+    )
+    return processor
+
+
+def _add_timers(processor: FeatureProcessor) -> None:
+    app, batcher = processor.app, processor.batcher
+    # A few checks per delay: a row waits at most max_delay plus a quarter of it.
+    interval = max(batcher.policy.max_delay_s / 4.0, 0.005)
+
+    @app.timer(interval=interval, name="push-due-snapshots")  # type: ignore[untyped-decorator]
+    async def push_due_snapshots() -> None:
+        batcher.kick()
+
+    @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
+    async def drain_on_shutdown(sender: Any, **kwargs: Any) -> None:
+        # The consumer is stopped: what is still queued is pushed now (its offsets are not committed, a
+        # restart replays those events, harmlessly).
+        if batcher.pending_rows:
+            log.info("pushing %d queued snapshots before shutdown", batcher.pending_rows)
+            if not await batcher.drain(processor.settings.shutdown_drain_s):
+                log.warning("%d snapshots were not pushed at shutdown; a restart replays them", batcher.pending_rows)
+        batcher.close()
+
+
+def _add_pages(processor: FeatureProcessor) -> None:
+    app, batcher, metrics = processor.app, processor.batcher, processor.metrics
+
+    @app.page("/metrics")  # type: ignore[untyped-decorator]
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/healthz")  # type: ignore[untyped-decorator]
+    async def healthz(web: Any, request: Any) -> Any:
+        push = batcher.health()
+        recovered = bool(app.tables.recovery.completed.is_set())
+        body = {**push.as_dict(), "recovered": recovered, "rebalancing": bool(app.rebalancing)}
+        return web.json(body, status=200 if push.healthy else 503)
+
+
+def run_worker(processor: FeatureProcessor, loglevel: str = "info") -> None:
+    """Run the Faust worker until SIGTERM / SIGINT (graceful stop), then exit the process."""
+    worker = faust.Worker(processor.app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,82 @@
+"""Prometheus metrics of the feature processor: base units, millisecond-scale buckets, no per-entity labels.
+
+Served with `/healthz` by the worker's web server (Faust's, on `FEATURES_METRICS_PORT`): see app.py.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Push latency: one pipelined Redis write of up to a few hundred rows takes milliseconds."""
+FRESHNESS_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+"""Event time to readable in the online store: the push delay (200 ms by default) plus the push itself."""
+
+SKIP_REASONS = ("duplicate", "late", "invalid")
+
+
+class FeatureMetrics:
+    """Every metric of the processor, registered in one registry (the default one in production, a private
+    one in tests so they can read exact values)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        prefix = "streamscore_features"
+        self.registry = registry
+        self.events_processed = Counter(
+            f"{prefix}_events_processed",
+            "Transactions folded into an account's state (a new snapshot was queued)",
+            registry=registry,
+        )
+        self.events_skipped = Counter(
+            f"{prefix}_events_skipped",
+            "Transactions that did not change any state, by reason: duplicate (redelivery, event_id already"
+            " applied), late (older than the 24 h window of the account's latest event), invalid (defective event,"
+            " the scorer dead-letters it)",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in SKIP_REASONS:
+            self.events_skipped.labels(reason=reason)
+        self.push_batches = Counter(
+            f"{prefix}_push_batches", "Batches written to the online store successfully", registry=registry
+        )
+        self.push_failures = Counter(
+            f"{prefix}_push_failures", "Batch writes that failed and were kept queued for a retry", registry=registry
+        )
+        self.pushed_rows = Counter(
+            f"{prefix}_pushed_rows", "Account snapshots written to the online store", registry=registry
+        )
+        self.push_latency = Histogram(
+            f"{prefix}_push_latency_seconds",
+            "Duration of one batched write to the online store (successful or not)",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.freshness = Histogram(
+            f"{prefix}_freshness_seconds",
+            "At each successful push: now minus the event time of the newest event in the batch",
+            buckets=FRESHNESS_BUCKETS_S,
+            registry=registry,
+        )
+        self.last_pushed_event = Gauge(
+            f"{prefix}_last_pushed_event_timestamp_seconds",
+            "Event time (Unix seconds) of the newest event whose snapshot reached the online store;"
+            " freshness now is time() minus this",
+            registry=registry,
+        )
+        self.pending_rows = Gauge(
+            f"{prefix}_pending_rows", "Account snapshots queued for the next push", registry=registry
+        )
+        self.pending_events = Gauge(
+            f"{prefix}_pending_events",
+            "Consumed events whose offsets wait for the next successful push before they may be committed",
+            registry=registry,
+        )
+
+
+@cache
+def default_metrics() -> FeatureMetrics:
+    """The process's metrics in the default registry (created once: a metric name registers only once)."""
+    return FeatureMetrics(REGISTRY)

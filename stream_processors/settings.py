@@ -1,0 +1,77 @@
+"""Settings of the feature processor (`FEATURES_…`), composed with the shared Kafka, topic and Feast blocks."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from feature_repo.settings import FeastSettings
+from streamscore.settings import KafkaSettings, TopicSettings
+
+STORES = ("memory://", "rocksdb://", "rocksdict://")
+
+
+class StreamProcessorSettings(BaseSettings):
+    """The feature processor: a Faust worker folding transactions into per-account state and pushing the
+    snapshots to the Feast online store (`streamscore features stream`)."""
+
+    model_config = SettingsConfigDict(env_prefix="FEATURES_", extra="forbid", use_attribute_docstrings=True)
+
+    app_id: str = Field(default="streamscore-features", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    """Faust application id: the consumer group, and (after TOPICS_PREFIX) the name prefix of the table's
+    changelog topic."""
+    push_batch_size: int = Field(default=500, ge=1, le=100_000)
+    """Accounts written to the online store in one push; a full batch is pushed at once."""
+    push_max_delay_ms: int = Field(default=200, ge=1, le=60_000)
+    """A queued snapshot is pushed after at most this many milliseconds, even when the batch is not full."""
+    push_retry_initial_ms: int = Field(default=100, ge=1)
+    """Backoff after a failed push (Redis down); doubles per consecutive failure."""
+    push_retry_max_ms: int = Field(default=5_000, ge=1)
+    """Longest backoff between two push attempts."""
+    max_pending_events: int = Field(default=20_000, ge=1)
+    """Consumed events whose snapshot is not pushed yet beyond which consumption pauses (backpressure)."""
+    unhealthy_after_s: float = Field(default=60.0, gt=0)
+    """`/healthz` answers 503 when pushes have been failing for this many seconds."""
+    shutdown_drain_s: float = Field(default=10.0, ge=0)
+    """At shutdown, how long to keep trying to push the queued snapshots."""
+    metrics_port: int = Field(default=6066, ge=1, le=65535)
+    """Port of the worker's HTTP server: `/metrics` (Prometheus) and `/healthz`."""
+    metrics_bind: str = "0.0.0.0"
+    """Interface the HTTP server listens on."""
+    table_partitions: int | None = Field(default=None, ge=1)
+    """Partitions of the account-state table's changelog; must equal the transactions topic's. Empty: read
+    the transactions topic's partition count from the broker at start."""
+    store: str = "memory://"
+    """Faust table store. `memory://` (RocksDB is not installed): the table lives in memory and is rebuilt
+    from its changelog topic at every start."""
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    """How often the worker commits the offsets of processed (and pushed) events."""
+    commit_every: int = Field(default=10_000, ge=1)
+    """Also commit after this many processed events."""
+    stream_processing_timeout_s: float = Field(default=60.0, gt=0)
+    """Faust logs an error when one event takes longer than this (e.g. waiting for room while Redis is down)."""
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    feast: FeastSettings = Field(default_factory=FeastSettings)
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if not value.startswith(STORES):
+            raise ValueError(f"FEATURES_STORE must start with one of {', '.join(STORES)}, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> StreamProcessorSettings:
+        if self.push_retry_max_ms < self.push_retry_initial_ms:
+            raise ValueError(
+                "FEATURES_PUSH_RETRY_MAX_MS must be at least FEATURES_PUSH_RETRY_INITIAL_MS, got "
+                f"{self.push_retry_max_ms} < {self.push_retry_initial_ms}"
+            )
+        return self
+
+    @property
+    def faust_id(self) -> str:
+        """The Faust app id: TOPICS_PREFIX + app_id, so tests and environments sharing a broker keep their
+        consumer groups and changelog topics apart."""
+        return self.topics.prefix + self.app_id

@@ -1,0 +1,125 @@
+"""The accounts agent's pure core: decoding a record and folding it into the stored state, which must give
+the same snapshots as the offline replay of the shared feature computation."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from stream_processors.accounts.agents import decode, fold
+from streamscore.contracts import DeadLetterReason, Transaction, headers_for
+from streamscore.errors import EventError
+from streamscore.features import AccountState, TransactionFacts, apply_transaction, replay
+
+T0 = 1_790_000_000.0
+
+
+def tx(i: int, t: float, account: str = "a1", amount: float = 10.0, merchant: str = "m1") -> TransactionFacts:
+    return TransactionFacts(f"e{i}", account, merchant, "5411", amount, "EUR", "DE", "pos", "d1", T0 + t)
+
+
+def stored_after(*events: TransactionFacts) -> dict[str, object]:
+    """The table row as the agent stores it: AccountState.as_dict() through JSON (the changelog's codec)."""
+    state = AccountState()
+    for event in events:
+        apply_transaction(state, event)
+    return json.loads(json.dumps(state.as_dict()))  # type: ignore[no-any-return]
+
+
+def test_a_new_account_gets_a_state_and_a_snapshot() -> None:
+    folded = fold(None, tx(1, 0.0, amount=12.5))
+    assert folded.skipped is None
+    assert folded.state is not None and folded.snapshot is not None
+    assert (folded.snapshot.tx_count_5m, folded.snapshot.amount_sum_24h) == (1, 12.5)
+    assert AccountState.from_dict(folded.state).snapshot() == folded.snapshot
+
+
+def test_a_redelivered_event_changes_nothing_but_requeues_the_current_snapshot() -> None:
+    stored = stored_after(tx(1, 0.0), tx(2, 60.0))
+    folded = fold(stored, tx(1, 0.0))
+    assert folded.skipped == "duplicate"
+    assert folded.state is None
+    assert folded.snapshot == AccountState.from_dict(stored).snapshot()
+    assert folded.snapshot is not None and folded.snapshot.tx_count_5m == 2
+
+
+def test_an_event_older_than_the_24h_window_is_skipped_without_a_push() -> None:
+    stored = stored_after(tx(1, 100_000.0))
+    folded = fold(stored, tx(2, 100_000.0 - 86_400.0))
+    assert (folded.skipped, folded.state, folded.snapshot) == ("late", None, None)
+
+
+def test_folding_record_by_record_through_the_table_equals_the_offline_replay() -> None:
+    # Card testing (a burst of small amounts at several merchants), window boundaries, an out-of-order
+    # event, a redelivery; two accounts interleaved.
+    events = [
+        tx(1, 0.0, "a1", 50.0, "m1"),
+        tx(2, 10.0, "a2", 5.0, "m9"),
+        *[tx(10 + k, 100.0 + 5 * k, "a1", 1.0, f"m{k % 3}") for k in range(8)],
+        tx(30, 100.0 + 299.0, "a1", 2.0, "m5"),  # just inside the 5 min window of the burst's start
+        tx(31, 100.0 + 300.0, "a1", 3.0, "m5"),  # the burst's start leaves the 5 min window
+        tx(32, 3700.0, "a1", 40.0, "m1"),  # 1 h window boundary
+        tx(33, 3650.0, "a1", 4.0, "m2"),  # slightly out of order
+        tx(34, 86_400.0 + 1.0, "a1", 9.0, "m1"),  # the first event leaves the 24 h window
+        tx(35, 86_500.0, "a2", 7.0, "m9"),
+    ]
+    delivered = [*events[:5], events[3], *events[5:]]  # e12 delivered twice
+    table: dict[str, dict[str, object]] = {}
+    online = {}
+    for event in delivered:
+        folded = fold(table.get(event.account_id), event)
+        if folded.state is not None:
+            table[event.account_id] = json.loads(json.dumps(folded.state))
+        if folded.snapshot is not None:
+            online[event.account_id] = folded.snapshot
+
+    # Offline: the snapshot "just before" a sentinel event after everything is the final state.
+    sentinels = [tx(900, 200_000.0, "a1"), tx(901, 200_000.0, "a2")]
+    before = replay([*events, *sentinels])
+    assert online == {"a1": before[-2], "a2": before[-1]}
+    assert online["a1"].tx_count_24h == 13  # everything but the first event, which left the 24 h window
+
+
+def record(**overrides: object) -> tuple[bytes, bytes, list[tuple[str, str | bytes | None]]]:
+    event = Transaction(
+        event_id="e-1",
+        account_id="acc-1",
+        merchant_id="m-1",
+        merchant_category="5411",
+        amount=12.5,
+        currency="EUR",
+        country="DE",
+        channel="pos",
+        device_id="d-1",
+        event_time=datetime(2026, 11, 24, 10, 0, tzinfo=UTC),
+    )
+    payload = {**json.loads(event.to_json()), **overrides}
+    return b"acc-1", json.dumps(payload).encode(), headers_for(event)
+
+
+def test_decode_gives_the_feature_facts() -> None:
+    facts = decode(*record())
+    assert (facts.event_id, facts.account_id, facts.amount) == ("e-1", "acc-1", 12.5)
+    assert facts.event_ts == datetime(2026, 11, 24, 10, 0, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"amount": -1.0}, DeadLetterReason.OUT_OF_RANGE),
+        ({"account_id": "acc-2"}, DeadLetterReason.KEY_MISMATCH),
+        ({"currency": "XXY"}, DeadLetterReason.INVALID_CODE),
+    ],
+)
+def test_decode_rejects_a_defective_event_with_its_reason(overrides: dict[str, object], reason: str) -> None:
+    with pytest.raises(EventError) as caught:
+        decode(*record(**overrides))
+    assert caught.value.reason == reason
+
+
+def test_decode_rejects_bytes_that_are_not_json() -> None:
+    with pytest.raises(EventError) as caught:
+        decode(b"acc-1", b"\xff\xfe not json", None)
+    assert caught.value.reason == DeadLetterReason.NOT_UTF8

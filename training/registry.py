@@ -1,0 +1,423 @@
+"""MLflow: one run per training (params, metrics, the ONNX model, its feature list and the drift reference),
+one version of the registered model per run, and the evaluation gate that decides its alias.
+
+Gate (`gate_reasons`): a candidate may take an alias only if its test PR-AUC, ROC-AUC and calibration error
+meet the absolute thresholds and its test PR-AUC is at most `champion_tolerance` below the champion's. The
+champion's figure is measured on the candidate's own test set when both use the same feature service (same
+rows, same inputs: a fair duel); otherwise it is the champion's recorded test PR-AUC (version tag).
+
+Aliases: no champion yet → a passing candidate becomes `champion`; otherwise it becomes `challenger`, and
+with `promote` it takes `champion` instead (the challenger alias is then dropped, it would name the same
+version). A failing candidate is registered (its run and numbers stay auditable) but gets no alias.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from numpy.typing import NDArray
+
+from streamscore.errors import StreamscoreError
+from streamscore.features import FEATURE_NAMES
+from training.export import ExportedModel, run_onnx, sha256_hex
+from training.metrics import RuleBaseline, ScoreMetrics, average_precision
+from training.model import EpochReport
+from training.settings import TrainingSettings
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_DIR = "model"
+"""Artifact folder of a run that the model version points to."""
+MODEL_FILE = "model.onnx"
+FEATURES_FILE = "features.json"
+REFERENCE_FILE = "reference.json"
+REFERENCE_BINS = 10
+REFERENCE_SCHEMA_VERSION = 1
+
+
+class ModelIntegrityError(StreamscoreError):
+    """A downloaded model file does not have the checksum the registry recorded."""
+
+    def __init__(self, name: str, version: str, expected: str, actual: str) -> None:
+        super().__init__(f"{name} version {version}: model.onnx has SHA-256 {actual}, the registry says {expected}")
+
+
+class AliasNotFoundError(StreamscoreError):
+    """No version of the registered model carries the alias."""
+
+    http_status = 404
+
+    def __init__(self, name: str, alias: str) -> None:
+        super().__init__(f"registered model {name!r} has no version with alias {alias!r}")
+
+
+# --- what a run records ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trained, exported and evaluated model, ready to be logged and judged."""
+
+    exported: ExportedModel
+    feature_service: str
+    params: dict[str, Any]
+    validation: ScoreMetrics
+    test: ScoreMetrics
+    baseline: RuleBaseline
+    """Best single-feature rule on the test split."""
+    reference: dict[str, Any]
+    """reference.json: frozen drift bins and a reference sample (`build_reference`)."""
+    x_test: NDArray[np.float32] | None = None
+    """The test inputs, to score the champion on the very same rows; None = compare with its recorded figure."""
+    y_test: NDArray[np.float32] | None = None
+    history: Sequence[EpochReport] = ()
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    version: str
+    aliases: tuple[str, ...]
+    gate_passed: bool
+    reasons: tuple[str, ...]
+    """Why the gate refused the candidate; empty when it passed."""
+    run_id: str = ""
+    champion_version: str | None = None
+    """The champion the candidate was compared with (before any promotion)."""
+    champion_pr_auc: float | None = None
+    champion_pr_auc_source: str = ""
+    """'same test set' or 'registry tag'."""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class ResolvedModel(NamedTuple):
+    version: str
+    onnx_path: Path
+    sha256: str
+
+
+def quantile_edges(values: NDArray[np.floating], bins: int = REFERENCE_BINS) -> list[float]:
+    """Interior cut points of `bins` equal-frequency bins, duplicates dropped (a binary feature keeps one)."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return []
+    cuts = np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1])
+    return [float(v) for v in np.unique(cuts)]
+
+
+def bin_shares(values: NDArray[np.floating], edges: Sequence[float]) -> list[float]:
+    """Share of `values` per bin (-inf, e0], (e0, e1], ..., (e_last, +inf)."""
+    index = np.searchsorted(np.asarray(edges, dtype=np.float64), np.asarray(values, dtype=np.float64), side="left")
+    counts = np.bincount(index, minlength=len(edges) + 1)
+    return [float(c) for c in counts / max(len(values), 1)]
+
+
+def build_reference(
+    x_train: NDArray[np.floating],
+    scores_train: NDArray[np.floating],
+    *,
+    feature_names: Sequence[str] = FEATURE_NAMES,
+    feature_service: str,
+    seed: int,
+    sample_size: int,
+) -> dict[str, Any]:
+    """The monitor's frozen reference: quantile bin edges (10 bins, training set) of every feature and of the
+    score, the training shares of each bin, and a seeded sample of training rows with their scores."""
+    if x_train.shape != (len(scores_train), len(feature_names)):
+        raise ValueError(f"x_train {x_train.shape} does not match {len(scores_train)} scores x {len(feature_names)}")
+
+    def block(values: NDArray[np.floating]) -> dict[str, list[float]]:
+        edges = quantile_edges(values)
+        return {"edges": edges, "shares": bin_shares(values, edges)}
+
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(scores_train), size=min(sample_size, len(scores_train)), replace=False))
+    sample = np.asarray(x_train[rows], dtype=np.float64)
+    return {
+        "schema_version": REFERENCE_SCHEMA_VERSION,
+        "feature_service": feature_service,
+        "feature_names": list(feature_names),
+        "bins": REFERENCE_BINS,
+        "binning": "bin i of edges e: (-inf, e0], (e0, e1], ..., (e_last, +inf) = searchsorted(e, v, side='left')",
+        "features": {name: block(x_train[:, j]) for j, name in enumerate(feature_names)},
+        "score": block(scores_train),
+        "sample": {
+            "seed": seed,
+            "rows": len(rows),
+            "features": [[None if np.isnan(v) else float(v) for v in row] for row in sample],
+            "scores": [float(v) for v in np.asarray(scores_train)[rows]],
+        },
+    }
+
+
+def features_document(feature_service: str, feature_names: Sequence[str] = FEATURE_NAMES) -> dict[str, Any]:
+    """features.json: the ordered model inputs (the `features` tensor's columns) and the feature service."""
+    return {
+        "feature_service": feature_service,
+        "feature_names": list(feature_names),
+        "input": {"name": "features", "dtype": "float32", "shape": ["batch", len(feature_names)]},
+        "output": {"name": "score", "dtype": "float32", "shape": ["batch"]},
+    }
+
+
+# --- the gate --------------------------------------------------------------------------------------------
+
+
+def gate_reasons(test: ScoreMetrics, settings: TrainingSettings, champion_pr_auc: float | None) -> list[str]:
+    """Every rule the candidate breaks (empty = it passes)."""
+    reasons = []
+    if not test.pr_auc >= settings.min_test_pr_auc:
+        reasons.append(
+            f"test PR-AUC {test.pr_auc:.4f} < minimum {settings.min_test_pr_auc:.4f} (TRAIN_MIN_TEST_PR_AUC)"
+        )
+    if not test.roc_auc >= settings.min_test_roc_auc:
+        reasons.append(
+            f"test ROC-AUC {test.roc_auc:.4f} < minimum {settings.min_test_roc_auc:.4f} (TRAIN_MIN_TEST_ROC_AUC)"
+        )
+    if not test.ece <= settings.max_test_ece:
+        reasons.append(f"test ECE {test.ece:.4f} > maximum {settings.max_test_ece:.4f} (TRAIN_MAX_TEST_ECE)")
+    if champion_pr_auc is not None and test.pr_auc < champion_pr_auc - settings.champion_tolerance:
+        reasons.append(
+            f"test PR-AUC {test.pr_auc:.4f} is more than {settings.champion_tolerance:.4f} below the champion's "
+            f"{champion_pr_auc:.4f} (TRAIN_CHAMPION_TOLERANCE)"
+        )
+    return reasons
+
+
+# --- MLflow ----------------------------------------------------------------------------------------------
+
+
+def client(settings: TrainingSettings) -> MlflowClient:
+    """A client on the tracking URI (also the registry URI); a local SQLite store gets its folder created."""
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(mlflow: MlflowClient, settings: TrainingSettings) -> str:
+    """The training experiment, created with the local artifact folder when it does not exist yet."""
+    existing = mlflow.get_experiment_by_name(settings.experiment_name)
+    if existing is not None:
+        return str(existing.experiment_id)
+    location = None
+    if not settings.mlflow_tracking_uri.startswith(("http://", "https://", "databricks")):
+        settings.mlflow_artifact_dir.mkdir(parents=True, exist_ok=True)
+        location = settings.mlflow_artifact_dir.resolve().as_uri()
+    return str(mlflow.create_experiment(settings.experiment_name, artifact_location=location))
+
+
+def _aliases(mlflow: MlflowClient, name: str) -> dict[str, str]:
+    try:
+        model = mlflow.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+    return {alias: str(version) for alias, version in (model.aliases or {}).items()}
+
+
+def _download(mlflow: MlflowClient, source: str, file: str, dst: Path, tracking_uri: str) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(download_artifacts(artifact_uri=f"{source}/{file}", dst_path=str(dst), tracking_uri=tracking_uri))
+
+
+def _champion_pr_auc(
+    mlflow: MlflowClient, settings: TrainingSettings, version: str, candidate: Candidate
+) -> tuple[float | None, str]:
+    """The champion's test PR-AUC: re-measured on the candidate's test rows when comparable, else its tag."""
+    mv = mlflow.get_model_version(settings.registered_model, version)
+    tags = dict(mv.tags or {})
+    comparable = (
+        candidate.x_test is not None
+        and candidate.y_test is not None
+        and tags.get("feature_service") == candidate.feature_service
+        and tags.get("features") == ",".join(candidate.feature_names)
+    )
+    if comparable and candidate.x_test is not None and candidate.y_test is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = _download(mlflow, str(mv.source), MODEL_FILE, Path(tmp), settings.mlflow_tracking_uri)
+            data = path.read_bytes()
+        if sha256_hex(data) == tags.get("sha256"):
+            return average_precision(candidate.y_test, run_onnx(data, candidate.x_test)), "same test set"
+        logger.warning("champion version=%s checksum mismatch; comparing with its recorded metric", version)
+    recorded = tags.get("test_pr_auc")
+    return (float(recorded), "registry tag") if recorded is not None else (None, "unknown")
+
+
+def log_and_register(candidate: Candidate, settings: TrainingSettings, *, promote: bool = False) -> RegistrationResult:
+    """Log the run, register a version of `settings.registered_model`, apply the gate and set the aliases."""
+    mlflow = client(settings)
+    name = settings.registered_model
+    run = mlflow.create_run(
+        experiment_id(mlflow, settings), run_name=f"{candidate.params.get('architecture', 'model')}"
+    )
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        _log_run(mlflow, run_id, candidate)
+        status = "FINISHED"
+    finally:
+        mlflow.set_terminated(run_id, status=status)
+
+    aliases_before = _aliases(mlflow, name)
+    if not aliases_before and not _model_exists(mlflow, name):
+        mlflow.create_registered_model(name, description="Fraud score of a transaction (streamscore).")
+    champion_version = aliases_before.get(CHAMPION)
+    champion_pr_auc, source = (None, "")
+    if champion_version is not None:
+        champion_pr_auc, source = _champion_pr_auc(mlflow, settings, champion_version, candidate)
+
+    reasons = gate_reasons(candidate.test, settings, champion_pr_auc)
+    passed = not reasons
+    version = str(
+        mlflow.create_model_version(
+            name,
+            source=f"{run.info.artifact_uri}/{MODEL_DIR}",
+            run_id=run_id,
+            tags=_version_tags(candidate, passed, reasons),
+            description=f"{candidate.params.get('architecture', '')} on {candidate.feature_service}",
+        ).version
+    )
+    aliases: list[str] = []
+    notes: list[str] = []
+    if passed:
+        if champion_version is None:
+            aliases.append(CHAMPION)
+            notes.append("no champion yet: the first passing model becomes champion")
+        elif promote:
+            aliases.append(CHAMPION)
+            notes.append(f"promoted: champion moves from version {champion_version} to {version}")
+        else:
+            aliases.append(CHALLENGER)
+        for alias in aliases:
+            mlflow.set_registered_model_alias(name, alias, version)
+        if CHAMPION in aliases and aliases_before.get(CHALLENGER) is not None and champion_version is not None:
+            mlflow.delete_registered_model_alias(name, CHALLENGER)
+            notes.append(f"challenger alias removed from version {aliases_before[CHALLENGER]}")
+    elif promote:
+        notes.append("not promoted: the candidate did not pass the gate")
+    mlflow.set_tag(run_id, "registered_version", version)
+    mlflow.set_tag(run_id, "gate", "passed" if passed else "failed")
+    logger.info("registered %s version=%s gate_passed=%s aliases=%s", name, version, passed, aliases)
+    return RegistrationResult(
+        version=version,
+        aliases=tuple(aliases),
+        gate_passed=passed,
+        reasons=tuple(reasons),
+        run_id=run_id,
+        champion_version=champion_version,
+        champion_pr_auc=champion_pr_auc,
+        champion_pr_auc_source=source,
+        notes=tuple(notes),
+    )
+
+
+def _model_exists(mlflow: MlflowClient, name: str) -> bool:
+    try:
+        mlflow.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
+
+
+def _metrics(candidate: Candidate) -> dict[str, float]:
+    return {
+        **candidate.validation.as_dict("val_"),
+        **candidate.test.as_dict("test_"),
+        "baseline_test_pr_auc": candidate.baseline.pr_auc,
+        "test_pr_auc_lift": candidate.test.pr_auc / candidate.baseline.pr_auc if candidate.baseline.pr_auc > 0 else 0.0,
+    }
+
+
+def _version_tags(candidate: Candidate, passed: bool, reasons: Sequence[str]) -> dict[str, str]:
+    tags = {key: f"{value:.6f}" for key, value in _metrics(candidate).items()}
+    tags.update(
+        feature_service=candidate.feature_service,
+        features=",".join(candidate.feature_names),
+        sha256=candidate.exported.sha256,
+        baseline_rule=candidate.baseline.rule,
+        gate="passed" if passed else "failed",
+        architecture=str(candidate.params.get("architecture", "")),
+    )
+    if reasons:
+        tags["gate_reasons"] = "; ".join(reasons)[:4000]
+    return tags
+
+
+def _log_run(mlflow: MlflowClient, run_id: str, candidate: Candidate) -> None:
+    params = {
+        **{k: str(v) for k, v in candidate.params.items()},
+        "feature_service": candidate.feature_service,
+        "features": ",".join(candidate.feature_names),
+        "baseline_rule": candidate.baseline.rule,
+        "sha256": candidate.exported.sha256,
+    }
+    metrics = [Metric(key, float(value), 0, 0) for key, value in _metrics(candidate).items()]
+    for report in candidate.history:
+        metrics.append(Metric("epoch_train_loss", report.loss, 0, report.epoch))
+        metrics.append(Metric("epoch_val_pr_auc", report.val_pr_auc, 0, report.epoch))
+    mlflow.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in sorted(params.items())])
+    for key, value in (("feature_service", candidate.feature_service), ("sha256", candidate.exported.sha256)):
+        mlflow.set_tag(run_id, key, value)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / MODEL_DIR
+        folder.mkdir()
+        (folder / MODEL_FILE).write_bytes(candidate.exported.onnx_bytes)
+        _write_json(folder / FEATURES_FILE, features_document(candidate.feature_service, candidate.feature_names))
+        _write_json(folder / REFERENCE_FILE, candidate.reference)
+        mlflow.log_artifacts(run_id, str(folder), artifact_path=MODEL_DIR)
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, allow_nan=False, separators=(",", ":")) + "\n")
+
+
+def resolve_alias(
+    alias: str, settings: TrainingSettings | None = None, *, cache_dir: Path | None = None
+) -> ResolvedModel:
+    """(version, local path of model.onnx, sha256) of the version carrying `alias`. Files are cached per version
+    under `cache_dir` (default: the MLflow folder's `cache/`); a cached or downloaded file whose checksum
+    differs from the registry's tag raises ModelIntegrityError."""
+    settings = settings or TrainingSettings()
+    mlflow = client(settings)
+    name = settings.registered_model
+    version = _aliases(mlflow, name).get(alias)
+    if version is None:
+        raise AliasNotFoundError(name, alias)
+    mv = mlflow.get_model_version(name, version)
+    expected = (mv.tags or {}).get("sha256", "")
+    folder = (cache_dir or settings.mlflow_artifact_dir.parent / "cache") / name / version
+    path = folder / MODEL_FILE
+    if not (path.exists() and sha256_hex(path.read_bytes()) == expected):
+        path = _download(mlflow, str(mv.source), MODEL_FILE, folder, settings.mlflow_tracking_uri)
+    actual = sha256_hex(path.read_bytes())
+    if actual != expected:
+        raise ModelIntegrityError(name, version, expected, actual)
+    return ResolvedModel(version=version, onnx_path=path, sha256=actual)
+
+
+def download_reference(version: str, settings: TrainingSettings, dst: Path) -> dict[str, Any]:
+    """reference.json of a version (for the monitor and for tests)."""
+    mlflow = client(settings)
+    mv = mlflow.get_model_version(settings.registered_model, version)
+    document: dict[str, Any] = json.loads(
+        _download(mlflow, str(mv.source), REFERENCE_FILE, dst, settings.mlflow_tracking_uri).read_text()
+    )
+    return document
