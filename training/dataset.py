@@ -35,13 +35,13 @@ from numpy.typing import NDArray
 
 from feature_repo import batch as feature_batch
 from feature_repo.settings import FeastSettings
+from streamscore import frames
 from streamscore.errors import StreamscoreError
 from streamscore.features import (
     FEATURE_NAMES,
     AccountProfile,
     MerchantRisk,
     RealtimeSnapshot,
-    TransactionFacts,
     transaction_features,
 )
 
@@ -236,32 +236,8 @@ def local_joined_frame(
     return pd.concat(parts, axis=1)[joined_columns(service)]
 
 
-def epoch_seconds(times: pd.Series) -> NDArray[np.float64]:
-    """Event times as epoch seconds, bit for bit what `datetime.timestamp()` gives online (µs / 1e6)."""
-    micros = times.dt.as_unit("us").astype("int64").to_numpy()
-    seconds: NDArray[np.float64] = micros / 1e6
-    return seconds
-
-
-def facts(history: pd.DataFrame) -> list[TransactionFacts]:
-    """The history's rows as the feature code's transaction type."""
-    devices = history["device_id"].astype(object).where(history["device_id"].notna(), None)
-    return [
-        TransactionFacts(*row)
-        for row in zip(
-            history["event_id"].tolist(),
-            history["account_id"].tolist(),
-            history["merchant_id"].tolist(),
-            history["merchant_category"].tolist(),
-            history["amount"].astype(float).tolist(),
-            history["currency"].tolist(),
-            history["country"].tolist(),
-            history["channel"].tolist(),
-            devices.tolist(),
-            epoch_seconds(history["event_time"]).tolist(),
-            strict=True,
-        )
-    ]
+epoch_seconds = frames.epoch_seconds
+facts = frames.transaction_facts
 
 
 def _absent(value: object) -> bool:

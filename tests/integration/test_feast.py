@@ -37,9 +37,9 @@ from streamscore.features import (
     AccountProfile,
     MerchantRisk,
     RealtimeSnapshot,
-    TransactionFacts,
     replay,
 )
+from streamscore.frames import transaction_facts
 from streamscore.settings import RedisSettings
 
 END = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -240,22 +240,7 @@ def test_unknown_account_reads_as_none_and_stale_rows_expire_with_as_of(
 # --- historical retrieval ----------------------------------------------------------------------------------
 
 
-def facts(history: pd.DataFrame) -> list[TransactionFacts]:
-    return [
-        TransactionFacts(
-            event_id=row["event_id"],
-            account_id=row["account_id"],
-            merchant_id=row["merchant_id"],
-            merchant_category=row["merchant_category"],
-            amount=float(row["amount"]),
-            currency=row["currency"],
-            country=row["country"],
-            channel=row["channel"],
-            device_id=None if pd.isna(row["device_id"]) else row["device_id"],
-            event_ts=row["event_time"].to_pydatetime().timestamp(),
-        )
-        for row in history.to_dict("records")
-    ]
+facts = transaction_facts
 
 
 def test_historical_features_join_the_state_strictly_before_each_transaction(
