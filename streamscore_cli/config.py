@@ -45,7 +45,8 @@ def _default(cls: type[BaseSettings], name: str) -> str:
             return str(value.relative_to(PROJECT_ROOT))
         except ValueError:
             return str(value)
-    return "" if value is None else str(value)
+    # Defaults built from the checkout's location are shown relative to it, so the page is the same in any clone.
+    return "" if value is None else str(value).replace(str(PROJECT_ROOT), "<project root>")
 
 
 def rows(cls: type[BaseSettings]) -> list[tuple[str, str, str]]:
