@@ -101,8 +101,9 @@ def test_ten_thousand_generated_events_round_trip(kafka: KafkaSettings, topics: 
         assert label.event_time == tx.event_time
         assert label.labeled_at - label.event_time == timedelta(seconds=LABEL_DELAY_S)
         # Broker-visible delay: the label reached the topic no earlier than its maturity time (ms resolution).
+        # (Not compared with the transaction's broker timestamp: librdkafka stamps CreateTime inside produce(),
+        # which a loaded machine may reach hundreds of ms after the event time was taken.)
         assert msg.timestamp()[1] >= int(label.labeled_at.timestamp() * 1000) - 1
-        assert msg.timestamp()[1] - tx_msg.timestamp()[1] >= LABEL_DELAY_S * 1000 - 50
         frauds += label.is_fraud
     assert frauds == summary.frauds
     assert {m.partition() for m in tx_messages} == set(range(topics.transactions.partitions))
