@@ -40,6 +40,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
+from feature_repo.layout import (
+    CREATED_FIELD,
+    LABELS_FILE,
+    MERCHANT_FILE,
+    PROFILE_FILE,
+    REALTIME_FILE,
+    TIMESTAMP_FIELD,
+    TRANSACTIONS_FILE,
+)
 from streamscore.errors import StreamscoreError
 from streamscore.features import KNOWN_LIMIT, AccountState, TransactionFacts, apply_transaction
 
@@ -55,16 +64,6 @@ rate dominates."""
 DECIMALS = 6
 """Profile means and standard deviations are rounded to this many decimals (like the real-time sums), so an
 account with constant amounts has a std of exactly 0, not 1e-17 from floating-point noise."""
-TRANSACTIONS_FILE = "transactions.parquet"
-LABELS_FILE = "labels.parquet"
-REALTIME_FILE = "account_realtime.parquet"
-PROFILE_FILE = "account_profile.parquet"
-MERCHANT_FILE = "merchant_risk.parquet"
-TIMESTAMP_FIELD = "event_timestamp"
-"""Event timestamp column of every offline source (the snapshot instant, or the transaction's event time)."""
-CREATED_FIELD = "created_timestamp"
-"""When a batch row was computed (Feast's tie-breaker between rows with the same event timestamp)."""
-
 _US = 1_000_000
 _WINDOW_US = int(WINDOW.total_seconds()) * _US
 _CELLS = 8_000_000

@@ -11,59 +11,47 @@ deployment with its own folder). The module-level objects below are the same set
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, FeastType, Float64, Int64, String
 
-from feature_repo.batch import CREATED_FIELD, MERCHANT_FILE, PROFILE_FILE, REALTIME_FILE, TIMESTAMP_FIELD
+from feature_repo.layout import (
+    BATCH_TTL,
+    CREATED_FIELD,
+    MERCHANT_FILE,
+    MERCHANT_VIEW,
+    PROFILE_FILE,
+    PROFILE_VIEW,
+    REALTIME_FILE,
+    REALTIME_PUSH_SOURCE,
+    REALTIME_TTL,
+    REALTIME_VIEW,
+    SERVICES,
+    TIMESTAMP_FIELD,
+    FieldKind,
+)
+from feature_repo.layout import MERCHANT_FIELDS as MERCHANT_NAMES
+from feature_repo.layout import PROFILE_FIELDS as PROFILE_NAMES
+from feature_repo.layout import REALTIME_FIELDS as REALTIME_NAMES
 from feature_repo.settings import FeastSettings
 
-REALTIME_VIEW = "account_realtime"
-PROFILE_VIEW = "account_profile"
-MERCHANT_VIEW = "merchant_risk"
-REALTIME_PUSH_SOURCE = "account_realtime_push"
-SERVICES: dict[str, tuple[str, ...]] = {
-    "fraud_v1": (REALTIME_VIEW, PROFILE_VIEW, MERCHANT_VIEW),
-    "fraud_v1_lite": (REALTIME_VIEW, PROFILE_VIEW),
-}
-"""The views of each feature service, one service per model configuration."""
+_TYPES: dict[FieldKind, FeastType] = {"int": Int64, "float": Float64, "string": String, "strings": Array(String)}
 
-REALTIME_TTL = timedelta(days=2)
-"""A real-time row older than this no longer joins: the account counts as having no recent history."""
-BATCH_TTL = timedelta(days=2)
-"""Daily batch rows: yesterday's snapshot always joins, a missed day is tolerated, older rows do not."""
 
-REALTIME_FIELDS: tuple[tuple[str, FeastType], ...] = (
-    ("tx_count_5m", Int64),
-    ("tx_count_1h", Int64),
-    ("tx_count_24h", Int64),
-    ("amount_sum_5m", Float64),
-    ("amount_sum_1h", Float64),
-    ("amount_sum_24h", Float64),
-    ("distinct_merchants_1h", Int64),
-    ("last_event_ts", Float64),
-    ("known_devices", Array(String)),
-    ("known_countries", Array(String)),
-)
-PROFILE_FIELDS: tuple[tuple[str, FeastType], ...] = (
-    ("amount_mean_30d", Float64),
-    ("amount_std_30d", Float64),
-    ("tx_count_30d", Int64),
-    ("home_country", String),
-    ("usual_countries", Array(String)),
-    ("usual_devices", Array(String)),
-)
-MERCHANT_FIELDS: tuple[tuple[str, FeastType], ...] = (
-    ("fraud_rate_30d", Float64),
-    ("tx_count_30d", Int64),
-)
+def _typed(fields: tuple[tuple[str, FieldKind], ...]) -> tuple[tuple[str, FeastType], ...]:
+    return tuple((name, _TYPES[kind]) for name, kind in fields)
+
+
+REALTIME_FIELDS = _typed(REALTIME_NAMES)
+PROFILE_FIELDS = _typed(PROFILE_NAMES)
+MERCHANT_FIELDS = _typed(MERCHANT_NAMES)
 VIEW_FIELDS: dict[str, tuple[tuple[str, FeastType], ...]] = {
     REALTIME_VIEW: REALTIME_FIELDS,
     PROFILE_VIEW: PROFILE_FIELDS,
     MERCHANT_VIEW: MERCHANT_FIELDS,
 }
+__all__ = ["BATCH_TTL", "REALTIME_TTL", "SERVICES", "VIEW_FIELDS", "definitions"]
 
 
 def _schema(fields: tuple[tuple[str, FeastType], ...]) -> list[Field]:

@@ -51,8 +51,8 @@ from feast import FeatureStore, RepoConfig
 from feast.data_source import PushMode
 from feast.errors import FeastError
 
-from feature_repo.batch import TIMESTAMP_FIELD
-from feature_repo.definitions import (
+from feature_repo.definitions import VIEW_FIELDS, definitions
+from feature_repo.layout import (
     BATCH_TTL,
     MERCHANT_VIEW,
     PROFILE_VIEW,
@@ -60,8 +60,7 @@ from feature_repo.definitions import (
     REALTIME_TTL,
     REALTIME_VIEW,
     SERVICES,
-    VIEW_FIELDS,
-    definitions,
+    TIMESTAMP_FIELD,
 )
 from feature_repo.settings import REPO_DIR, FeastSettings
 from streamscore.errors import StreamscoreError

@@ -34,6 +34,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from feature_repo import batch as feature_batch
+from feature_repo import layout
 from feature_repo.settings import FeastSettings
 from streamscore import frames
 from streamscore.errors import StreamscoreError
@@ -47,45 +48,24 @@ from streamscore.features import (
 
 logger = logging.getLogger(__name__)
 
-TRANSACTIONS_FILE = "transactions.parquet"
-LABELS_FILE = "labels.parquet"
-ENTITY_TIMESTAMP = "event_timestamp"
+TRANSACTIONS_FILE = layout.TRANSACTIONS_FILE
+LABELS_FILE = layout.LABELS_FILE
+ENTITY_TIMESTAMP = layout.TIMESTAMP_FIELD
 JOIN_OFFSET = pd.Timedelta(microseconds=1)
 """Entity timestamp = event time - JOIN_OFFSET: a feature row written at the event's own time (the state
 *including* the event) must not join; Feast joins rows with a timestamp <= the entity timestamp."""
 
-REALTIME = "account_realtime"
-PROFILE = "account_profile"
-MERCHANT = "merchant_risk"
+REALTIME = layout.REALTIME_VIEW
+PROFILE = layout.PROFILE_VIEW
+MERCHANT = layout.MERCHANT_VIEW
 VIEW_FIELDS: dict[str, tuple[str, ...]] = {
-    REALTIME: (
-        "tx_count_5m",
-        "tx_count_1h",
-        "tx_count_24h",
-        "amount_sum_5m",
-        "amount_sum_1h",
-        "amount_sum_24h",
-        "distinct_merchants_1h",
-        "last_event_ts",
-        "known_devices",
-        "known_countries",
-    ),
-    PROFILE: ("amount_mean_30d", "amount_std_30d", "tx_count_30d", "home_country", "usual_countries", "usual_devices"),
-    MERCHANT: ("fraud_rate_30d", "tx_count_30d"),
+    view: tuple(name for name, _ in fields) for view, fields in layout.VIEW_FIELDS.items()
 }
-SERVICE_VIEWS: dict[str, tuple[str, ...]] = {
-    "fraud_v1": (REALTIME, PROFILE, MERCHANT),
-    "fraud_v1_lite": (REALTIME, PROFILE),
-}
-"""The views of each Feast feature service. `feature_repo.definitions` defines them; this mirror (checked
-equal by a unit test) spares importing Feast where only the column names are needed."""
-VIEW_TTL: dict[str, pd.Timedelta] = {
-    REALTIME: pd.Timedelta(days=2),
-    PROFILE: pd.Timedelta(days=2),
-    MERCHANT: pd.Timedelta(days=2),
-}
+SERVICE_VIEWS: dict[str, tuple[str, ...]] = layout.SERVICES
+"""The views of each Feast feature service (from `feature_repo.layout`, which needs no Feast import)."""
+VIEW_TTL: dict[str, pd.Timedelta] = {view: pd.Timedelta(ttl) for view, ttl in layout.VIEW_TTLS.items()}
 """The feature views' Feast TTLs: an older row does not join (the in-process join applies them too)."""
-CREATED_TIMESTAMP = "created_timestamp"
+CREATED_TIMESTAMP = layout.CREATED_FIELD
 
 
 class FeatureStoreUnavailableError(StreamscoreError):

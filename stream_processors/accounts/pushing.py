@@ -74,7 +74,7 @@ class FeastSink:
         """Open the store and check that the repository was applied: without the `account_realtime` view
         every push would fail, so the worker refuses to start instead."""
         # Imported here: Feast takes seconds to import, and the batcher's tests do not need it.
-        from feature_repo.definitions import REALTIME_VIEW
+        from feature_repo.layout import REALTIME_VIEW
         from feature_repo.store import FeatureStoreError, open_store
 
         store = open_store(settings)

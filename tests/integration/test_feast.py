@@ -18,8 +18,9 @@ import pytest
 from feast import FeatureStore, FileSource
 
 from feature_repo import store as feature_store
-from feature_repo.batch import MERCHANT_FILE, PROFILE_FILE, REALTIME_FILE, batch_range, build_batch_sources
+from feature_repo.batch import batch_range, build_batch_sources
 from feature_repo.definitions import SERVICES, VIEW_FIELDS
+from feature_repo.layout import MERCHANT_FILE, PROFILE_FILE, REALTIME_FILE
 from feature_repo.settings import FeastSettings
 from feature_repo.store import (
     BATCH_VIEWS,
