@@ -23,13 +23,24 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from mlflow import MlflowClient
-from mlflow.artifacts import download_artifacts
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from numpy.typing import NDArray
 
-from streamscore.errors import StreamscoreError
 from streamscore.features import FEATURE_NAMES
+from streamscore.registry import (
+    CHALLENGER,
+    CHAMPION,
+    FEATURES_FILE,
+    MODEL_DIR,
+    MODEL_FILE,
+    REFERENCE_FILE,
+    Registry,
+    RegistrySettings,
+    download,
+    mlflow_client,
+)
+from streamscore.registry import aliases as current_aliases
 from training.export import ExportedModel, run_onnx, sha256_hex
 from training.metrics import RuleBaseline, ScoreMetrics, average_precision
 from training.model import EpochReport
@@ -37,31 +48,8 @@ from training.settings import TrainingSettings
 
 logger = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-MODEL_DIR = "model"
-"""Artifact folder of a run that the model version points to."""
-MODEL_FILE = "model.onnx"
-FEATURES_FILE = "features.json"
-REFERENCE_FILE = "reference.json"
 REFERENCE_BINS = 10
 REFERENCE_SCHEMA_VERSION = 1
-
-
-class ModelIntegrityError(StreamscoreError):
-    """A downloaded model file does not have the checksum the registry recorded."""
-
-    def __init__(self, name: str, version: str, expected: str, actual: str) -> None:
-        super().__init__(f"{name} version {version}: model.onnx has SHA-256 {actual}, the registry says {expected}")
-
-
-class AliasNotFoundError(StreamscoreError):
-    """No version of the registered model carries the alias."""
-
-    http_status = 404
-
-    def __init__(self, name: str, alias: str) -> None:
-        super().__init__(f"registered model {name!r} has no version with alias {alias!r}")
 
 
 # --- what a run records ----------------------------------------------------------------------------------
@@ -203,10 +191,7 @@ def gate_reasons(test: ScoreMetrics, settings: TrainingSettings, champion_pr_auc
 
 def client(settings: TrainingSettings) -> MlflowClient:
     """A client on the tracking URI (also the registry URI); a local SQLite store gets its folder created."""
-    uri = settings.mlflow_tracking_uri
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return mlflow_client(settings.mlflow_tracking_uri)
 
 
 def experiment_id(mlflow: MlflowClient, settings: TrainingSettings) -> str:
@@ -219,21 +204,6 @@ def experiment_id(mlflow: MlflowClient, settings: TrainingSettings) -> str:
         settings.mlflow_artifact_dir.mkdir(parents=True, exist_ok=True)
         location = settings.mlflow_artifact_dir.resolve().as_uri()
     return str(mlflow.create_experiment(settings.experiment_name, artifact_location=location))
-
-
-def _aliases(mlflow: MlflowClient, name: str) -> dict[str, str]:
-    try:
-        model = mlflow.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return {}
-        raise
-    return {alias: str(version) for alias, version in (model.aliases or {}).items()}
-
-
-def _download(mlflow: MlflowClient, source: str, file: str, dst: Path, tracking_uri: str) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    return Path(download_artifacts(artifact_uri=f"{source}/{file}", dst_path=str(dst), tracking_uri=tracking_uri))
 
 
 def _champion_pr_auc(
@@ -250,7 +220,7 @@ def _champion_pr_auc(
     )
     if comparable and candidate.x_test is not None and candidate.y_test is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            path = _download(mlflow, str(mv.source), MODEL_FILE, Path(tmp), settings.mlflow_tracking_uri)
+            path = download(mlflow, str(mv.source), MODEL_FILE, Path(tmp))
             data = path.read_bytes()
         if sha256_hex(data) == tags.get("sha256"):
             return average_precision(candidate.y_test, run_onnx(data, candidate.x_test)), "same test set"
@@ -274,7 +244,7 @@ def log_and_register(candidate: Candidate, settings: TrainingSettings, *, promot
     finally:
         mlflow.set_terminated(run_id, status=status)
 
-    aliases_before = _aliases(mlflow, name)
+    aliases_before = current_aliases(mlflow, name)
     if not aliases_before and not _model_exists(mlflow, name):
         mlflow.create_registered_model(name, description="Fraud score of a transaction (streamscore).")
     champion_version = aliases_before.get(CHAMPION)
@@ -389,35 +359,27 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
     path.write_text(json.dumps(document, allow_nan=False, separators=(",", ":")) + "\n")
 
 
+def registry(settings: TrainingSettings, cache_dir: Path | None = None) -> Registry:
+    """The read side of the registry (streamscore.registry) on the training settings' store."""
+    return Registry(
+        RegistrySettings(
+            tracking_uri=settings.mlflow_tracking_uri,
+            model_name=settings.registered_model,
+            cache_dir=cache_dir or settings.mlflow_artifact_dir.parent / "cache",
+        )
+    )
+
+
 def resolve_alias(
     alias: str, settings: TrainingSettings | None = None, *, cache_dir: Path | None = None
 ) -> ResolvedModel:
-    """(version, local path of model.onnx, sha256) of the version carrying `alias`. Files are cached per version
-    under `cache_dir` (default: the MLflow folder's `cache/`); a cached or downloaded file whose checksum
-    differs from the registry's tag raises ModelIntegrityError."""
-    settings = settings or TrainingSettings()
-    mlflow = client(settings)
-    name = settings.registered_model
-    version = _aliases(mlflow, name).get(alias)
-    if version is None:
-        raise AliasNotFoundError(name, alias)
-    mv = mlflow.get_model_version(name, version)
-    expected = (mv.tags or {}).get("sha256", "")
-    folder = (cache_dir or settings.mlflow_artifact_dir.parent / "cache") / name / version
-    path = folder / MODEL_FILE
-    if not (path.exists() and sha256_hex(path.read_bytes()) == expected):
-        path = _download(mlflow, str(mv.source), MODEL_FILE, folder, settings.mlflow_tracking_uri)
-    actual = sha256_hex(path.read_bytes())
-    if actual != expected:
-        raise ModelIntegrityError(name, version, expected, actual)
-    return ResolvedModel(version=version, onnx_path=path, sha256=actual)
+    """(version, local path of model.onnx, sha256) of the version carrying `alias`, verified (see
+    `streamscore.registry.Registry.files`)."""
+    reader = registry(settings or TrainingSettings(), cache_dir)
+    files = reader.files(reader.version_of(alias))
+    return ResolvedModel(version=files.version, onnx_path=files.onnx_path, sha256=files.sha256)
 
 
 def download_reference(version: str, settings: TrainingSettings, dst: Path) -> dict[str, Any]:
     """reference.json of a version (for the monitor and for tests)."""
-    mlflow = client(settings)
-    mv = mlflow.get_model_version(settings.registered_model, version)
-    document: dict[str, Any] = json.loads(
-        _download(mlflow, str(mv.source), REFERENCE_FILE, dst, settings.mlflow_tracking_uri).read_text()
-    )
-    return document
+    return registry(settings).reference(version, dst)

@@ -19,14 +19,12 @@ from producers.generator import GeneratorConfig, TransactionGenerator
 from producers.history import write_history
 from producers.world import build_world
 from streamscore.features import FEATURE_NAMES
+from streamscore.registry import CHALLENGER, CHAMPION, AliasNotFoundError
 from streamscore_cli import train as train_cli
 from training.export import export_model, run_onnx
 from training.metrics import best_single_rule, evaluate
 from training.model import FitConfig, fit, predict
 from training.registry import (
-    CHALLENGER,
-    CHAMPION,
-    AliasNotFoundError,
     Candidate,
     build_reference,
     download_reference,
