@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,6 +122,8 @@ def aliases(client: MlflowClient, name: str) -> dict[str, str]:
 
 
 def download(client: MlflowClient, source: str, file: str, dst: Path) -> Path:
+    # A progress bar per small file only clutters a service's log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.artifacts import download_artifacts
 
     dst.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,238 @@
+"""The scoring engine: features → route → infer → scores, for a batch of valid transactions.
+
+Both transports call it — the Kafka loop (`scorer.stream`) and the HTTP API — so a transaction gets the same
+features, the same variant and the same model whichever way it came in. The engine knows nothing of Kafka
+or HTTP: decoding and dead-lettering happen in the transport, delivery too.
+
+What serves is one immutable `Serving` (experiment, router, a loaded model per variant). The transport swaps
+it between batches (`engine.serving = new`) when an alias moves, so a batch is never scored by two versions
+of the same variant.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from feature_repo.layout import MERCHANT_VIEW, PROFILE_VIEW, REALTIME_VIEW, SERVICES
+from scorer.features.base import FeatureClient, OnlineRow
+from scorer.models import LoadedModel
+from scorer.routing import Router
+from streamscore.contracts import Decision, FeatureStatus, Score, ScoreSource, Transaction
+from streamscore.features import TransactionFacts, transaction_features
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Decision from the score: decline ≥ `decline`, review ≥ `review`, approve below."""
+
+    review: float
+    decline: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.review <= self.decline <= 1.0:
+            raise ValueError(f"thresholds must satisfy 0 <= review <= decline <= 1, got {self.review}, {self.decline}")
+
+    def decide(self, score: float) -> Decision:
+        if score >= self.decline:
+            return "decline"
+        if score >= self.review:
+            return "review"
+        return "approve"
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    alias: str
+    """The MLflow alias it serves (its version follows the alias)."""
+    weight: float
+    """Live variants: share of accounts (relative weight). Shadows: share of events scored on top."""
+    shadow: bool = False
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Everything that decides a score, swapped as a whole between batches."""
+
+    experiment_id: str
+    router: Router
+    variants: tuple[Variant, ...]
+    models: dict[str, LoadedModel]
+    """Variant name → the loaded version it serves."""
+
+    def versions(self) -> dict[str, str]:
+        return {name: model.version for name, model in self.models.items()}
+
+    def live(self) -> tuple[Variant, ...]:
+        return tuple(v for v in self.variants if not v.shadow)
+
+
+@dataclass(slots=True)
+class Request:
+    tx: Transaction
+    arrived: float
+    """Epoch seconds when the event entered the system (the Kafka record's timestamp, or the HTTP arrival):
+    the origin of the score's `latency_ms`."""
+    traceparent: str | None = None
+
+
+@dataclass(slots=True)
+class Scored:
+    index: int
+    """Position of the request in the batch."""
+    score: Score
+    shadow: bool
+
+
+@dataclass(slots=True)
+class BatchResult:
+    scored: list[Scored] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    """Requests whose live inference failed (index, why): the transport dead-letters them."""
+    shadow_failures: int = 0
+    feature_seconds: float = 0.0
+    inference_seconds: float = 0.0
+
+
+def feature_status(row: OnlineRow, service: str) -> FeatureStatus:
+    """missing: neither real-time state nor a profile (all account features took their defaults);
+    default: some view the service reads had no row; ok otherwise."""
+    realtime, profile, merchant = row
+    if realtime is None and profile is None:
+        return "missing"
+    views = SERVICES[service]
+    absent = (
+        (REALTIME_VIEW in views and realtime is None)
+        or (PROFILE_VIEW in views and profile is None)
+        or (MERCHANT_VIEW in views and merchant is None)
+    )
+    return "default" if absent else "ok"
+
+
+class ScoringEngine:
+    def __init__(
+        self,
+        serving: Serving,
+        features: FeatureClient,
+        thresholds: Thresholds,
+        *,
+        attach_features: bool = True,
+    ) -> None:
+        self.serving = serving
+        self.features = features
+        self.thresholds = thresholds
+        self.attach_features = attach_features
+
+    def score(
+        self,
+        requests: Sequence[Request],
+        *,
+        source: ScoreSource = "stream",
+        variant: str | None = None,
+    ) -> BatchResult:
+        """Score a batch. `variant` forces one variant for every request (no shadows) instead of the
+        router's choice. Raises FeatureStoreUnavailableError when the online store cannot be read: the caller
+        retries the whole batch; nothing is half-scored."""
+        result = BatchResult()
+        if not requests:
+            return result
+        serving = self.serving
+        started = time.perf_counter()
+        facts = [TransactionFacts.of(r.tx) for r in requests]
+        rows = self.features.read([(f.account_id, f.merchant_id) for f in facts], [f.event_ts for f in facts])
+        result.feature_seconds = time.perf_counter() - started
+
+        # Which variant scores which request: live first, shadows after, each group one inference.
+        groups: dict[str, list[int]] = {}
+        shadow_of: dict[str, bool] = {v.name: v.shadow for v in serving.variants}
+        if variant is not None:
+            if variant not in serving.models:
+                raise KeyError(variant)
+            groups[variant] = list(range(len(requests)))
+            shadow_of = {**shadow_of, variant: False}
+        else:
+            for i, f in enumerate(facts):
+                route = serving.router.route(f.account_id)
+                groups.setdefault(route.live, []).append(i)
+                for name in route.shadows:
+                    groups.setdefault(name, []).append(i)
+
+        infer_started = time.perf_counter()
+        scored_at = datetime.now(UTC)
+        now = scored_at.timestamp()
+        for name, indices in groups.items():
+            model = serving.models[name]
+            service = model.feature_service
+            use_merchant = MERCHANT_VIEW in SERVICES[service]
+            feature_rows = [
+                transaction_features(facts[i], rows[i][0], rows[i][1], rows[i][2] if use_merchant else None)
+                for i in indices
+            ]
+            x = np.asarray([fr.values for fr in feature_rows], dtype=np.float32)
+            scores, errors = _predict(model, x)
+            shadow = shadow_of[name]
+            for j, i in enumerate(indices):
+                if errors[j] is not None:
+                    if shadow:
+                        result.shadow_failures += 1
+                    else:
+                        result.failed.append((i, f"model {model.name} v{model.version}: {errors[j]}"))
+                    continue
+                request = requests[i]
+                value = float(scores[j])
+                result.scored.append(
+                    Scored(
+                        index=i,
+                        shadow=shadow,
+                        score=Score(
+                            event_id=request.tx.event_id,
+                            account_id=request.tx.account_id,
+                            score=value,
+                            decision=self.thresholds.decide(value),
+                            model_name=model.name,
+                            model_version=model.version,
+                            variant=name,
+                            experiment_id=serving.experiment_id,
+                            feature_status=feature_status(rows[i], service),
+                            amount=request.tx.amount,
+                            currency=request.tx.currency,
+                            event_time=request.tx.event_time,
+                            scored_time=scored_at,
+                            latency_ms=max(now - request.arrived, 0.0) * 1000.0,
+                            source=source,
+                            features=feature_rows[j].as_dict() if self.attach_features else None,
+                        ),
+                    )
+                )
+        result.inference_seconds = time.perf_counter() - infer_started
+        return result
+
+
+def _predict(model: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+    """Scores of the rows and, per row, why it could not be scored (None = fine). A failing batch is retried
+    row by row so one poisonous row does not take its neighbours down."""
+    try:
+        scores = model.predict(x)
+        errors: list[str | None] = [None] * len(x)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; fall back to one row at a time
+        logger.warning("batch inference failed (%s); retrying %d rows one by one", exc, len(x))
+        scores = np.zeros(len(x), dtype=np.float32)
+        errors = [None] * len(x)
+        for i in range(len(x)):
+            try:
+                scores[i] = model.predict(x[i : i + 1])[0]
+            except Exception as row_exc:  # noqa: BLE001 - the row's own failure: it will be dead-lettered
+                errors[i] = f"inference failed: {type(row_exc).__name__}: {row_exc}"
+    for i, value in enumerate(scores.tolist()):
+        if errors[i] is None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            errors[i] = f"the model returned {value!r}, not a probability"
+    return scores, errors

@@ -1,0 +1,126 @@
+"""Prometheus metrics of the scorer: base units, millisecond-scale buckets, no per-entity labels.
+
+Served with `/healthz` by `scorer.http.MetricsServer` on `SCORER_METRICS_PORT`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from streamscore.contracts import DeadLetterReason
+
+LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class ScorerMetrics:
+    """Every metric of the scorer in one registry (the default one in production, a private one in tests)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        p = "streamscore_scorer"
+        self.registry = registry
+        self.events_in = Counter(f"{p}_events_in", "Records consumed from the transactions topic", registry=registry)
+        self.scored = Counter(
+            f"{p}_scored",
+            "Scores committed, by variant and kind (live or shadow)",
+            ["variant", "kind"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            f"{p}_dead_letters", "Records committed to the dead-letter topic, by reason", ["reason"], registry=registry
+        )
+        for reason in DeadLetterReason:
+            self.dead_letters.labels(reason=reason.value)
+        self.shadow_failures = Counter(
+            f"{p}_shadow_failures",
+            "Shadow inferences that failed (the live score was still produced)",
+            registry=registry,
+        )
+        self.batches = Counter(f"{p}_batches", "Batches committed", registry=registry)
+        self.aborts = Counter(
+            f"{p}_transaction_aborts", "Transactions aborted and rewound, by cause", ["cause"], registry=registry
+        )
+        self.producer_rebuilds = Counter(
+            f"{p}_producer_rebuilds", "Transactional producers rebuilt after a fatal error", registry=registry
+        )
+        self.infra_retries = Counter(
+            f"{p}_infra_retries",
+            "Batches retried after an infrastructure failure, by dependency",
+            ["dependency"],
+            registry=registry,
+        )
+        self.batch_size = Histogram(f"{p}_batch_size", "Records per batch", buckets=BATCH_BUCKETS, registry=registry)
+        self.queue_latency = Histogram(
+            f"{p}_queue_latency_seconds",
+            "From a batch's first record arriving to the batch closing (max_queue_delay_ms bounds it)",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.feature_latency = Histogram(
+            f"{p}_feature_latency_seconds",
+            "One batch's online feature read",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.inference_latency = Histogram(
+            f"{p}_inference_latency_seconds",
+            "One batch's feature computation and inference (all variants)",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.commit_latency = Histogram(
+            f"{p}_commit_latency_seconds",
+            "Producing a batch's outputs and committing its transaction",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.end_to_end_latency = Histogram(
+            f"{p}_end_to_end_latency_seconds",
+            "Record timestamp on the transactions topic to its score committed (one sample per record)",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.lag_offsets = Gauge(
+            f"{p}_consumer_lag_offsets",
+            "Records not yet consumed, per assigned partition",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.lag_seconds = Gauge(
+            f"{p}_consumer_lag_seconds",
+            "Per assigned partition: 0 when caught up, else now minus the timestamp of the last consumed record",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.model_info = Info(f"{p}_model", "The model version each variant serves", ["variant"], registry=registry)
+        self.model_load_seconds = Gauge(
+            f"{p}_model_load_seconds",
+            "Load and warm-up time of the version a variant serves",
+            ["variant"],
+            registry=registry,
+        )
+        self.model_reload_failures = Counter(
+            f"{p}_model_reload_failures",
+            "New versions that failed to load (the previous one keeps serving), by variant",
+            ["variant"],
+            registry=registry,
+        )
+        self.model_swaps = Counter(
+            f"{p}_model_swaps", "Alias moves applied between batches", ["variant"], registry=registry
+        )
+        self.up = Gauge(f"{p}_up", "1 while the scoring loop runs", registry=registry)

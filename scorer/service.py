@@ -1,0 +1,149 @@
+"""Start-up of the stream scorer: check every dependency *before* consuming anything, then run the loop.
+
+Order: broker reachable → models resolved, verified, loaded and warmed (a bad model file exits non-zero here,
+with the reason) → feature store reachable → metrics/health server → consumer and transactional producer →
+loop. Exit codes: 0 after SIGTERM/SIGINT, 2 when configuration or a model is unusable, 3 when infrastructure
+stayed unreachable (the supervisor restarts us).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from scorer.engine import ScoringEngine, Serving, Thresholds, Variant
+from scorer.features import make_feature_client
+from scorer.features.base import FeatureClient, FeatureStoreUnavailableError
+from scorer.health import MetricsServer
+from scorer.metrics import ScorerMetrics
+from scorer.models import ModelCache, RuntimeOptions
+from scorer.serving import Reloader, ServingBuilder
+from scorer.settings import ScorerSettings
+from scorer.stream import Backoff, InfraGiveUpError, StreamScorer
+from streamscore.errors import StreamscoreError
+from streamscore.kafka import wait_for_broker
+from streamscore.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_INFRA = 3
+
+
+def runtime_options(settings: ScorerSettings) -> RuntimeOptions:
+    return RuntimeOptions(
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        device=settings.device,
+        cuda_min_batch=settings.cuda_min_batch,
+        warmup_batch=settings.max_batch_size,
+    )
+
+
+def load_serving(settings: ScorerSettings) -> tuple[ServingBuilder, Serving]:
+    """Resolve every variant's alias and load its version; any failure raises (start-up is strict)."""
+    registry = Registry(settings.registry)
+    builder = ServingBuilder(settings, registry, ModelCache(registry, runtime_options(settings)))
+
+    def fail(variant: Variant, version: str, exc: Exception) -> None:
+        raise exc
+
+    return builder, builder.build(registry.aliases(), on_failure=fail)
+
+
+def wait_for_features(client: FeatureClient, settings: ScorerSettings, timeout_s: float) -> None:
+    backoff = Backoff(settings.retry_initial_ms / 1000.0, settings.retry_max_ms / 1000.0)
+    while True:
+        try:
+            client.ping()
+            return
+        except FeatureStoreUnavailableError:
+            if backoff.failing_for() > timeout_s:
+                raise
+            time.sleep(backoff.next_delay())
+
+
+def publish_models(metrics: ScorerMetrics, serving: Serving) -> None:
+    metrics.model_info.clear()
+    metrics.model_load_seconds.clear()
+    for variant in serving.variants:
+        model = serving.models[variant.name]
+        metrics.model_info.labels(variant=variant.name).info(
+            {
+                "model_name": model.name,
+                "model_version": model.version,
+                "alias": variant.alias,
+                "kind": "shadow" if variant.shadow else "live",
+                "weight": f"{variant.weight:g}",
+                "experiment_id": serving.experiment_id,
+                "providers": ",".join(model.providers),
+                "sha256": model.sha256[:16],
+            }
+        )
+        metrics.model_load_seconds.labels(variant=variant.name).set(model.load_seconds)
+
+
+def run(settings: ScorerSettings | None = None, *, startup_timeout_s: float = 30.0) -> int:
+    """Run the stream scorer until SIGTERM/SIGINT; returns the process exit code."""
+    try:
+        settings = settings or ScorerSettings()
+    except ValueError as exc:
+        logger.error("invalid scorer settings: %s", exc)
+        return EXIT_CONFIG
+    try:
+        waited = wait_for_broker(settings.kafka, startup_timeout_s)
+        logger.info("broker %s answered after %.1fs", settings.kafka.bootstrap_servers, waited)
+        builder, serving = load_serving(settings)
+        features = make_feature_client(settings.feature_client, settings.feast)
+        wait_for_features(features, settings, startup_timeout_s)
+    except StreamscoreError as exc:
+        logger.error("cannot start: %s", exc)
+        return EXIT_INFRA if exc.retryable else EXIT_CONFIG
+    metrics = ScorerMetrics()
+    publish_models(metrics, serving)
+    engine = ScoringEngine(
+        serving,
+        features,
+        Thresholds(settings.review_threshold, settings.decline_threshold),
+        attach_features=settings.attach_features,
+    )
+    reloader = Reloader(builder, serving, metrics, settings.reload_interval_s)
+    scorer = StreamScorer(
+        settings, engine, metrics, reloader=reloader, on_swap=lambda: publish_models(metrics, engine.serving)
+    )
+
+    def health() -> tuple[bool, dict[str, Any]]:
+        idle = time.monotonic() - scorer.last_iteration
+        return idle < settings.unhealthy_after_s, {
+            "seconds_since_loop": round(idle, 3),
+            "models": engine.serving.versions(),
+            "experiment_id": engine.serving.experiment_id,
+            "delivery": settings.delivery,
+        }
+
+    server = MetricsServer(metrics.registry, health, settings.metrics_bind, settings.metrics_port).start()
+    logger.info(
+        "scoring %s -> %s (group %s, %s, batch<=%d, delay<=%.1fms) models %s; metrics on http://%s:%d/metrics",
+        scorer.input_topic,
+        scorer.scores_topic,
+        scorer.group,
+        settings.delivery,
+        settings.max_batch_size,
+        settings.max_queue_delay_ms,
+        serving.versions(),
+        settings.metrics_bind,
+        server.port,
+    )
+    scorer.install_signal_handlers()
+    reloader.start()
+    try:
+        return scorer.run()
+    except InfraGiveUpError as exc:
+        logger.error("%s", exc)
+        return EXIT_INFRA
+    finally:
+        reloader.stop()
+        server.stop()
+        features.close()

@@ -1,0 +1,177 @@
+"""What serves: variants resolved from MLflow aliases to loaded versions, and the hot reload when aliases move.
+
+`ServingBuilder.build` turns the configured variants and the registry's current aliases into a `Serving`.
+`Reloader` runs in a background thread: every `reload_interval_s` it reads the aliases, loads and warms any
+new version *off the scoring thread*, and leaves the new `Serving` in a slot that the transport picks up
+between two batches. A version that fails to load is counted (`model_reload_failures`) and skipped until its
+alias moves again; the variant keeps serving its previous version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+
+from scorer.engine import Serving, Variant
+from scorer.metrics import ScorerMetrics
+from scorer.models import LoadedModel, ModelCache, ModelLoadError
+from scorer.routing import Router
+from scorer.settings import ScorerSettings
+from streamscore.errors import StreamscoreError
+from streamscore.registry import ModelIntegrityError, Registry
+
+logger = logging.getLogger(__name__)
+
+
+class NoModelError(StreamscoreError):
+    """No live variant has a loadable version: the scorer cannot start."""
+
+    http_status = 503
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"nothing to serve: {problem}")
+
+
+def configured_variants(settings: ScorerSettings) -> tuple[Variant, ...]:
+    return tuple(Variant(v.name, v.alias, v.weight) for v in settings.variants) + tuple(
+        Variant(s.name, s.alias, s.share, shadow=True) for s in settings.shadows
+    )
+
+
+class ServingBuilder:
+    def __init__(self, settings: ScorerSettings, registry: Registry, cache: ModelCache) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.cache = cache
+        self.variants = configured_variants(settings)
+
+    def build(
+        self,
+        aliases: Mapping[str, str],
+        *,
+        previous: Serving | None = None,
+        on_failure: Callable[[Variant, str, Exception], None] | None = None,
+    ) -> Serving:
+        """A Serving for `aliases` (alias → version). A variant whose alias is unset is left out; one whose
+        new version fails to load keeps `previous`'s model (or is left out at start, via `on_failure`)."""
+        models: dict[str, LoadedModel] = {}
+        for variant in self.variants:
+            version = aliases.get(variant.alias)
+            if version is None:
+                logger.warning("variant %s: alias %r has no version; not serving it", variant.name, variant.alias)
+                continue
+            try:
+                models[variant.name] = self.cache.get(version)
+            except (ModelLoadError, ModelIntegrityError, OSError) as exc:
+                if on_failure is not None:
+                    on_failure(variant, version, exc)
+                old = previous.models.get(variant.name) if previous else None
+                if old is not None:
+                    models[variant.name] = old
+        live = [v for v in self.variants if not v.shadow and v.name in models]
+        if not live:
+            raise NoModelError(
+                f"none of the live variants {[v.alias for v in self.variants if not v.shadow]} resolves to a "
+                f"loadable version of {self.registry.name!r} (aliases now: {dict(aliases) or 'none'}); "
+                "train and register one with `streamscore train`"
+            )
+        shadows = [v for v in self.variants if v.shadow and v.name in models]
+        router = Router(
+            self.settings.experiment_salt,
+            [(v.name, v.weight) for v in live],
+            [(v.name, v.weight) for v in shadows],
+        )
+        self.cache.retain({m.version: m for m in models.values()})
+        return Serving(
+            experiment_id=self.settings.experiment_id,
+            router=router,
+            variants=tuple(live + shadows),
+            models=models,
+        )
+
+
+class Reloader:
+    """Watches the aliases; prepares a new Serving when one moves. The transport calls `take()` between batches."""
+
+    def __init__(self, builder: ServingBuilder, current: Serving, metrics: ScorerMetrics, interval_s: float) -> None:
+        self.builder = builder
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self._current = current
+        self._aliases = {v.alias: m.version for v in current.variants for m in [current.models[v.name]]}
+        self._failed: dict[str, str] = {}
+        """variant → version that failed to load (not retried until the alias moves elsewhere)."""
+        self._pending: Serving | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-reloader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def take(self) -> Serving | None:
+        """The new Serving prepared since the last call, if any (called by the scoring thread)."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self._current = pending
+        return pending
+
+    def check(self) -> bool:
+        """One look at the registry; True when a new Serving was prepared."""
+        try:
+            aliases = self.builder.registry.aliases()
+        except StreamscoreError as exc:
+            logger.warning("hot reload: cannot read the registry: %s", exc)
+            return False
+        wanted = {v.alias: aliases.get(v.alias) for v in self.builder.variants}
+        if wanted == {alias: self._aliases.get(alias) for alias in wanted}:
+            return False
+        failures: list[str] = []
+
+        def on_failure(variant: Variant, version: str, exc: Exception) -> None:
+            if self._failed.get(variant.name) != version:
+                self.metrics.model_reload_failures.labels(variant=variant.name).inc()
+                logger.error(
+                    "hot reload: variant %s version %s failed to load, the previous version keeps serving: %s",
+                    variant.name,
+                    version,
+                    exc,
+                )
+            self._failed[variant.name] = version
+            failures.append(variant.name)
+
+        # Do not retry a version that already failed: serve the old one quietly until the alias moves again.
+        effective = dict(aliases)
+        for variant in self.builder.variants:
+            if self._failed.get(variant.name) is not None and aliases.get(variant.alias) == self._failed[variant.name]:
+                old = self._current.models.get(variant.name)
+                if old is not None:
+                    effective[variant.alias] = old.version
+        try:
+            serving = self.builder.build(effective, previous=self._current, on_failure=on_failure)
+        except StreamscoreError as exc:
+            logger.error("hot reload: keeping the current models: %s", exc)
+            return False
+        self._aliases = {alias: aliases.get(alias) for alias in wanted}  # type: ignore[misc]
+        for variant in self.builder.variants:
+            if variant.name not in failures and aliases.get(variant.alias) != self._failed.get(variant.name):
+                self._failed.pop(variant.name, None)
+        if serving.versions() == self._current.versions():
+            return False
+        with self._lock:
+            self._pending = serving
+        logger.info("hot reload: new versions prepared %s (was %s)", serving.versions(), self._current.versions())
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check()
+            except Exception:  # the watcher must survive anything; the scorer keeps its models
+                logger.exception("hot reload: unexpected error")

@@ -1,0 +1,68 @@
+"""`streamscore score`: run the stream scorer in the foreground (transactions → scores, exactly once).
+
+The work happens in `scorer.service`; this module only maps options onto `SCORER_…` settings. Stop it with
+Ctrl-C or SIGTERM (graceful: the current batch commits, the consumer leaves its group).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import typer
+from pydantic import ValidationError
+
+from feature_repo.settings import FeastSettings
+from scorer.service import run
+from scorer.settings import ScorerSettings
+from streamscore.errors import ConfigError
+from streamscore.logs import configure
+from streamscore.registry import RegistrySettings
+from streamscore.settings import KafkaSettings, RedisSettings, TopicSettings
+from streamscore_cli.console import friendly_errors
+
+_BLOCKS = (ScorerSettings, KafkaSettings, TopicSettings, FeastSettings, RedisSettings, RegistrySettings)
+
+
+def settings_from(overrides: dict[str, Any]) -> ScorerSettings:
+    """The settings from the environment and the options; a bad value names the variable to fix."""
+    try:
+        return ScorerSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        block = next((b for b in _BLOCKS if b.__name__ == exc.title), ScorerSettings)
+        first = exc.errors(include_url=False)[0]
+        name = "_".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(f"{block.model_config.get('env_prefix', '')}{name}".upper(), first["msg"]) from None
+
+
+def score(
+    delivery: str | None = typer.Option(None, "--delivery", help="exactly_once or at_least_once. [SCORER_DELIVERY]"),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Records per batch at most. [SCORER_MAX_BATCH_SIZE]"
+    ),
+    delay_ms: float | None = typer.Option(
+        None, "--delay-ms", help="A batch closes this long after its first record. [SCORER_MAX_QUEUE_DELAY_MS]"
+    ),
+    port: int | None = typer.Option(None, "--port", help="HTTP port of /metrics and /healthz. [SCORER_METRICS_PORT]"),
+    instance: str | None = typer.Option(
+        None, "--instance", help="Stable instance name (transactional id suffix). [SCORER_INSTANCE_ID]"
+    ),
+    feature_client: str | None = typer.Option(
+        None, "--feature-client", help="redis (direct pipelined reader) or feast (SDK). [SCORER_FEATURE_CLIENT]"
+    ),
+) -> None:
+    """Run the stream scorer: transactions → features → champion/challenger/shadow models → scores + dead letters."""
+    with friendly_errors():
+        settings = settings_from(
+            {
+                "delivery": delivery,
+                "max_batch_size": batch_size,
+                "max_queue_delay_ms": delay_ms,
+                "metrics_port": port,
+                "instance_id": instance,
+                "feature_client": feature_client,
+            }
+        )
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        configure("INFO")  # a long-running service shows its progress lines
+    raise typer.Exit(run(settings))
