@@ -4,6 +4,8 @@ SIGKILL/SIGTERM, traffic split, shadow isolation and hot reload."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -17,6 +19,9 @@ from pathlib import Path
 import pytest
 
 from streamscore.contracts import Score
+from streamscore.infra import process
+from streamscore.infra import redis as redis_server
+from streamscore.infra.settings import InfraSettings
 from streamscore.settings import KafkaSettings, RedisSettings
 from streamscore.topics import TopicRegistry
 from tests.support.models import linear_weights, logistic_onnx, register
@@ -262,3 +267,81 @@ def test_a_bad_model_file_at_start_up_exits_non_zero_before_consuming(scorer_env
     code = scorer.wait(120)
     assert code == 2
     assert "cannot start" in scorer.tail() and "ONNX Runtime refused" in scorer.tail()
+
+
+def test_redis_hung_then_down_is_retried_in_the_group_and_nothing_is_dead_lettered_or_lost(
+    scorer_env: ScorerEnv, reader: OutputReader, tmp_path: Path
+) -> None:
+    settings = InfraSettings(data_dir=tmp_path / "own-redis", redis_port=free_port())
+    own = redis_server.start(settings)
+    redis_server.wait_ready(own, 20)
+    records = mixed(6_000, every=100_000)  # all valid
+    valid = [r for r in records if r.expected_reason is None]
+    scorer = scorer_env.process(
+        REDIS_PORT=str(settings.redis_port), SCORER_RETRY_MAX_MS="1000", SCORER_SESSION_TIMEOUT_MS="6000"
+    ).start()
+    topic = scorer_env.topics.transactions.name
+
+    def scored() -> int:
+        return len(reader.on(scorer_env.topics.scores.name))
+
+    try:
+        produce(scorer_env.kafka, topic, records[:2_000])
+        reader.wait_until(lambda _: scored() >= 2_000, 120, "scores before the outage")
+        os.kill(own.pid, signal.SIGSTOP)  # hung: connections open, no answers (read timeouts)
+        produce(scorer_env.kafka, topic, records[2_000:4_000])
+        reader.poll_for(8)  # longer than the 6 s session timeout: leaving the group would revoke partitions
+        hung = scored()
+        os.kill(own.pid, signal.SIGCONT)
+        process.stop(own)  # down: connection refused
+        reader.poll_for(1)
+        at_stop = scored()  # (between SIGCONT and the stop, the held batch may have been scored)
+        produce(scorer_env.kafka, topic, records[4_000:])
+        reader.poll_for(4)
+        down = scored()
+        own = redis_server.start(settings)
+        redis_server.wait_ready(own, 20)
+        reader.wait_until(lambda _: scored() >= len(valid), 120, "every score after Redis came back")
+        metrics = scorer_env.metrics()
+        assert scorer.terminate() == 0, scorer.tail()
+        reader.poll_for(1)
+    finally:
+        scorer.stop()
+        if process.is_running(own):
+            os.kill(own.pid, signal.SIGCONT)
+            process.stop(own)
+    assert hung == 2_000 and down == at_stop, (hung, at_stop, down)  # nothing scored without features...
+    check_exactly_once(records, reader, scorer_env.topics)  # ...nothing lost, nothing duplicated
+    assert not reader.on(scorer_env.topics.dlq.name)  # and no dead letter for an infrastructure fault
+    log = scorer.log.read_text().split("stopping: finishing the current batch")[0]  # close() revokes, later
+    assert "feature store unavailable" in log
+    assert "revoked" not in log and log.count("assigned [") == 1, "the scorer left its group during the outage"
+    retries = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('streamscore_scorer_infra_retries_total{dependency="feature_store"}')
+    ]
+    assert retries and float(retries[0].split()[-1]) >= 3
+
+
+def test_at_least_once_mode_scores_everything_and_health_answers(scorer_env: ScorerEnv, reader: OutputReader) -> None:
+    records = mixed(3_000)
+    produce(scorer_env.kafka, scorer_env.topics.transactions.name, records)
+    scorer = scorer_env.process(SCORER_DELIVERY="at_least_once", SCORER_LAG_INTERVAL_S="0.5").start()
+    try:
+        valid = sum(r.expected_reason is None for r in records)
+        reader.wait_until(lambda _: len(reader.on(scorer_env.topics.scores.name)) >= valid, 120, "scores")
+        with urllib.request.urlopen(f"http://127.0.0.1:{scorer_env.metrics_port}/healthz", timeout=5) as response:
+            health = json.loads(response.read())
+        time.sleep(1.5)  # a lag measurement after the last batch
+        metrics = scorer_env.metrics()
+        assert scorer.terminate() == 0, scorer.tail()
+        reader.poll_for(1)
+    finally:
+        scorer.stop()
+    check_exactly_once(records, reader, scorer_env.topics)  # a clean run duplicates nothing either
+    assert health["status"] == "ok" and health["delivery"] == "at_least_once"
+    assert health["models"] == {"champion": "1", "challenger": "2", "shadow": "2"}
+    lag = [line for line in metrics.splitlines() if line.startswith("streamscore_scorer_consumer_lag_offsets{")]
+    assert len(lag) == 6 and all(float(line.split()[-1]) == 0 for line in lag), lag
+    assert "streamscore_scorer_model_info{" in metrics and 'model_version="1"' in metrics
