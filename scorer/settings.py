@@ -69,7 +69,8 @@ class ScorerSettings(BaseSettings):
             LiveVariant(name="challenger", alias="challenger", weight=0.1),
         ]
     )
-    """Live variants in bucket order (JSON list of {name, alias, weight}). List a canary first: growing it
+    """Live variants in bucket order (JSON list of {name, alias, weight}); default: champion (alias champion,
+    weight 0.9) and challenger (alias challenger, 0.1). List a canary first: growing it
     only moves accounts into it. A variant whose alias has no version yet is dropped with a warning, its
     weight going to the others, as long as one live variant remains."""
     shadows: list[ShadowVariant] = Field(default_factory=list)

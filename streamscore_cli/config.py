@@ -14,8 +14,10 @@ from rich.table import Table
 
 from feature_repo.settings import FeastSettings
 from producers.settings import ProducerSettings
+from scorer.settings import ScorerSettings
 from stream_processors.settings import StreamProcessorSettings
 from streamscore.infra.settings import PROJECT_ROOT, InfraSettings
+from streamscore.registry import RegistrySettings
 from streamscore.settings import KafkaSettings, RedisSettings, TopicSettings
 from streamscore_cli.console import console, err_console
 from training.settings import TrainingSettings
@@ -31,6 +33,8 @@ SETTINGS: tuple[type[BaseSettings], ...] = (
     TrainingSettings,
     StreamProcessorSettings,
     FeastSettings,
+    ScorerSettings,
+    RegistrySettings,
 )
 DOC = PROJECT_ROOT / "docs" / "configuration.md"
 
