@@ -9,6 +9,8 @@ stayed unreachable (the supervisor restarts us).
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from typing import Any
 
@@ -85,8 +87,24 @@ def publish_models(metrics: ScorerMetrics, serving: Serving) -> None:
         metrics.model_load_seconds.labels(variant=variant.name).set(model.load_seconds)
 
 
+def stop_on_signals() -> threading.Event:
+    """SIGTERM/SIGINT set the returned event, from the very start: a stop requested while models load ends the
+    process cleanly before it consumes anything, one requested later ends it after the current batch."""
+    stopping = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        if not stopping.is_set():
+            logger.info("stopping (%s): finishing the current batch", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stopping
+
+
 def run(settings: ScorerSettings | None = None, *, startup_timeout_s: float = 30.0) -> int:
     """Run the stream scorer until SIGTERM/SIGINT; returns the process exit code."""
+    stopping = stop_on_signals()
     try:
         settings = settings or ScorerSettings()
     except ValueError as exc:
@@ -101,6 +119,9 @@ def run(settings: ScorerSettings | None = None, *, startup_timeout_s: float = 30
     except StreamscoreError as exc:
         logger.error("cannot start: %s", exc)
         return EXIT_INFRA if exc.retryable else EXIT_CONFIG
+    if stopping.is_set():
+        logger.info("stopped during start-up, before consuming anything")
+        return EXIT_OK
     metrics = ScorerMetrics()
     publish_models(metrics, serving)
     engine = ScoringEngine(
@@ -111,7 +132,12 @@ def run(settings: ScorerSettings | None = None, *, startup_timeout_s: float = 30
     )
     reloader = Reloader(builder, serving, metrics, settings.reload_interval_s)
     scorer = StreamScorer(
-        settings, engine, metrics, reloader=reloader, on_swap=lambda: publish_models(metrics, engine.serving)
+        settings,
+        engine,
+        metrics,
+        reloader=reloader,
+        on_swap=lambda: publish_models(metrics, engine.serving),
+        stopping=stopping,
     )
 
     def health() -> tuple[bool, dict[str, Any]]:
@@ -136,7 +162,6 @@ def run(settings: ScorerSettings | None = None, *, startup_timeout_s: float = 30
         settings.metrics_bind,
         server.port,
     )
-    scorer.install_signal_handlers()
     reloader.start()
     try:
         return scorer.run()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -132,6 +132,7 @@ class StreamScorer:
         *,
         reloader: Reloader | None = None,
         on_swap: Callable[[], None] | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -145,7 +146,7 @@ class StreamScorer:
         self.dlq_topic = registry.dlq.name
         self.group = settings.group
         self.exactly_once = settings.delivery == "exactly_once"
-        self._running = True
+        self._stopping = stopping or threading.Event()
         self._assigned: set[tuple[str, int]] = set()
         self._revoked: set[tuple[str, int]] = set()
         self._carry: list[Message] = []
@@ -183,14 +184,14 @@ class StreamScorer:
             self._retry_infra("broker", lambda: producer.init_transactions(30.0))
         return producer
 
+    @property
+    def _running(self) -> bool:
+        return not self._stopping.is_set()
+
     def stop(self, *_: Any) -> None:
         if self._running:
             logger.info("stopping: finishing the current batch")
-        self._running = False
-
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        self._stopping.set()
 
     def run(self) -> int:
         self.consumer.subscribe(

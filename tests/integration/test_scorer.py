@@ -313,7 +313,7 @@ def test_redis_hung_then_down_is_retried_in_the_group_and_nothing_is_dead_letter
     assert hung == 2_000 and down == at_stop, (hung, at_stop, down)  # nothing scored without features...
     check_exactly_once(records, reader, scorer_env.topics)  # ...nothing lost, nothing duplicated
     assert not reader.on(scorer_env.topics.dlq.name)  # and no dead letter for an infrastructure fault
-    log = scorer.log.read_text().split("stopping: finishing the current batch")[0]  # close() revokes, later
+    log = scorer.log.read_text().split("stopping (SIGTERM)")[0]  # close() revokes, later
     assert "feature store unavailable" in log
     assert "revoked" not in log and log.count("assigned [") == 1, "the scorer left its group during the outage"
     retries = [
@@ -345,3 +345,37 @@ def test_at_least_once_mode_scores_everything_and_health_answers(scorer_env: Sco
     lag = [line for line in metrics.splitlines() if line.startswith("streamscore_scorer_consumer_lag_offsets{")]
     assert len(lag) == 6 and all(float(line.split()[-1]) == 0 for line in lag), lag
     assert "streamscore_scorer_model_info{" in metrics and 'model_version="1"' in metrics
+
+
+def test_a_second_instance_joining_and_the_first_leaving_rebalance_without_loss_or_duplicates(
+    scorer_env: ScorerEnv, reader: OutputReader
+) -> None:
+    records = mixed(9_000)
+    producer = threading.Thread(
+        target=produce, args=(scorer_env.kafka, scorer_env.topics.transactions.name, records), kwargs={"rate": 600}
+    )
+    first = scorer_env.process("first", SCORER_SESSION_TIMEOUT_MS="6000").start()
+    second = scorer_env.process(
+        "second", SCORER_INSTANCE_ID="it-2", SCORER_METRICS_PORT="0", SCORER_SESSION_TIMEOUT_MS="6000"
+    )
+    producer.start()
+    try:
+        reader.wait_until(lambda _: len(reader.on(scorer_env.topics.scores.name)) > 500, 60, "the first scores")
+        second.start()  # scale out: cooperative-sticky moves some partitions to it mid-stream
+        deadline = time.monotonic() + 60
+        while "assigned [" not in second.log.read_text() and time.monotonic() < deadline:
+            reader.poll_for(0.5)
+        reader.poll_for(2)
+        assert first.terminate() == 0, first.tail()  # scale in: its partitions go to the second
+        producer.join()
+        valid = sum(r.expected_reason is None for r in records)
+        reader.wait_until(lambda _: len(reader.on(scorer_env.topics.scores.name)) >= valid, 180, "every score")
+        assert second.terminate() == 0, second.tail()
+        reader.poll_for(1)
+    finally:
+        first.stop()
+        second.stop()
+    check_exactly_once(records, reader, scorer_env.topics)
+    assert "revoked" in first.log.read_text() and "assigned" in second.log.read_text()
+    second_partitions = {o.partition for o in reader.on(scorer_env.topics.scores.name)}
+    assert second_partitions == set(range(6))
