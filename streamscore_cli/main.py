@@ -6,7 +6,7 @@ import typer
 
 from streamscore import __version__
 from streamscore.logs import configure
-from streamscore_cli import config, demo, features, infra, lag, produce, schemas, stream, train
+from streamscore_cli import config, demo, dlq, features, infra, lag, produce, schemas, stream, train
 
 app = typer.Typer(
     help="streamscore — real-time fraud scoring on Kafka.",
@@ -22,6 +22,7 @@ app.command()(produce.produce)
 app.command()(demo.demo)
 app.command()(train.train)
 app.command()(lag.lag)
+app.add_typer(dlq.app, name="dlq")
 
 
 def version_callback(value: bool) -> None:
