@@ -198,21 +198,24 @@ def decode_stamp(payload: bytes | None) -> float:
     return seconds
 
 
+class _Memo(dict[bytes | None, Any]):
+    """`decode` behind a bounded dict: repeated payloads (counts, countries, device lists, the batch views' daily
+    timestamps) are decoded once. A hit is a plain `dict.__getitem__` (no Python frame); a miss decodes, and a
+    full memo is cleared, which is cheaper than LRU bookkeeping on every hit."""
+
+    def __init__(self, decode: Callable[[bytes | None], Any]) -> None:
+        super().__init__()
+        self.decode = decode
+
+    def __missing__(self, payload: bytes | None) -> Any:
+        if len(self) >= _MEMO_LIMIT:
+            self.clear()
+        value = self[payload] = self.decode(payload)
+        return value
+
+
 def _memoised(decode: Callable[[bytes | None], Any]) -> Callable[[bytes | None], Any]:
-    """`decode` behind a bounded dict: repeated payloads (countries, device lists, the batch views' daily
-    timestamps) are decoded once. Cleared when full, which is cheaper than LRU bookkeeping on a hit."""
-    memo: dict[bytes | None, Any] = {}
-
-    def cached(payload: bytes | None) -> Any:
-        try:
-            return memo[payload]
-        except KeyError:
-            if len(memo) >= _MEMO_LIMIT:
-                memo.clear()
-            value = memo[payload] = decode(payload)
-            return value
-
-    return cached
+    return _Memo(decode).__getitem__
 
 
 _DECODERS: dict[FieldKind, Callable[[bytes | None], Any]] = {
