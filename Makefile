@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.streamscore-installed
 DEMO_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help install lint format test test-unit test-integration demo up down status schemas clean
+.PHONY: help install lint format test test-unit test-integration demo up down status schemas bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -56,6 +57,9 @@ status: ## Show what the local stack runs
 
 schemas: install ## Regenerate the JSON Schemas in docs/schemas/
 	$(BIN)/streamscore schemas export
+
+bench: install ## Pipeline benchmark on its own local stack: passthrough vs naive vs scorer (docs/benchmarks.md)
+	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
 
 clean: ## Remove caches (not the virtualenv, not the Kafka jars)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache
