@@ -25,9 +25,21 @@ from scorer.features.base import FeatureClient, OnlineRow
 from scorer.models import LoadedModel
 from scorer.routing import Router
 from streamscore.contracts import Decision, FeatureStatus, Score, ScoreSource, Transaction
+from streamscore.errors import StreamscoreError
 from streamscore.features import TransactionFacts, transaction_features
 
 logger = logging.getLogger(__name__)
+
+
+EXPLICIT = "explicit"
+"""The variant name of scores from a version asked for explicitly (API `?version=`)."""
+
+
+class UnknownVariantError(StreamscoreError):
+    http_status = 404
+
+    def __init__(self, variant: str, known: tuple[str, ...]) -> None:
+        super().__init__(f"unknown variant {variant!r}; this deployment serves {', '.join(known)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,14 +150,19 @@ class ScoringEngine:
         *,
         source: ScoreSource = "stream",
         variant: str | None = None,
+        model: LoadedModel | None = None,
     ) -> BatchResult:
         """Score a batch. `variant` forces one variant for every request (no shadows) instead of the
-        router's choice. Raises FeatureStoreUnavailableError when the online store cannot be read: the caller
-        retries the whole batch; nothing is half-scored."""
+        router's choice; `model` scores every request with that version instead (variant `explicit`). Raises
+        FeatureStoreUnavailableError when the online store cannot be read: the caller retries the whole batch;
+        nothing is half-scored."""
         result = BatchResult()
         if not requests:
             return result
         serving = self.serving
+        models = serving.models if model is None else {**serving.models, EXPLICIT: model}
+        if model is not None:
+            variant = EXPLICIT
         started = time.perf_counter()
         facts = [TransactionFacts.of(r.tx) for r in requests]
         rows = self.features.read([(f.account_id, f.merchant_id) for f in facts], [f.event_ts for f in facts])
@@ -155,8 +172,8 @@ class ScoringEngine:
         groups: dict[str, list[int]] = {}
         shadow_of: dict[str, bool] = {v.name: v.shadow for v in serving.variants}
         if variant is not None:
-            if variant not in serving.models:
-                raise KeyError(variant)
+            if variant not in models:
+                raise UnknownVariantError(variant, tuple(serving.models))
             groups[variant] = list(range(len(requests)))
             shadow_of = {**shadow_of, variant: False}
         else:
@@ -170,7 +187,7 @@ class ScoringEngine:
         scored_at = datetime.now(UTC)
         now = scored_at.timestamp()
         for name, indices in groups.items():
-            model = serving.models[name]
+            model = models[name]
             service = model.feature_service
             use_merchant = MERCHANT_VIEW in SERVICES[service]
             feature_rows = [

@@ -110,7 +110,12 @@ Country = Annotated[
     ),
     AfterValidator(_check_country),
 ]
-EventTime = Annotated[AwareDatetime, AfterValidator(_check_event_time)]
+EventTime = Annotated[
+    AwareDatetime,
+    AfterValidator(_check_event_time),
+    # JSON Schema cannot bound a date-time; the pattern states the year >= 2000 rule for external validators.
+    Field(json_schema_extra={"pattern": r"^[2-9][0-9]{3}-"}),
+]
 Amount = Annotated[float, Field(gt=0.0, le=MAX_AMOUNT, description="Amount in `currency`, > 0")]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 

@@ -6,7 +6,7 @@ import typer
 
 from streamscore import __version__
 from streamscore.logs import configure
-from streamscore_cli import config, demo, dlq, features, infra, lag, produce, schemas, stream, train
+from streamscore_cli import api, config, demo, dlq, features, infra, lag, produce, schemas, score, stream, train
 
 app = typer.Typer(
     help="streamscore — real-time fraud scoring on Kafka.",
@@ -21,6 +21,9 @@ app.add_typer(features.app, name="features")
 app.command()(produce.produce)
 app.command()(demo.demo)
 app.command()(train.train)
+app.command()(score.score)
+app.command()(api.api)
+app.command("api-key")(api.api_key)
 app.command()(lag.lag)
 app.add_typer(dlq.app, name="dlq")
 

@@ -22,6 +22,7 @@ INSTALL_HINTS = {
     "or run the stack with Docker: `docker compose up -d`.",
     "redis-server": "Install Redis, e.g. `apt-get install redis-server`, or run the stack with Docker: "
     "`docker compose up -d`.",
+    "chromium": "Install Chromium for the demo page's browser test, e.g. `apt-get install chromium`.",
 }
 
 

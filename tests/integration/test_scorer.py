@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,65 +22,22 @@ from streamscore.infra.settings import InfraSettings
 from streamscore.settings import KafkaSettings, RedisSettings
 from streamscore.topics import TopicRegistry
 from tests.support.models import linear_weights, logistic_onnx, register
-from tests.support.scoring import CASE, OutputReader, Record, ScorerProcess, mixed, produce
-
-MODEL = "fraud-detector"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class ScorerEnv:
-    env: dict[str, str]
-    tracking_uri: str
-    topics: TopicRegistry
-    kafka: KafkaSettings
-    metrics_port: int
-    tmp: Path
-
-    def process(self, name: str = "scorer", **extra: str) -> ScorerProcess:
-        return ScorerProcess({**self.env, **extra}, self.tmp / f"{name}.log")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            return str(response.read().decode())
+from tests.support.scoring import (
+    CASE,
+    MODEL,
+    OutputReader,
+    Record,
+    ScorerEnv,
+    free_port,
+    make_scorer_env,
+    mixed,
+    produce,
+)
 
 
 @pytest.fixture
 def scorer_env(tmp_path: Path, kafka: KafkaSettings, redis_settings: RedisSettings, topics: TopicRegistry) -> ScorerEnv:
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    artifacts = tmp_path / "artifacts"
-    register(tracking_uri, MODEL, logistic_onnx(*linear_weights(1)), alias="champion", artifact_dir=artifacts)
-    register(tracking_uri, MODEL, logistic_onnx(*linear_weights(2)), alias="challenger", artifact_dir=artifacts)
-    port = free_port()
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "TOPICS_PREFIX": topics.transactions.name.removesuffix("transactions"),
-        "REDIS_HOST": redis_settings.host,
-        "REDIS_PORT": str(redis_settings.port),
-        "FEAST_PROJECT": f"p{uuid.uuid4().hex[:10]}",
-        "FEAST_REGISTRY_PATH": str(tmp_path / "feast" / "registry.db"),
-        "FEAST_DATA_DIR": str(tmp_path / "features"),
-        "REGISTRY_TRACKING_URI": tracking_uri,
-        "REGISTRY_CACHE_DIR": str(tmp_path / "cache"),
-        "SCORER_INSTANCE_ID": "it-1",
-        "SCORER_METRICS_PORT": str(port),
-        "SCORER_VARIANTS": json.dumps(
-            [
-                {"name": "champion", "alias": "champion", "weight": 0.8},
-                {"name": "challenger", "alias": "challenger", "weight": 0.2},
-            ]
-        ),
-        "SCORER_SHADOWS": json.dumps([{"name": "shadow", "alias": "challenger", "share": 0.3}]),
-        "SCORER_RELOAD_INTERVAL_S": "1",
-        "SCORER_PROGRESS_INTERVAL_S": "2",
-        "LOG_LEVEL": "INFO",
-    }
-    return ScorerEnv(env, tracking_uri, topics, kafka, port, tmp_path)
+    return make_scorer_env(tmp_path, kafka, redis_settings, topics)
 
 
 @pytest.fixture

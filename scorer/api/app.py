@@ -1,0 +1,511 @@
+"""The ad-hoc API: `create_app()` with a lifespan that loads the very engine the stream scorer runs.
+
+Same features (the same FeatureClient), same model versions by alias (the same ServingBuilder, hot-reloaded by
+the same Reloader), same routing (`variant=auto` is the stream's split). A request body is validated by the
+same contract code as a Kafka record (`parse_event`), so an event the stream would dead-letter is a 422 here,
+with the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from confluent_kafka import Producer
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scorer.api.batching import AdaptiveBatcher
+from scorer.api.limits import BodyLimitMiddleware
+from scorer.api.metrics import ApiMetrics
+from scorer.api.security import KEY_HEADER, KeyChecker, RateLimitedError, RateLimiter, UnauthorizedError
+from scorer.api.settings import ApiSettings
+from scorer.engine import Request as ScoreRequest
+from scorer.engine import Scored, ScoringEngine, Serving, Thresholds
+from scorer.features import make_feature_client
+from scorer.features.base import FeatureClient
+from scorer.metrics import ScorerMetrics
+from scorer.models import LoadedModel
+from scorer.service import load_serving
+from scorer.serving import Reloader, ServingBuilder
+from streamscore import __version__
+from streamscore.contracts import Score, Transaction, describe, headers_for, parse_event
+from streamscore.errors import EventError, StreamscoreError
+from streamscore.kafka import producer_config
+
+logger = logging.getLogger(__name__)
+
+
+class InferenceError(StreamscoreError):
+    http_status = 503
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"the model could not score this transaction: {problem}")
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="Error class, e.g. schema_invalid, unauthorized, rate_limited")
+    detail: str = Field(description="What is wrong and how to fix it")
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    instances: list[Transaction]
+
+
+class BatchResponse(BaseModel):
+    predictions: list[Score]
+
+
+class VariantInfo(BaseModel):
+    name: str
+    kind: str = Field(description="live (scores go to `scores`) or shadow (to `scores.shadow`)")
+    alias: str
+    weight: float = Field(description="live: relative share of accounts; shadow: share of events")
+    model_name: str
+    model_version: str
+    providers: list[str]
+    loaded_at: float = Field(description="Epoch seconds when this version was loaded and warmed up")
+
+
+class ModelsResponse(BaseModel):
+    registered_model: str
+    experiment_id: str
+    variants: list[VariantInfo]
+    aliases: dict[str, str] = Field(description="The registry's aliases when last read")
+
+
+class Status(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing, unknown or revoked API key"},
+    404: {"model": ErrorBody, "description": "The variant or version asked for serves no model"},
+    413: {"model": ErrorBody, "description": "Request body over the limit"},
+    422: {"model": ErrorBody, "description": "Invalid transaction or parameters"},
+    429: {"model": ErrorBody, "description": "Rate limit exceeded; see Retry-After"},
+    503: {"model": ErrorBody, "description": "Feature store or model unavailable; retry later"},
+}
+
+
+def _request_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+@dataclass
+class Runtime:
+    """What the lifespan builds once and every request uses."""
+
+    settings: ApiSettings
+    engine: ScoringEngine
+    builder: ServingBuilder
+    reloader: Reloader
+    features: FeatureClient
+    keys: KeyChecker
+    limiter: RateLimiter
+    metrics: ApiMetrics
+    batcher: AdaptiveBatcher[ScoreRequest, Scored] | None = None
+    producer: Producer | None = None
+    topics: tuple[str, str] = ("", "")
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def score_batch(
+        self, requests: Sequence[ScoreRequest], *, variant: str | None = None, model: LoadedModel | None = None
+    ) -> list[Scored | BaseException]:
+        """One engine call; per request its live score (or why it failed). Shadows are audited, not returned."""
+        result = self.engine.score(requests, source="api", variant=variant, model=model)
+        self.metrics.batch_size.observe(len(requests))
+        self.metrics.feature_latency.observe(result.feature_seconds)
+        self.metrics.inference_latency.observe(result.inference_seconds)
+        out: list[Scored | BaseException] = [InferenceError("no score produced")] * len(requests)
+        for index, why in result.failed:
+            out[index] = InferenceError(why)
+        for item in result.scored:
+            if not item.shadow:
+                out[item.index] = item
+                self.metrics.scored.labels(variant=item.score.variant).inc()
+        self._audit(result.scored, requests)
+        return out
+
+    def _audit(self, scored: Sequence[Scored], requests: Sequence[ScoreRequest]) -> None:
+        if self.producer is None:
+            return
+        for item in scored:
+            topic = self.topics[1] if item.shadow else self.topics[0]
+            try:
+                self.producer.produce(
+                    topic,
+                    item.score.to_json(),
+                    item.score.account_id.encode(),
+                    headers=headers_for(
+                        item.score,
+                        requests[item.index].traceparent,
+                        model_version=item.score.model_version,
+                        source="api",
+                    ),
+                    on_delivery=self._on_delivery,
+                )
+            except (BufferError, Exception):  # noqa: BLE001 - an audit failure must not fail the answer
+                self.metrics.audit_failures.inc()
+        self.producer.poll(0)
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.metrics.audit_failures.inc()
+
+
+def build_runtime(settings: ApiSettings) -> Runtime:
+    scorer_settings = settings.scorer
+    builder, serving = load_serving(scorer_settings)
+    features = make_feature_client(scorer_settings.feature_client, scorer_settings.feast)
+    engine = ScoringEngine(
+        serving,
+        features,
+        Thresholds(scorer_settings.review_threshold, scorer_settings.decline_threshold),
+        attach_features=True,
+    )
+    reloader = Reloader(
+        builder, serving, ScorerMetrics(registry=_throwaway_registry()), scorer_settings.reload_interval_s
+    )
+    runtime = Runtime(
+        settings=settings,
+        engine=engine,
+        builder=builder,
+        reloader=reloader,
+        features=features,
+        keys=KeyChecker(settings.active_keys()),
+        limiter=RateLimiter(settings.rate_per_s, settings.burst),
+        metrics=ApiMetrics(),
+    )
+    if settings.audit:
+        registry = scorer_settings.topics.registry()
+        runtime.producer = Producer(producer_config(scorer_settings.kafka, "api-audit", linger_ms=20))
+        runtime.topics = (registry.scores.name, registry.scores_shadow.name)
+    runtime.aliases = {v.alias: serving.models[v.name].version for v in serving.variants}
+    return runtime
+
+
+def _throwaway_registry() -> Any:
+    from prometheus_client import CollectorRegistry
+
+    return CollectorRegistry()
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def require_key(request: Request, runtime: RuntimeDep) -> str:
+    """The caller's key name; 401 without a valid key, 429 over its rate."""
+    name = runtime.keys.name_of(request.headers.get(KEY_HEADER))
+    runtime.limiter.take(name)
+    return name
+
+
+KeyDep = Annotated[str, Depends(require_key)]
+
+
+def _swap_if_reloaded(runtime: Runtime) -> None:
+    serving = runtime.reloader.take()
+    if serving is not None:
+        runtime.engine.serving = serving
+        runtime.aliases = {v.alias: serving.models[v.name].version for v in serving.variants}
+
+
+def _parse_transaction(body: bytes) -> Transaction:
+    try:
+        return parse_event(Transaction, body)
+    except EventError as exc:
+        raise ApiValidationError(exc.reason, exc.detail) from None
+
+
+class ApiValidationError(StreamscoreError):
+    http_status = 422
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    """The API app; its lifespan builds the runtime from `settings` (default: the environment) unless given."""
+    settings = settings or ApiSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            rt = runtime
+        else:
+            rt = await asyncio.get_running_loop().run_in_executor(None, build_runtime, settings)
+        app.state.runtime = rt
+        if settings.batching:
+            rt.batcher = AdaptiveBatcher(
+                rt.score_batch,
+                max_batch_size=settings.max_batch_size,
+                max_queue_delay_ms=settings.max_queue_delay_ms,
+                on_batch=lambda size, waited: rt.metrics.queue_latency.observe(waited),
+            )
+            rt.batcher.start()
+        rt.reloader.start()
+        logger.info("API ready: models %s, batching %s", rt.engine.serving.versions(), settings.batching)
+        try:
+            yield
+        finally:
+            rt.reloader.stop()
+            if rt.batcher is not None:
+                await rt.batcher.stop()
+            if rt.producer is not None:
+                rt.producer.flush(10)
+            rt.features.close()
+
+    app = FastAPI(
+        title="streamscore API",
+        version=__version__,
+        description="Score card transactions with the models and features the stream scorer uses. "
+        f"Every route except /livez and /readyz needs an `{KEY_HEADER}` header.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(StreamscoreError)
+    async def on_error(request: Request, exc: StreamscoreError) -> JSONResponse:
+        error = getattr(exc, "reason", None) or {
+            401: "unauthorized",
+            429: "rate_limited",
+            503: "unavailable",
+        }.get(exc.http_status, type(exc).__name__)
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimitedError) else None
+        if isinstance(exc, UnauthorizedError):
+            headers = {"WWW-Authenticate": KEY_HEADER}
+        status = exc.http_status if exc.http_status < 500 else 503
+        request.app.state.runtime.metrics.rejected.labels(reason=str(error)).inc() if hasattr(
+            request.app.state, "runtime"
+        ) else None
+        return _error(status, str(error), str(exc), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for detail in exc.errors():
+            where = ".".join(str(p) for p in detail.get("loc", ())) or "<request>"
+            parts.append(f"{where}: {detail.get('msg', 'invalid')}")
+        return _error(422, "invalid_request", "; ".join(parts))
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "other")
+        if hasattr(request.app.state, "runtime"):
+            metrics = request.app.state.runtime.metrics
+            metrics.requests.labels(route=path, status=str(response.status_code)).inc()
+            metrics.latency.labels(route=path).observe(time.perf_counter() - started)
+        return response
+
+    async def score_requests(
+        rt: Runtime, requests: list[ScoreRequest], variant: str | None, version: str | None
+    ) -> list[Scored]:
+        _swap_if_reloaded(rt)
+        loop = asyncio.get_running_loop()
+        model = None
+        if version is not None:
+            model = await loop.run_in_executor(None, _load_version, rt, version)
+        if variant == "auto":
+            variant = None
+        if rt.batcher is not None and len(requests) == 1 and variant is None and model is None:
+            return [await rt.batcher.submit(requests[0])]
+        results = await loop.run_in_executor(None, lambda: rt.score_batch(requests, variant=variant, model=model))
+        out: list[Scored] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            out.append(result)
+        return out
+
+    configured = ["auto"] + [v.name for v in settings.scorer.variants] + [s.name for s in settings.scorer.shadows]
+    variant_query = Query(
+        "auto",
+        description="`auto` follows the stream's split; or name a configured variant (404 if it serves no model now)",
+        json_schema_extra={"enum": configured},
+    )
+    version_query = Query(
+        None, pattern=r"^[0-9]{1,9}$", description="Score with this registered version instead of a variant"
+    )
+
+    @app.post(
+        "/v1/score",
+        response_model=Score,
+        responses=ERRORS,
+        openapi_extra=_request_body(Transaction.model_json_schema()),
+        summary="Score one transaction",
+    )
+    async def score_one(
+        request: Request,
+        rt: RuntimeDep,
+        _key: KeyDep,
+        variant: str = variant_query,
+        version: str | None = version_query,
+    ) -> Score:
+        tx = _parse_transaction(await request.body())
+        scored = await score_requests(rt, [ScoreRequest(tx, time.time(), _traceparent(request))], variant, version)
+        return scored[0].score
+
+    @app.post(
+        "/v1/score/batch",
+        response_model=BatchResponse,
+        responses=ERRORS,
+        openapi_extra=_request_body(
+            {
+                "type": "object",
+                "properties": {
+                    "instances": {
+                        "type": "array",
+                        "items": Transaction.model_json_schema(),
+                        "minItems": 1,
+                        "maxItems": settings.max_instances,
+                    }
+                },
+                "required": ["instances"],
+                "additionalProperties": False,
+            }
+        ),
+        summary="Score a batch of transactions",
+    )
+    async def score_batch(
+        request: Request,
+        rt: RuntimeDep,
+        _key: KeyDep,
+        variant: str = variant_query,
+        version: str | None = version_query,
+    ) -> BatchResponse:
+        body = await request.body()
+        try:
+            batch = BatchRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise ApiValidationError("schema_invalid", describe(exc)) from None
+        if not batch.instances:
+            raise ApiValidationError("schema_invalid", "instances: at least one transaction is needed")
+        if len(batch.instances) > settings.max_instances:
+            raise ApiValidationError(
+                "too_many_instances",
+                f"instances: {len(batch.instances)} transactions, at most {settings.max_instances} per request",
+            )
+        now = time.time()
+        traceparent = _traceparent(request)
+        scored = await score_requests(
+            rt, [ScoreRequest(t, now, traceparent) for t in batch.instances], variant, version
+        )
+        return BatchResponse(predictions=[s.score for s in scored])
+
+    @app.get("/v1/models", response_model=ModelsResponse, responses={401: ERRORS[401], 429: ERRORS[429]})
+    async def models(rt: RuntimeDep, _key: KeyDep) -> ModelsResponse:
+        _swap_if_reloaded(rt)
+        serving: Serving = rt.engine.serving
+        return ModelsResponse(
+            registered_model=rt.builder.registry.name,
+            experiment_id=serving.experiment_id,
+            variants=[
+                VariantInfo(
+                    name=v.name,
+                    kind="shadow" if v.shadow else "live",
+                    alias=v.alias,
+                    weight=v.weight,
+                    model_name=serving.models[v.name].name,
+                    model_version=serving.models[v.name].version,
+                    providers=list(serving.models[v.name].providers),
+                    loaded_at=serving.models[v.name].loaded_at,
+                )
+                for v in serving.variants
+            ],
+            aliases=rt.aliases,
+        )
+
+    @app.get("/livez", response_model=Status, summary="The process is alive (no dependency checked)")
+    async def livez() -> Status:
+        return Status(status="ok")
+
+    @app.get(
+        "/readyz",
+        response_model=Status,
+        responses={503: {"model": Status, "description": "A dependency is not ready"}},
+        summary="Models loaded, feature store and registry reachable",
+    )
+    async def readyz(rt: RuntimeDep) -> Response:
+        checks = await asyncio.get_running_loop().run_in_executor(None, _readiness, rt)
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={401: ERRORS[401], 429: ERRORS[429]},
+        summary="Prometheus metrics",
+    )
+    async def metrics(request: Request, rt: RuntimeDep) -> Response:
+        if settings.metrics_require_key:
+            require_key(request, rt)
+        return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    if settings.demo_ui:
+        from scorer.api.ui import mount_demo
+
+        app = mount_demo(app)
+    return app
+
+
+def _traceparent(request: Request) -> str | None:
+    from streamscore.contracts import is_traceparent
+
+    value = request.headers.get("traceparent")
+    return value if value and is_traceparent(value) else None
+
+
+def _load_version(rt: Runtime, version: str) -> LoadedModel:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return rt.builder.cache.get(version)
+    except MlflowException as exc:
+        raise VersionNotFoundError(rt.builder.registry.name, version) from exc
+
+
+class VersionNotFoundError(StreamscoreError):
+    http_status = 404
+
+    def __init__(self, name: str, version: str) -> None:
+        super().__init__(f"registered model {name!r} has no version {version}")
+
+
+def _readiness(rt: Runtime) -> dict[str, str]:
+    checks = {"models": "ok" if rt.engine.serving.models else "no model loaded"}
+    try:
+        rt.features.ping()
+        checks["feature_store"] = "ok"
+    except StreamscoreError as exc:
+        checks["feature_store"] = str(exc)[:200]
+    try:
+        rt.aliases = rt.builder.registry.aliases() or rt.aliases
+        checks["registry"] = "ok"
+    except StreamscoreError as exc:
+        checks["registry"] = str(exc)[:200]
+    return checks

@@ -1,0 +1,60 @@
+"""`streamscore api` (the investigators' HTTP API under uvicorn) and `streamscore api-key` (a new key)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import typer
+from pydantic import ValidationError
+
+from scorer.api.settings import ApiSettings
+from streamscore.errors import ConfigError
+from streamscore.logs import configure
+from streamscore_cli.console import console, friendly_errors
+
+
+def _settings(**overrides: object) -> ApiSettings:
+    try:
+        return ApiSettings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        name = "_".join(str(p) for p in first["loc"]) or "settings"
+        prefix = "API_" if exc.title == "ApiSettings" else ""
+        raise ConfigError(f"{prefix}{name}".upper(), first["msg"]) from None
+
+
+def api(
+    host: str | None = typer.Option(None, "--host", help="Interface to listen on. [API_HOST]"),
+    port: int | None = typer.Option(None, "--port", help="HTTP port. [API_PORT]"),
+    batching: bool | None = typer.Option(
+        None, "--batching/--no-batching", help="Gather concurrent requests into micro-batches. [API_BATCHING]"
+    ),
+) -> None:
+    """Serve the scoring API (same engine, models and features as the stream scorer) with uvicorn."""
+    import uvicorn
+
+    from scorer.api.app import create_app
+
+    with friendly_errors():
+        settings = _settings(host=host, port=port, batching=batching)
+        if not settings.active_keys():
+            raise ConfigError("API_KEYS", "no active API key: create one with `streamscore api-key NAME`")
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        configure("INFO")
+    console.print(
+        f"[green]✓[/] API on http://{settings.host}:{settings.port} — docs at /docs, investigator page at /demo, "
+        f"{len(settings.active_keys())} active key(s)"
+    )
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+def api_key(name: str = typer.Argument(..., help="A name for the key (who or what uses it).")) -> None:
+    """Create an API key: prints the key once, and the entry to add to API_KEYS (only its SHA-256 is stored)."""
+    from scorer.api.security import digest, new_key
+
+    key = new_key()
+    entry = {"name": name, "sha256": digest(key)}
+    console.print(f"key (shown once, give it to {name}): [bold]{key}[/]")
+    console.print("add to API_KEYS (a JSON list):")
+    print(json.dumps([entry]))

@@ -1,0 +1,352 @@
+"""The ad-hoc API against the real Redis, registry and broker: the same scores as the stream, keys, rate
+limits, body limits, strict validation, batching, audit to Kafka, and the Gradio page in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from feature_repo.settings import FeastSettings
+from feature_repo.store import apply, open_store, push_realtime
+from scorer.api.app import create_app
+from scorer.api.security import digest
+from scorer.api.settings import ApiKey, ApiSettings
+from streamscore.contracts import Score
+from streamscore.features import RealtimeSnapshot
+from streamscore.settings import KafkaSettings, RedisSettings
+from streamscore.topics import TopicRegistry
+from tests.support.scoring import OutputReader, Record, ScorerEnv, free_port, make_scorer_env, produce, valid
+
+KEY, OTHER, REVOKED = "k-" + uuid.uuid4().hex, "o-" + uuid.uuid4().hex, "r-" + uuid.uuid4().hex
+
+
+@pytest.fixture
+def scorer_env(
+    tmp_path: Path,
+    kafka: KafkaSettings,
+    redis_settings: RedisSettings,
+    topics: TopicRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> ScorerEnv:
+    env = make_scorer_env(tmp_path, kafka, redis_settings, topics)
+    for name, value in env.env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def api_settings(**overrides: Any) -> ApiSettings:
+    keys = [
+        ApiKey(name="investigator", sha256=digest(KEY)),
+        ApiKey(name="other-team", sha256=digest(OTHER)),
+        ApiKey(name="former", sha256=digest(REVOKED), revoked=True),
+    ]
+    values: dict[str, Any] = {"keys": keys, "demo_ui": False, "rate_per_s": 1000.0, "burst": 1000}
+    values.update(overrides)
+    return ApiSettings(**values)
+
+
+def body(i: int) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(valid(i).to_json())
+    return data
+
+
+@pytest.fixture
+def client(scorer_env: ScorerEnv) -> Iterator[TestClient]:
+    with TestClient(create_app(api_settings())) as c:
+        yield c
+
+
+def push_features(env: ScorerEnv, accounts: list[str]) -> None:
+    settings = FeastSettings()  # from the test's environment: its project and Redis
+    store = open_store(settings)
+    apply(store, settings.data_dir)
+    now = time.time()
+    rows = [
+        (
+            a,
+            RealtimeSnapshot(
+                1 + i % 4, 3 + i % 7, 10 + i, 25.0 * (i % 5), 90.0, 400.0 + i, 2, now - 30 - i, ("dev-1",), ("DE",)
+            ),
+        )
+        for i, a in enumerate(accounts)
+    ]
+    push_realtime(store, rows)
+
+
+def test_the_api_gives_the_scores_the_stream_gave(scorer_env: ScorerEnv) -> None:
+    txs = [valid(i) for i in range(400)]
+    accounts = sorted({t.account_id for t in txs})
+    push_features(scorer_env, accounts[: len(accounts) // 2])  # half the accounts have real-time features
+    produce(
+        scorer_env.kafka,
+        scorer_env.topics.transactions.name,
+        [Record(t.account_id.encode(), t.to_json(), [("content-type", b"application/json")]) for t in txs],
+    )
+    reader = OutputReader(scorer_env.kafka, [scorer_env.topics.scores.name])
+    scorer = scorer_env.process().start()
+    try:
+        reader.wait_until(lambda seen: len(seen) >= len(txs), 120, "the stream's scores")
+        assert scorer.terminate() == 0, scorer.tail()
+    finally:
+        scorer.stop()
+    stream = {s.event_id: s for s in (Score.model_validate_json(o.value or b"") for o in reader.seen)}
+
+    with TestClient(create_app(api_settings(audit=True))) as c:
+        api: dict[str, Score] = {}
+        for start in (0, 200):
+            response = c.post(
+                "/v1/score/batch",
+                json={"instances": [body(i) for i in range(start, start + 200)]},
+                headers={"X-API-Key": KEY},
+            )
+            assert response.status_code == 200, response.text
+            for p in response.json()["predictions"]:
+                api[p["event_id"]] = Score.model_validate(p, strict=False)
+        for i in range(0, 400, 40):  # and one at a time, through the batcher
+            response = c.post("/v1/score", json=body(i), headers={"X-API-Key": KEY})
+            assert response.status_code == 200, response.text
+            single = Score.model_validate(response.json(), strict=False)
+            assert single.score == pytest.approx(api[single.event_id].score, abs=1e-6)
+    assert set(api) == set(stream)
+    statuses = set()
+    for event_id, s in stream.items():
+        a = api[event_id]
+        assert a.score == pytest.approx(s.score, abs=1e-6), event_id
+        assert (a.variant, a.model_version, a.decision, a.feature_status, a.experiment_id) == (
+            s.variant,
+            s.model_version,
+            s.decision,
+            s.feature_status,
+            s.experiment_id,
+        )
+        assert a.features == pytest.approx(s.features)
+        assert (a.source, s.source) == ("api", "stream")
+        statuses.add(s.feature_status)
+    assert {"missing", "default"} <= statuses  # features really came from Redis for half of the accounts
+    # Audit: the API's predictions are on `scores`, marked as coming from the API.
+    reader.poll_for(3)
+    audited = [Score.model_validate_json(o.value or b"") for o in reader.seen if b'"source":"api"' in (o.value or b"")]
+    reader.close()
+    assert len({s.event_id for s in audited}) == 400
+
+
+def test_keys_protect_every_route_but_health_and_are_compared_by_digest(client: TestClient) -> None:
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").json()["status"] == "ok"
+    for headers in ({}, {"X-API-Key": "nope"}, {"X-API-Key": REVOKED}):
+        for method, path, payload in (
+            ("post", "/v1/score", body(1)),
+            ("post", "/v1/score/batch", {"instances": [body(1)]}),
+            ("get", "/v1/models", None),
+            ("get", "/metrics", None),
+        ):
+            response = client.request(method, path, json=payload, headers=headers)
+            assert response.status_code == 401, (path, headers, response.text)
+            assert "X-API-Key" in response.json()["detail"]
+    ok = client.post("/v1/score", json=body(1), headers={"X-API-Key": KEY})
+    assert ok.status_code == 200 and ok.json()["model_version"] in {"1", "2"}
+    models = client.get("/v1/models", headers={"X-API-Key": OTHER}).json()
+    assert {v["name"]: v["model_version"] for v in models["variants"]} == {
+        "champion": "1",
+        "challenger": "2",
+        "shadow": "2",
+    }
+    assert models["aliases"] == {"champion": "1", "challenger": "2"}
+    metrics = client.get("/metrics", headers={"X-API-Key": KEY})
+    assert metrics.status_code == 200 and "streamscore_api_requests_total" in metrics.text
+
+
+def test_explicit_variant_and_version(client: TestClient) -> None:
+    h = {"X-API-Key": KEY}
+    challenger = client.post(
+        "/v1/score/batch?variant=challenger", json={"instances": [body(i) for i in range(20)]}, headers=h
+    )
+    assert {(p["variant"], p["model_version"]) for p in challenger.json()["predictions"]} == {("challenger", "2")}
+    explicit = client.post("/v1/score?version=1", json=body(3), headers=h).json()
+    assert (explicit["variant"], explicit["model_version"]) == ("explicit", "1")
+    assert client.post("/v1/score?variant=nobody", json=body(3), headers=h).status_code == 404
+    assert client.post("/v1/score?version=999", json=body(3), headers=h).status_code == 404
+
+
+def test_rate_limit_per_key_with_retry_after(scorer_env: ScorerEnv) -> None:
+    with TestClient(create_app(api_settings(rate_per_s=0.5, burst=3))) as c:
+        codes = [c.get("/v1/models", headers={"X-API-Key": KEY}).status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 429, 429]
+        limited = c.get("/v1/models", headers={"X-API-Key": KEY})
+        assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+        assert "rate limit" in limited.json()["detail"]
+        # Another key is not affected by the first one's exhaustion.
+        assert c.get("/v1/models", headers={"X-API-Key": OTHER}).status_code == 200
+
+
+def test_body_limit_with_and_without_content_length(scorer_env: ScorerEnv) -> None:
+    with TestClient(create_app(api_settings(max_body_bytes=4096))) as c:
+        big = json.dumps({"instances": [body(i) for i in range(40)]}).encode()
+        assert len(big) > 4096
+        h = {"X-API-Key": KEY, "content-type": "application/json"}
+        announced = c.post("/v1/score/batch", content=big, headers=h)
+        assert announced.status_code == 413 and "4096" in announced.json()["detail"]
+
+        def chunks() -> Iterator[bytes]:
+            for i in range(0, len(big), 1000):
+                yield big[i : i + 1000]
+
+        streamed = c.post("/v1/score/batch", content=chunks(), headers=h)  # chunked: no Content-Length
+        assert streamed.status_code == 413
+        small = json.dumps({"instances": [body(1)]}).encode()
+        assert c.post("/v1/score/batch", content=small, headers=h).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        (b'{"amount": NaN}', "amount"),
+        (json.dumps({**body(1), "amount": math.inf}).encode(), "amount"),
+        (json.dumps({**body(1), "amount": -3}).encode(), "greater than 0"),
+        (json.dumps({**body(1), "amount": "12"}).encode(), "amount"),
+        (json.dumps({**body(1), "currency": "XYZ"}).encode(), "ISO-4217"),
+        (json.dumps({**body(1), "colour": "red"}).encode(), "colour"),
+        (json.dumps({**body(1), "event_time": "2026-01-01T00:00:00"}).encode(), "timezone"),
+        (b"not json at all", "JSON"),
+        (b"", "JSON"),
+        (b"[]", "object"),
+        (json.dumps({**body(1), "schema_version": 3}).encode(), "schema_version"),
+    ],
+)
+def test_invalid_transactions_are_422_with_a_message(client: TestClient, payload: bytes, fragment: str) -> None:
+    response = client.post("/v1/score", content=payload, headers={"X-API-Key": KEY, "content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert fragment.lower() in response.json()["detail"].lower()
+
+
+def test_invalid_batches_are_422(client: TestClient) -> None:
+    h = {"X-API-Key": KEY}
+    too_many = client.post("/v1/score/batch", json={"instances": [body(i) for i in range(257)]}, headers=h)
+    assert too_many.status_code == 422 and "at most 256" in too_many.json()["detail"]
+    assert client.post("/v1/score/batch", json={"instances": []}, headers=h).status_code == 422
+    assert client.post("/v1/score/batch", json={"instances": [body(1)], "x": 1}, headers=h).status_code == 422
+    assert client.post("/v1/score/batch", json=[body(1)], headers=h).status_code == 422
+    nan = client.post("/v1/score/batch", content=b'{"instances": [{"amount": NaN}]}', headers=h)
+    assert nan.status_code == 422
+
+
+class Server:
+    """uvicorn in a thread on a free port (the lifespan and the batcher run as in production)."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert self.server.started
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def test_concurrent_single_requests_are_gathered_into_micro_batches(scorer_env: ScorerEnv) -> None:
+    with Server(api_settings(max_queue_delay_ms=5.0)) as url, httpx.Client(base_url=url, timeout=30) as http:
+
+        def call(i: int) -> int:
+            return http.post("/v1/score", json=body(i), headers={"X-API-Key": KEY}).status_code
+
+        with ThreadPoolExecutor(32) as pool:
+            codes = list(pool.map(call, range(640)))
+        metrics = http.get("/metrics", headers={"X-API-Key": KEY}).text
+    assert codes == [200] * 640
+    values = {
+        line.split()[0]: float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("streamscore_api_batch_")
+    }
+    batches, requests = values["streamscore_api_batch_size_count"], values["streamscore_api_batch_size_sum"]
+    assert requests == 640
+    assert batches < 640 / 2, f"{batches} engine calls for 640 concurrent requests: not batched"
+
+
+def test_schemathesis_against_the_apps_own_openapi(scorer_env: ScorerEnv) -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    with Server(api_settings()) as url:
+        schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+        failures: list[str] = []
+
+        def run(op: Any, auth: dict[str, str], expect_401: bool) -> None:
+            @settings(
+                max_examples=25 if expect_401 else 200,
+                deadline=None,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+                database=None,
+            )
+            @given(op.as_strategy())
+            def check(case: Any) -> None:
+                response = case.call(headers=auth)
+                if response.status_code >= 500:
+                    failures.append(f"{op.label}: {response.status_code} {response.text[:200]}")
+                    return
+                if expect_401 and op.path not in ("/livez", "/readyz") and response.status_code != 401:
+                    failures.append(f"{op.label} without a key: {response.status_code}")
+                    return
+                try:
+                    case.validate_response(response)
+                except Exception as exc:  # noqa: BLE001 - collect every schema violation
+                    failures.append(f"{op.label}: {str(exc)[:300]}")
+
+            check()
+
+        operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
+        assert {op.path for op in operations} >= {"/v1/score", "/v1/score/batch", "/v1/models", "/readyz"}
+        for op in operations:
+            run(op, {"X-API-Key": KEY}, expect_401=False)
+            run(op, {}, expect_401=True)
+        assert not failures, "\n".join(failures[:20])
+
+
+def test_the_demo_page_scores_a_transaction_in_headless_chromium(scorer_env: ScorerEnv) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from streamscore.infra.process import require_tool
+
+    chromium = require_tool("chromium")
+    with Server(api_settings(demo_ui=True)) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/demo/", wait_until="networkidle", timeout=60_000)
+            assert "Score a transaction" in page.content()
+            page.locator("#api-key input, #api-key textarea").first.fill(KEY)
+            page.locator("#account-id input, #account-id textarea").first.fill("acct-00042")
+            page.locator("#score-button").click()
+            score = page.locator("#score input, #score textarea").first
+            page.wait_for_function("el => el.value && el.value.length > 0", arg=score.element_handle(), timeout=30_000)
+            value = score.input_value()
+            decision = page.locator("#decision input, #decision textarea").first.input_value()
+            model = page.locator("#model input, #model textarea").first.input_value()
+        finally:
+            browser.close()
+    assert 0.0 <= float(value) <= 1.0, value
+    assert decision in {"approve", "review", "decline"}
+    assert "fraud-detector v" in model and "variant" in model
