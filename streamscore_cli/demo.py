@@ -1,123 +1,809 @@
-"""`streamscore demo` (and `make demo`): the local stack with live traffic, shown as it arrives.
+"""`streamscore demo` (and `make demo`): the whole pipeline on the local stack, then a summary read from Kafka.
 
-At this stage of the project: infra up, live transactions and delayed labels produced through the real
-broker, a read_committed consumer counting what arrives per topic and partition, then a summary.
-Later stages add the feature processor, training, the scorer and the monitor to this command.
+Steps: local stack up → history backfill → offline features (batch) → Feast apply → materialize the online
+store → train and register the champion (`v1`) and the challenger (`v1_lite`) → start the feature processor
+and the scorer as child processes, wait for their `/healthz` → live traffic with a small share of defective
+records → wait until every record has an outcome → summary (events, scores per variant and version, shadow
+scores, dead letters by reason, latency, lag) → stop what was started unless `--keep`.
+
+Everything lives in one data folder (`--data-dir`, default `data/demo`), apart from the project's own
+`data/history`, `data/features`, `data/mlflow`: history, offline sources, Feast registry, MLflow store and
+the services' logs. Steps whose outputs are there are skipped (say so), `--fresh` redoes everything. The work
+is done by the services' own functions; this module only wires them and reports.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import os
+import shutil
+import sys
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import typer
-from rich.live import Live
+from confluent_kafka import Consumer, TopicPartition
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from feature_repo.batch import build_batch_sources
+from feature_repo.layout import MERCHANT_FILE, PROFILE_FILE, REALTIME_FILE
+from feature_repo.settings import FeastSettings
 from producers.client import EventProducer
+from producers.history import LABELS_FILE, TRANSACTIONS_FILE, write_history
 from producers.live import LiveProgress, LiveRun, LiveSummary, run_live
 from producers.settings import ProducerSettings
+from streamscore.errors import StreamscoreError
 from streamscore.infra import LocalStack
-from streamscore.settings import TopicSettings
-from streamscore.watch import TopicWatcher
-from streamscore_cli.console import console, friendly_errors
-from streamscore_cli.produce import make_generator, stop_on_signal, summary_table
+from streamscore.infra.settings import PROJECT_ROOT
+from streamscore.kafka import consumer_config
+from streamscore.lag import GroupLag, LagReader
+from streamscore.registry import CHALLENGER, CHAMPION, Registry, RegistrySettings
+from streamscore.settings import KafkaSettings, TopicSettings
+from streamscore.topics import TopicRegistry
+from streamscore_cli.console import friendly_errors
+from streamscore_cli.demo_defects import DefectInjector
+from streamscore_cli.demo_processes import DemoStepError, Readiness, Services, ServiceSpec
+from streamscore_cli.demo_summary import (
+    OutputTally,
+    caught_up,
+    dead_letters_table,
+    latency_percentiles,
+    metric_sum,
+    scores_table,
+)
+from streamscore_cli.produce import HISTORY_RATE, make_generator, stop_on_signal
+from streamscore_cli.score import settings_from as scorer_settings
+from streamscore_cli.stream import _settings as processor_settings
+
+if TYPE_CHECKING:  # torch, onnx, mlflow and feast take seconds to import: only the steps that need them do
+    from training.model import EpochReport
+
+DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "demo"
+HISTORY_MAX_AGE = timedelta(hours=24)
+"""An older history is regenerated: the batch views' TTL is 2 days, and live accounts must still join them."""
+CHALLENGER_EPOCHS = 20
+"""`v1_lite` trains 8 epochs on the 30-day history; the demo's 7 days give 4x fewer steps per epoch, and with 8
+epochs it misses the gate's champion tolerance (PR-AUC 0.970 vs 0.991). 20 epochs: 0.980, inside it."""
+DEFAULT_SHADOWS = '[{"name":"shadow","alias":"challenger","share":0.25}]'
+"""The demo's shadow variant when SCORER_SHADOWS is not set: the challenger also scores a quarter of all traffic."""
+MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+log = logging.getLogger(__name__)
 
 
-def arrivals_table(watcher: TopicWatcher, tx_topic: str, labels_topic: str, produced: int, elapsed: float) -> Table:
-    tx = watcher.counts[tx_topic]
-    labels = watcher.counts[labels_topic]
-    table = Table(title=f"arriving through Kafka — {elapsed:.0f} s")
-    table.add_column("topic")
-    table.add_column("messages", justify="right")
-    table.add_column("per second", justify="right")
-    table.add_column("distinct keys", justify="right")
-    table.add_column("by partition")
-    for name, counts in ((tx_topic, tx), (labels_topic, labels)):
-        parts = " ".join(f"p{p}:{n}" for p, n in sorted(counts.by_partition.items()))
-        table.add_row(
-            name, f"{counts.messages:,}", f"{counts.messages / max(elapsed, 1e-9):,.0f}", f"{len(counts.keys):,}", parts
+@dataclass(frozen=True)
+class DemoPaths:
+    root: Path
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def feast_registry(self) -> Path:
+        return self.root / "feast" / "registry.db"
+
+    @property
+    def mlflow(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow / 'mlflow.db'}"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def processes(self) -> Path:
+        return self.root / "processes.json"
+
+    def generated(self) -> list[Path]:
+        """What `--fresh` removes: every output of the steps (not the logs)."""
+        return [self.history, self.features, self.feast_registry.parent, self.mlflow]
+
+
+@dataclass
+class StepLog:
+    """Prints each step's outcome and keeps its duration for the closing table."""
+
+    out: Console
+    rows: list[tuple[str, str, float | None]] = field(default_factory=list)
+
+    def done(self, step: str, detail: str, seconds: float) -> None:
+        self.rows.append((step, detail, seconds))
+        self.out.print(f"[green]✓[/] [bold]{step}[/] · {detail} [dim]({seconds:.1f} s)[/]", highlight=False)
+
+    def warned(self, step: str, detail: str, seconds: float) -> None:
+        self.rows.append((step, detail, seconds))
+        self.out.print(f"[yellow]![/] [bold]{step}[/] · {detail} [dim]({seconds:.1f} s)[/]", highlight=False)
+
+    def skipped(self, step: str, why: str) -> None:
+        self.rows.append((step, f"skipped: {why}", None))
+        self.out.print(f"[cyan]↷[/] [bold]{step}[/] skipped · {why}", highlight=False)
+
+
+def _bar(out: Console, *extra: TextColumn) -> Progress:
+    return Progress(
+        TextColumn("{task.description:<34}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        *extra,
+        console=out,
+        transient=True,
+    )
+
+
+@contextmanager
+def _quiet(sink: IO[str]) -> Iterator[None]:
+    """What libraries print during an in-process step (Feast's materialize lines, MLflow's notices, warnings) goes
+    to the demo's log. The demo's own console writes to the terminal it was created on, so progress still shows."""
+    with redirect_stdout(sink), redirect_stderr(sink):
+        yield
+
+
+def _log_to_file(path: Path) -> IO[str]:
+    """The demo's log: INFO lines of the in-process steps go there (the terminal keeps its level), and so does
+    what libraries print during those steps (see `_quiet`). Open for the rest of the process: a library's log
+    handler created during a step keeps writing to it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sink = path.open("a", buffering=1, encoding="utf-8")
+    sink.write(f"\n===== streamscore demo {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC =====\n")
+    root = logging.getLogger()
+    for existing in root.handlers:
+        if existing.level < root.level:
+            existing.setLevel(root.level)
+    handler = logging.StreamHandler(sink)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(min(root.level, logging.INFO))
+    return sink
+
+
+def history_span(history: Path) -> tuple[datetime, datetime, int] | None:
+    """First and last event time and the number of transactions of a history; None without a complete one."""
+    if not ((history / TRANSACTIONS_FILE).is_file() and (history / LABELS_FILE).is_file()):
+        return None
+    times = pq.read_table(history / TRANSACTIONS_FILE, columns=["event_time"]).column("event_time")
+    bounds = pc.min_max(times)
+    first, last = bounds["min"].as_py(), bounds["max"].as_py()
+    if not (isinstance(first, datetime) and isinstance(last, datetime)):
+        return None
+    return first, last, len(times)
+
+
+def _features_current(paths: DemoPaths) -> bool:
+    files = [paths.features / name for name in (REALTIME_FILE, PROFILE_FILE, MERCHANT_FILE)]
+    history = paths.history / TRANSACTIONS_FILE
+    return all(f.is_file() for f in files) and min(f.stat().st_mtime for f in files) >= history.stat().st_mtime
+
+
+def _recovered(health: dict[str, Any]) -> str | None:
+    """The feature processor is ready once its table is rebuilt from the changelog (memory store: at every start,
+    one changelog record per event since the topic was last compacted)."""
+    return None if health.get("recovered") else "rebuilding its state table from the changelog"
+
+
+def _scoring(health: dict[str, Any]) -> str | None:
+    return None if health.get("status") == "ok" else f"status {health.get('status')}"
+
+
+class _TrainBar:
+    """training.pipeline's progress protocol drawn as one bar: stage while joining, epochs while fitting."""
+
+    def __init__(self, progress: Progress, label: str, epochs: int) -> None:
+        self.progress = progress
+        self.label = label
+        self.task: TaskID = progress.add_task(label, total=epochs, info="")
+
+    def on_stage(self, stage: str) -> None:
+        self.progress.update(self.task, info=stage)
+
+    def on_epoch(self, report: EpochReport) -> None:
+        info = f"epoch {report.epoch} · val PR-AUC {report.val_pr_auc:.4f}"
+        self.progress.update(self.task, completed=report.epoch, total=report.epochs, info=info)
+
+
+class OutputReader:
+    """read_committed reader of the scorer's outputs from the offsets they had before the traffic started."""
+
+    def __init__(self, kafka: KafkaSettings, topics: TopicRegistry, tally: OutputTally) -> None:
+        self.tally = tally
+        self.scores, self.shadow, self.dlq = topics.scores.name, topics.scores_shadow.name, topics.dlq.name
+        # A throw-away group that never commits: the reader assigns its partitions itself.
+        config = consumer_config(kafka, f"streamscore-demo-reader-{uuid.uuid4().hex[:8]}", "demo-reader")
+        self._consumer = Consumer(config)
+        metadata = self._consumer.list_topics(timeout=10.0)
+        starts = []
+        for topic in (self.scores, self.shadow, self.dlq):
+            for partition in metadata.topics[topic].partitions:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10.0)
+                starts.append(TopicPartition(topic, partition, high))
+        self._consumer.assign(starts)
+
+    def poll(self, timeout_s: float = 0.2) -> int:
+        messages = self._consumer.consume(5000, timeout_s)
+        for msg in messages:
+            if msg.error() is not None:
+                continue
+            topic = msg.topic()
+            if topic == self.dlq:
+                self.tally.add_dead_letter(msg.headers())
+            else:
+                self.tally.add_score(msg.value(), shadow=topic == self.shadow)
+        return len(messages)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+@dataclass
+class Traffic:
+    summary: LiveSummary
+    injected: dict[str, int]
+    defects: int
+    undelivered_defects: int
+
+
+class Demo:
+    """One run of the pipeline; each method is a step."""
+
+    def __init__(self, paths: DemoPaths, out: Console, *, fresh: bool, keep: bool, join: str | None) -> None:
+        self.paths = paths
+        self.out = out
+        self.fresh = fresh
+        self.keep = keep
+        self.join = join
+        self.steps = StepLog(out)
+        self.stack = LocalStack()
+        self.topics = TopicSettings().registry()
+        self.kafka = self.stack.settings.kafka_settings()
+        self.redis = self.stack.settings.redis_settings()
+        self.feast = FeastSettings(data_dir=paths.features, registry_path=paths.feast_registry, redis=self.redis)
+        self.registry_settings = RegistrySettings(tracking_uri=paths.tracking_uri, cache_dir=paths.mlflow / "cache")
+        self.services = Services(paths.processes, paths.logs)
+        self.log_file = paths.logs / "demo.log"
+        self.sink = _log_to_file(self.log_file)
+        self.stack_started: list[str] = []
+        self.tally = OutputTally(since_ms=0)
+        self.reader: OutputReader | None = None
+        self.stop = threading.Event()
+        self.multiproc_inherited = MULTIPROC_VARIABLE in os.environ
+        self.features_late = False
+        features = processor_settings({})
+        self.features_spec = ServiceSpec(
+            "feature-processor", "stream_processors", features.metrics_port, "FEATURES_METRICS_PORT"
         )
-    table.caption = f"produced so far: {produced:,} transactions"
-    if tx.last_values:
-        last = json.loads(tx.last_values[-1])
-        table.caption += (
-            f" · latest: {last['account_id']} paid {last['amount']:.2f} {last['currency']} "
-            f"at {last['merchant_id']} (MCC {last['merchant_category']}, {last['channel']}, {last['country']})"
+        scorer = scorer_settings({})
+        self.scorer_spec = ServiceSpec("scorer", "scorer", scorer.metrics_port, "SCORER_METRICS_PORT")
+        self.scorer_group = scorer.group
+        self._lag_reader: LagReader | None = None
+
+    @contextmanager
+    def step(self, name: str, log_path: Path | None = None) -> Iterator[None]:
+        """An in-process step: libraries' output to the demo's log, and an unexpected exception turned into a
+        DemoStepError naming the step and the log to read."""
+        where = log_path or self.log_file
+        try:
+            with _quiet(self.sink):
+                yield
+        except (DemoStepError, KeyboardInterrupt):
+            raise
+        except StreamscoreError as exc:
+            log.exception("step %s failed", name)
+            raise DemoStepError(name, exc.message, where) from exc
+        except Exception as exc:
+            log.exception("step %s failed", name)
+            raise DemoStepError(name, f"{type(exc).__name__}: {exc}", where) from exc
+
+    @property
+    def lag_reader(self) -> LagReader:
+        """Created once the broker is up (its admin client connects at once)."""
+        if self._lag_reader is None:
+            self._lag_reader = LagReader(self.kafka)
+        return self._lag_reader
+
+    # --- set-up --------------------------------------------------------------------------------------------
+
+    def clean(self) -> None:
+        if self.fresh:
+            removed = [p for p in self.paths.generated() if p.exists()]
+            for path in removed:
+                shutil.rmtree(path)
+            self.out.print(
+                f"[yellow]--fresh[/]: removed {', '.join(str(p) for p in removed) or 'nothing (no earlier run)'}",
+                highlight=False,
+            )
+        leftovers = self.services.stop_leftovers()
+        if leftovers:
+            names = ", ".join(f"{r.name} (pid {r.pid})" for r in leftovers)
+            self.out.print(f"stopped what an earlier `demo --keep` left running: {names}", highlight=False)
+
+    def stack_up(self) -> None:
+        started = time.monotonic()
+        with (
+            self.out.status("starting the local stack") as status,
+            self.step("local stack", self.stack.settings.data_dir),
+        ):
+            report = self.stack.up(self.topics, on_step=lambda m: status.update(m))
+        self.stack_started = report.started
+        what = "started" if report.started else "already running"
+        self.steps.done(
+            "local stack",
+            f"{what}: Kafka {self.kafka.bootstrap_servers}, Redis 127.0.0.1:{self.redis.port}, "
+            f"{len(self.topics.all())} topics",
+            time.monotonic() - started,
         )
-    return table
+
+    def history(self, days: float) -> None:
+        span = history_span(self.paths.history)
+        now = datetime.now(UTC)
+        if span is not None:
+            first, last, rows = span
+            if now - last >= HISTORY_MAX_AGE:
+                self.out.print(
+                    f"the history ends {last:%Y-%m-%d %H:%M} UTC, more than {HISTORY_MAX_AGE} ago: regenerating"
+                )
+            elif abs((last - first) - timedelta(days=days)) > timedelta(days=1):
+                self.out.print(f"the history covers {(last - first).days + 1} days, not {days:g}: regenerating")
+            else:
+                where = f"{first:%Y-%m-%d} → {last:%Y-%m-%d %H:%M} UTC in {self.paths.history}"
+                self.steps.skipped("history", f"{rows:,} transactions {where}")
+                return
+        settings = ProducerSettings()
+        generator = make_generator(settings, None, rhythm=True)
+        expected = int(days * 86400 * HISTORY_RATE)
+        started = time.monotonic()
+        with _bar(self.out) as progress, self.step("history"):
+            task = progress.add_task(f"history: {days:g} days", total=expected)
+            summary = write_history(
+                generator,
+                days,
+                self.paths.history,
+                end=now.replace(minute=0, second=0, microsecond=0),
+                rate_per_s=HISTORY_RATE,
+                label_delay=timedelta(seconds=settings.label_delay_s),
+                progress=lambda n: progress.update(task, completed=n),
+            )
+        self.steps.done(
+            "history",
+            f"{summary.events:,} transactions ({summary.frauds:,} fraud) {summary.start:%Y-%m-%d %H:%M} → "
+            f"{summary.end:%Y-%m-%d %H:%M} UTC → {self.paths.history}",
+            time.monotonic() - started,
+        )
+
+    def offline_features(self) -> None:
+        if _features_current(self.paths):
+            self.steps.skipped("offline features", f"built from this history, in {self.paths.features}")
+            return
+        started = time.monotonic()
+        with _bar(self.out) as progress, self.step("offline features"):
+            task = progress.add_task("offline features", total=1)
+
+            def on_progress(step: str, done: int, total: int) -> None:
+                progress.update(task, description=f"offline features: {step}", completed=done, total=total)
+
+            summary = build_batch_sources(self.paths.history, self.paths.features, on_progress)
+        self.steps.done(
+            "offline features",
+            f"{summary.realtime_rows:,} real-time, {summary.profile_rows:,} profile, {summary.merchant_rows:,} "
+            f"merchant rows → {self.paths.features}",
+            time.monotonic() - started,
+        )
+
+    def online_store(self) -> None:
+        """Apply the Feast definitions, then materialize the batch views and bootstrap the real-time view. Always
+        run: the local Redis keeps nothing across restarts."""
+        from feature_repo.batch import batch_range
+        from feature_repo.store import BATCH_VIEWS, apply, materialize, open_store
+
+        started = time.monotonic()
+        with self.out.status("Feast: opening the feature store (importing Feast)") as status:
+            with self.step("features apply"):
+                store = open_store(self.feast)
+                status.update("Feast: applying the definitions")
+                apply(store, self.paths.features)
+            self.steps.done("features apply", f"registry {self.paths.feast_registry}", time.monotonic() - started)
+            started = time.monotonic()
+            with self.step("features materialize"):
+                first, last = batch_range(self.paths.features)
+                views = [*BATCH_VIEWS, "account_realtime"]
+                for view in views:
+                    status.update(f"Feast: materializing {view} into Redis 127.0.0.1:{self.redis.port}")
+                    materialize(store, first, last, views=[view])
+        self.steps.done(
+            "features materialize",
+            f"{', '.join(views)} → Redis ({first:%Y-%m-%d} → {last:%Y-%m-%d %H:%M} UTC)",
+            time.monotonic() - started,
+        )
+
+    def models(self) -> None:
+        with self.out.status("reading the model registry (importing MLflow)"), self.step("model registry"):
+            aliases = Registry(self.registry_settings).aliases()
+        for alias, preset in ((CHAMPION, "v1"), (CHALLENGER, "v1_lite")):
+            if alias in aliases:
+                self.steps.skipped(f"train {alias}", f"version {aliases[alias]} is registered as {alias}")
+                continue
+            self.train(alias, preset)
+
+    def train(self, alias: str, preset: str) -> None:
+        from training.dataset import build_dataset
+        from training.pipeline import train
+        from training.settings import preset_settings
+
+        settings = preset_settings(
+            preset,
+            history_dir=self.paths.history,
+            feature_join=self.join,
+            mlflow_tracking_uri=self.paths.tracking_uri,
+            mlflow_artifact_dir=self.paths.mlflow / "artifacts",
+            epochs=CHALLENGER_EPOCHS if preset == "v1_lite" else None,
+        )
+        started = time.monotonic()
+        step = f"train {alias}"
+        with _bar(self.out, TextColumn("{task.fields[info]}")) as progress, self.step(step):
+            bar = _TrainBar(progress, f"{step} ({preset}, {settings.architecture()})", settings.epochs)
+            data = build_dataset(
+                settings.history_dir,
+                settings.feature_service,
+                join=settings.feature_join,
+                validation_fraction=settings.validation_fraction,
+                test_fraction=settings.test_fraction,
+                feast_settings=self.feast,
+                on_stage=bar.on_stage,
+            )
+            result = train(settings, bar, data=data)
+        registration = result.registration
+        detail = (
+            f"{preset} {settings.architecture()} on {settings.feature_service} ({settings.feature_join} join): "
+            f"test PR-AUC {result.test.pr_auc:.4f}, ROC-AUC {result.test.roc_auc:.4f}, {result.epochs_run} epochs "
+            f"→ version {registration.version}, {', '.join(registration.aliases) or 'no alias'}"
+        )
+        if registration.gate_passed:
+            self.steps.done(step, detail, time.monotonic() - started)
+            return
+        reasons = "; ".join(registration.reasons)
+        if alias == CHAMPION:
+            raise DemoStepError(step, f"the evaluation gate refused version {registration.version}: {reasons}")
+        self.out.print(
+            f"[yellow]![/] [bold]{step}[/]: the gate refused version {registration.version} ({escape(reasons)}); "
+            "the scorer serves the champion alone",
+            highlight=False,
+        )
+
+    # --- services --------------------------------------------------------------------------------------------
+
+    def service_env(self) -> dict[str, str]:
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+            "REDIS_HOST": self.redis.host,
+            "REDIS_PORT": str(self.redis.port),
+            "FEAST_DATA_DIR": str(self.paths.features),
+            "FEAST_REGISTRY_PATH": str(self.paths.feast_registry),
+            "REGISTRY_TRACKING_URI": self.paths.tracking_uri,
+            "REGISTRY_CACHE_DIR": str(self.paths.mlflow / "cache"),
+            "LOG_LEVEL": os.environ.get("DEMO_SERVICE_LOG_LEVEL", "INFO"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        if "SCORER_SHADOWS" not in os.environ:
+            env["SCORER_SHADOWS"] = DEFAULT_SHADOWS
+        return env
+
+    def start_services(self, timeout_s: float) -> None:
+        """Start the feature processor and the scorer side by side, wait for both `/healthz`, then for the scorer to
+        have caught up with what earlier runs left unscored."""
+        if not self.multiproc_inherited:
+            # Importing Feast (materialize) set PROMETHEUS_MULTIPROC_DIR in this process; a child inheriting it
+            # would run prometheus_client in multiprocess mode (see streamscore/__init__.py).
+            os.environ.pop(MULTIPROC_VARIABLE, None)
+        env = self.service_env()
+        checks: list[tuple[ServiceSpec, Readiness]] = [(self.features_spec, _recovered), (self.scorer_spec, _scoring)]
+        what = {self.features_spec.name: "table recovered", self.scorer_spec.name: "models loaded, loop running"}
+        self.services.ensure_free([spec for spec, _ in checks])
+        records = {spec.name: self.services.start(spec, env) for spec, _ in checks}
+        pids = ", ".join(f"{name} pid {record.pid}" for name, record in records.items())
+        with self.out.status(f"starting {pids}; waiting for /healthz") as status:
+
+            def on_wait(message: str) -> None:
+                status.update(escape(message))
+
+            started = self.services.wait_healthy(
+                checks, timeout_s, healthy_is_enough={self.features_spec.name}, on_wait=on_wait
+            )
+        for name, (seconds, ready) in started.items():
+            record = records[name]
+            if ready:
+                self.steps.done(name, f"pid {record.pid}, /healthz ok ({what[name]}), log {record.log}", seconds)
+            else:
+                self.features_late = True
+                self.steps.warned(
+                    name,
+                    f"pid {record.pid}, /healthz ok but still rebuilding its table after {seconds:.0f} s: traffic "
+                    f"starts anyway, its features catch up later; log {record.log}",
+                    seconds,
+                )
+        self.catch_up(timeout_s)
+
+    def catch_up(self, timeout_s: float) -> None:
+        """Wait until the scorer group has consumed what earlier runs left unscored, so the traffic's latency is
+        the pipeline's, not a backlog's."""
+        started = time.monotonic()
+        partitions = self.topics.transactions.partitions
+        topic = self.topics.transactions.name
+        report: GroupLag | None = None
+        with self.out.status(f"scorer: reading the lag of group {self.scorer_group}") as status:
+            while time.monotonic() - started < timeout_s:
+                report = self.lag_reader.read(self.scorer_group, [topic])
+                if caught_up(report, topic, partitions):
+                    self.steps.done("scorer caught up", f"group {self.scorer_group} lag 0", time.monotonic() - started)
+                    return
+                status.update(f"scorer: group {self.scorer_group} {report.state}, lag {report.total_lag:,} records")
+                time.sleep(0.5)
+        lag = "unknown" if report is None else f"{report.total_lag:,} records"
+        self.out.print(
+            f"[yellow]![/] the scorer still lags ({lag}) after {timeout_s:.0f} s: latency includes the backlog",
+            highlight=False,
+        )
+
+    # --- traffic and outputs -----------------------------------------------------------------------------------
+
+    def traffic(self, duration: float, rate: float, label_delay: float, defect_share: float) -> Traffic:
+        settings = ProducerSettings(rate=rate, label_delay_s=label_delay, kafka=self.kafka)
+        generator = make_generator(settings, None, rhythm=False)
+        producer = EventProducer(self.kafka, self.topics, client_id="demo-producer", linger_ms=settings.linger_ms)
+        injector = DefectInjector(self.kafka, self.topics.transactions.name, defect_share)
+        started_at = datetime.now(UTC)
+        self.tally = OutputTally(since_ms=int(started_at.timestamp() * 1000) - 1)
+        reader = self.reader = OutputReader(self.kafka, self.topics, self.tally)
+        stop = self.stop = stop_on_signal()
+        latest: list[LiveProgress] = [LiveProgress(0, 0, 0, 0.0)]
+
+        def on_progress(p: LiveProgress) -> None:
+            injector.top_up(p.events)
+            latest.append(p)
+
+        result: list[LiveSummary] = []
+        failure: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                run = LiveRun(duration_s=duration, rate=rate, label_delay_s=label_delay)
+                result.append(run_live(generator, producer, run, on_progress=on_progress, should_stop=stop.is_set))
+                injector.top_up(result[0].events)
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                failure.append(exc)
+
+        worker = threading.Thread(target=produce, name="demo-traffic", daemon=True)
+        begun = time.monotonic()
+        worker.start()
+        with _bar(self.out, TextColumn("{task.fields[info]}")) as progress:
+            task = progress.add_task(f"live traffic: {rate:g}/s for {duration:g} s", total=duration, info="")
+            while worker.is_alive():
+                reader.poll(0.25)
+                p = latest[-1]
+                progress.update(
+                    task,
+                    completed=min(time.monotonic() - begun, duration),
+                    info=f"{p.events:,} tx · {injector.total:,} defective · {self.tally.live_scores:,} scored · "
+                    f"{self.tally.dead_lettered:,} dead letters · {p.labels:,} labels",
+                )
+        if failure:
+            raise DemoStepError("live traffic", f"{type(failure[0]).__name__}: {failure[0]}", self.log_file)
+        undelivered = injector.flush()
+        summary = result[0]
+        self.steps.done(
+            "live traffic",
+            f"{summary.events:,} transactions at {summary.events_per_s:,.0f}/s, {injector.total:,} defective, "
+            f"{summary.labels_sent:,} labels",
+            time.monotonic() - begun,
+        )
+        return Traffic(summary, dict(injector.sent), injector.total, undelivered)
+
+    def drain(self, traffic: Traffic, timeout_s: float) -> bool:
+        """Read outputs until every record sent has a score or a dead letter; False on timeout."""
+        reader = self.reader
+        if reader is None:
+            raise RuntimeError("drain() runs after traffic()")
+        expected = traffic.summary.delivered - traffic.summary.labels_sent + traffic.defects
+        started = time.monotonic()
+        with _bar(self.out) as progress:
+            task = progress.add_task("waiting for every outcome", total=expected)
+            while self.tally.accounted < expected and time.monotonic() - started < timeout_s:
+                if self.stop.is_set():
+                    break
+                reader.poll(0.25)
+                progress.update(task, completed=min(self.tally.accounted, expected))
+        # A last short read picks up duplicates, should any arrive after the count was reached.
+        reader.poll(1.0)
+        done = self.tally.accounted >= expected
+        detail = f"{self.tally.accounted:,} of {expected:,} records scored or dead-lettered"
+        if done:
+            self.steps.done("outcomes", detail, time.monotonic() - started)
+        else:
+            self.out.print(f"[red]✗[/] [bold]outcomes[/]: only {detail} after {timeout_s:.0f} s", highlight=False)
+        return done
+
+    def lag(self) -> tuple[GroupLag | None, dict[str, float | None]]:
+        """The scorer group's lag (streamscore.lag), plus the feature processor's counts from its /metrics."""
+        try:
+            report: GroupLag | None = self.lag_reader.read(self.scorer_group, [self.topics.transactions.name])
+        except StreamscoreError as exc:
+            self.out.print(f"[yellow]![/] scorer lag not available: {escape(exc.message)}", highlight=False)
+            report = None
+        features = self.services.metrics(self.features_spec) or ""
+        figures = {
+            "features_processed": metric_sum(features, "streamscore_features_events_processed_total"),
+            "features_skipped": metric_sum(features, "streamscore_features_events_skipped_total"),
+        }
+        return report, figures
+
+    # --- tear-down -----------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        if self._lag_reader is not None:
+            self._lag_reader.close()
+
+    def stop_everything(self) -> None:
+        if self.keep:
+            return
+        running = self.services.running()
+        if running:
+            with self.out.status(f"stopping {', '.join(running)} (SIGTERM, then wait)"):
+                self.services.stop_all()
+            self.out.print(f"stopped {', '.join(f'{n} (pid {r.pid})' for n, r in running.items())}", highlight=False)
+        if self.stack_started:
+            with self.out.status("stopping the local stack"):
+                self.stack.down()
+            self.out.print("stopped the local stack")
+        else:
+            self.out.print(
+                "the local stack was already running before the demo and keeps running "
+                "([bold]streamscore infra down[/] stops it)"
+            )
+
+    def print_kept(self) -> None:
+        running = self.services.running()
+        lines = [
+            f"  {name}: pid {r.pid} · http://127.0.0.1:{r.port}/metrics · /healthz · log {r.log}"
+            for name, r in running.items()
+        ]
+        self.out.print("[bold]--keep[/]: still running", highlight=False)
+        for line in lines:
+            self.out.print(line, highlight=False)
+        self.out.print(
+            f"  local stack: Kafka {self.kafka.bootstrap_servers}, Redis 127.0.0.1:{self.redis.port}", highlight=False
+        )
+        pids = " ".join(str(r.pid) for r in running.values())
+        self.out.print(
+            f"stop them with [bold]kill {pids}[/] (or the next [bold]streamscore demo[/]) and "
+            "[bold]streamscore infra down[/]",
+            highlight=False,
+        )
+
+    # --- summary ---------------------------------------------------------------------------------------------------
+
+    def summary(self, traffic: Traffic, lag: GroupLag | None, figures: dict[str, float | None]) -> None:
+        tally = self.tally
+        s = traffic.summary
+        valid = s.delivered - s.labels_sent
+        events = Table(title="events", show_header=False)
+        events.add_row("transactions produced", f"{s.events:,} ({s.frauds:,} fraud, {s.frauds / max(s.events, 1):.2%})")
+        events.add_row("defective records produced", f"{traffic.defects:,}")
+        events.add_row("labels produced", f"{s.labels_sent:,}")
+        events.add_row("send rate", f"{s.events_per_s:,.0f} transactions/s")
+        events.add_row("scored live (distinct transactions)", f"{len(tally.live_event_ids):,} of {valid:,}")
+        events.add_row("duplicate live scores", f"{tally.duplicates:,}")
+        events.add_row("shadow scores", f"{tally.shadow_scores:,}")
+        events.add_row("dead letters", f"{tally.dead_lettered:,} of {traffic.defects:,} defective")
+        if tally.earlier:
+            events.add_row("[dim]outputs of earlier traffic (ignored)[/]", f"{tally.earlier:,}")
+        if tally.unreadable:
+            events.add_row("[yellow]unreadable outputs[/]", f"{tally.unreadable:,}")
+        percentiles = latency_percentiles(tally.all_latencies())
+        if percentiles is not None:
+            events.add_row("latency p50 / p99 (live scores)", f"{percentiles[0]:,.1f} ms / {percentiles[1]:,.1f} ms")
+        if lag is None:
+            events.add_row("scorer lag", "unknown")
+        else:
+            events.add_row(
+                "scorer lag",
+                f"{lag.total_lag:,} records, {lag.max_lag_seconds:.1f} s (group {lag.group}, {lag.state}, "
+                f"{lag.members} member{'s' if lag.members != 1 else ''})",
+            )
+        processed, skipped = figures.get("features_processed"), figures.get("features_skipped")
+        if processed is not None:
+            late = " (started before its table was rebuilt)" if self.features_late else ""
+            events.add_row("feature processor", f"{processed:,.0f} folded, {skipped or 0:,.0f} skipped{late}")
+        self.out.print(events)
+        self.out.print(scores_table(tally.live, "scores (live) by variant and model version"))
+        if tally.shadow:
+            self.out.print(
+                scores_table(tally.shadow, "shadow scores (scores.shadow), share of all transactions", valid)
+            )
+        self.out.print(dead_letters_table(tally, traffic.injected))
+        durations = Table(title="steps", show_header=False)
+        for step, _, seconds in self.steps.rows:
+            durations.add_row(step, "skipped" if seconds is None else f"{seconds:.1f} s")
+        self.out.print(durations)
 
 
 def demo(
-    duration: float = typer.Option(30.0, help="Seconds of live traffic."),
-    rate: float = typer.Option(300.0, help="Transactions per second."),
-    label_delay: float = typer.Option(5.0, help="Seconds until a transaction's label is produced."),
-    keep: bool = typer.Option(False, "--keep", help="Leave the local stack running afterwards."),
+    duration: float = typer.Option(60.0, min=1.0, help="Seconds of live traffic."),
+    rate: float = typer.Option(300.0, min=1.0, help="Transactions per second."),
+    defects: float = typer.Option(
+        0.005, min=0.0, max=0.4, help="Share of deliberately defective records (dead letters)."
+    ),
+    label_delay: float = typer.Option(5.0, min=0.0, help="Seconds until a transaction's label is produced."),
+    history_days: float = typer.Option(7.0, min=1.0, help="Days of history to generate and train on."),
+    join: str | None = typer.Option(
+        None, help="Training's feature join: feast (historical retrieval) or local (in process). [TRAIN_FEATURE_JOIN]"
+    ),
+    data_dir: Path = typer.Option(DEFAULT_DATA_DIR, help="Folder of everything the demo writes."),
+    fresh: bool = typer.Option(False, "--fresh", help="Redo every step (history, features, models)."),
+    keep: bool = typer.Option(False, "--keep", help="Leave the services and the local stack running."),
+    start_timeout: float = typer.Option(
+        120.0,
+        help="Seconds the services may take to become ready; the feature processor may then still be rebuilding "
+        "its table (traffic starts anyway).",
+    ),
+    drain_timeout: float = typer.Option(120.0, help="Seconds to wait for the outcome of every record."),
 ) -> None:
-    """Start the local stack, produce live traffic for a while and show it arriving."""
+    """The whole pipeline on the local stack: history, features, two models, services, live traffic, a summary."""
+    if join not in (None, "local", "feast"):
+        raise typer.BadParameter("choose feast or local", param_hint="--join")
+    begun = time.monotonic()
+    paths = DemoPaths(data_dir.resolve())
+    out = Console(file=sys.stdout)  # the terminal of this call, whatever a step redirects
     with friendly_errors():
-        stack = LocalStack()
-        registry = TopicSettings().registry()
-        with console.status("starting the local stack") as status:
-            report = stack.up(registry, on_step=lambda m: status.update(m))
-        console.print(
-            f"[green]✓[/] Kafka at {stack.settings.bootstrap_servers} (answered after {report.kafka_ready_s:.1f} s), "
-            f"Redis at 127.0.0.1:{stack.settings.redis_port}, {len(registry.all())} topics"
-        )
-        kafka = stack.settings.kafka_settings()
-        settings = ProducerSettings(rate=rate, label_delay_s=label_delay)
-        generator = make_generator(settings, None, rhythm=False)
-        tx_topic, labels_topic = registry.transactions.name, registry.labels.name
-        watcher = TopicWatcher(kafka, [tx_topic, labels_topic])
-        deadline = time.monotonic() + 30
-        while not watcher.assigned() and time.monotonic() < deadline:
-            watcher.poll(0.2)
-
-        producer = EventProducer(kafka, registry, client_id="demo-producer")
-        stop = stop_on_signal()
-        result: list[LiveSummary] = []
-        latest: list[LiveProgress] = [LiveProgress(0, 0, 0, 0.0)]
-        run = LiveRun(duration_s=duration, rate=rate, label_delay_s=label_delay)
-        worker = threading.Thread(
-            target=lambda: result.append(
-                run_live(generator, producer, run, on_progress=latest.append, should_stop=stop.is_set)
-            ),
-            daemon=True,
-        )
-        started = time.monotonic()
-        worker.start()
+        run = Demo(paths, out, fresh=fresh, keep=keep, join=join)
+        out.print(f"[bold]streamscore demo[/] · data in {paths.root} · logs in {paths.logs}", highlight=False)
         try:
-            with Live(console=console, refresh_per_second=4) as live:
-                while True:
-                    watcher.poll(0.25)
-                    elapsed = time.monotonic() - started
-                    live.update(arrivals_table(watcher, tx_topic, labels_topic, latest[-1].events, elapsed))
-                    if not worker.is_alive():
-                        summary = result[0] if result else None
-                        caught_up = (
-                            summary is not None
-                            and watcher.counts[tx_topic].messages >= summary.events
-                            and watcher.counts[labels_topic].messages >= summary.labels_sent
-                        )
-                        if caught_up or time.monotonic() - started > duration + label_delay + 30:
-                            break
-        finally:
-            watcher.close()
-            if not keep and report.started:
-                stack.down()
-        summary = result[0]
-        console.print(summary_table(summary, tx_topic))
-        arrived_tx = watcher.counts[tx_topic].messages
-        arrived_labels = watcher.counts[labels_topic].messages
-        ok = arrived_tx == summary.events and arrived_labels == summary.labels_sent
-        console.print(
-            f"{'[green]✓[/]' if ok else '[red]✗[/]'} consumed back (read_committed): {arrived_tx:,}/{summary.events:,} "
-            f"transactions, {arrived_labels:,}/{summary.labels_sent:,} labels"
-        )
-        if keep or not report.started:
-            console.print("the local stack is still running — stop it with [bold]streamscore infra down[/]")
-        else:
-            console.print("stopped the local stack")
-        if not ok:
-            raise typer.Exit(1)
+            run.clean()
+            run.stack_up()
+            run.history(history_days)
+            run.offline_features()
+            run.online_store()
+            run.models()
+            run.start_services(start_timeout)
+            traffic = run.traffic(duration, rate, label_delay, defects)
+            drained = run.drain(traffic, drain_timeout)
+            lag, figures = run.lag()
+        except BaseException:
+            run.close()
+            run.stop_everything()
+            if keep:
+                run.print_kept()
+            raise
+        run.close()
+        run.stop_everything()
+        ok = drained and run.tally.duplicates == 0 and traffic.undelivered_defects == 0
+        run.summary(traffic, lag, figures)
+        if keep:
+            run.print_kept()
+        out.print(f"total {time.monotonic() - begun:.0f} s", highlight=False)
+    if run.stop.is_set():
+        out.print("[yellow]interrupted[/]: the traffic was cut short")
+        raise typer.Exit(130)
+    if not ok:
+        raise typer.Exit(1)
