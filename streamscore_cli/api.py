@@ -46,7 +46,8 @@ def api(
         f"[green]✓[/] API on http://{settings.host}:{settings.port} — docs at /docs, investigator page at /demo, "
         f"{len(settings.active_keys())} active key(s)"
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    # No access log: one line per request costs more than scoring it; /metrics counts requests by route and status.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False)
 
 
 def api_key(name: str = typer.Argument(..., help="A name for the key (who or what uses it).")) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -22,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scorer.api.batching import AdaptiveBatcher
 from scorer.api.limits import BodyLimitMiddleware
@@ -119,6 +121,11 @@ class Runtime:
     producer: Producer | None = None
     topics: tuple[str, str] = ("", "")
     aliases: dict[str, str] = field(default_factory=dict)
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+    )
+    """The one thread the engine runs on, batched or not: the event loop never blocks on Redis or ONNX Runtime,
+    and with batching off requests are scored one engine call at a time, the honest baseline."""
 
     def score_batch(
         self, requests: Sequence[ScoreRequest], *, variant: str | None = None, model: LoadedModel | None = None
@@ -202,7 +209,7 @@ def _throwaway_registry() -> Any:
     return CollectorRegistry()
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -210,8 +217,13 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def require_key(request: Request, runtime: RuntimeDep) -> str:
-    """The caller's key name; 401 without a valid key, 429 over its rate."""
+async def require_key(request: Request, runtime: RuntimeDep) -> str:
+    """The caller's key name; 401 without a valid key, 429 over its rate. (Async, like every dependency here:
+    FastAPI runs a sync dependency on a worker thread, which costs more than the check itself.)"""
+    return check_key(request, runtime)
+
+
+def check_key(request: Request, runtime: Runtime) -> str:
     name = runtime.keys.name_of(request.headers.get(KEY_HEADER))
     runtime.limiter.take(name)
     return name
@@ -262,6 +274,7 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
                 rt.score_batch,
                 max_batch_size=settings.max_batch_size,
                 max_queue_delay_ms=settings.max_queue_delay_ms,
+                executor=rt.executor,
                 on_batch=lambda size, waited: rt.metrics.queue_latency.observe(waited),
             )
             rt.batcher.start()
@@ -275,6 +288,7 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
                 await rt.batcher.stop()
             if rt.producer is not None:
                 rt.producer.flush(10)
+            rt.executor.shutdown(wait=True)
             rt.features.close()
 
     app = FastAPI(
@@ -310,17 +324,7 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
             parts.append(f"{where}: {detail.get('msg', 'invalid')}")
         return _error(422, "invalid_request", "; ".join(parts))
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "other")
-        if hasattr(request.app.state, "runtime"):
-            metrics = request.app.state.runtime.metrics
-            metrics.requests.labels(route=path, status=str(response.status_code)).inc()
-            metrics.latency.labels(route=path).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(ObserveMiddleware)
 
     async def score_requests(
         rt: Runtime, requests: list[ScoreRequest], variant: str | None, version: str | None
@@ -334,7 +338,9 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
             variant = None
         if rt.batcher is not None and len(requests) == 1 and variant is None and model is None:
             return [await rt.batcher.submit(requests[0])]
-        results = await loop.run_in_executor(None, lambda: rt.score_batch(requests, variant=variant, model=model))
+        results = await loop.run_in_executor(
+            rt.executor, lambda: rt.score_batch(requests, variant=variant, model=model)
+        )
         out: list[Scored] = []
         for result in results:
             if isinstance(result, BaseException):
@@ -463,7 +469,7 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
     )
     async def metrics(request: Request, rt: RuntimeDep) -> Response:
         if settings.metrics_require_key:
-            require_key(request, rt)
+            check_key(request, rt)
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     if settings.demo_ui:
@@ -471,6 +477,37 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
 
         app = mount_demo(app)
     return app
+
+
+class ObserveMiddleware:
+    """Requests and latency by route and status (pure ASGI: Starlette's BaseHTTPMiddleware costs a task group
+    and a memory stream per request)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            state = scope["app"].state if "app" in scope else None
+            runtime = getattr(state, "runtime", None)
+            if runtime is not None:
+                path = getattr(scope.get("route"), "path", "other")
+                runtime.metrics.requests.labels(route=path, status=str(status)).inc()
+                runtime.metrics.latency.labels(route=path).observe(time.perf_counter() - started)
 
 
 def _traceparent(request: Request) -> str | None:

@@ -40,13 +40,15 @@ class AdaptiveBatcher(Generic[In, Out]):
         max_batch_size: int,
         max_queue_delay_ms: float,
         on_batch: Callable[[int, float], None] | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.work = work
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_queue_delay_ms / 1000.0
         self.on_batch = on_batch
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -61,7 +63,8 @@ class AdaptiveBatcher(Generic[In, Out]):
             pending = self._queue.get_nowait()
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError("the server is shutting down"))
-        self._executor.shutdown(wait=True)
+        if self._own_executor:
+            self._executor.shutdown(wait=True)
 
     async def submit(self, item: In) -> Out:
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()

@@ -300,6 +300,7 @@ def test_schemathesis_against_the_apps_own_openapi(scorer_env: ScorerEnv) -> Non
                 phases=[Phase.generate],
                 suppress_health_check=list(HealthCheck),
                 database=None,
+                derandomize=True,  # the same 200 cases in every run: a failure in CI reproduces locally
             )
             @given(op.as_strategy())
             def check(case: Any) -> None:
