@@ -15,10 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feature_repo.settings import FeastSettings
+from streamscore.lag import DEFAULT_SCORER_GROUP
 from streamscore.registry import RegistrySettings
 from streamscore.settings import KafkaSettings, TopicSettings
 
-DEFAULT_GROUP = "streamscore-scorer"
+DEFAULT_GROUP = DEFAULT_SCORER_GROUP
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 
 
