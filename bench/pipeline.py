@@ -71,13 +71,15 @@ DEFAULT_DELAY_MS = 10.0
 SWEEP: tuple[tuple[int, float], ...] = (
     (64, 10.0),
     (256, 10.0),
+    (1024, 10.0),
     (4096, 10.0),
     (1024, 1.0),
     (1024, 5.0),
     (1024, 25.0),
     (1024, 50.0),
 )
-"""(max_batch_size, max_queue_delay_ms) besides the default (1024, 10), which the main run measures."""
+"""(max_batch_size, max_queue_delay_ms) of the sweep; the default (1024, 10) is measured again among them, under
+the same conditions as the others."""
 
 
 def free_ports(count: int) -> list[int]:
@@ -140,6 +142,7 @@ class Latency:
 class SweepRow:
     max_batch_size: int
     max_queue_delay_ms: float
+    repeat: int
     throughput: Throughput
     latency: Latency | None
 
@@ -159,8 +162,10 @@ class Results:
     scorer: Throughput | None = None
     latency: Latency | None = None
     sweep: list[SweepRow] = field(default_factory=list)
-    stages: dict[str, float] = field(default_factory=dict)
-    """CPU µs per event of each step of the scorer's Python path (bench._stages), in this process."""
+    sweep_medians: list[dict[str, float]] = field(default_factory=list)
+    """Per configuration of the sweep, the median of its rounds."""
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    """CPU µs per event of each step of the scorer's Python path (bench._stages), per batch size."""
     ratios: dict[str, float] = field(default_factory=dict)
     targets: dict[str, float] = field(default_factory=lambda: dict(TARGETS))
     seconds: float = 0.0
@@ -175,6 +180,11 @@ def code_version() -> dict[str, Any]:
 
     dirty = git("status", "--porcelain", "--", "scorer", "streamscore", "feature_repo", "bench", "producers")
     return {"commit": git("rev-parse", "HEAD") or "unknown", "uncommitted": dirty.splitlines()}
+
+
+def _text(version: object) -> str:
+    """confluent-kafka's version functions return a string or a (string, int) pair depending on the build."""
+    return str(version[0]) if isinstance(version, tuple) else str(version)
 
 
 def machine() -> dict[str, Any]:
@@ -193,8 +203,8 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(memory_kb / 1024 / 1024, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "confluent_kafka": confluent_kafka_version()[0],
-        "librdkafka": librdkafka_version()[0],
+        "confluent_kafka": _text(confluent_kafka_version()),
+        "librdkafka": _text(librdkafka_version()),
         "kafka_broker": pinned_version(InfraSettings().pom),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
     }
@@ -646,52 +656,58 @@ class Bench:
             self.log(f"[bold]event-to-visible latency at {rate:,.0f} events/s for {args.latency_seconds:.0f}s")
             results.latency = self.latency(main, rate, args.latency_seconds, process, args.seed + 1000)
             self.log(f"    p50 {results.latency.p50_ms:.1f} ms, p99 {results.latency.p99_ms:.1f} ms")
-        results.sweep.append(SweepRow(DEFAULT_BATCH, DEFAULT_DELAY_MS, results.scorer, results.latency))
-        self.log("[bold]where the scorer's CPU goes: its steps, in this process, on 10 batches of 1024")
+        self.log("[bold]where the scorer's CPU goes: its steps timed one by one, per batch size")
         results.stages = self.stages()
         if not args.no_sweep:
             self.sweep(results, rate)
         self.ratios(results)
 
     def sweep(self, results: Results, rate: float) -> None:
+        """Every configuration `--sweep-repeats` times, the order rotated each round so that a busy spell of
+        the machine does not always land on the same configuration."""
         args = self.args
-        for i, (batch, delay) in enumerate(SWEEP):
-            self.log(f"[bold]sweep {i + 1}/{len(SWEEP)}: max_batch_size={batch} max_queue_delay_ms={delay:g}")
-            registry = self.registry(f"sweep{i}")
+        rate = args.sweep_rate or rate
+        runs = [(r, SWEEP[(i + r) % len(SWEEP)]) for r in range(args.sweep_repeats) for i in range(len(SWEEP))]
+        for n, (repeat, (batch, delay)) in enumerate(runs):
+            self.log(
+                f"[bold]sweep {n + 1}/{len(runs)}: max_batch_size={batch} max_queue_delay_ms={delay:g}"
+                f" (round {repeat + 1})"
+            )
+            label = f"sweep{n}"
+            registry = self.registry(label)
             specs = self.topics(registry)
             backlog = self.backlog[: args.sweep_events]
             self.produce_backlog(registry.transactions.name, backlog)
-            with self.scorer(registry, f"sweep{i}", batch, delay) as (process, group):
+            with self.scorer(registry, label, batch, delay) as (process, group):
                 throughput = self.measure_scorer(registry, len(backlog), process, group)
-                self.log(f"    {throughput.events_per_s:,.0f} events/s")
-                latency = self.latency(registry, rate, args.sweep_latency_seconds, process, args.seed + 2000 + i)
+                self.log(f"    {throughput.events_per_s:,.0f} events/s, {throughput.cpu_us_per_event} µs/event")
+                latency = self.latency(registry, rate, args.sweep_latency_seconds, process, args.seed + 2000 + n)
                 self.log(f"    p50 {latency.p50_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms at {rate:,.0f}/s")
-            results.sweep.append(SweepRow(batch, delay, throughput, latency))
+            results.sweep.append(SweepRow(batch, delay, repeat, throughput, latency))
             delete_topics(self.kafka, [s.name for s in specs])
 
-    def stages(self) -> dict[str, float]:
-        from bench._stages import stage_costs
-        from feature_repo.settings import FeastSettings
-        from scorer.settings import ScorerSettings
-        from streamscore.registry import RegistrySettings
-        from streamscore.settings import RedisSettings
-
-        env = self.env
-        settings = ScorerSettings(
-            kafka=self.kafka,
-            registry=RegistrySettings(
-                tracking_uri=env["REGISTRY_TRACKING_URI"],
-                model_name=MODEL_NAME,
-                cache_dir=self.tmp / "stages-cache",
-            ),
-            feast=FeastSettings(
-                project=env["FEAST_PROJECT"],
-                registry_path=Path(env["FEAST_REGISTRY_PATH"]),
-                data_dir=Path(env["FEAST_DATA_DIR"]),
-                redis=RedisSettings(host=env["REDIS_HOST"], port=int(env["REDIS_PORT"])),
-            ),
+    def stages(self) -> dict[str, dict[str, float]]:
+        out = self.tmp / "stages.json"
+        args = self.args
+        process = self.spawn(
+            "stages",
+            [
+                "-m",
+                "bench._stages",
+                f"--out={out}",
+                f"--seed={args.seed}",
+                f"--accounts={args.accounts}",
+                f"--merchants={args.merchants}",
+            ],
+            self.env,
         )
-        return stage_costs(settings, self.backlog[: 10 * DEFAULT_BATCH], DEFAULT_BATCH)
+        with self.console.status("timing the scorer's steps in a process of their own"):
+            code = process.wait(900)
+        self.sampler.forget("stages")
+        if code != 0:
+            raise RuntimeError(f"bench._stages exited with {code}:\n{self.tail('stages')}")
+        stages: dict[str, dict[str, float]] = json.loads(out.read_text())
+        return stages
 
     @staticmethod
     def ratios(results: Results) -> None:
@@ -801,27 +817,56 @@ def report(console: Console, results: Results) -> None:
         console.print(lat)
 
     if results.stages:
-        stages = Table(title="The scorer's Python path, CPU µs per event (batches of 1024, thread CPU time)")
-        stages.add_column("step")
-        stages.add_column("µs/event", justify="right")
-        for name, micros in results.stages.items():
-            stages.add_row(name, f"{micros:.1f}")
+        stages = Table(title="The scorer's Python path: CPU µs per event (thread CPU time)")
+        stages.add_column("step", no_wrap=True)
+        labels = list(results.stages)
+        for label in labels:
+            stages.add_column(label.removeprefix("batch "), justify="right")
+        steps = list(next(iter(results.stages.values())))
+        for step in steps:
+            stages.add_row(step, *(f"{results.stages[label].get(step, float('nan')):.1f}" for label in labels))
         console.print(stages)
 
-    if len(results.sweep) > 1:
-        sweep = Table(title="Batching sweep (exactly-once; latency at the same rate for every row)")
+    if results.sweep:
+        rounds = 1 + max(row.repeat for row in results.sweep)
+        rate = results.sweep[0].latency.rate_per_s if results.sweep[0].latency else float("nan")
+        sweep = Table(
+            title=f"Batching sweep, exactly-once: median of {rounds} round(s); latency at {rate:,.0f} events/s"
+        )
         for column in ("max_batch_size", "max_queue_delay_ms", "events/s", "CPU µs/event", "p50 ms", "p99 ms"):
             sweep.add_column(column, justify="right")
-        for row in sorted(results.sweep, key=lambda r: (r.max_queue_delay_ms, r.max_batch_size)):
+        for (batch, delay), summary in sweep_summary(results.sweep).items():
             sweep.add_row(
-                str(row.max_batch_size),
-                f"{row.max_queue_delay_ms:g}",
-                _fmt(row.throughput.events_per_s),
-                _fmt(row.throughput.cpu_us_per_event, ".1f"),
-                _fmt(row.latency.p50_ms if row.latency else None, ".1f"),
-                _fmt(row.latency.p99_ms if row.latency else None, ".1f"),
+                str(batch),
+                f"{delay:g}",
+                _fmt(summary["events_per_s"]),
+                _fmt(summary["cpu_us_per_event"], ".1f"),
+                _fmt(summary["p50_ms"], ".1f"),
+                _fmt(summary["p99_ms"], ".1f"),
             )
         console.print(sweep)
+
+
+def sweep_summary(rows: list[SweepRow]) -> dict[tuple[int, float], dict[str, float]]:
+    """Per configuration, the median of each figure over its rounds (NaN where a figure is missing)."""
+    grouped: dict[tuple[int, float], list[SweepRow]] = {}
+    for row in rows:
+        grouped.setdefault((row.max_batch_size, row.max_queue_delay_ms), []).append(row)
+
+    def median(values: list[float | None]) -> float:
+        present = [v for v in values if v is not None and v == v]
+        return float(np.median(present)) if present else float("nan")
+
+    return {
+        key: {
+            "events_per_s": median([r.throughput.events_per_s for r in group]),
+            "cpu_us_per_event": median([r.throughput.cpu_us_per_event for r in group]),
+            "p50_ms": median([r.latency.p50_ms if r.latency else None for r in group]),
+            "p99_ms": median([r.latency.p99_ms if r.latency else None for r in group]),
+            "rounds": float(len(group)),
+        }
+        for key, group in sorted(grouped.items(), key=lambda item: (item[0][1], item[0][0]))
+    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -841,8 +886,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=25.0, help="length of the steady-rate phase")
     parser.add_argument("--latency-rate", type=float, default=0.0, help="fixed rate instead of half of (c)")
     parser.add_argument("--warmup-seconds", type=float, default=3.0, help="unmeasured traffic before each window")
-    parser.add_argument("--sweep-events", type=int, default=100_000, help="backlog per sweep configuration")
+    parser.add_argument("--sweep-events", type=int, default=60_000, help="backlog per sweep configuration")
     parser.add_argument("--sweep-latency-seconds", type=float, default=15.0)
+    parser.add_argument("--sweep-repeats", type=int, default=1, help="rounds of the sweep (medians reported)")
+    parser.add_argument("--sweep-rate", type=float, default=0.0, help="latency rate of the sweep (default: half c)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the batching sweep")
     parser.add_argument("--skip-passthrough", action="store_true")
     parser.add_argument("--skip-naive", action="store_true")
@@ -861,7 +908,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    console = Console()
+    # A log file or a pipe gets the tables at a readable width; a terminal keeps its own.
+    console = Console(width=None if sys.stdout.isatty() else 132)
     started = datetime.now(UTC)
     command = "python -m bench.pipeline" + ("" if not (argv or sys.argv[1:]) else " " + " ".join(argv or sys.argv[1:]))
     results = Results(
@@ -884,6 +932,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.close()
     results.seconds = round(time.monotonic() - clock, 1)
+    results.sweep_medians = [
+        {"max_batch_size": batch, "max_queue_delay_ms": delay, **summary}
+        for (batch, delay), summary in sweep_summary(results.sweep).items()
+    ]
     report(console, results)
     out = args.out or RESULTS / f"pipeline-{started.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
