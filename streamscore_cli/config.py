@@ -14,6 +14,7 @@ from rich.table import Table
 
 from feature_repo.settings import FeastSettings
 from producers.settings import ProducerSettings
+from scorer.api.settings import ApiSettings
 from scorer.settings import ScorerSettings
 from stream_processors.settings import StreamProcessorSettings
 from streamscore.infra.settings import PROJECT_ROOT, InfraSettings
@@ -35,6 +36,7 @@ SETTINGS: tuple[type[BaseSettings], ...] = (
     FeastSettings,
     ScorerSettings,
     RegistrySettings,
+    ApiSettings,
 )
 DOC = PROJECT_ROOT / "docs" / "configuration.md"
 
