@@ -413,12 +413,12 @@ class Demo:
     def online_store(self) -> None:
         """Apply the Feast definitions, then materialize the batch views and bootstrap the real-time view. Always
         run: the local Redis keeps nothing across restarts."""
-        from feature_repo.batch import batch_range
-        from feature_repo.store import BATCH_VIEWS, apply, materialize, open_store
-
         started = time.monotonic()
         with self.out.status("Feast: opening the feature store (importing Feast)") as status:
             with self.step("features apply"):
+                from feature_repo.batch import batch_range
+                from feature_repo.store import BATCH_VIEWS, apply, materialize, open_store
+
                 store = open_store(self.feast)
                 status.update("Feast: applying the definitions")
                 apply(store, self.paths.features)
@@ -437,8 +437,11 @@ class Demo:
         )
 
     def models(self) -> None:
+        started = time.monotonic()
         with self.out.status("reading the model registry (importing MLflow)"), self.step("model registry"):
             aliases = Registry(self.registry_settings).aliases()
+        found = ", ".join(f"{alias} v{version}" for alias, version in sorted(aliases.items())) or "no aliases yet"
+        self.steps.done("model registry", f"{self.registry_settings.tracking_uri}: {found}", time.monotonic() - started)
         for alias, preset in ((CHAMPION, "v1"), (CHALLENGER, "v1_lite")):
             if alias in aliases:
                 self.steps.skipped(f"train {alias}", f"version {aliases[alias]} is registered as {alias}")
