@@ -1,0 +1,358 @@
+"""Seeded simulations that validate the monitor's statistics against known answers, shared by the unit tests
+(small, seconds) and `python -m bench.statistics` (large). Each harness runs the production functions —
+`sequential` vectorized over runs, `drift.DriftWindow` / `drift.evaluate` window by window — and carries a
+negative control (a method that must fail in the same harness) so a harness that cannot fail is noticed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from monitor.ab import is_mature
+from monitor.drift import DriftWindow, evaluate
+from monitor.reference import DriftReference, series_reference
+from monitor.sequential import difference, half_width, log_mixture_ratio
+from monitor.settings import MonitorSettings
+
+NAIVE_Z = 1.959963984540054
+"""Two-sided 5 % critical value of the naive z-test (the negative control of the peeking harness)."""
+
+
+def standard_error(rate: float, runs: int) -> float:
+    return math.sqrt(max(rate * (1 - rate), 1e-12) / runs)
+
+
+# --- A/B: continuous peeking -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeekingResult:
+    """Per run: the first look (index) at which each test rejected, -1 if never."""
+
+    units: NDArray[np.int64]
+    """Units per arm at each look (arm A's when the split is uneven)."""
+    msprt_first: NDArray[np.int64]
+    msprt_direction: NDArray[np.int64]
+    """Sign of the estimate (B − A) at the mSPRT's first rejection; 0 if never."""
+    naive_first: NDArray[np.int64]
+    ci_miss: NDArray[np.bool_]
+    """The running intersection of intervals excluded the true difference at some look."""
+
+    def rejected_by(self, units: int, first: NDArray[np.int64] | None = None) -> NDArray[np.bool_]:
+        f = self.msprt_first if first is None else first
+        last = int(np.searchsorted(self.units, units, side="right")) - 1
+        return np.asarray((f >= 0) & (f <= last))
+
+    def msprt_rate(self, units: int | None = None, direction: int = 0) -> float:
+        hit = self.rejected_by(int(self.units[-1]) if units is None else units)
+        if direction:
+            hit &= self.msprt_direction == direction
+        return float(hit.mean())
+
+    def naive_rate(self) -> float:
+        return float((self.naive_first >= 0).mean())
+
+
+def _first_true(hits: NDArray[np.bool_]) -> NDArray[np.int64]:
+    return np.where(hits.any(axis=1), hits.argmax(axis=1), -1).astype(np.int64)
+
+
+def peeking(
+    rate_a: float,
+    rate_b: float,
+    *,
+    runs: int,
+    looks: int = 100,
+    max_units: int = 40_000,
+    tau: float,
+    alpha: float = 0.05,
+    min_units: int = 100,
+    share_b: float = 0.5,
+    seed: int,
+    chunk: int = 2_000,
+) -> PeekingResult:
+    """`runs` experiments with two arms of Bernoulli units, looked at `looks` times at equal steps up to
+    `max_units` per arm (B gets `share_b` of 2·`max_units` when the split is uneven): binomial increments per
+    look, cumulated. The mSPRT (production functions) and a naive two-sided z-test at 5 % (pooled variance) are
+    applied at every look."""
+    rng = np.random.default_rng(seed)
+    per_look_b = round(2 * max_units * share_b) // looks
+    per_look = 2 * max_units // looks - per_look_b
+    units = per_look * np.arange(1, looks + 1, dtype=np.int64)
+    units_b = per_look_b * np.arange(1, looks + 1, dtype=np.int64)
+    threshold = math.log(1 / alpha)
+    out: dict[str, list[NDArray[np.generic]]] = {k: [] for k in ("first", "dir", "naive", "miss")}
+    for start in range(0, runs, chunk):
+        r = min(chunk, runs - start)
+        xa = np.cumsum(rng.binomial(per_look, rate_a, size=(r, looks)), axis=1)
+        xb = np.cumsum(rng.binomial(per_look_b, rate_b, size=(r, looks)), axis=1)
+        delta, var = difference(xa, units, xb, units_b)
+        active = np.minimum(units, units_b) >= min_units
+        reject = (log_mixture_ratio(delta, var, tau) >= threshold) & active
+        first = _first_true(reject)
+        direction = np.where(first >= 0, np.sign(delta[np.arange(r), np.maximum(first, 0)]), 0)
+        w = np.where(active, half_width(var, tau, alpha), np.inf)
+        low = np.maximum.accumulate(delta - w, axis=1)
+        high = np.minimum.accumulate(delta + w, axis=1)
+        truth = rate_b - rate_a
+        pooled = (xa + xb) / (units + units_b)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = delta / np.sqrt(pooled * (1 - pooled) * (1 / units + 1 / units_b))
+        out["first"].append(first)
+        out["dir"].append(direction.astype(np.int64))
+        out["naive"].append(_first_true(np.abs(np.nan_to_num(z)) > NAIVE_Z))
+        out["miss"].append(np.asarray(((low > truth) | (high < truth)).any(axis=1)))
+    return PeekingResult(
+        units=units,
+        msprt_first=np.concatenate(out["first"]).astype(np.int64),
+        msprt_direction=np.concatenate(out["dir"]).astype(np.int64),
+        naive_first=np.concatenate(out["naive"]).astype(np.int64),
+        ci_miss=np.concatenate(out["miss"]).astype(bool),
+    )
+
+
+# --- A/B: delayed labels ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DelayedLabelsResult:
+    matured_rate: float
+    """Share of runs where the mSPRT on matured units only ever rejected."""
+    naive_rate: float
+    """Share of runs where the mSPRT on every scored unit (labels so far; unlabeled = no event) rejected."""
+    runs: int
+
+
+def delayed_labels(
+    *,
+    runs: int,
+    rate: float = 0.02,
+    steps: int = 100,
+    units_per_step: int = 800,
+    share_start: float = 0.05,
+    share_end: float = 0.5,
+    max_delay_steps: int = 20,
+    step_seconds: float = 3600.0,
+    tau: float,
+    alpha: float = 0.05,
+    min_units: int = 100,
+    seed: int,
+) -> DelayedLabelsResult:
+    """No true effect (both arms `rate`), a challenger whose share of traffic grows from `share_start` to
+    `share_end` (a canary being ramped), each event's label arriving 0…`max_delay_steps` steps later (uniform),
+    label maturity = `max_delay_steps` steps, a look after every step. Counting only matured units (`is_mature`)
+    keeps the mSPRT valid; counting scored units with the labels arrived so far makes the challenger, whose units
+    are younger, look as if it had fewer events (the negative control)."""
+    rng = np.random.default_rng(seed)
+    share = np.linspace(share_start, share_end, steps)
+    n_b = np.round(units_per_step * share).astype(np.int64)
+    n_a = units_per_step - n_b
+    event_time = np.arange(steps) * step_seconds
+    maturity_s = max_delay_steps * step_seconds
+    look_time = (np.arange(steps) + 1) * step_seconds
+    # matured[l, t]: units of step t count at look l.
+    matured = np.stack([is_mature(event_time, now, maturity_s) for now in look_time])
+    scored = event_time[None, :] < look_time[:, None]
+    threshold = math.log(1 / alpha)
+
+    def arm(n: NDArray[np.int64]) -> tuple[NDArray[np.float64], ...]:
+        events = rng.binomial(n, rate, size=(runs, steps))
+        delays = rng.multinomial(events, np.full(max_delay_steps + 1, 1 / (max_delay_steps + 1)))
+        arrived = np.zeros((runs, steps + max_delay_steps + 1), dtype=np.int64)
+        for d in range(max_delay_steps + 1):
+            arrived[:, d : d + steps] += delays[:, :, d]
+        # A label arriving at step s is there at the look after step s - 1 (looks at the end of steps).
+        labeled_by_look = np.cumsum(arrived, axis=1)[:, 1 : steps + 1]
+        m_units = matured.astype(np.float64) @ n.astype(np.float64)
+        m_events = events.astype(np.float64) @ matured.T.astype(np.float64)
+        s_units = scored.astype(np.float64) @ n.astype(np.float64)
+        return m_units, m_events, s_units, labeled_by_look.astype(np.float64)
+
+    ma_units, ma_events, sa_units, sa_events = arm(n_a)
+    mb_units, mb_events, sb_units, sb_events = arm(n_b)
+
+    def rejected(*arms: NDArray[np.float64]) -> float:
+        ua, ea, ub, eb = arms
+        delta, var = difference(ea, ua, eb, ub)
+        active = np.minimum(ua, ub) >= min_units
+        return float(((log_mixture_ratio(delta, var, tau) >= threshold) & active).any(axis=1).mean())
+
+    return DelayedLabelsResult(
+        matured_rate=rejected(ma_units, ma_events, mb_units, mb_events),
+        naive_rate=rejected(sa_units, sa_events, sb_units, sb_events),
+        runs=runs,
+    )
+
+
+# --- drift -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A synthetic feature: its kind and how to draw n values shifted by `shift` population standard deviations."""
+
+    name: str
+    family: str
+    """normal, lognormal, student, poisson or binary."""
+    parameter: float
+
+    @property
+    def categorical(self) -> bool:
+        return self.family == "binary"
+
+    def draw(self, rng: np.random.Generator, n: int, shift: float = 0.0) -> NDArray[np.float64]:
+        p = self.parameter
+        if self.family == "normal":
+            x, sd = rng.normal(0.0, p, n), p
+        elif self.family == "lognormal":
+            x, sd = rng.lognormal(0.0, p, n), math.sqrt((math.exp(p * p) - 1) * math.exp(p * p))
+        elif self.family == "student":
+            x, sd = rng.standard_t(p, n), math.sqrt(p / (p - 2))
+        elif self.family == "poisson":
+            x, sd = rng.poisson(p, n).astype(np.float64), math.sqrt(p)
+        else:
+            x, sd = (rng.random(n) < p).astype(np.float64), math.sqrt(p * (1 - p))
+        return np.asarray(x + shift * sd, dtype=np.float64)
+
+
+def synthetic_features(count: int = 30) -> list[FeatureSpec]:
+    """`count` features shaped like ours: mostly continuous (some heavy-tailed), a few integer counts with ties,
+    and 0/1 flags from common to rare (expected counts below 5 in a 1 000-row window for the rarest)."""
+    families = [
+        ("normal", 1.0),
+        ("lognormal", 0.8),
+        ("student", 5.0),
+        ("normal", 2.0),
+        ("lognormal", 1.5),
+        ("poisson", 3.0),
+        ("binary", 0.3),
+        ("normal", 0.5),
+        ("poisson", 0.4),
+        ("binary", 0.02),
+        ("student", 3.5),
+        ("binary", 0.003),
+    ]
+    return [FeatureSpec(f"f{i:02d}", *families[i % len(families)]) for i in range(count)]
+
+
+def _quantile_edges(values: NDArray[np.float64], bins: int = 10) -> list[float]:
+    # training.registry.quantile_edges, restated: the monitor never imports training.
+    cuts = np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1])
+    return [float(v) for v in np.unique(cuts)]
+
+
+def synthetic_reference(
+    specs: Sequence[FeatureSpec], rng: np.random.Generator, *, train_rows: int = 50_000, sample_rows: int = 2_000
+) -> DriftReference:
+    """A reference as training builds it: 10 quantile bins and shares on a training set, a sample of its rows."""
+    series = []
+    for spec in specs:
+        train = spec.draw(rng, train_rows)
+        edges = _quantile_edges(train)
+        shares = np.bincount(np.searchsorted(edges, train, side="left"), minlength=len(edges) + 1) / train_rows
+        sample = train[rng.choice(train_rows, size=sample_rows, replace=False)]
+        series.append(
+            series_reference(
+                spec.name,
+                "categorical" if spec.categorical else "continuous",
+                {"edges": edges, "shares": shares.tolist()},
+                sample.tolist(),
+            )
+        )
+    return DriftReference(tuple(series))
+
+
+@dataclass(frozen=True)
+class DriftRun:
+    windows: int
+    any_alarm_corrected: float
+    """Share of windows with at least one drifted series (the production decision)."""
+    any_alarm_uncorrected: float
+    """Share of windows with some p-value at or below α: testing each series at α (the negative control)."""
+
+
+def stationary_drift(
+    settings: Sequence[MonitorSettings],
+    *,
+    references: int,
+    windows_per_reference: int,
+    rows: int = 1_000,
+    features: int = 30,
+    train_rows: int = 50_000,
+    seed: int,
+) -> list[DriftRun]:
+    """Windows drawn from the reference's own distribution, so every alarm is false; each window is evaluated
+    under each of `settings` (one result each). Windows of one reference share its sample, so their alarms are
+    correlated: many references with few windows each keep the binomial standard error honest."""
+    rng = np.random.default_rng(seed)
+    specs = synthetic_features(features)
+    corrected = np.zeros(len(settings))
+    uncorrected = np.zeros(len(settings))
+    for _ in range(references):
+        reference = synthetic_reference(specs, rng, train_rows=train_rows)
+        for w in range(windows_per_reference):
+            window = DriftWindow(reference, w)
+            for spec in specs:
+                window.add(spec.name, spec.draw(rng, rows))
+            for j, s in enumerate(settings):
+                records = evaluate(window, s)
+                corrected[j] += any(r.drifted for r in records)
+                uncorrected[j] += any(r.p_value is not None and r.p_value <= s.drift_alpha for r in records)
+    total = references * windows_per_reference
+    return [DriftRun(total, c / total, u / total) for c, u in zip(corrected, uncorrected, strict=True)]
+
+
+@dataclass(frozen=True)
+class DetectionRun:
+    runs: int
+    caught_within: tuple[float, ...]
+    """Share of runs where the shifted feature was declared drifted within 1, 2, … windows."""
+    other_alarms: float
+    """Share of windows with a stable feature declared drifted."""
+
+
+def shift_detection(
+    settings: Sequence[MonitorSettings],
+    *,
+    runs: int,
+    shift: float = 0.2,
+    windows: int = 2,
+    rows: int = 1_000,
+    features: int = 30,
+    runs_per_reference: int = 10,
+    seed: int,
+) -> list[DetectionRun]:
+    """From its first window on, one continuous feature (a different one each run, in turn) is shifted by `shift`
+    standard deviations; the others stay. Each window is evaluated under each of `settings`."""
+    rng = np.random.default_rng(seed)
+    specs = synthetic_features(features)
+    continuous = [i for i, s in enumerate(specs) if not s.categorical and s.family != "poisson"]
+    first_caught = np.full((len(settings), runs), -1)
+    other = np.zeros(len(settings))
+    reference = synthetic_reference(specs, rng)
+    for run in range(runs):
+        if run and run % runs_per_reference == 0:
+            reference = synthetic_reference(specs, rng)
+        target = continuous[run % len(continuous)]
+        for w in range(windows):
+            window = DriftWindow(reference, w)
+            for i, spec in enumerate(specs):
+                window.add(spec.name, spec.draw(rng, rows, shift if i == target else 0.0))
+            for j, s in enumerate(settings):
+                records = evaluate(window, s)
+                if first_caught[j, run] < 0 and records[target].drifted:
+                    first_caught[j, run] = w
+                other[j] += any(r.drifted for i, r in enumerate(records) if i != target)
+    return [
+        DetectionRun(
+            runs=runs,
+            caught_within=tuple(float(((f >= 0) & (f <= w)).mean()) for w in range(windows)),
+            other_alarms=float(o) / (runs * windows),
+        )
+        for f, o in zip(first_caught, other, strict=True)
+    ]

@@ -1,0 +1,275 @@
+"""Drift statistics against scipy and known answers; window state merged from partitions equals one pass."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from monitor.drift import (
+    DriftWindow,
+    categorical_counts,
+    categorical_test,
+    evaluate,
+    ks,
+    ks_statistic,
+    psi,
+    window_bounds,
+    window_key,
+)
+from monitor.reference import DriftReference, Kind, SeriesReference, drift_reference, series_reference
+from monitor.settings import CATEGORICAL_FEATURES, MonitorSettings
+from monitor.simulation import synthetic_features, synthetic_reference
+from streamscore.features import FEATURE_NAMES
+
+
+def one_series(sample: np.ndarray, kind: Kind = "continuous", edges: list[float] | None = None) -> SeriesReference:
+    e = edges if edges is not None else [float(np.nanmedian(sample))]
+    idx = np.searchsorted(e, sample, side="left")
+    shares = np.bincount(idx, minlength=len(e) + 1) / len(sample)
+    return series_reference("x", kind, {"edges": e, "shares": shares.tolist()}, sample.tolist())
+
+
+def counted(ref: SeriesReference, values: np.ndarray) -> DriftWindow:
+    window = DriftWindow(DriftReference((ref,)), 0)
+    window.add(ref.name, values)
+    return window
+
+
+# --- KS ----------------------------------------------------------------------------------------------------
+
+
+def draw_case(rng: np.random.Generator, kind: int, m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    if kind == 0:  # continuous, a small shift
+        return rng.normal(size=m), rng.normal(rng.normal(0, 0.15), 1, size=n)
+    if kind == 1:  # counts: many ties across both samples
+        return rng.poisson(2, size=m).astype(float), rng.poisson(2.2, size=n).astype(float)
+    # coarse reference grid, finer window values: window values strictly between reference points
+    return np.round(rng.normal(size=m), 1), np.round(rng.normal(0.05, 1, size=n), 3)
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_ks_from_cell_counts_equals_scipy_on_the_raw_values(kind: int) -> None:
+    rng = np.random.default_rng(100 + kind)
+    sizes = [(2000, 1000), (2000, 1), (7, 5), (2000, 10_000), (2000, 10_001), (1500, 23_456), (3, 4000)]
+    for m, n in sizes + [(int(rng.integers(2, 3000)), int(rng.integers(1, 12_000))) for _ in range(15)]:
+        reference, window = draw_case(rng, kind, m, n)
+        ref = one_series(reference)
+        d, p = ks(ref, counted(ref, window).cells[0])
+        expected = stats.ks_2samp(window, reference)
+        assert d == pytest.approx(float(expected.statistic), abs=1e-12), (m, n)
+        assert p == pytest.approx(float(expected.pvalue), rel=1e-12, abs=1e-300), (m, n)
+
+
+def test_ks_statistic_is_vectorized_over_windows() -> None:
+    rng = np.random.default_rng(7)
+    ref = one_series(rng.normal(size=500))
+    windows = [counted(ref, rng.normal(0.1 * i, 1, size=300)).cells[0] for i in range(4)]
+    batch = ks_statistic(ref, np.stack(windows))
+    assert batch.shape == (4,)
+    assert batch.tolist() == [float(ks_statistic(ref, w)) for w in windows]
+
+
+def test_ks_ignores_non_finite_values_and_counts_them_missing() -> None:
+    rng = np.random.default_rng(8)
+    reference = rng.normal(size=400)
+    ref = one_series(np.append(reference, np.nan))
+    values = np.append(rng.normal(size=300), [np.nan, np.nan])
+    window = counted(ref, values)
+    assert int(window.missing[0]) == 2
+    assert ks(ref, window.cells[0]) == pytest.approx(
+        tuple(stats.ks_2samp(values[np.isfinite(values)], reference)[:2]), rel=1e-12
+    )
+    # Training bins a NaN in the last bin (searchsorted sorts NaN last); so does the window.
+    assert int(window.bins[0][-1]) == int((values[np.isfinite(values)] > ref.edges[-1]).sum()) + 2
+
+
+# --- PSI ---------------------------------------------------------------------------------------------------
+
+
+def test_psi_known_answer_and_floors() -> None:
+    # q = (0.5, 0.3, 0.2) against p = (0.4, 0.4, 0.2): 0.1·ln(1.25) + 0.1·ln(4/3)
+    assert psi([50, 30, 20], [0.4, 0.4, 0.2]) == pytest.approx(0.1 * math.log(1.25) + 0.1 * math.log(4 / 3), rel=1e-12)
+    assert psi([10, 20, 30], [1 / 6, 2 / 6, 3 / 6]) == pytest.approx(0.0, abs=1e-15)
+    # An empty bin on either side: floored at epsilon, large but finite.
+    value = psi([0, 100], [0.5, 0.5], epsilon=1e-4)
+    assert math.isfinite(value)
+    assert value == pytest.approx((1e-4 - 0.5) * math.log(1e-4 / 0.5) + 0.5 * math.log(2), rel=1e-12)
+    assert math.isfinite(psi([0, 0, 100], [0.0, 0.3, 0.7]))
+    assert psi([0, 0], [0.5, 0.5]) == 0.0
+
+
+# --- χ² ----------------------------------------------------------------------------------------------------
+
+
+def test_chi2_equals_scipy_and_binomial_for_small_expected_counts() -> None:
+    shares = np.array([0.2, 0.5, 0.3])
+    observed = np.array([30.0, 40.0, 30.0])
+    test, statistic, p = categorical_test(observed, shares)
+    expected = stats.chisquare(observed, shares * 100)
+    assert (test, statistic, p) == ("chi2", float(expected.statistic), float(expected.pvalue))
+    # Two categories, 1 000 values, a 0.3 % flag: expected count 3 < 5 → exact binomial test.
+    test, statistic, p = categorical_test(np.array([990.0, 10.0]), np.array([0.997, 0.003]))
+    assert test == "binomial"
+    assert statistic == 0.01
+    assert p == float(stats.binomtest(10, 1000, 0.003).pvalue)
+
+
+def test_categorical_series_from_frozen_bins() -> None:
+    rng = np.random.default_rng(3)
+    flag = (rng.random(50_000) < 0.3).astype(float)
+    ref = one_series(flag[:2000], "categorical", edges=[0.0])
+    assert ref.categories_from_bins
+    window = counted(ref, (rng.random(1000) < 0.3).astype(float))
+    observed, shares = categorical_counts(ref, window.bins[0], window.cells[0], 1e-4)
+    assert observed.sum() == 1000
+    assert shares.tolist() == pytest.approx(ref.shares.tolist())
+
+
+def test_a_flag_mostly_one_falls_back_to_the_sample_categories() -> None:
+    # 95 % ones: every training decile is 1, edges = [1.0] and bin 0 holds both 0 and 1.
+    rng = np.random.default_rng(4)
+    sample = (rng.random(2000) < 0.95).astype(float)
+    ref = one_series(sample, "categorical", edges=[1.0])
+    assert not ref.categories_from_bins
+    settings = MonitorSettings(window="events", window_events=1000, false_alarm_windows=20)
+    same = evaluate(counted(ref, (rng.random(1000) < 0.95).astype(float)), settings)[0]
+    moved = evaluate(counted(ref, (rng.random(1000) < 0.85).astype(float)), settings)[0]
+    assert same.test == "chi2"
+    assert not same.drifted
+    assert moved.drifted
+    # A value never seen in the reference is an extra category with a floored share: drift, finite numbers.
+    new_value = evaluate(counted(ref, np.r_[np.ones(900), np.full(100, 2.0)]), settings)[0]
+    assert new_value.drifted
+    assert new_value.statistic is not None
+    assert math.isfinite(new_value.statistic)
+
+
+# --- windows, evaluation -----------------------------------------------------------------------------------
+
+
+def test_window_keys_and_bounds() -> None:
+    hourly = MonitorSettings(window="time", window_seconds=3600)
+    t = datetime(2026, 3, 1, 13, 59, 59, tzinfo=UTC).timestamp()
+    key = window_key(hourly, t)
+    assert window_key(hourly, t + 1) == key + 1
+    assert window_bounds(hourly, key) == (
+        datetime(2026, 3, 1, 13, tzinfo=UTC),
+        datetime(2026, 3, 1, 14, tzinfo=UTC),
+    )
+    counts = MonitorSettings(window="events", window_events=1000)
+    assert [window_key(counts, 0.0, i) for i in (0, 999, 1000, 2500)] == [0, 0, 1, 2]
+    assert window_bounds(counts, 3) is None
+    with pytest.raises(ValueError, match="ordinal"):
+        window_key(counts, 0.0)
+
+
+def test_a_series_with_too_few_values_is_reported_untested_and_left_out_of_the_family() -> None:
+    rng = np.random.default_rng(5)
+    specs = synthetic_features(3)
+    reference = synthetic_reference(specs, rng, train_rows=5000, sample_rows=500)
+    window = DriftWindow(reference, 0)
+    window.add(specs[0].name, specs[0].draw(rng, 500, shift=1.0))
+    window.add(specs[1].name, specs[1].draw(rng, 50))
+    settings = MonitorSettings(window="events", window_events=500, min_window_events=100)
+    first, second, third = evaluate(window, settings)
+    assert first.drifted
+    assert first.tested == 1
+    assert first.threshold == pytest.approx(settings.drift_alpha)
+    assert (second.test, second.p_value, second.drifted, second.events) == (None, None, False, 50)
+    assert third.events == 0
+    assert not third.drifted
+
+
+def test_evaluate_applies_the_correction_across_the_window() -> None:
+    rng = np.random.default_rng(6)
+    specs = synthetic_features(12)
+    reference = synthetic_reference(specs, rng, train_rows=10_000, sample_rows=2000)
+    window = DriftWindow(reference, 0)
+    for i, spec in enumerate(specs):
+        window.add(spec.name, spec.draw(rng, 1000, shift=0.3 if i in (0, 3) else 0.0))
+    for method in ("bh", "bonferroni"):
+        settings = MonitorSettings(window="events", window_events=1000, false_alarm_windows=20, correction=method)
+        records = evaluate(window, settings)
+        p = [r.p_value for r in records]
+        assert all(v is not None for v in p)
+        cut = records[0].threshold
+        assert cut is not None
+        assert {r.threshold for r in records} == {cut}
+        if method == "bonferroni":
+            assert cut == pytest.approx(0.05 / 12)
+        assert [r.drifted for r in records] == [v is not None and v <= cut for v in p]
+        assert records[0].drifted
+        assert records[3].drifted
+        assert all(r.alpha == 0.05 and r.correction == method and r.tested == 12 for r in records)
+
+
+def test_partition_states_merge_into_the_one_pass_result() -> None:
+    """A stream split across 6 partitions, each partition's window states serialized (a changelog) and merged,
+    gives the same records as one pass over the stream — time windows and count windows."""
+    rng = np.random.default_rng(9)
+    specs = synthetic_features(6)
+    features = synthetic_reference(specs, rng, train_rows=5000, sample_rows=800)
+    score_sample = rng.beta(0.5, 8, size=800)
+    score_ref = one_series(score_sample)
+    reference = DriftReference((*features.series, SeriesReference(**{**vars(score_ref), "name": "score:champion"})))
+    n = 4000
+    times = np.sort(rng.uniform(1_700_000_000, 1_700_000_000 + 3 * 3600, size=n))
+    columns = {s.name: s.draw(rng, n) for s in specs}
+    scores = rng.beta(0.6, 8, size=n)
+    partition = rng.integers(0, 6, size=n)
+
+    for settings in (
+        MonitorSettings(window="time", window_seconds=3600, min_window_events=50),
+        MonitorSettings(window="events", window_events=1500, min_window_events=50),
+    ):
+        keys = np.array([window_key(settings, float(t), i) for i, t in enumerate(times)])
+        single: dict[int, DriftWindow] = {}
+        for k in np.unique(keys):
+            w = single[int(k)] = DriftWindow(reference, int(k))
+            rows = keys == k
+            for name, values in columns.items():
+                w.add(name, values[rows], times[rows])
+            w.add("score:champion", scores[rows])
+        merged: dict[int, DriftWindow] = {}
+        for p in range(6):
+            states: dict[int, DriftWindow] = {}
+            for i in np.flatnonzero(partition == p):  # event by event, as a Faust agent sees them
+                k = int(keys[i])
+                w = states.setdefault(k, DriftWindow(reference, k))
+                w.add_features({name: float(values[i]) for name, values in columns.items()}, float(times[i]))
+                w.add_score("champion", float(scores[i]), float(times[i]))
+                w.add_score("shadow-without-reference", 0.5, float(times[i]))
+            for k, w in states.items():
+                restored = DriftWindow.from_dict(reference, json.loads(json.dumps(w.to_dict())))
+                merged[k] = merged[k].merge(restored) if k in merged else restored
+        assert merged.keys() == single.keys()
+        assert len(single) >= 3
+        for k in single:
+            assert evaluate(merged[k], settings) == evaluate(single[k], settings)
+
+
+def test_reference_from_trainings_document() -> None:
+    """The monitor reads reference.json exactly as training writes it (after a JSON round trip)."""
+    from training.registry import build_reference
+
+    rng = np.random.default_rng(10)
+    n = 3000
+    x = rng.normal(size=(n, len(FEATURE_NAMES)))
+    for name in CATEGORICAL_FEATURES:
+        x[:, FEATURE_NAMES.index(name)] = rng.random(n) < 0.2
+    document = json.loads(
+        json.dumps(build_reference(x, rng.random(n), feature_service="svc", seed=1, sample_size=1000))
+    )
+    reference = drift_reference(document, {"champion": document}, categorical=CATEGORICAL_FEATURES)
+    assert reference.names == (*FEATURE_NAMES, "score:champion")
+    kinds = {s.name: s.kind for s in reference.series}
+    assert {n for n, k in kinds.items() if k == "categorical"} == set(CATEGORICAL_FEATURES)
+    assert all(s.categories_from_bins for s in reference.series if s.kind == "categorical")
+    assert all(len(s.sample) == 1000 for s in reference.series)
+    with pytest.raises(ValueError, match="not in the reference"):
+        drift_reference(document, {}, categorical=["no_such_feature"])
