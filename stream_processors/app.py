@@ -41,10 +41,11 @@ from streamscore.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-CHANGELOG_CONFIG = {"segment.ms": str(3600 * 1000)}
+CHANGELOG_CONFIG = {"segment.ms": str(60 * 1000), "min.cleanable.dirty.ratio": "0.1"}
 """The changelog is compacted (one record per account survives), but the broker only compacts closed
-segments, and the default segment lives 7 days: rolling hourly keeps what a restart replays close to one
-record per account instead of one per event."""
+segments, and the default segment lives 7 days. Rolling every minute and cleaning once 10 % of the log is
+dirty keeps what a restart replays close to one record per account instead of one per event (with hourly
+segments, back-to-back restarts replayed ~190 000 records and took minutes)."""
 
 
 @dataclass

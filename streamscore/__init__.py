@@ -5,6 +5,15 @@ errors, logging and the local infrastructure kit. It imports nothing from the se
 # for every metric created after prometheus_client is first imported: values then live in shared mmap
 # files keyed by metric name, so two registries in one process add up. Importing prometheus_client here,
 # before any service can import feast, keeps our metrics plain in-process values.
-import prometheus_client.values  # noqa: F401
+# A process started by one that imported feast inherits both variables (pointing at feast's temporary
+# `feast_metrics_*` folder): they are dropped before prometheus_client reads them, for the same reason.
+import os as _os
+from pathlib import Path as _Path
+
+for _name in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR"):
+    if _Path(_os.environ.get(_name, "")).name.startswith("feast_metrics_"):
+        del _os.environ[_name]
+
+import prometheus_client.values  # noqa: E402, F401
 
 __version__ = "0.1.0"
