@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings
 from rich.table import Table
 
 from feature_repo.settings import FeastSettings
+from monitor.settings import MonitorSettings
 from producers.settings import ProducerSettings
 from scorer.api.settings import ApiSettings
 from scorer.settings import ScorerSettings
@@ -37,6 +38,7 @@ SETTINGS: tuple[type[BaseSettings], ...] = (
     ScorerSettings,
     RegistrySettings,
     ApiSettings,
+    MonitorSettings,
 )
 DOC = PROJECT_ROOT / "docs" / "configuration.md"
 
