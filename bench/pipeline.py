@@ -656,8 +656,9 @@ class Bench:
             self.log(f"[bold]event-to-visible latency at {rate:,.0f} events/s for {args.latency_seconds:.0f}s")
             results.latency = self.latency(main, rate, args.latency_seconds, process, args.seed + 1000)
             self.log(f"    p50 {results.latency.p50_ms:.1f} ms, p99 {results.latency.p99_ms:.1f} ms")
-        self.log("[bold]where the scorer's CPU goes: its steps timed one by one, per batch size")
-        results.stages = self.stages()
+        if not args.skip_stages:
+            self.log("[bold]where the scorer's CPU goes: its steps timed one by one, per batch size")
+            results.stages = self.stages()
         if not args.no_sweep:
             self.sweep(results, rate)
         self.ratios(results)
@@ -893,6 +894,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-sweep", action="store_true", help="skip the batching sweep")
     parser.add_argument("--skip-passthrough", action="store_true")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--skip-stages", action="store_true", help="skip timing the scorer's steps one by one")
     parser.add_argument("--accounts", type=int, default=20_000)
     parser.add_argument("--merchants", type=int, default=2_000)
     parser.add_argument("--event-rate", type=float, default=200.0, help="event-time rate of the backlog (per s)")
