@@ -109,6 +109,8 @@ def run_live(
                 time.sleep(min(due - now, 0.05))
                 now = time.monotonic()
         stamped = datetime.now(UTC)
+        # Taken after the stamp: the label is due no earlier than labeled_at on the wall clock.
+        stamped_mono = time.monotonic()
         tx = generated.transaction.model_copy(update={"event_time": stamped})
         producer.send_transaction(tx)
         summary.events += 1
@@ -124,7 +126,7 @@ def run_live(
                 event_time=stamped,
                 labeled_at=stamped + delay,
             )
-            heapq.heappush(pending, (now + run.label_delay_s, summary.events, label))
+            heapq.heappush(pending, (stamped_mono + run.label_delay_s, summary.events, label))
         if summary.events % _POLL_EVERY == 0:
             producer.poll(0)
             send_due_labels(now)
