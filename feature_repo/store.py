@@ -27,18 +27,18 @@ scorer, API, training) see plain `streamscore.features` dataclasses instead of F
   transaction carries that transaction's own timestamp, so the join sees exactly the state strictly before
   the transaction (what the online store held when the scorer read it). Batch rows are stamped at the
   snapshot instant and aggregate only what happened strictly before it.
-- Feast's file offline store (Dask) drops entity rows whose key has rows only outside the TTL window and
-  collapses entity rows sharing keys and timestamp, so `historical_features` retrieves each view of the
-  service separately for the distinct (key, timestamp) pairs and maps the values back onto every row; and
-  `open_store` stops dask from pickling list columns at every step (minutes → seconds). docs/features.md
-  lists these quirks with their places in the Feast and dask source.
+- The offline store is Feast's DuckDB store (`feast[duckdb]`: one SQL point-in-time join per retrieval,
+  through ibis). It keeps every entity row (a view without a row in the TTL window gives nulls) and every
+  duplicate, but not their order: `historical_features` numbers the rows and puts them back. Feast's
+  default file store (Dask) dropped rows, collapsed duplicates and pickled list columns at every step; the
+  workarounds it needed are gone with it. docs/features.md lists the quirks with their places in the Feast
+  source.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -95,36 +95,6 @@ def _feast(action: str) -> Iterator[None]:
         raise FeatureStoreError(action, f"{type(exc).__name__}: {exc}") from exc
 
 
-_dask_patched = False
-
-
-def _cheap_dask_tokens() -> None:
-    """Stop dask from pickling list-valued columns on every step of the file offline store.
-
-    Feast's file offline store runs on dask and `persist()`s after each step; dask then tokenizes the
-    persisted pandas data. For an object column of strings it hashes the joined text, but a column of
-    lists (our Array(String) features arrive as numpy arrays per row) falls back to pickling the whole
-    column two or three times per tokenization: a 2000-row training join over a 1M-row log took 8 minutes,
-    materializing 600k profile rows 2 minutes. Such arrays get a random token instead, which is what dask
-    itself does for objects it cannot pickle: always unique, never conflated, only not shared between
-    identical graphs. Other arrays keep dask's own tokenization.
-    """
-    global _dask_patched
-    if _dask_patched:
-        return
-    from dask.tokenize import normalize_token
-
-    dask_normalize = normalize_token.dispatch(np.ndarray)  # type: ignore[no-untyped-call]
-
-    def normalize(array: np.ndarray[Any, Any]) -> object:
-        if array.dtype.hasobject and array.size and not all(isinstance(v, str | bytes) for v in array.flat):
-            return ("streamscore-object-array", uuid.uuid4().hex, array.shape)
-        return dask_normalize(array)
-
-    normalize_token.register(np.ndarray, normalize)  # type: ignore[no-untyped-call]
-    _dask_patched = True
-
-
 def repo_config(settings: FeastSettings) -> RepoConfig:
     """The Feast configuration of `settings`, the same as feature_store.yaml but built in code."""
     online: dict[str, Any]
@@ -142,7 +112,7 @@ def repo_config(settings: FeastSettings) -> RepoConfig:
             "cache_ttl_seconds": settings.registry_cache_ttl_s,
         },
         online_store=online,
-        offline_store={"type": "file"},
+        offline_store={"type": "duckdb"},
         entity_key_serialization_version=3,
         repo_path=REPO_DIR,
     )
@@ -151,7 +121,6 @@ def repo_config(settings: FeastSettings) -> RepoConfig:
 def open_store(settings: FeastSettings | None = None) -> FeatureStore:
     """A Feast `FeatureStore` for `settings` (default: from the environment); creates its folders."""
     settings = settings or FeastSettings()
-    _cheap_dask_tokens()
     settings.registry_path.parent.mkdir(parents=True, exist_ok=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.online_store == "sqlite":
@@ -310,7 +279,6 @@ def _cutoffs(as_of: datetime | Sequence[datetime] | None, n: int) -> list[float 
     return [moment.timestamp() for moment in instants]
 
 
-JOIN_KEYS: dict[str, str] = {REALTIME_VIEW: "account_id", PROFILE_VIEW: "account_id", MERCHANT_VIEW: "merchant_id"}
 _ROW = "__entity_row"
 
 
@@ -320,31 +288,40 @@ def historical_features(store: FeatureStore, entity_df: pd.DataFrame, service: s
     entity row, in the entity rows' order, plus the service's `<view>__<field>` columns (NaN / None where a
     view has no row within its TTL at or before the entity timestamp).
 
-    Feast's file (Dask) offline store has two quirks this works around (see docs/features.md): an entity row
-    whose key has feature rows, all outside `[ts - ttl, ts]`, is dropped from the result instead of getting
-    nulls, which would also lose the other views' values of that row; and entity rows that share the join
-    keys and timestamp are collapsed into one. So each view of the service is retrieved on its own, for the
-    distinct (join key, timestamp) pairs, and mapped back onto every entity row."""
+    One Feast retrieval for the whole service. Only the join keys and the timestamp go to Feast (less to copy
+    into DuckDB), with a row number: the DuckDB store returns every row, duplicates included, but in no
+    particular order. A result that does not hold each row exactly once is an error, never silently NaN.
+    For a long history, call it on time-ordered chunks (`training.dataset.joined_frame` does): DuckDB's
+    memory grows with the entity rows × the real-time rows of their accounts inside the 2-day TTL."""
     if service not in SERVICES:
         known = ", ".join(SERVICES)
         raise FeatureStoreError("historical retrieval", f"unknown feature service {service!r} (known: {known})")
     missing = [c for c in ("account_id", "merchant_id", TIMESTAMP_FIELD) if c not in entity_df.columns]
     if missing:
         raise ValueError(f"entity_df lacks the column(s) {', '.join(missing)}")
+    names = [f"{view}__{name}" for view in SERVICES[service] for name, _ in VIEW_FIELDS[view]]
     out = entity_df.copy()
+    if entity_df.empty:
+        for name in names:
+            out[name] = pd.Series(dtype=object)
+        return out
+    query = entity_df[["account_id", "merchant_id", TIMESTAMP_FIELD]].reset_index(drop=True)
+    query[_ROW] = np.arange(len(query), dtype=np.int64)
     with _feast("historical retrieval"):
-        for projection in store.get_feature_service(service).feature_view_projections:
-            key = JOIN_KEYS[projection.name]
-            pairs = entity_df[[key, TIMESTAMP_FIELD]]
-            group = pairs.groupby([key, TIMESTAMP_FIELD], sort=False, dropna=False).ngroup().to_numpy()
-            _, first = np.unique(group, return_index=True)
-            query = pairs.iloc[first].reset_index(drop=True)
-            query[_ROW] = np.arange(len(query))
-            refs = [f"{projection.name}:{f.name}" for f in projection.features]
-            job = store.get_historical_features(entity_df=query, features=refs, full_feature_names=True)
-            result: pd.DataFrame = job.to_df()
-            names = [f"{projection.name}__{f.name}" for f in projection.features]
-            aligned = result.set_index(_ROW)[names].reindex(np.arange(len(query)))
-            for name in names:
-                out[name] = aligned[name].to_numpy()[group]
+        job = store.get_historical_features(
+            entity_df=query, features=store.get_feature_service(service), full_feature_names=True
+        )
+        result: pd.DataFrame = job.to_df()
+    rows = np.sort(result[_ROW].to_numpy())
+    if not np.array_equal(rows, query[_ROW].to_numpy()):
+        raise FeatureStoreError(
+            "historical retrieval",
+            f"{len(query)} entity rows went in, {len(rows)} came back ({len(np.unique(rows))} distinct)",
+        )
+    absent = [name for name in names if name not in result.columns]
+    if absent:  # a registry applied from other definitions
+        raise FeatureStoreError("historical retrieval", f"service {service} did not return {', '.join(absent)}")
+    ordered = result.set_index(_ROW).sort_index()
+    for name in names:
+        out[name] = ordered[name].to_numpy()
     return out

@@ -268,7 +268,7 @@ def test_historical_features_join_the_state_strictly_before_each_transaction(
             "event_timestamp": sample["event_time"] - pd.Timedelta(microseconds=1),
         }
     )
-    # The same transaction twice and a twin at another merchant: Feast's file store would collapse them.
+    # The same transaction twice and a twin at another merchant: every row comes back (the Dask store collapsed them).
     twins = entity_df.iloc[[0, 0]].assign(
         event_id=["twin-a", "twin-b"], merchant_id=[entity_df["merchant_id"].iloc[0], "nowhere"]
     )
