@@ -63,6 +63,8 @@ def result_table(result: TrainResult) -> Table:
     )
     table.add_row("train rows (fraud)", "", f"{rows['train']:,} ({rows['train_positives']:,})")
     table.add_row("epochs (best)", "", f"{result.epochs_run} ({result.best_epoch}) on {result.device}")
+    if "join" in result.seconds:
+        table.add_row("features joined by", "", f"{settings.feature_join} in {result.seconds['join']:.0f} s")
     table.add_section()
     table.add_row("version", "", registration.version)
     table.add_row("aliases", "", ", ".join(registration.aliases) or "—")

@@ -49,7 +49,8 @@ class TrainResult:
     rows: dict[str, int]
     """rows and positives of each split, rows with missing / partial features."""
     seconds: dict[str, float] = field(default_factory=dict)
-    """Wall time per stage: features, training, export, registry, total."""
+    """Wall time per stage: load history, join, model inputs (the parts of features; absent when the data was
+    given), features, training, export, registry, total."""
 
     @property
     def lift(self) -> float:
@@ -93,6 +94,7 @@ def train(
         seconds[name] = now - clock
         clock = now
 
+    built = data is None
     if data is None:
         data = build_dataset(
             settings.history_dir,
@@ -106,6 +108,8 @@ def train(
         raise ValueError(f"data was built for {data.feature_service}, settings ask for {settings.feature_service}")
     train_split, val_split, test_split = data.train, data.validation, data.test
     lap("features")
+    if built:  # the features' own steps (load history, join, model inputs) first
+        seconds = {**data.seconds, **seconds}
 
     report.on_stage(f"training {settings.architecture()}")
     fitted = fit(train_split.x, train_split.y, val_split.x, val_split.y, fit_config(settings), on_epoch=report.on_epoch)
@@ -146,6 +150,7 @@ def train(
         "device": fitted.device,
         "threads": settings.threads,
         "feature_join": data.join,
+        "feature_join_seconds": round(seconds["join"], 1) if built else "not built here",
         "history_dir": str(settings.history_dir),
         "rows_train": len(train_split),
         "rows_validation": len(val_split),

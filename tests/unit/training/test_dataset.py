@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import types
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,18 @@ def test_point_in_time_join_takes_the_latest_row_at_or_before_the_entity_time() 
     assert joined["v"].iloc[3] == 2.0
 
 
+def test_point_in_time_join_ttl_bound_is_inclusive_as_in_feast() -> None:
+    # Feast's DuckDB join keeps `row ts + ttl >= entity ts` (tests/unit/feature_repo/test_store.py pins it).
+    t = DAY1 + pd.Timedelta(hours=5)
+    ttl = VIEW_TTL[REALTIME]
+    entities = pd.DataFrame({"account_id": ["edge", "expired"], ENTITY_TIMESTAMP: [t, t]})
+    view = pd.DataFrame(
+        {"account_id": ["edge", "expired"], ENTITY_TIMESTAMP: [t - ttl, t - ttl - pd.Timedelta(microseconds=1)]}
+    ).assign(v=[1.0, 2.0])
+    joined = point_in_time_join(entities, view, "account_id", ["v"], ttl=ttl)
+    assert joined["v"].iloc[0] == 1.0 and np.isnan(joined["v"].iloc[1])
+
+
 def test_entity_timestamp_is_one_microsecond_before_the_event(history: pd.DataFrame) -> None:
     entities = entity_frame(history)
     assert (history["event_time"] - entities[ENTITY_TIMESTAMP] == pd.Timedelta(microseconds=1)).all()
@@ -258,6 +271,34 @@ def test_feast_join_is_put_back_in_entity_order(history: pd.DataFrame, monkeypat
     assert list(joined.columns) == joined_columns("fraud_v1_lite")
     expected = local_joined_frame(history, "fraud_v1_lite")
     np.testing.assert_array_equal(feature_matrix(history, joined).x, feature_matrix(history, expected).x)
+
+
+def test_feast_join_goes_in_time_ordered_chunks(history: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = fake_feature_repo(monkeypatch, history)
+    entities = entity_frame(history).sample(frac=1.0, random_state=3)  # any order in
+    joined = joined_frame(entities, "fraud_v1", feast_settings=FeastSettings(project="p1"), chunk_rows=700)
+    stamps = [chunk for _, _, chunk in calls]
+    assert len(stamps) == -(-len(history) // 700)
+    assert all(chunk.is_monotonic_increasing for chunk in stamps)
+    assert all(a.max() <= b.min() for a, b in pairwise(stamps))  # chunk after chunk in time
+    order = entities.index.to_numpy()  # history's row of each entity row
+    expected = feature_matrix(history, local_joined_frame(history, "fraud_v1")).x[order]
+    np.testing.assert_array_equal(feature_matrix(history.iloc[order].reset_index(drop=True), joined).x, expected)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        joined_frame(entities, "fraud_v1", chunk_rows=0)
+
+
+def test_offline_sources_of_another_history_are_refused(history: pd.DataFrame, tmp_path: Path) -> None:
+    log = feature_batch.realtime_log(history)
+    log.to_parquet(tmp_path / "account_realtime.parquet")
+    dataset.check_offline_sources(history, tmp_path, Path("h"))  # built from this history
+    later = history.iloc[: len(history) // 2]  # e.g. the history was regenerated after `features batch`
+    with pytest.raises(
+        FeatureStoreUnavailableError, match=r"not built from the history in h.*features batch --history h"
+    ):
+        dataset.check_offline_sources(later, tmp_path, Path("h"))
+    with pytest.raises(FeatureStoreUnavailableError, match="no offline sources"):
+        dataset.check_offline_sources(history, tmp_path / "nowhere", Path("h"))
 
 
 def test_feast_join_missing_a_feature_is_an_error(history: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
