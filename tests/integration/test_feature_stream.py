@@ -35,7 +35,7 @@ from feast import FeatureStore
 from feature_repo.settings import FeastSettings
 from feature_repo.store import apply, open_store, read_online
 from producers.client import EventProducer
-from stream_processors.app import changelog_topic_name
+from stream_processors.app import CHANGELOG_CONFIG, changelog_topic_name
 from stream_processors.settings import StreamProcessorSettings
 from streamscore.contracts import Transaction, headers_for
 from streamscore.features import RealtimeSnapshot, TransactionFacts, replay
@@ -377,7 +377,11 @@ def test_online_snapshots_equal_the_offline_replay(setup: Setup, tmp_path: Path)
         changelog = f"{setup.env['TOPICS_PREFIX']}{setup.env['FEATURES_APP_ID']}-account-state-changelog"
         partitions, replicas, config = topic_description(setup.kafka, changelog)
         assert (partitions, replicas) == (setup.topics.transactions.partitions, 1)
-        assert (config["cleanup.policy"], config["segment.ms"]) == ("compact", "3600000")
+        assert (config["cleanup.policy"], config["segment.ms"], config["min.cleanable.dirty.ratio"]) == (
+            "compact",
+            CHANGELOG_CONFIG["segment.ms"],
+            CHANGELOG_CONFIG["min.cleanable.dirty.ratio"],
+        )
         with EventProducer(setup.kafka, setup.topics, client_id="test-features") as producer:
             for i, event in enumerate(events):
                 producer.send_transaction(event)
