@@ -14,6 +14,7 @@ is done by the services' own functions; this module only wires them and reports.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -44,6 +45,7 @@ from producers.client import EventProducer
 from producers.history import LABELS_FILE, TRANSACTIONS_FILE, write_history
 from producers.live import LiveProgress, LiveRun, LiveSummary, run_live
 from producers.settings import ProducerSettings
+from scorer.api.security import digest, new_key
 from streamscore.errors import StreamscoreError
 from streamscore.infra import LocalStack
 from streamscore.infra.settings import PROJECT_ROOT
@@ -78,6 +80,8 @@ CHALLENGER_EPOCHS = 20
 epochs it misses the gate's champion tolerance (PR-AUC 0.970 vs 0.991). 20 epochs: 0.980, inside it."""
 DEFAULT_SHADOWS = '[{"name":"shadow","alias":"challenger","share":0.25}]'
 """The demo's shadow variant when SCORER_SHADOWS is not set: the challenger also scores a quarter of all traffic."""
+API_PORT = 8080
+"""Where the demo's API listens (`streamscore api`'s default port)."""
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 log = logging.getLogger(__name__)
@@ -295,6 +299,9 @@ class Demo:
         )
         scorer = scorer_settings({})
         self.scorer_spec = ServiceSpec("scorer", "scorer", scorer.metrics_port, "SCORER_METRICS_PORT")
+        # The investigators' API over the same engine, with a key made for this run (only its digest is passed).
+        self.api_key = new_key()
+        self.api_spec = ServiceSpec("api", "scorer.api", API_PORT, "API_PORT")
         self.scorer_group = scorer.group
         self._lag_reader: LagReader | None = None
 
@@ -509,6 +516,8 @@ class Demo:
         }
         if "SCORER_SHADOWS" not in os.environ:
             env["SCORER_SHADOWS"] = DEFAULT_SHADOWS
+        env["API_KEYS"] = json.dumps([{"name": "demo", "sha256": digest(self.api_key)}])
+        env["API_PORT"] = str(API_PORT)
         return env
 
     def start_services(self, timeout_s: float) -> None:
@@ -519,8 +528,16 @@ class Demo:
             # would run prometheus_client in multiprocess mode (see streamscore/__init__.py).
             os.environ.pop(MULTIPROC_VARIABLE, None)
         env = self.service_env()
-        checks: list[tuple[ServiceSpec, Readiness]] = [(self.features_spec, _recovered), (self.scorer_spec, _scoring)]
-        what = {self.features_spec.name: "table recovered", self.scorer_spec.name: "models loaded, loop running"}
+        checks: list[tuple[ServiceSpec, Readiness]] = [
+            (self.features_spec, _recovered),
+            (self.scorer_spec, _scoring),
+            (self.api_spec, _scoring),
+        ]
+        what = {
+            self.features_spec.name: "table recovered",
+            self.scorer_spec.name: "models loaded, loop running",
+            self.api_spec.name: "models loaded, Redis and registry reachable",
+        }
         self.services.ensure_free([spec for spec, _ in checks])
         records = {spec.name: self.services.start(spec, env) for spec, _ in checks}
         pids = ", ".join(f"{name} pid {record.pid}" for name, record in records.items())
@@ -544,7 +561,32 @@ class Demo:
                     f"starts anyway, its features catch up later; log {record.log}",
                     seconds,
                 )
+        self.print_api()
         self.catch_up(timeout_s)
+
+    def print_api(self) -> None:
+        url = self.api_spec.base_url
+        body = json.dumps(
+            {
+                "event_id": "investigator-1",
+                "account_id": "acct-00042",
+                "merchant_id": "m-0001",
+                "merchant_category": "5411",
+                "amount": 249.9,
+                "currency": "EUR",
+                "country": "DE",
+                "channel": "ecommerce",
+                "device_id": "dev-new",
+                "event_time": "2026-11-24T12:00:00Z",
+            }
+        )
+        self.out.print(
+            f"[green]✓[/] API at [bold]{url}[/] (docs {url}/docs, investigator page {url}/demo, key for this run: "
+            f"{self.api_key})\n  curl -s -X POST {url}/v1/score -H 'X-API-Key: {self.api_key}' "
+            f"-H 'content-type: application/json' -d '{body}'",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def catch_up(self, timeout_s: float) -> None:
         """Wait until the scorer group has consumed what earlier runs left unscored, so the traffic's latency is

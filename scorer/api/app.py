@@ -450,6 +450,11 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
     async def livez() -> Status:
         return Status(status="ok")
 
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz(rt: RuntimeDep) -> Response:
+        """/readyz under the name the other services use (supervisors and the demo probe it)."""
+        return await readyz(rt)
+
     @app.get(
         "/readyz",
         response_model=Status,
