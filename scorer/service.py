@@ -8,6 +8,7 @@ stayed unreachable (the supervisor restarts us).
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -163,6 +164,11 @@ def run(settings: ScorerSettings | None = None, *, startup_timeout_s: float = 30
         server.port,
     )
     reloader.start()
+    # Everything loaded so far (models, Feast's and MLflow's modules) lives for the whole run: freezing it keeps
+    # the garbage collector from re-scanning it on every collection (bench: engine 38 → 21 µs/event, decode
+    # 12 → 4 µs/event at batch 1024).
+    gc.collect()
+    gc.freeze()
     try:
         return scorer.run()
     except InfraGiveUpError as exc:

@@ -25,6 +25,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -274,15 +275,24 @@ class StreamScorer:
         self._carry = self._carry[size:]
         opened = time.monotonic() if batch else 0.0
         self._revoked.clear()
+        if not batch:
+            # poll() returns as soon as one record is there; consume(n, t) would wait the whole timeout for n of
+            # them (librdkafka), delaying a lone event by up to 100 ms before the batch clock even starts.
+            first = self.consumer.poll(0.1)
+            if first is None:
+                return [], 0.0
+            error = first.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    logger.warning("consumer error: %s", error)
+                return [], 0.0
+            batch.append(first)
+            opened = time.monotonic()
         while len(batch) < size and self._running:
-            if batch:
-                remaining = opened + delay - time.monotonic()
-                if remaining <= 0:
-                    break
-                timeout = remaining
-            else:
-                timeout = 0.1
-            messages = self.consumer.consume(size - len(batch), timeout)
+            remaining = opened + delay - time.monotonic()
+            if remaining <= 0:
+                break
+            messages = self.consumer.consume(size - len(batch), remaining)
             if self._revoked:
                 batch = [m for m in batch if (m.topic(), m.partition()) not in self._revoked]
                 self._revoked.clear()
@@ -292,11 +302,9 @@ class StreamScorer:
                     if error.code() != KafkaError._PARTITION_EOF:
                         logger.warning("consumer error: %s", error)
                     continue
-                if not batch:
-                    opened = time.monotonic()
                 batch.append(message)
-            if not batch and not messages:
-                break  # idle: give the loop a chance to swap models and measure lag
+            if not messages:
+                break  # the delay passed with nothing new: close the batch
         return batch, opened
 
     # --- one batch ---------------------------------------------------------------------------------------
@@ -362,10 +370,13 @@ class StreamScorer:
         for record in records:
             self.metrics.end_to_end_latency.observe(max(now_s - record.timestamp_ms / 1000.0, 0.0))
             self._last_ts[(record.topic, record.partition)] = record.timestamp_ms / 1000.0
-        for item in result.scored:
-            self.metrics.scored.labels(variant=item.score.variant, kind="shadow" if item.shadow else "live").inc()
-        for letter in letters:
-            self.metrics.dead_letters.labels(reason=letter.reason.value).inc()
+        # One counter update per (label set, batch), not per record: labels() costs a lock and a dict lookup.
+        for (variant, kind), count in Counter(
+            (item.score.variant, "shadow" if item.shadow else "live") for item in result.scored
+        ).items():
+            self.metrics.scored.labels(variant=variant, kind=kind).inc(count)
+        for reason, count in Counter(letter.reason.value for letter in letters).items():
+            self.metrics.dead_letters.labels(reason=reason).inc(count)
         self.metrics.shadow_failures.inc(result.shadow_failures)
         self.totals["records"] += len(batch)
         self.totals["scored"] += scored
