@@ -9,6 +9,7 @@ with the same reason.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -279,6 +280,9 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
             )
             rt.batcher.start()
         rt.reloader.start()
+        # As in the stream scorer: what start-up loaded lives for the whole run; the collector need not rescan it.
+        gc.collect()
+        gc.freeze()
         logger.info("API ready: models %s, batching %s", rt.engine.serving.versions(), settings.batching)
         try:
             yield
