@@ -6,22 +6,15 @@ import json
 import logging
 
 import typer
-from pydantic import ValidationError
 
 from scorer.api.settings import ApiSettings
 from streamscore.errors import ConfigError
 from streamscore.logs import configure
-from streamscore_cli.console import console, friendly_errors
+from streamscore_cli.console import console, friendly_errors, load_settings
 
 
 def _settings(**overrides: object) -> ApiSettings:
-    try:
-        return ApiSettings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        name = "_".join(str(p) for p in first["loc"]) or "settings"
-        prefix = "API_" if exc.title == "ApiSettings" else ""
-        raise ConfigError(f"{prefix}{name}".upper(), first["msg"]) from None
+    return load_settings(ApiSettings, overrides)
 
 
 def api(

@@ -10,29 +10,21 @@ import logging
 from typing import Any
 
 import typer
-from pydantic import ValidationError
 
 from feature_repo.settings import FeastSettings
 from scorer.service import run
 from scorer.settings import ScorerSettings
-from streamscore.errors import ConfigError
 from streamscore.logs import configure
 from streamscore.registry import RegistrySettings
 from streamscore.settings import KafkaSettings, RedisSettings, TopicSettings
-from streamscore_cli.console import friendly_errors
+from streamscore_cli.console import friendly_errors, load_settings
 
 _BLOCKS = (ScorerSettings, KafkaSettings, TopicSettings, FeastSettings, RedisSettings, RegistrySettings)
 
 
 def settings_from(overrides: dict[str, Any]) -> ScorerSettings:
     """The settings from the environment and the options; a bad value names the variable to fix."""
-    try:
-        return ScorerSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        block = next((b for b in _BLOCKS if b.__name__ == exc.title), ScorerSettings)
-        first = exc.errors(include_url=False)[0]
-        name = "_".join(str(p) for p in first["loc"]) or "settings"
-        raise ConfigError(f"{block.model_config.get('env_prefix', '')}{name}".upper(), first["msg"]) from None
+    return load_settings(ScorerSettings, overrides, _BLOCKS)
 
 
 def score(

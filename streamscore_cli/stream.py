@@ -10,28 +10,19 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from pydantic import ValidationError
 
 from feature_repo.settings import FeastSettings
 from stream_processors.app import create_app, run_worker
 from stream_processors.settings import StreamProcessorSettings
-from streamscore.errors import ConfigError
 from streamscore.settings import KafkaSettings, RedisSettings, TopicSettings
-from streamscore_cli.console import console, friendly_errors
+from streamscore_cli.console import console, friendly_errors, load_settings
 
 _BLOCKS = (StreamProcessorSettings, KafkaSettings, TopicSettings, FeastSettings, RedisSettings)
 
 
 def _settings(overrides: dict[str, Any]) -> StreamProcessorSettings:
     """The settings from the environment and the options; a bad value names the variable to fix."""
-    try:
-        return StreamProcessorSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        # A nested block (KAFKA_…, FEAST_…) validates on its own: its title names the class, hence the prefix.
-        block = next((b for b in _BLOCKS if b.__name__ == exc.title), StreamProcessorSettings)
-        first = exc.errors(include_url=False)[0]
-        name = "_".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{block.model_config.get('env_prefix', '')}{name}".upper(), first["msg"]) from None
+    return load_settings(StreamProcessorSettings, overrides, _BLOCKS)
 
 
 def stream(
