@@ -39,7 +39,8 @@ def load_settings(
     try:
         return cls(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        block: type[BaseSettings] = next((b for b in (cls, *blocks) if b.__name__ == exc.title), cls)
+        candidates: list[type[BaseSettings]] = [cls, *blocks]
+        block = next((b for b in candidates if b.__name__ == exc.title), cls)
         first = exc.errors(include_url=False)[0]
         name = "_".join(str(p) for p in first["loc"]) or "settings"
         raise ConfigError(f"{block.model_config.get('env_prefix', '')}{name}".upper(), first["msg"]) from None
