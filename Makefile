@@ -43,7 +43,7 @@ test-unit: install ## Unit tests only (no network)
 test-integration: install ## Integration tests only (starts its own broker and Redis on free ports)
 	$(BIN)/pytest tests/integration
 
-demo: install ## Start the local stack and show live traffic flowing through it
+demo: install ## The whole pipeline on the local stack: history, features, two models, scorer, API, live traffic, a summary
 	$(BIN)/streamscore demo $(DEMO_ARGS)
 
 up: install ## Start the local stack (Kafka + Redis + topics)
