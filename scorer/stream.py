@@ -5,10 +5,14 @@ Exactly-once (the default): every batch is one Kafka transaction holding its sco
 letters *and* the consumed offsets (`send_offsets_to_transaction` with the consumer's group metadata, so a
 zombie of an older generation is fenced). Downstream reads `read_committed`. On an abortable error the
 transaction is aborted and the consumer rewound to the committed offsets; on a fatal one (fenced, invalid
-epoch) the producer is rebuilt with the same transactional id and the consumer rewound. No transaction is
-ever open while the consumer polls: a batch is collected first, then scored, then committed, so a rebalance
-(cooperative-sticky, served inside `poll`) can only drop not-yet-scored records of revoked partitions —
-nothing is produced for them, and their new owner starts from the committed offsets.
+epoch) the producer is rebuilt with the same transactional id and the consumer rewound.
+
+Pipelining: a batch's delivery (produce + commit) runs on a committer thread while the batch loop polls and
+scores the next batch; the loop hands batch n+1 over only after batch n's delivery succeeded, so at most one
+transaction is open and outputs stay in order. When a delivery fails, whatever was consumed after it (the next
+batch included) is dropped and every partition rewound to its committed offsets. A revoke (cooperative-sticky,
+served inside `poll`) first waits for the delivery in flight to commit or abort, so the partitions' new owner
+starts from final offsets; not-yet-delivered records of revoked partitions are dropped, never produced.
 
 At-least-once (`SCORER_DELIVERY=at_least_once`): outputs go through an idempotent, non-transactional
 producer, are flushed, then the offsets are committed. A crash between flush and commit re-scores the batch
@@ -27,7 +31,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import (
@@ -80,11 +85,28 @@ class Output:
 
 
 @dataclass(slots=True)
-class BatchOutcome:
-    records: int
+class Delivery:
+    """A scored batch on its way out: what the committer thread produces and commits, and what the batch loop
+    accounts for once it has."""
+
+    outputs: list[Output]
+    offsets: list[TopicPartition]
+    timestamps: list[tuple[str, int, float]]
+    """(topic, partition, record timestamp in epoch seconds) of every consumed record."""
     scored: int
     shadow: int
-    dead_letters: int
+    variants: Counter[tuple[str, str]]
+    reasons: Counter[str]
+    shadow_failures: int
+    metadata: Any = None
+    """The consumer's group metadata at hand-over (exactly-once), fencing zombies of older generations."""
+    started: float = 0.0
+    finished: float = 0.0
+    committed_at: float = 0.0
+    error: KafkaError | str | None = None
+    crash: BaseException | None = None
+    failures: list[str] = field(default_factory=list)
+    """At-least-once: delivery errors reported by the producer."""
 
 
 def _record(message: Message) -> SourceRecord:
@@ -151,6 +173,9 @@ class StreamScorer:
         self._assigned: set[tuple[str, int]] = set()
         self._revoked: set[tuple[str, int]] = set()
         self._carry: list[Message] = []
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer-commit")
+        self._pending: Future[Delivery] | None = None
+        self._rewind_needed = False
         self._last_ts: dict[tuple[str, int], float] = {}
         self._lag_labels: set[tuple[str, int]] = set()
         self.last_iteration = time.monotonic()
@@ -206,8 +231,13 @@ class StreamScorer:
             while self._running:
                 self._maybe_swap()
                 batch, opened = self._collect()
-                if batch:
+                if self._rewind_needed:
+                    # A delivery failed and was settled in a rebalance callback: drop what came after it.
+                    self._rewind()
+                elif batch:
                     self._process(batch, opened)
+                elif self._pending is not None and self._pending.done():
+                    self._settle()
                 now = time.monotonic()
                 self.last_iteration = now
                 if now >= next_lag:
@@ -234,6 +264,14 @@ class StreamScorer:
 
     def close(self) -> None:
         try:
+            if self._pending is not None:
+                self._settle(rewind=False)  # the batch in flight commits (or aborts) before we leave the group
+        finally:
+            self._committer.shutdown(wait=True)
+            self._close_clients()
+
+    def _close_clients(self) -> None:
+        try:
             self.consumer.close()  # leaves the group; offsets are already committed with each batch
         except (KafkaException, RuntimeError) as exc:
             logger.warning("closing the consumer: %s", exc)
@@ -251,8 +289,11 @@ class StreamScorer:
         logger.info("assigned %s", sorted(p for _, p in ((tp.topic, tp.partition) for tp in partitions)))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # No transaction is open while we poll; records of these partitions not yet scored are dropped, and
-        # the partitions' new owner resumes from their committed offsets.
+        # The delivery in flight commits (or aborts) before the partitions go: their new owner resumes from
+        # offsets that are final. Records of these partitions not yet handed over are dropped. A failed delivery
+        # is rewound by the batch loop once poll() returns (not from inside the callback).
+        if self._pending is not None:
+            self._settle(rewind=False)
         for tp in partitions:
             key = (tp.topic, tp.partition)
             self._assigned.discard(key)
@@ -310,44 +351,65 @@ class StreamScorer:
     # --- one batch ---------------------------------------------------------------------------------------
 
     def _process(self, batch: list[Message], opened: float) -> None:
+        """Score `batch` while the previous batch's commit is in flight; once that one has succeeded, produce
+        this batch's outputs and hand its commit to the committer thread."""
+        delivery = self._prepare(batch, opened)
+        if delivery is None:
+            return  # the batch was rewound (revoked while retrying): nothing produced, nothing committed
+        if not self._settle():
+            return  # the previous delivery failed: everything after its committed offsets, this batch too, is rewound
+        delivery.started = time.monotonic()
+        try:
+            if self.exactly_once:
+                delivery.metadata = self.consumer.consumer_group_metadata()
+                self.producer.begin_transaction()
+            self._produce(delivery.outputs, delivery.failures if not self.exactly_once else None)
+        except KafkaException as exc:
+            delivery.error = exc.args[0]
+            self._fail(delivery, rewind=True)
+            return
+        self._pending = self._committer.submit(self._commit, delivery)
+
+    def _prepare(self, batch: list[Message], opened: float) -> Delivery | None:
+        """Decode, score and build the outputs of `batch`; None when it was rewound while retrying."""
         closed = time.monotonic()
         self.metrics.batch_size.observe(len(batch))
         self.metrics.queue_latency.observe(closed - opened)
         self.metrics.events_in.inc(len(batch))
-        records = [_record(m) for m in batch]
         requests: list[Request] = []
-        request_records: list[SourceRecord] = []
+        request_messages: list[Message] = []
         letters: list[DeadLetterRecord] = []
-        for record in records:
+        max_bytes = self.settings.max_message_bytes
+        for message in batch:
+            headers = message.headers()
             try:
-                tx = decode_transaction(
-                    record.key, record.value, record.headers, max_bytes=self.settings.max_message_bytes
-                )
+                tx = decode_transaction(message.key(), message.value(), headers, max_bytes=max_bytes)
             except EventError as exc:
-                letters.append(self._letter(record, exc.reason, exc.detail, "decode"))
+                letters.append(self._letter(_record(message), exc.reason, exc.detail, "decode"))
                 continue
-            traceparent = header_value(record.headers, Header.TRACEPARENT)
+            traceparent = header_value(headers, Header.TRACEPARENT) if headers else None
             text = traceparent.decode("ascii", "replace") if traceparent else None
-            requests.append(Request(tx, record.timestamp_ms / 1000.0, text if text and is_traceparent(text) else None))
-            request_records.append(record)
+            requests.append(
+                Request(tx, message.timestamp()[1] / 1000.0, text if text and is_traceparent(text) else None)
+            )
+            request_messages.append(message)
 
         result = self._score(requests, batch)
         if result is None:
-            return  # the batch was rewound (revoked while retrying): nothing produced, nothing committed
+            return None
         self.metrics.feature_latency.observe(result.feature_seconds)
         self.metrics.inference_latency.observe(result.inference_seconds)
 
         outputs: list[Output] = []
         scored = shadow = 0
         for item in result.scored:
-            request = requests[item.index]
-            value = item.score.to_json()
+            score = item.score
             outputs.append(
                 Output(
                     self.shadow_topic if item.shadow else self.scores_topic,
-                    item.score.account_id.encode(),
-                    value,
-                    headers_for(item.score, request.traceparent, model_version=item.score.model_version),
+                    score.account_id.encode(),
+                    score.to_json(),
+                    headers_for(score, requests[item.index].traceparent, model_version=score.model_version),
                 )
             )
             if item.shadow:
@@ -355,33 +417,101 @@ class StreamScorer:
             else:
                 scored += 1
         for index, why in result.failed:
-            letters.append(self._letter(request_records[index], DeadLetterReason.INFERENCE_FAILED, why, "inference"))
+            letters.append(
+                self._letter(_record(request_messages[index]), DeadLetterReason.INFERENCE_FAILED, why, "inference")
+            )
         for letter in letters:
             outputs.append(Output(self.dlq_topic, letter.key, letter.value, letter.headers, letter.timestamp_ms))
+        return Delivery(
+            outputs=outputs,
+            offsets=self._next_offsets(batch),
+            timestamps=[(m.topic() or "", m.partition() or 0, m.timestamp()[1] / 1000.0) for m in batch],
+            scored=scored,
+            shadow=shadow,
+            variants=Counter((item.score.variant, "shadow" if item.shadow else "live") for item in result.scored),
+            reasons=Counter(letter.reason.value for letter in letters),
+            shadow_failures=result.shadow_failures,
+        )
 
-        offsets = self._next_offsets(batch)
-        started = time.monotonic()
-        if not self._commit(outputs, offsets, batch):
-            return
-        committed = time.monotonic()
-        self.metrics.commit_latency.observe(committed - started)
+    # --- delivery (the committer thread) -----------------------------------------------------------------
+
+    def _commit(self, delivery: Delivery) -> Delivery:
+        """On the committer thread (the calls wait on the broker with the GIL released): commit the produced
+        outputs with the offsets. Never raises — the outcome is on the delivery, for `_settle`."""
+        try:
+            if self.exactly_once:
+                self.producer.send_offsets_to_transaction(delivery.offsets, delivery.metadata, 30.0)
+                self._commit_transaction()
+            else:
+                remaining = self.producer.flush(60.0)
+                if delivery.failures or remaining:
+                    delivery.error = f"{delivery.failures[:1]}, {remaining} undelivered"
+                    return delivery
+                offsets = delivery.offsets
+                self._retry_infra("broker", lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
+            delivery.committed_at = time.time()
+        except KafkaException as exc:
+            delivery.error = exc.args[0]
+        except Exception as exc:  # noqa: BLE001 - re-raised on the batch loop's thread by _settle
+            delivery.crash = exc
+        finally:
+            delivery.finished = time.monotonic()
+        return delivery
+
+    def _settle(self, *, rewind: bool = True) -> bool:
+        """Wait for the delivery in flight, if any, and account for it. False when it failed: its transaction is
+        aborted (or the producer rebuilt) and — now, or by the batch loop when `rewind` is False — every
+        assigned partition is rewound to its committed offsets, dropping whatever was consumed after them."""
+        future, self._pending = self._pending, None
+        if future is None:
+            return True
+        delivery = future.result()
+        if delivery.crash is not None:
+            raise delivery.crash
+        if delivery.error is None:
+            self._account(delivery)
+            return True
+        self._fail(delivery, rewind=rewind)
+        return False
+
+    def _fail(self, delivery: Delivery, *, rewind: bool) -> None:
+        """A delivery failed: abort its transaction (or rebuild the producer) and rewind — now, or by the batch
+        loop when `rewind` is False (inside a rebalance callback)."""
+        error = delivery.error
+        if isinstance(error, KafkaError) and error.fatal():
+            logger.error("fatal producer error (%s): rebuilding the producer and rewinding", error)
+            self.metrics.aborts.labels(cause="fatal").inc()
+            self.metrics.producer_rebuilds.inc()
+            self._rebuild_producer()
+        elif isinstance(error, KafkaError) and self.exactly_once:
+            logger.warning("transaction failed (%s): aborting and rewinding", error)
+            self.metrics.aborts.labels(cause="abortable" if error.txn_requires_abort() else "error").inc()
+            self._abort()
+        else:
+            logger.warning("delivery failed (%s): rewinding", error)
+            self.metrics.aborts.labels(cause="delivery").inc()
+        self._rewind_needed = True
+        if rewind:
+            self._rewind()
+
+    def _account(self, delivery: Delivery) -> None:
+        self.metrics.commit_latency.observe(delivery.finished - delivery.started)
         self.metrics.batches.inc()
-        now_s = time.time()
-        for record in records:
-            self.metrics.end_to_end_latency.observe(max(now_s - record.timestamp_ms / 1000.0, 0.0))
-            self._last_ts[(record.topic, record.partition)] = record.timestamp_ms / 1000.0
+        now_s = delivery.committed_at
+        observe = self.metrics.end_to_end_latency.observe
+        for topic, partition, timestamp_s in delivery.timestamps:
+            observe(max(now_s - timestamp_s, 0.0))
+            self._last_ts[(topic, partition)] = timestamp_s
         # One counter update per (label set, batch), not per record: labels() costs a lock and a dict lookup.
-        for (variant, kind), count in Counter(
-            (item.score.variant, "shadow" if item.shadow else "live") for item in result.scored
-        ).items():
+        for (variant, kind), count in delivery.variants.items():
             self.metrics.scored.labels(variant=variant, kind=kind).inc(count)
-        for reason, count in Counter(letter.reason.value for letter in letters).items():
+        for reason, count in delivery.reasons.items():
             self.metrics.dead_letters.labels(reason=reason).inc(count)
-        self.metrics.shadow_failures.inc(result.shadow_failures)
-        self.totals["records"] += len(batch)
-        self.totals["scored"] += scored
-        self.totals["shadow"] += shadow
-        self.totals["dead_letters"] += len(letters)
+        self.metrics.shadow_failures.inc(delivery.shadow_failures)
+        self.totals["records"] += len(delivery.timestamps)
+        self.totals["scored"] += delivery.scored
+        self.totals["shadow"] += delivery.shadow
+        self.totals["dead_letters"] += sum(delivery.reasons.values())
         self.totals["batches"] += 1
 
     def _letter(self, record: SourceRecord, reason: str, message: str, stage: str) -> DeadLetterRecord:
@@ -414,12 +544,12 @@ class StreamScorer:
                             self.consumer.pause(paused)
                     self._idle_poll(delay)
                     if not self._running:
-                        self._rewind(batch)
+                        self._rewind()
                         return None
                     if self._revoked & {(m.topic(), m.partition()) for m in batch}:
                         # Simplest correct answer: give up this batch; owned partitions are rewound and
                         # re-consumed, revoked ones belong to someone else now.
-                        self._rewind(batch)
+                        self._rewind()
                         return None
         finally:
             if paused:
@@ -447,42 +577,31 @@ class StreamScorer:
             highest[key] = max(highest.get(key, -1), m.offset() or 0)
         return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
 
-    def _produce(self, outputs: Sequence[Output]) -> None:
+    def _produce(self, outputs: Sequence[Output], failures: list[str] | None = None) -> None:
+        """Hand the outputs to the producer; with `failures`, delivery errors are collected there."""
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None and failures is not None:
+                failures.append(str(err))
+
+        callback = on_delivery if failures is not None else None
+        produce = self.producer.produce
         for out in outputs:
             while True:
                 try:
                     # timestamp 0 = now (scores); dead letters keep the original record's timestamp.
-                    self.producer.produce(
-                        out.topic, out.value, out.key, headers=out.headers, timestamp=out.timestamp_ms or 0
+                    produce(
+                        out.topic,
+                        out.value,
+                        out.key,
+                        headers=out.headers,
+                        timestamp=out.timestamp_ms or 0,
+                        on_delivery=callback,
                     )
                     break
                 except BufferError:
                     self.producer.poll(0.05)  # local queue full: let deliveries drain
         self.producer.poll(0)
-
-    def _commit(self, outputs: Sequence[Output], offsets: list[TopicPartition], batch: list[Message]) -> bool:
-        """Produce the outputs and commit them with the offsets. False when the batch was rewound instead."""
-        if not self.exactly_once:
-            return self._commit_at_least_once(outputs, offsets, batch)
-        try:
-            self.producer.begin_transaction()
-            self._produce(outputs)
-            self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30.0)
-            self._commit_transaction()
-            return True
-        except KafkaException as exc:
-            error: KafkaError = exc.args[0]
-            if error.fatal():
-                logger.error("fatal producer error (%s): rebuilding the producer and rewinding", error)
-                self.metrics.aborts.labels(cause="fatal").inc()
-                self.metrics.producer_rebuilds.inc()
-                self._rebuild_producer()
-            else:
-                logger.warning("transaction failed (%s): aborting and rewinding", error)
-                self.metrics.aborts.labels(cause="abortable" if error.txn_requires_abort() else "error").inc()
-                self._abort()
-            self._rewind(batch)
-            return False
 
     def _commit_transaction(self) -> None:
         backoff = Backoff(0.1, 2.0)
@@ -517,48 +636,16 @@ class StreamScorer:
             pass
         self.producer = self._new_producer()
 
-    def _commit_at_least_once(
-        self, outputs: Sequence[Output], offsets: list[TopicPartition], batch: list[Message]
-    ) -> bool:
-        failures: list[str] = []
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        for out in outputs:
-            while True:
-                try:
-                    self.producer.produce(
-                        out.topic,
-                        out.value,
-                        out.key,
-                        headers=out.headers,
-                        on_delivery=on_delivery,
-                        timestamp=out.timestamp_ms or 0,
-                    )
-                    break
-                except BufferError:
-                    self.producer.poll(0.05)
-        remaining = self.producer.flush(60.0)
-        if failures or remaining:
-            logger.warning("delivery failed (%s, %d undelivered): rewinding", failures[:1], remaining)
-            self.metrics.aborts.labels(cause="delivery").inc()
-            self._rewind(batch)
-            return False
-        self._retry_infra("broker", lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
-        return True
-
-    def _rewind(self, batch: Sequence[Message]) -> None:
-        """Seek the batch's (still assigned) partitions back to their committed offsets."""
-        partitions = {(m.topic() or "", m.partition() or 0) for m in batch} | {
-            (m.topic() or "", m.partition() or 0) for m in self._carry
-        }
-        partitions &= self._assigned
+    def _rewind(self) -> None:
+        """Seek every assigned partition back to its committed offsets (after the delivery in flight, if any,
+        has settled), dropping what was consumed after them."""
+        if self._pending is not None:
+            self._settle(rewind=False)
+        self._rewind_needed = False
         self._carry = []
-        if not partitions:
+        if not self._assigned:
             return
-        tps = [TopicPartition(t, p) for t, p in sorted(partitions)]
+        tps = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
         committed = self._retry_infra("broker", lambda: self.consumer.committed(tps, timeout=10.0))
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING

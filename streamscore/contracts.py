@@ -17,6 +17,7 @@ from enum import StrEnum
 from functools import cache
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
+import orjson
 import pycountry
 from pydantic import (
     AfterValidator,
@@ -202,6 +203,12 @@ class Score(Contract):
     features: dict[str, float] | None = Field(
         default=None, description="The exact feature values the model scored with (for drift monitoring)"
     )
+
+    def to_json(self) -> bytes:
+        """The same bytes as pydantic's `model_dump_json` (a test holds them equal), ~5× cheaper: every field is
+        a str, float, int, UTC datetime or a dict of floats, already validated at construction. Scores are the
+        scorer's hottest output."""
+        return orjson.dumps(self.__dict__, option=orjson.OPT_UTC_Z)
 
 
 class DeadLetterReason(StrEnum):

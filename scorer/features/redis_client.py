@@ -19,10 +19,10 @@ a view whose timestamp is missing or zero has no row; with `as_of` a row older t
 
 Speed (see docs/scorer.md for the figures): the RESP request is packed here from precomputed pieces (the
 fields of a command never change, the command head of an entity is kept in a bounded LRU), replies are parsed
-by hiredis, values decoded by hand for the two shapes that dominate (`double_val`, small `int64_val`) and by
-the protobuf C implementation (upb) otherwise, with repeated payloads (countries, device lists, batch
-timestamps) memoised. Feast's generated `Value` class is loaded without importing the `feast` package, which
-takes seconds and is not needed on this path.
+by hiredis straight from the socket, values decoded by hand for the two shapes that dominate
+(`double_val`, small `int64_val`) and by the protobuf C implementation (upb) otherwise, with repeated payloads
+(countries, device lists, batch timestamps) memoised. Feast's generated `Value` class is loaded without
+importing the `feast` package, which takes seconds and is not needed on this path.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import hiredis
 import mmh3
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp  # type: ignore[import-untyped]
@@ -241,6 +242,28 @@ def _decoders(fields: Sequence[tuple[str, FieldKind]]) -> tuple[Callable[[bytes 
     return tuple(out)
 
 
+def _read_replies(connection: Any, count: int) -> list[Any]:
+    """The next `count` replies on `connection`, parsed by hiredis straight from the socket: redis-py's
+    `read_response` costs a few µs of Python per reply, this ~0.3 µs. Safe because this connection carries only
+    our pipelines and every reply sent for one is read here (on an error the caller disconnects it)."""
+    sock = getattr(connection, "_sock", None)  # redis-py's socket; not in its type stubs
+    if sock is None:
+        raise redis.ConnectionError("the connection to Redis is closed")
+    reader = hiredis.Reader()
+    feed, gets, recv = reader.feed, reader.gets, sock.recv
+    out: list[Any] = []
+    while len(out) < count:
+        data = recv(1 << 20)  # the socket's read timeout applies
+        if not data:
+            raise redis.ConnectionError("Redis closed the connection")
+        feed(data)
+        while (reply := gets()) is not False:
+            if isinstance(reply, hiredis.ReplyError):
+                raise redis.ResponseError(str(reply))
+            out.append(reply)
+    return out
+
+
 # --- the client -------------------------------------------------------------------------------------------
 
 _N_REALTIME = len(REALTIME_FIELDS)
@@ -373,8 +396,7 @@ class RedisFeatureClient(FeatureClient):
         try:
             connection.send_packed_command([request], check_health=False)
             self.round_trips += 1
-            read = connection.read_response
-            return [read() for _ in range(replies)]
+            return _read_replies(connection, replies)
         except (redis.RedisError, OSError) as exc:
             # Unread replies may be left on the socket: never hand this connection out again as it is.
             connection.disconnect()

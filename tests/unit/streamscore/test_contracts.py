@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,41 @@ def test_label_and_score_are_validated() -> None:
     for bad in ({"score": 1.5}, {"decision": "maybe"}, {"feature_status": "stale"}, {"latency_ms": -1}):
         with pytest.raises(ValidationError):
             Score.model_validate_json(json.dumps({**score, **bad}))
+
+
+def test_score_json_is_byte_for_byte_what_pydantic_writes() -> None:
+    """`Score.to_json` is a fast path (orjson); it must write exactly pydantic's `model_dump_json`."""
+    rng = random.Random(7)
+    names = [f"f{i}" for i in range(24)]
+    specials = [0.0, -0.0, 1.0, 1e-7, 1e-300, 1.5e300, 123456789.125, 0.1 + 0.2, 5e-324, 2.0**53 + 2]
+    for i in range(2_000):
+        when = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.uniform(0, 3e8))
+        if i % 3 == 0:
+            when = when.replace(microsecond=0)
+        number = (
+            (lambda: rng.choice(specials))
+            if i % 4 == 0
+            else (lambda: rng.uniform(-1e6, 1e6) * 10 ** rng.randint(-12, 6))
+        )
+        score = Score(
+            event_id=f"evt-{i}",
+            account_id=f"acc-{rng.randint(0, 10**6):06d}",
+            score=rng.random(),
+            decision=rng.choice(["approve", "review", "decline"]),
+            model_name="fraud-detector",
+            model_version=str(rng.randint(1, 99)),
+            variant=rng.choice(["champion", "challenger", "explicit"]),
+            experiment_id="exp-1",
+            feature_status=rng.choice(["ok", "missing", "default"]),
+            amount=round(rng.uniform(0.01, 10_000), 2),
+            currency=rng.choice(["EUR", "USD", "JPY"]),
+            event_time=when,
+            scored_time=when + timedelta(microseconds=rng.randint(0, 10**6)),
+            latency_ms=rng.uniform(0, 5_000),
+            source=rng.choice(["stream", "api"]),
+            features=None if i % 10 == 0 else {name: number() for name in names},
+        )
+        assert score.to_json() == score.model_dump_json().encode()
 
 
 def test_dead_letter_headers_round_trip_and_cap_the_message() -> None:
