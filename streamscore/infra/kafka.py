@@ -136,6 +136,16 @@ def _java_base(settings: InfraSettings) -> list[str]:
     ]
 
 
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka writes one (URL-safe base64 of 16 bytes), never starting with "-": the storage
+    tool's argument parser reads such an id as an option and fails (1 start in 64; Kafka's own Uuid.randomUuid
+    skips those ids for the same reason)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def prepare(settings: InfraSettings) -> Path:
     """Write the configuration and format KRaft storage once; returns the server.properties path."""
     base = kafka_dir(settings)
@@ -145,8 +155,7 @@ def prepare(settings: InfraSettings) -> Path:
     (base / "log4j.properties").write_text(log4j_properties(base / "logs" / "server.log"))
     if (base / "data" / "meta.properties").exists():
         return props
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    argv = [*_java_base(settings), STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(props)]
+    argv = [*_java_base(settings), STORAGE_TOOL, "format", "-t", new_cluster_id(), "-c", str(props)]
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise InfraError("kafka", "formatting KRaft storage failed", (result.stdout + result.stderr)[-4000:])

@@ -8,7 +8,7 @@ import pytest
 
 from streamscore.errors import MissingToolError
 from streamscore.infra import LocalStack
-from streamscore.infra.kafka import pinned_version, server_properties
+from streamscore.infra.kafka import new_cluster_id, pinned_version, server_properties
 from streamscore.infra.process import ProcessRecord, StateFile, is_running, require_tool
 from streamscore.infra.settings import InfraSettings
 
@@ -40,6 +40,14 @@ def test_single_broker_properties_allow_transactions(tmp_path: Path) -> None:
     assert props["process.roles"] == "broker,controller"
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:1234,CONTROLLER://127.0.0.1:1235"
     assert props["log.dirs"].startswith(str(tmp_path))
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    # One random id in 64 starts with "-" (seen: "kafka-storage: error: argument --cluster-id/-t: expected one
+    # argument"); 2 000 draws would meet one with probability 1 - (63/64)**2000 > 0.999999.
+    ids = [new_cluster_id() for _ in range(2000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert {len(i) for i in ids} == {22}
 
 
 def test_kafka_is_pinned_to_3_9() -> None:
