@@ -24,7 +24,6 @@ Faust choices, and why:
 from __future__ import annotations
 
 import logging
-import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +34,8 @@ from stream_processors.accounts.agents import TABLE_NAME, install
 from stream_processors.accounts.pushing import FeastSink, FeatureSink, PushPolicy, SnapshotBatcher
 from stream_processors.metrics import FeatureMetrics, default_metrics
 from stream_processors.settings import StreamProcessorSettings
-from streamscore.errors import ConfigError
-from streamscore.kafka import admin_client
-from streamscore.settings import KafkaSettings
+from streamscore.faust_apps import faust_app as shared_faust_app
+from streamscore.kafka import admin_client, missing_topic
 
 log = logging.getLogger(__name__)
 
@@ -59,41 +57,13 @@ class FeatureProcessor:
     settings: StreamProcessorSettings
 
 
-def broker_urls(kafka: KafkaSettings) -> list[str]:
-    return [f"kafka://{host.strip()}" for host in kafka.bootstrap_servers.split(",") if host.strip()]
-
-
-def broker_credentials(kafka: KafkaSettings) -> Any:
-    """aiokafka credentials matching the librdkafka settings of KafkaSettings (None for PLAINTEXT)."""
-    protocol = kafka.security_protocol.upper()
-    if protocol == "PLAINTEXT":
-        return None
-    context = ssl.create_default_context() if protocol.endswith("SSL") else None
-    if protocol.startswith("SASL"):
-        if not kafka.sasl_username or kafka.sasl_password is None:
-            raise ConfigError("KAFKA_SASL_USERNAME", f"{protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
-        return faust.SASLCredentials(
-            username=kafka.sasl_username,
-            password=kafka.sasl_password.get_secret_value(),
-            mechanism=kafka.sasl_mechanism or "PLAIN",
-            ssl_context=context,
-        )
-    if protocol == "SSL":
-        return faust.SSLCredentials(context)
-    raise ConfigError("KAFKA_SECURITY_PROTOCOL", f"unknown protocol {kafka.security_protocol!r}")
-
-
 def transactions_partitions(settings: StreamProcessorSettings, timeout_s: float = 30.0) -> int:
     """The partition count of the transactions topic, from the broker (the table must match it)."""
     name = settings.topics.registry().transactions.name
     metadata = admin_client(settings.kafka).list_topics(name, timeout=timeout_s)
     topic = metadata.topics.get(name)
     if topic is None or topic.error is not None or not topic.partitions:
-        raise ConfigError(
-            "TOPICS_PREFIX",
-            f"topic {name!r} does not exist on {settings.kafka.bootstrap_servers}; "
-            "create it with `streamscore infra up` (or `streamscore infra topics`)",
-        )
+        raise missing_topic(settings.kafka, name)
     return len(topic.partitions)
 
 
@@ -103,29 +73,17 @@ def changelog_topic_name(settings: StreamProcessorSettings) -> str:
 
 
 def faust_app(settings: StreamProcessorSettings, partitions: int) -> Any:
-    return faust.App(
+    return shared_faust_app(
         settings.faust_id,
-        env={},
-        autodiscover=False,
-        broker=broker_urls(settings.kafka),
-        broker_credentials=broker_credentials(settings.kafka),
-        broker_client_id=f"{settings.kafka.client_id_prefix}-features",
-        broker_commit_interval=settings.commit_interval_s,
-        broker_commit_every=settings.commit_every,
-        processing_guarantee="at_least_once",
-        consumer_auto_offset_reset="earliest",
-        stream_processing_timeout=settings.stream_processing_timeout_s,
-        stream_wait_empty=False,
-        store=settings.store,
-        topic_partitions=partitions,
-        topic_replication_factor=1,
-        topic_disable_leader=True,
-        table_standby_replicas=0,
-        web_enabled=True,
+        settings.kafka,
+        client="features",
+        partitions=partitions,
         web_port=settings.metrics_port,
         web_bind=settings.metrics_bind,
-        key_serializer="raw",
-        value_serializer="raw",
+        broker_commit_interval=settings.commit_interval_s,
+        broker_commit_every=settings.commit_every,
+        stream_processing_timeout=settings.stream_processing_timeout_s,
+        store=settings.store,
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from streamscore.errors import BrokerUnavailableError
+from streamscore.errors import BrokerUnavailableError, ConfigError
 from streamscore.settings import KafkaSettings
 from streamscore.topics import TopicSpec
 
@@ -111,6 +111,15 @@ class TopicReport:
     created: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+
+
+def missing_topic(kafka: KafkaSettings, name: str) -> ConfigError:
+    """The error for a topic a service needs that the broker does not have: names the command that creates it."""
+    return ConfigError(
+        "TOPICS_PREFIX",
+        f"topic {name!r} does not exist on {kafka.bootstrap_servers}; "
+        "create it with `streamscore infra up` (or `streamscore infra topics`)",
+    )
 
 
 def ensure_topics(kafka: KafkaSettings, specs: list[TopicSpec], timeout_s: float = 30.0) -> TopicReport:

@@ -9,15 +9,11 @@ redelivered event changes nothing; and the end-to-end freshness (produce → rea
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,8 +38,8 @@ from streamscore.features import RealtimeSnapshot, TransactionFacts, replay
 from streamscore.kafka import admin_client, delete_topics, producer_config
 from streamscore.settings import KafkaSettings, RedisSettings, TopicSettings
 from streamscore.topics import TopicRegistry
+from tests.support.workers import WorkerProcess, worker_process
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 120.0
 CONVERGE_TIMEOUT_S = 60.0
 FRESH_EVENTS = 10
@@ -59,43 +55,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@dataclass
-class Worker:
-    process: subprocess.Popen[bytes]
-    log: Path
-    port: int
-    started_s: float
-    """Seconds from spawning the process to a recovered table and an assigned group."""
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2.0) as response:
-                return int(response.status), response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    def health(self) -> dict[str, Any]:
-        status, body = self.get("/healthz")
-        return {"status": status, **json.loads(body)}
-
-    def metrics(self) -> dict[str, float]:
-        _, body = self.get("/metrics")
-        values = {}
-        for line in body.decode().splitlines():
-            if line.startswith("streamscore_features_"):
-                name, value = line.rsplit(" ", 1)
-                values[name] = float(value)
-        return values
-
-    def tail(self, lines: int = 80) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(line for line in text.splitlines() if not line.startswith(("|", "+", "\u3003")))[-8000:]
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            pytest.fail(f"the worker exited with {self.process.returncode}:\n{self.tail()}")
 
 
 def worker_env(
@@ -126,43 +85,18 @@ def worker_env(
 
 
 @contextmanager
-def feature_worker(env: dict[str, str], log: Path, port: int) -> Iterator[Worker]:
-    """`python -m stream_processors` until the block ends: SIGTERM (graceful), SIGKILL if it hangs, also when
-    the test fails."""
-    started = time.monotonic()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "stream_processors"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    worker = Worker(process, log, port, 0.0)
-    try:
-        deadline = started + READY_TIMEOUT_S
-        while True:
-            worker.check_alive()
-            try:
-                health = worker.health()
-            except (OSError, ValueError):
-                health = {}
-            if health.get("recovered") and not health.get("rebalancing"):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"the worker was not ready after {READY_TIMEOUT_S:.0f} s:\n{worker.tail()}")
-            time.sleep(0.1)
-        worker.started_s = time.monotonic() - started
+def feature_worker(env: dict[str, str], log: Path, port: int) -> Iterator[WorkerProcess]:
+    """`python -m stream_processors`, ready once its table is recovered and its partitions assigned."""
+
+    def ready(health: dict[str, Any]) -> bool:
+        return bool(health.get("recovered")) and not health.get("rebalancing")
+
+    with worker_process("stream_processors", env, log, port, ready, READY_TIMEOUT_S) as worker:
         yield worker
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+
+
+def features_metrics(worker: WorkerProcess) -> Callable[[], dict[str, float]]:
+    return lambda: worker.metrics("streamscore_features_")
 
 
 def topic_prefix(topics: TopicRegistry) -> str:
@@ -273,7 +207,7 @@ def expected_online(events: list[Transaction]) -> dict[str, RealtimeSnapshot]:
     return out
 
 
-def poll(read: Callable[[], T], done: Callable[[T], bool], timeout_s: float, worker: Worker) -> T:
+def poll(read: Callable[[], T], done: Callable[[T], bool], timeout_s: float, worker: WorkerProcess) -> T:
     deadline = time.monotonic() + timeout_s
     while True:
         value = read()
@@ -409,7 +343,10 @@ def test_online_snapshots_equal_the_offline_replay(setup: Setup, tmp_path: Path)
         assert late is not None and late.tx_count_24h == 2
 
         metrics = poll(
-            worker.metrics, lambda m: m.get("streamscore_features_pending_events") == 0, CONVERGE_TIMEOUT_S, worker
+            features_metrics(worker),
+            lambda m: m.get("streamscore_features_pending_events") == 0,
+            CONVERGE_TIMEOUT_S,
+            worker,
         )
         distinct = len({e.event_id for e in events})
         assert metrics["streamscore_features_events_processed_total"] == distinct - 1  # all but the late one
@@ -428,7 +365,7 @@ def test_online_snapshots_equal_the_offline_replay(setup: Setup, tmp_path: Path)
             producer.send_transaction(events[-1])
             producer.flush()
             metrics = poll(
-                worker.metrics,
+                features_metrics(worker),
                 lambda m: (
                     m.get('streamscore_features_events_skipped_total{reason="duplicate"}') == 2
                     and m.get("streamscore_features_pending_events") == 0
@@ -453,7 +390,7 @@ def test_online_snapshots_equal_the_offline_replay(setup: Setup, tmp_path: Path)
                 final = poll(reader(setup.store, account), equal_to(want), 10.0, worker)
                 latencies.append(time.monotonic() - sent)
                 assert final == want
-        metrics = worker.metrics()
+        metrics = features_metrics(worker)()
         batches = metrics["streamscore_features_push_batches_total"]
         latencies.sort()
         print(
@@ -534,6 +471,6 @@ def test_snapshots_wait_while_redis_is_down_and_arrive_when_it_is_back(setup: Se
             assert got == expected, worker.tail()
             health = poll(worker.health, lambda h: h["status"] == 200, 10.0, worker)
             assert (health["status"], health["pending_events"], health["consecutive_failures"]) == (200, 0, 0)
-            metrics = worker.metrics()
+            metrics = features_metrics(worker)()
             assert metrics["streamscore_features_events_processed_total"] == len(events)
             assert metrics["streamscore_features_push_failures_total"] >= 2

@@ -10,9 +10,10 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from stream_processors.accounts.pushing import MemorySink
-from stream_processors.app import broker_urls, changelog_topic_name, create_app
+from stream_processors.app import changelog_topic_name, create_app
 from stream_processors.metrics import FeatureMetrics
 from stream_processors.settings import StreamProcessorSettings
+from streamscore.faust_apps import broker_urls
 from streamscore.settings import KafkaSettings, TopicSettings
 from streamscore_cli.stream import stream
 
