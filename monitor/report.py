@@ -177,7 +177,7 @@ def comparisons_table(record: ABRecord) -> Table:
             f"{c.variant} vs {c.baseline}",
             f"{1000 * c.difference:+.2f} per 1 000" if tested else "—",
             f"{1000 * c.ci_low:+.2f} to {1000 * c.ci_high:+.2f}" if tested else "not enough units yet",
-            f"{100 * (1 - c.alpha):.0f} % (p = {c.p_value:.2g})",
+            f"{100 * (1 - c.alpha):g} % (p = {c.p_value:.2g})",
             verdict,
             todo,
         )

@@ -77,7 +77,10 @@ class RegistryUnavailableError(StreamscoreError):
     http_status = 503
 
     def __init__(self, uri: str, problem: str) -> None:
-        super().__init__(f"MLflow registry at {uri} unreachable: {problem}")
+        super().__init__(
+            f"MLflow registry at {uri} unreachable: {problem}. Start the tracking server it names, or point "
+            "REGISTRY_TRACKING_URI at the registry `streamscore train` writes to"
+        )
 
 
 @dataclass(frozen=True, slots=True)

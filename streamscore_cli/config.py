@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings
 from rich.table import Table
 
 from feature_repo.settings import FeastSettings
+from monitor.app_settings import MonitorAppSettings
 from monitor.settings import MonitorSettings
 from producers.settings import ProducerSettings
 from scorer.api.settings import ApiSettings
@@ -39,6 +40,7 @@ SETTINGS: tuple[type[BaseSettings], ...] = (
     RegistrySettings,
     ApiSettings,
     MonitorSettings,
+    MonitorAppSettings,
 )
 DOC = PROJECT_ROOT / "docs" / "configuration.md"
 

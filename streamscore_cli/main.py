@@ -7,6 +7,7 @@ import typer
 from streamscore import __version__
 from streamscore.logs import configure
 from streamscore_cli import api, config, demo, dlq, features, infra, lag, produce, schemas, score, stream, train
+from streamscore_cli import monitor as monitor_cli
 
 app = typer.Typer(
     help="streamscore — real-time fraud scoring on Kafka.",
@@ -26,6 +27,8 @@ app.command()(api.api)
 app.command("api-key")(api.api_key)
 app.command()(lag.lag)
 app.add_typer(dlq.app, name="dlq")
+app.command()(monitor_cli.monitor)
+app.command()(monitor_cli.report)
 
 
 def version_callback(value: bool) -> None:

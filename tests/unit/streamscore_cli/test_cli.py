@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_help_lists_the_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("infra", "produce", "demo", "schemas", "config", "features", "train"):
+    for command in ("infra", "produce", "demo", "schemas", "config", "features", "train", "monitor", "report"):
         assert command in result.output
     infra = runner.invoke(app, ["infra", "--help"])
     for command in ("up", "down", "status", "topics"):
@@ -31,6 +31,7 @@ def test_generated_docs_are_current() -> None:
     assert runner.invoke(app, ["schemas", "check"]).exit_code == 0
     assert "INFRA_KAFKA_PORT" in render()
     assert "PRODUCER_LABEL_DELAY_S" in render()
+    assert "MONITOR_CHECKPOINT_INTERVAL_S" in render(), "the monitor app's settings, not only its statistics'"
 
 
 def test_missing_tool_is_named_with_its_install_command(tmp_path: Path) -> None:
@@ -50,6 +51,14 @@ def test_unreachable_broker_is_a_clear_error() -> None:
     assert result.exit_code == 1
     assert "did not answer" in result.output
     assert "streamscore infra up" in result.output
+
+
+def test_monitor_and_report_name_the_broker_to_start() -> None:
+    for args in (["monitor", "--connect-timeout", "1"], ["report", "--timeout", "1"]):
+        result = runner.invoke(app, args, env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+        assert result.exit_code == 1, args
+        assert "did not answer" in result.output and "streamscore infra up" in result.output
+        assert "Traceback" not in result.output
 
 
 def test_bad_drift_spec_is_a_clear_error() -> None:

@@ -1,0 +1,427 @@
+"""The monitor's Faust edges: two agents, a checkpoint timer and the rebalance hooks. Every decision is in the pure
+modules (partition.py, merge.py); this module moves records between Kafka and them.
+
+- **records agent** (`scores`, `scores.shadow`, `labels`, co-partitioned by account id; concurrency 1, records
+  not acknowledged on the fly): decodes a record and hands it to its partition's `PartitionState`; the record's
+  acknowledgement is held.
+- **checkpoint timer** (every `MONITOR_CHECKPOINT_INTERVAL_S`): per partition, writes the state records the
+  checkpoint returns to the state table's changelog (partition p of the changelog, whatever the timer's
+  context), releases the held acknowledgements (Faust flushes its producer before it commits offsets, so a
+  committed offset means its effect is in the changelog), sends the windows that closed to the merge topic and
+  waits for their delivery before forgetting them, then progress and A/B counts.
+- **merge agent** (the internal single-partition merge topic; one worker owns it): `Merger` evaluates windows
+  and looks at experiments; their records go to `monitor.drift`, `monitor.ab`, `monitor.alerts`, their numbers
+  to the gauges.
+- **rebalance**: at revocation every partition's state is checkpointed and dropped (Faust seeks every partition
+  back to its committed offset afterwards); when the state table is recovered, each assigned partition's state is
+  rebuilt from its records, and the re-read records are replays.
+
+One asyncio lock orders the agent, the timer and the hooks: a checkpoint never sees half an update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.types import TP
+
+from monitor.app_settings import MonitorAppSettings
+from monitor.merge import MergeOutput, Merger
+from monitor.metrics import MonitorMetrics
+from monitor.partition import CODES, Clocks, PartitionState, Policy, Record, TopicKind, key_partition
+from monitor.references import ReferenceBook, ReferenceUnavailableError
+from streamscore.contracts import Label, Score, parse_event
+from streamscore.errors import EventError
+
+log = logging.getLogger(__name__)
+
+STATE_TABLE = "monitor-state"
+MERGE_TABLE = "monitor-merge"
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 10.0
+
+
+async def write_changelog(table: Any, partition: int, records: list[Record]) -> None:
+    """Write state records to partition `partition` of the table's changelog and wait until the broker has them.
+
+    Not Faust's `table[key] = value`: that goes through Faust's producer buffer, and the flush Faust runs before
+    committing offsets returns after 0.1 s without a message sent, so an offset can be committed before the state
+    it depends on is stored. Records of one partition are sent in order by one producer, so the log keeps their
+    order (what recovery relies on, see partition.py)."""
+    topic = table.changelog_topic
+    deliveries = []
+    for key, value in records:
+        # Keys and values in JSON, as recovery decodes them (the table's schema); a deletion is a null value.
+        serializer = "raw" if value is None else "json"
+        deliveries.append(
+            await topic.send(
+                key=key, value=value, partition=partition, key_serializer="json", value_serializer=serializer
+            )
+        )
+    if deliveries:
+        await asyncio.gather(*deliveries)
+
+
+class RecordingStore(MutableMapping[str, Any]):
+    """The merging agent's view of its table: reads and writes the table's in-memory data, and remembers the
+    writes so the agent can send them to the changelog itself (see `write_changelog`)."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.writes: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        self.writes[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.data[key]
+        self.writes[key] = None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.data.keys()))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def take(self) -> list[Record]:
+        writes, self.writes = list(self.writes.items()), {}
+        return writes
+
+
+@dataclass
+class Topics:
+    """The Faust topics the edges use, and the source topic names by kind."""
+
+    sources: Any
+    merge: Any
+    drift: Any
+    ab: Any
+    alerts: Any
+    kinds: dict[str, TopicKind]
+
+
+@dataclass
+class Runtime:
+    """What the agents, the timer and the hooks share."""
+
+    app: Any
+    settings: MonitorAppSettings
+    partitions: int
+    state_table: Any
+    merge_table: Any
+    topics: Topics
+    book: ReferenceBook
+    metrics: MonitorMetrics
+    states: dict[int, PartitionState] = field(default_factory=dict)
+    held: dict[int, list[Any]] = field(default_factory=lambda: defaultdict(list))
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    references_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """One reference load at a time: the start-up warm-up and the agents ask for the same versions, and two
+    downloads into the same cache folder read each other's half-written file."""
+    ready: bool = False
+    stream: Any = None
+    log_ends: dict[TP, tuple[int, int]] = field(default_factory=dict)
+    """(offset processed, log end) of a partition one offset short of its end at the last checkpoint."""
+    last_checkpoint: float | None = None
+    last_progress_sent: dict[int, int] = field(default_factory=dict)
+    last_ab_sent: dict[int, float] = field(default_factory=dict)
+    consumed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    merged: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def policy(self) -> Policy:
+        s = self.settings
+        return Policy(
+            partitions=self.partitions,
+            include_api_scores=s.include_api_scores,
+            allowed_lateness_s=s.allowed_lateness_s,
+            unit_retention_s=s.unit_retention_s,
+            idle_close_s=s.idle_close_s,
+        )
+
+    # --- references ----------------------------------------------------------------------------------------------
+
+    async def ensure_references(self, versions: set[str]) -> None:
+        """Load the versions' references on an executor; the registry being unreachable is retried with backoff
+        (the consumer keeps heartbeating meanwhile)."""
+        loop = asyncio.get_running_loop()
+        async with self.references_lock:
+            for version in sorted(v for v in versions if self.book.needs(v)):
+                delay = RETRY_INITIAL_S
+                while True:
+                    try:
+                        await loop.run_in_executor(None, self.book.load, version)
+                        break
+                    except ReferenceUnavailableError as exc:
+                        log.warning("%s; retrying in %.1f s", exc.message, delay)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2.0, RETRY_MAX_S)
+
+    # --- records -------------------------------------------------------------------------------------------------
+
+    async def on_record(self, event: Any) -> None:
+        message = event.message
+        topic, partition = message.topic, message.partition
+        kind = self.topics.kinds[topic]
+        async with self.lock:
+            state = self.states.get(partition) if self.ready else None
+            if state is None:
+                # Not ours (any more), or not rebuilt yet: not acknowledged, so its partition's owner reads it again.
+                return
+            self.consumed[kind] += 1
+            try:
+                if kind == "labels":
+                    outcome: str = state.on_label(parse_event(Label, message.value or b""), message.offset)
+                else:
+                    score = parse_event(Score, message.value or b"")
+                    if self.book.needs(score.model_version):
+                        await self.ensure_references({score.model_version})
+                    outcome, note = state.on_score(score, kind, message.offset, time.time())
+                    if note is not None:
+                        self.metrics.drift_skipped.labels(reason=note).inc()
+            except EventError as exc:
+                outcome = "invalid"
+                state.saw(kind, message.offset)
+                log.warning(
+                    "skipping an invalid record topic=%s partition=%d offset=%d: %s",
+                    topic,
+                    partition,
+                    message.offset,
+                    exc.message,
+                )
+            self.metrics.records.labels(topic=kind, outcome=outcome).inc()
+            self.held[partition].append(event)
+
+    # --- checkpoints ---------------------------------------------------------------------------------------------
+
+    def caught_up(self, topic: str, partition: int) -> bool:
+        """Every record up to the log end processed, by the partition state's own count (restored with it after a
+        restart). Not the fetch position: fetched records wait in the consumer's buffer (for seconds when a
+        checkpoint holds the lock on a loaded machine), and a window closed meanwhile would make them late."""
+        tp = TP(topic, partition)
+        state = self.states.get(partition)
+        try:
+            highwater = self.app.consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - not assigned / not fetched yet: not caught up
+            return False
+        if state is None or highwater is None:
+            return False
+        processed = state.processed.get(CODES[self.topics.kinds[topic]], -1)
+        if processed + 1 >= highwater:
+            return True
+        # One offset short: the log ends with a transaction's commit marker (never delivered), or with a record on
+        # its way to the agent, which processes it as soon as the lock is free. A marker stays: the same two offsets
+        # at the previous checkpoint mean caught up.
+        seen = (processed, int(highwater))
+        previous, self.log_ends[tp] = self.log_ends.get(tp), seen
+        return processed + 2 == highwater and previous == seen
+
+    async def clocks(self, partition: int) -> Clocks:
+        names = {kind: name for name, kind in self.topics.kinds.items()}
+        score_kinds: tuple[TopicKind, ...] = ("scores", "shadow")
+        behind = frozenset([kind for kind in score_kinds if not self.caught_up(names[kind], partition)])
+        labels = self.caught_up(names["labels"], partition)
+        return Clocks(now=time.time(), scores_caught_up=not behind, labels_caught_up=labels, behind=behind)
+
+    async def write(self, partition: int, records: list[Record]) -> None:
+        await write_changelog(self.state_table, partition, records)
+        self.metrics.checkpoint_records.inc(len(records))
+
+    async def checkpoint_all(self) -> None:
+        async with self.lock:
+            if not self.ready:
+                return
+            for partition in sorted(self.states):
+                await self.checkpoint(partition)
+            self.last_checkpoint = time.monotonic()
+            self.metrics.last_checkpoint.set(time.time())
+            self.metrics.open_windows.set(sum(len(s.windows) for s in self.states.values()))
+
+    async def checkpoint(self, partition: int) -> None:
+        state = self.states[partition]
+        started = time.perf_counter()
+        counted_before = state.units_counted
+        await self.write(partition, state.checkpoint(await self.clocks(partition)))
+        self.metrics.units_counted.inc(state.units_counted - counted_before)
+        held = self.held.pop(partition, [])
+        for event in held:
+            await self.stream.ack(event)
+        due = state.due_windows()
+        if due:
+            deliveries = [await self.send(self.topics.merge, b"window", state.partial(key)) for key in due]
+            await asyncio.gather(*deliveries)
+        await self.write(partition, state.close(due))
+        progress = state.progress()
+        if progress is not None and (due or self.last_progress_sent.get(partition) != progress["below"]):
+            await self.send(self.topics.merge, b"progress", progress)
+            self.last_progress_sent[partition] = progress["below"]
+        now = time.monotonic()
+        if now - self.last_ab_sent.get(partition, -math.inf) >= self.settings.publish_interval_s:
+            for message in state.ab_messages():
+                await self.send(self.topics.merge, b"ab", message)
+            self.last_ab_sent[partition] = now
+        self.metrics.checkpoint_latency.observe(time.perf_counter() - started)
+
+    async def send(self, topic: Any, key: bytes, value: Mapping[str, Any]) -> Any:
+        """Buffer a JSON message; returns the future of its delivery."""
+        return await topic.send(key=key, value=json.dumps(value, separators=(",", ":")).encode())
+
+    # --- rebalance -----------------------------------------------------------------------------------------------
+
+    async def on_revoked(self) -> None:
+        """Checkpoint and drop every partition's state: after a rebalance Faust seeks every partition back to its
+        committed offset, and the state is rebuilt from the changelog (the records re-read are replays)."""
+        async with self.lock:
+            if self.ready:
+                for partition, state in self.states.items():
+                    clocks = Clocks(now=time.time(), scores_caught_up=False, labels_caught_up=False)
+                    await self.write(partition, state.checkpoint(clocks))
+            self.states.clear()
+            self.held.clear()
+            self.log_ends.clear()
+            self.last_progress_sent.clear()
+            self.last_ab_sent.clear()
+            self.ready = False
+
+    async def on_recovered(self) -> None:
+        """Rebuild the assigned partitions' states from the recovered state table."""
+        async with self.lock:
+            scores = {name for name, kind in self.topics.kinds.items() if kind == "scores"}
+            assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic in scores}
+            records: dict[int, list[tuple[str, Any]]] = defaultdict(list)
+            for key, value in list(self.state_table.data.items()):
+                partition = key_partition(str(key))
+                if partition is not None and partition in assigned:
+                    records[partition].append((str(key), value))
+            versions: set[str] = set()
+            for items in records.values():
+                versions |= PartitionState.versions_in(items)
+            await self.ensure_references(versions)
+            self.states = {}
+            for partition in sorted(assigned):
+                state = PartitionState(partition, self.settings.stats, self.policy, self.book)
+                await self.write(partition, state.restore(records.get(partition, [])))
+                self.states[partition] = state
+            self.ready = True
+            log.info(
+                "monitor partitions %s rebuilt: %d units, %d open windows",
+                sorted(assigned),
+                sum(len(s.units) for s in self.states.values()),
+                sum(len(s.windows) for s in self.states.values()),
+            )
+
+    # --- merge ---------------------------------------------------------------------------------------------------
+
+    async def on_merge(self, merger: Merger, message: Mapping[str, Any]) -> None:
+        """One merge message: the merger's table changes are written to the changelog (delivery awaited) before
+        the results are published and the message acknowledged."""
+        versions = merger.versions()
+        if message.get("type") == "window":
+            if message.get("fv"):
+                versions.add(str(message["fv"]))
+            versions.update(str(version) for _, version in message.get("sv", []))
+        await self.ensure_references(versions)
+        store = merger.store
+        assert isinstance(store, RecordingStore)
+        out = merger.on_message(message, time.time())
+        await write_changelog(self.merge_table, 0, store.take())
+        self.merged[str(message.get("type"))] += 1
+        await self.publish(out)
+
+    async def publish(self, out: MergeOutput) -> None:
+        for r in out.drift:
+            await self.topics.drift.send(key=r.feature.encode(), value=r.model_dump_json().encode())
+        for a in out.ab:
+            await self.topics.ab.send(key=a.experiment_id.encode(), value=a.model_dump_json().encode())
+            self.metrics.observe_ab(a)
+        for alert in out.alerts:
+            await self.topics.alerts.send(key=alert.key.encode(), value=alert.model_dump_json().encode())
+            self.metrics.alerts.labels(kind=alert.kind).inc()
+            log.warning("ALERT %s %s: %s", alert.kind, alert.key, alert.message)
+        if out.drift:
+            self.metrics.observe_drift(out.drift)
+            windows = sorted({r.window for r in out.drift})
+            drifted = sorted({r.feature for r in out.drift if r.drifted})
+            log.info("drift windows %s evaluated: %d series, drifted: %s", windows, len(out.drift), drifted or "none")
+        if out.dropped_features:
+            self.metrics.dropped_features.inc(out.dropped_features)
+
+    # --- health --------------------------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        age = None if self.last_checkpoint is None else time.monotonic() - self.last_checkpoint
+        stale = self.ready and age is not None and age > self.settings.unhealthy_after_s
+        return {
+            "healthy": not stale,
+            "ready": self.ready,
+            "partitions": sorted(self.states),
+            "last_checkpoint_age_s": None if age is None else round(age, 3),
+            "pending_units": sum(s.pending_units for s in self.states.values()),
+            "open_windows": sum(len(s.windows) for s in self.states.values()),
+        }
+
+    def progress_line(self, elapsed_s: float) -> str:
+        rate = ", ".join(f"{kind} {n / elapsed_s:,.0f}/s" for kind, n in sorted(self.consumed.items())) or "idle"
+        merged = ", ".join(f"{kind} {n}" for kind, n in sorted(self.merged.items())) or "none"
+        return (
+            f"monitor: consumed {rate}; partitions {sorted(self.states)}; pending units "
+            f"{sum(s.pending_units for s in self.states.values()):,}; counted "
+            f"{sum(s.units_counted for s in self.states.values()):,}; open windows "
+            f"{sum(len(s.windows) for s in self.states.values())}; merge messages {merged}"
+        )
+
+
+def install(runtime: Runtime, merger: Merger) -> None:
+    """Register the agents, timers, hooks and pages of the monitor on `runtime.app`."""
+    app = runtime.app
+
+    @app.agent(runtime.topics.sources, name="records", concurrency=1)  # type: ignore[untyped-decorator]
+    async def records(stream: Any) -> None:
+        runtime.stream = stream
+        async for event in stream.noack().events():
+            await runtime.on_record(event)
+
+    @app.agent(runtime.topics.merge, name="merge", concurrency=1)  # type: ignore[untyped-decorator]
+    async def merge(stream: Any) -> None:
+        async for event in stream.noack().events():
+            try:
+                message = json.loads(event.message.value)
+            except ValueError:
+                log.error("unreadable merge message offset=%d", event.message.offset)
+            else:
+                await runtime.on_merge(merger, message)
+            await stream.ack(event)
+
+    @app.timer(interval=runtime.settings.checkpoint_interval_s, name="checkpoint")  # type: ignore[untyped-decorator]
+    async def checkpoint() -> None:
+        await runtime.checkpoint_all()
+
+    started = [time.monotonic()]
+
+    @app.timer(interval=runtime.settings.progress_interval_s, name="progress")  # type: ignore[untyped-decorator]
+    async def progress() -> None:
+        now = time.monotonic()
+        log.info("%s", runtime.progress_line(max(now - started[0], 1e-9)))
+        runtime.consumed.clear()
+        runtime.merged.clear()
+        started[0] = now
+
+    @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        await runtime.on_revoked()
+
+    @runtime.state_table.on_recover  # type: ignore[untyped-decorator]
+    async def on_recovered() -> None:
+        await runtime.on_recovered()

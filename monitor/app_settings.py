@@ -1,0 +1,80 @@
+"""Settings of the monitor's Faust application (`MONITOR_…`), composed with the statistics block
+(`MonitorSettings`, the same prefix) and the shared Kafka, topic and registry blocks.
+
+The statistics read only `MonitorSettings`; what is here says how the application runs: its consumer group,
+web port, checkpoint cadence, clocks and which scores it counts.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from monitor.settings import MonitorSettings
+from streamscore.registry import RegistrySettings
+from streamscore.settings import KafkaSettings, TopicSettings
+
+
+class MonitorAppSettings(BaseSettings):
+    """How the monitor's Faust worker (`streamscore monitor`) runs: consumer group, web port, checkpoints, clocks.
+
+    Scores, shadow scores and labels in; drift windows, A/B looks and alerts out (statistics: MonitorSettings)."""
+
+    model_config = SettingsConfigDict(env_prefix="MONITOR_", extra="forbid", use_attribute_docstrings=True)
+
+    app_id: str = Field(default="streamscore-monitor", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    """Faust application id: the consumer group, and (after TOPICS_PREFIX) the name prefix of the state tables'
+    changelogs and of the internal merge topic."""
+    metrics_port: int = Field(default=6067, ge=1, le=65535)
+    """Port of the worker's HTTP server: `/metrics` (Prometheus) and `/healthz`."""
+    metrics_bind: str = "0.0.0.0"
+    """Interface the HTTP server listens on."""
+    include_api_scores: bool = False
+    """Count scores of the ad-hoc API (`source="api"`) too. Off by default: API calls are not the randomized live
+    traffic (a caller may pick a variant or a version, replay an old transaction, probe odd inputs), so they
+    would bias the drift windows and break the A/B randomization."""
+    checkpoint_interval_s: float = Field(default=2.0, gt=0, le=300)
+    """How often each partition's state (pending units, window states) is written to the changelog; a consumed
+    record's offset is committed only after the checkpoint that holds its effect, so this bounds what a
+    restart replays."""
+    allowed_lateness_s: float = Field(default=30.0, ge=0)
+    """A time window closes when the partition's clock has passed its end by this much; a score arriving for a
+    closed window is counted as late and left out."""
+    idle_close_s: float = Field(default=30.0, gt=0)
+    """Count windows (MONITOR_WINDOW=events): a caught-up partition closes its open window after this long
+    without a new live score, so the merged window does not wait forever for a quiet partition."""
+    unit_retention_s: float = Field(default=600.0, ge=0)
+    """A counted unit's record is kept this long after its maturity (on the partition's label clock), so a
+    duplicate score or label arriving late is still recognised by its event id."""
+    look_interval_s: float = Field(default=30.0, gt=0)
+    """How often the A/B statistics are looked at (each look is a step of the always-valid test)."""
+    publish_interval_s: float = Field(default=5.0, gt=0)
+    """How often a partition sends its cumulative A/B counts to the merging agent (when they changed)."""
+    progress_interval_s: float = Field(default=10.0, gt=0)
+    """How often a progress line is logged."""
+    unhealthy_after_s: float = Field(default=60.0, gt=0)
+    """`/healthz` answers 503 when no checkpoint completed for this long."""
+    reference_retry_s: float = Field(default=60.0, gt=0)
+    """A model version whose reference.json could not be read is asked for again after this long."""
+    session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)
+    """Consumer group session timeout: how long a crashed worker keeps its partitions before the group moves them
+    (Faust's default is 60 s)."""
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    """How often the worker commits the offsets of checkpointed records."""
+    table_partitions: int | None = Field(default=None, ge=1)
+    """Partitions of the per-partition state table; must equal those of `scores`, `scores.shadow` and `labels`.
+    Empty: read from the broker at start (the three must agree)."""
+    stats: MonitorSettings = Field(default_factory=MonitorSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+
+    @property
+    def faust_id(self) -> str:
+        """The Faust app id: TOPICS_PREFIX + app_id (consumer group, changelog and merge topic prefix)."""
+        return self.topics.prefix + self.app_id
+
+    @property
+    def merge_topic(self) -> str:
+        """The internal single-partition topic where partitions send closed windows, progress and A/B counts."""
+        return f"{self.faust_id}-merge"

@@ -1,0 +1,578 @@
+"""The monitor end to end: `python -m monitor` against the real broker of the session, reading references from a
+private MLflow registry, publishing to monitor.drift / monitor.ab / monitor.alerts.
+
+The statistical tests produce Score and Label events directly (the scorer simulated), on a scripted timeline of
+event times: a fixed start a year ahead of the wall clock, so the monitor's clocks follow the events (the wall
+clock never overtakes them) and every window and every maturity is decided by the data alone — the results are
+the same on every run, however loaded the machine. One test runs the real scorer upstream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+from numpy.typing import NDArray
+
+from monitor.ab import ABRecord
+from monitor.alerts import Alert
+from monitor.drift import DriftRecord
+from monitor.references import score_series
+from producers.drift import DriftSpec
+from producers.generator import GeneratedEvent, GeneratorConfig, TransactionGenerator
+from producers.world import build_world
+from streamscore.contracts import Label, Score, headers_for
+from streamscore.features import FEATURE_NAMES, TransactionFacts, transaction_features
+from streamscore.kafka import partition_for, producer_config
+from streamscore.registry import mlflow_client
+from streamscore.settings import KafkaSettings, RedisSettings
+from streamscore.topics import TopicRegistry
+from tests.support.models import expected_scores, linear_weights, logistic_onnx, register
+from tests.support.monitoring import draw_features, label_event, model_scores, reference_document, score_event
+from tests.support.scoring import MODEL, OutputReader, ScorerProcess, free_port, make_scorer_env
+from tests.support.workers import PROJECT_ROOT, WorkerProcess, worker_process
+
+READY_TIMEOUT_S = 120.0
+OWN_PREFIXES = ("KAFKA_", "TOPICS_", "REGISTRY_", "MONITOR_", "SCORER_", "FEAST_", "REDIS_")
+PARTITIONS = 6
+
+
+def timeline_start(window_s: float) -> float:
+    """A window-aligned instant a year ahead of the wall clock."""
+    return math.ceil((time.time() + 365 * 86400) / window_s) * window_s
+
+
+# --- registry ---------------------------------------------------------------------------------------------------
+
+
+def with_reference(tracking_uri: str, version: str, document: dict[str, Any]) -> None:
+    """Add reference.json to a registered version's model folder (training writes it there)."""
+    client = mlflow_client(tracking_uri)
+    run_id = client.get_model_version(MODEL, version).run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "reference.json"
+        path.write_text(json.dumps(document))
+        client.log_artifact(str(run_id), str(path), artifact_path="model")
+
+
+def set_alias(tracking_uri: str, alias: str, version: str) -> None:
+    mlflow_client(tracking_uri).set_registered_model_alias(MODEL, alias, version)
+
+
+@pytest.fixture(scope="module")
+def synthetic_reference() -> dict[str, Any]:
+    rng = np.random.default_rng(20)
+    x = draw_features(rng, 30_000)
+    return reference_document(x, model_scores(x), seed=4)
+
+
+@pytest.fixture
+def registry_uri(tmp_path: Path, synthetic_reference: dict[str, Any]) -> str:
+    """Version 1 (champion and challenger) with the synthetic reference."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    version = register(uri, MODEL, logistic_onnx(*linear_weights(1)), alias="champion", artifact_dir=tmp_path / "a")
+    set_alias(uri, "challenger", version)
+    with_reference(uri, version, synthetic_reference)
+    return uri
+
+
+# --- the monitor subprocess -------------------------------------------------------------------------------------
+
+
+def monitor_env(
+    kafka: KafkaSettings, topics: TopicRegistry, registry_uri: str, tmp: Path, **extra: str
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "TOPICS_PREFIX": topics.transactions.name.removesuffix("transactions"),
+            "TOPICS_PARTITIONS": str(PARTITIONS),
+            "REGISTRY_TRACKING_URI": registry_uri,
+            "REGISTRY_CACHE_DIR": str(tmp / "monitor-cache"),
+            "MONITOR_APP_ID": f"it-monitor-{uuid.uuid4().hex[:6]}",
+            "MONITOR_METRICS_PORT": str(free_port()),
+            "MONITOR_METRICS_BIND": "127.0.0.1",
+            "MONITOR_CHECKPOINT_INTERVAL_S": "0.5",
+            "MONITOR_COMMIT_INTERVAL_S": "0.5",
+            "MONITOR_PUBLISH_INTERVAL_S": "0.5",
+            "MONITOR_LOOK_INTERVAL_S": "1",
+            "MONITOR_PROGRESS_INTERVAL_S": "5",
+            "MONITOR_ALLOWED_LATENESS_S": "0",
+            "LOG_LEVEL": "INFO",
+            **extra,
+        }
+    )
+    return env
+
+
+@contextmanager
+def monitor_worker(env: dict[str, str], log: Path) -> Iterator[WorkerProcess]:
+    """`python -m monitor`, ready once its tables are recovered and its partitions' states rebuilt."""
+
+    def ready(health: dict[str, Any]) -> bool:
+        return bool(health.get("ready") and health.get("recovered")) and not health.get("rebalancing")
+
+    port = int(env["MONITOR_METRICS_PORT"])
+    with worker_process("monitor", env, log, port, ready, READY_TIMEOUT_S) as worker:
+        print(f"monitor ready in {worker.started_s:.1f} s")
+        yield worker
+
+
+# --- producing and reading --------------------------------------------------------------------------------------
+
+
+class Sender:
+    def __init__(self, kafka: KafkaSettings, topics: TopicRegistry) -> None:
+        self.producer = Producer(producer_config(kafka, f"test-{uuid.uuid4().hex[:6]}", linger_ms=5))
+        self.topics = topics
+
+    def send(self, event: Score | Label, *, shadow: bool = False) -> None:
+        if isinstance(event, Label):
+            topic = self.topics.labels.name
+        else:
+            topic = self.topics.scores_shadow.name if shadow else self.topics.scores.name
+        while True:
+            try:
+                self.producer.produce(topic, event.to_json(), event.account_id.encode(), headers=headers_for(event))
+                break
+            except BufferError:
+                self.producer.poll(0.05)
+        self.producer.poll(0)
+
+    def flush(self) -> None:
+        assert self.producer.flush(60) == 0
+
+
+def every_partition(prefix: str) -> list[str]:
+    """One account key per partition (to move every partition's clock)."""
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < PARTITIONS:
+        key = f"{prefix}-{i}"
+        found.setdefault(partition_for(key.encode(), PARTITIONS), key)
+        i += 1
+    return [found[p] for p in range(PARTITIONS)]
+
+
+class Results:
+    def __init__(self, kafka: KafkaSettings, topics: TopicRegistry) -> None:
+        self.topics = topics
+        self.reader = OutputReader(
+            kafka, [topics.monitor_drift.name, topics.monitor_ab.name, topics.monitor_alerts.name]
+        )
+
+    def drift(self) -> list[DriftRecord]:
+        return [DriftRecord.model_validate_json(o.value or b"") for o in self.reader.on(self.topics.monitor_drift.name)]
+
+    def ab(self) -> list[ABRecord]:
+        return [ABRecord.model_validate_json(o.value or b"") for o in self.reader.on(self.topics.monitor_ab.name)]
+
+    def alerts(self) -> list[Alert]:
+        return [Alert.model_validate_json(o.value or b"") for o in self.reader.on(self.topics.monitor_alerts.name)]
+
+    def windows(self) -> dict[int, dict[str, DriftRecord]]:
+        out: dict[int, dict[str, DriftRecord]] = {}
+        for r in self.drift():
+            out.setdefault(r.window, {})[r.feature] = r
+        return out
+
+    def wait(self, predicate: Any, timeout: float, what: str, worker: WorkerProcess) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            worker.check_alive()
+            self.reader.poll_for(0.5)
+            if predicate(self):
+                return
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{worker.tail()}")
+
+
+# --- drift ------------------------------------------------------------------------------------------------------
+
+WINDOW_S = 10.0
+PER_WINDOW = 1200
+
+
+def test_a_shifted_feature_raises_a_drift_alert_within_a_few_windows_and_no_other_feature_does(
+    kafka: KafkaSettings, topics: TopicRegistry, registry_uri: str, tmp_path: Path
+) -> None:
+    """Six windows of 1 200 champion scores with features drawn like the reference; from window 3 on, amount_log is
+    shifted by half a standard deviation (the model ignores it, so no score moves)."""
+    began = time.monotonic()
+    t0 = timeline_start(WINDOW_S)
+    first = int(t0 // WINDOW_S)
+    env = monitor_env(kafka, topics, registry_uri, tmp_path, MONITOR_WINDOW_SECONDS=str(WINDOW_S),
+                      MONITOR_EXPECTED_SPLIT='{"champion": 1.0}')  # fmt: skip
+    rng = np.random.default_rng(1)
+    sender = Sender(kafka, topics)
+    results = Results(kafka, topics)
+    with monitor_worker(env, tmp_path / "monitor.log") as worker:
+        produced = time.monotonic()
+        for w in range(6):
+            x = draw_features(rng, PER_WINDOW, shift={"amount_log": 0.5} if w >= 3 else None)
+            scores = model_scores(x)
+            for i in range(PER_WINDOW):
+                at = t0 + w * WINDOW_S + i * (WINDOW_S / PER_WINDOW)
+                account = f"acct-{rng.integers(3000)}"
+                sender.send(score_event(f"w{w}-{i}", account, at, scores[i], features=x[i]))
+        # Scores in a later window move every partition's clock past the six windows: they close.
+        for account in every_partition("tick"):
+            sender.send(score_event(f"tick-{account}", account, t0 + 10 * WINDOW_S, 0.1))
+        sender.flush()
+        produced_s = time.monotonic() - produced
+        results.wait(lambda r: len(r.windows()) >= 6, 180, "six evaluated windows", worker)
+        evaluated_s = time.monotonic() - produced
+        results.reader.poll_for(1.0)
+        windows = results.windows()
+        alerts = results.alerts()
+        report = run_report(env)
+        records_per_s = worker.metric('streamscore_monitor_records_total{outcome="counted",topic="scores"}')
+
+    assert sorted(windows) == [first + w for w in range(6)]
+    names = set(FEATURE_NAMES) | {score_series("champion", "1")}
+    for key, records in windows.items():
+        assert set(records) == names
+        # Every score counted exactly once in its window, across six partitions.
+        assert {r.events for r in records.values()} == {PER_WINDOW}, key
+    drifted = {(key - first, name) for key, records in windows.items() for name, r in records.items() if r.drifted}
+    print(f"drifted (window, series): {sorted(drifted)}")
+    assert {name for _, name in drifted} == {"amount_log"}, "only the shifted input"
+    assert (3, "amount_log") in drifted, "caught in the first shifted window"
+    assert {w for w, _ in drifted} <= {3, 4, 5}
+    assert {a.key for a in alerts} == {"amount_log"} and all(a.kind == "drift" for a in alerts)
+    assert {a.window for a in alerts} == {first + w for w, _ in drifted}
+    shifted = windows[first + 3]["amount_log"]
+    print(f"amount_log in window 3: KS {shifted.statistic:.3f}, p {shifted.p_value:.2g}, PSI {shifted.psi:.3f}")
+    assert "amount_log" in report and ("Real and large" in report or "Real but small" in report)
+    print(
+        f"produced {6 * PER_WINDOW:,} scores in {produced_s:.1f} s; six windows evaluated {evaluated_s:.1f} s after "
+        f"the first was produced; {records_per_s:,.0f} counted; test {time.monotonic() - began:.1f} s\n{report}"
+    )
+
+
+def run_report(env: dict[str, str]) -> str:
+    """`streamscore report` against the test's topics, as an operator would run it."""
+    result = subprocess.run(
+        [sys.executable, "-c", "from streamscore_cli.main import main; main()", "report", "--windows", "6"],
+        cwd=PROJECT_ROOT,
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+# --- A/B ----------------------------------------------------------------------------------------------------------
+
+
+def test_ab_no_alarm_for_the_same_model_worse_for_a_worse_challenger_and_a_crash_changes_no_count(
+    kafka: KafkaSettings, topics: TopicRegistry, registry_uri: str, tmp_path: Path
+) -> None:
+    """Two experiments on one stream, 50/50 by account. exp-same: both arms behave identically (each fraud pair
+    is declined by both or neither). exp-worse: the challenger declines 20 % of the frauds the champion declines
+    80 % of. Labels arrive 2 s after the event, units count 5 s after it (simulated time). Halfway the monitor is
+    SIGKILLed and restarted; 2 % of scores and labels are sent twice. Every unit must be counted exactly once."""
+    began = time.monotonic()
+    t0 = timeline_start(WINDOW_S)
+    env = monitor_env(
+        kafka,
+        topics,
+        registry_uri,
+        tmp_path,
+        MONITOR_WINDOW_SECONDS=str(WINDOW_S),
+        MONITOR_LABEL_MATURITY_S="5",
+        MONITOR_MSPRT_TAU="0.05",
+        MONITOR_AB_MIN_UNITS="100",
+        MONITOR_EXPECTED_SPLIT='{"champion": 0.5, "challenger": 0.5}',
+    )
+    rng = np.random.default_rng(2)
+    events = 6000
+    x = draw_features(rng, events)
+    timeline: list[tuple[float, int, Score | Label]] = []
+    expected: dict[tuple[str, str], int] = {}
+    for i in range(events):
+        at = t0 + i * 0.005
+        experiment = "exp-same" if i % 4 < 2 else "exp-worse"
+        variant = "champion" if i % 2 == 0 else "challenger"
+        account = f"{experiment}-{variant}-{i // 4 % 200}"
+        fraud = (i // 4) % 10 == 0
+        if experiment == "exp-same":
+            declined = fraud and (i // 4) % 20 == 0  # both arms of a pair alike
+        else:
+            declined = fraud and rng.random() < (0.8 if variant == "champion" else 0.2)
+        score = score_event(f"e{i}", account, at, 0.9 if declined else 0.1, variant=variant, experiment=experiment,
+                            features=x[i])  # fmt: skip
+        timeline.append((at + 0.001, len(timeline), score))
+        timeline.append((at + 2.0, len(timeline), label_event(f"e{i}", account, at, fraud, 2.0)))
+        if rng.random() < 0.02:
+            timeline.append((at + 0.5, len(timeline), score))
+        if rng.random() < 0.02:
+            timeline.append((at + 2.5, len(timeline), label_event(f"e{i}", account, at, fraud, 2.0)))
+        expected[(experiment, variant)] = expected.get((experiment, variant), 0) + 1
+    end = t0 + events * 0.005
+    # Ticks on every partition move the clocks past the last window and maturity.
+    for account in every_partition("tick"):
+        tick = score_event(f"tick-{account}", account, end + 100.0, 0.1, experiment="ticks")
+        timeline.append((end + 100.0, len(timeline), tick))
+        timeline.append(
+            (end + 200.0, len(timeline), label_event(f"tick-{account}", account, end + 100.0, False, 100.0))
+        )
+    timeline.sort(key=lambda item: (item[0], item[1]))
+    half = len(timeline) // 2
+
+    sender = Sender(kafka, topics)
+    results = Results(kafka, topics)
+    log = tmp_path / "monitor.log"
+    with monitor_worker(env, log) as worker:
+        for _, _, event in timeline[:half]:
+            sender.send(event)
+        sender.flush()
+        # SIGKILL in the middle of the first half: records processed but not yet checkpointed or committed.
+        deadline = time.monotonic() + 60
+        while worker.metric("streamscore_monitor_records_total") < half / 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        consumed_at_kill = worker.metric("streamscore_monitor_records_total")
+        worker.process.send_signal(signal.SIGKILL)
+        worker.process.wait(10)
+    killed_at = time.monotonic()
+    with monitor_worker(env, log) as worker:
+        restarted_s = time.monotonic() - killed_at
+        for _, _, event in timeline[half:]:
+            sender.send(event)
+        sender.flush()
+
+        def settled(r: Results) -> bool:
+            latest = {a.experiment_id: a for a in r.ab()}
+            return all(
+                {v.variant: v.units for v in latest[x].variants} == {v: n for (e, v), n in expected.items() if e == x}
+                for x in ("exp-same", "exp-worse")
+                if x in latest
+            ) and {"exp-same", "exp-worse"} <= set(latest)
+
+        results.wait(settled, 180, "every unit counted in both experiments", worker)
+        results.reader.poll_for(2.0)
+        duplicates = worker.metric('streamscore_monitor_records_total{outcome="duplicate"')
+        replayed = worker.metric('streamscore_monitor_records_total{outcome="replayed"')
+
+    looks = results.ab()
+    latest = {a.experiment_id: a for a in looks}
+    same, worse = latest["exp-same"], latest["exp-worse"]
+    alerts = results.alerts()
+    print(f"looks: {len(looks)}; killed after {consumed_at_kill:.0f} of {half} records; restart ready "
+          f"{restarted_s:.1f} s after the kill; duplicates {duplicates:.0f}, "
+          f"replayed {replayed:.0f}; test {time.monotonic() - began:.1f} s")  # fmt: skip
+    for look in (same, worse):
+        c = look.comparisons[0]
+        print(f"{look.experiment_id}: diff {1000 * c.difference:+.2f}/1000 [{1000 * c.ci_low:+.2f}, "
+              f"{1000 * c.ci_high:+.2f}], p {c.p_value:.3g}, {c.verdict}, looks {c.looks}; "
+              f"srm p {look.srm.p_value:.3g}")  # fmt: skip
+    assert all(c.verdict == "inconclusive" for a in looks if a.experiment_id == "exp-same" for c in a.comparisons)
+    assert worse.comparisons[0].verdict == "worse" and worse.comparisons[0].variant == "challenger"
+    assert not any(a.srm.alarm for a in looks)
+    assert [(a.kind, a.key, a.variant) for a in alerts if a.kind != "drift"] == [
+        ("ab_verdict", "exp-worse", "challenger")
+    ]
+    assert duplicates > 0, "the re-sent records were recognised"
+    # Drift windows were fed by the same scores: each counted once despite the crash and the duplicates.
+    windows = results.windows()
+    champion_scores = {
+        key: r.events for key, recs in windows.items() for name, r in recs.items() if name == "amount_log"
+    }
+    per_window: dict[int, int] = {}
+    for i in range(events):
+        if i % 2 == 0:
+            key = int((t0 + i * 0.005) // WINDOW_S)
+            per_window[key] = per_window.get(key, 0) + 1
+    assert champion_scores == per_window
+
+
+# --- the real scorer upstream -------------------------------------------------------------------------------------
+
+DAY = 86400.0
+DECLINE_FROM = 60.0
+"""The champion declines transactions of this amount and more."""
+
+
+def amount_model(slope: float, bias: float) -> tuple[NDArray[np.float32], float]:
+    """A logistic model of amount_log alone (the other inputs weigh 0)."""
+    weights = np.zeros(len(FEATURE_NAMES), dtype=np.float32)
+    weights[FEATURE_NAMES.index("amount_log")] = slope
+    return weights, bias
+
+
+CHAMPION_MODEL = amount_model(2.0, -2.0 * math.log1p(DECLINE_FROM) + math.log(0.7 / 0.3))
+"""score = 0.7 (the scorer's default decline threshold) at DECLINE_FROM, higher above it. The logit stays within
+±18 for every amount: onnxruntime's sigmoid clamps there, and a clamped score would differ from the reference's."""
+BLIND_MODEL = amount_model(0.5, -16.0)
+"""Scores below 1e-5 for every amount: declines nothing, so it catches no fraud."""
+
+
+def generated(seed: int, count: int, start: datetime, drift: DriftSpec | None = None) -> list[GeneratedEvent]:
+    """`count` events of the producer's generator, about one simulated day apart (so the time of day is uniform)."""
+    world = build_world(7, accounts=2000, merchants=200)
+    generator = TransactionGenerator(world, GeneratorConfig(seed=seed, rhythm=False, drift=drift))
+    return list(itertools.islice(generator.stream(start, 1.0 / DAY), count))
+
+
+def model_inputs(events: list[GeneratedEvent]) -> NDArray[np.float64]:
+    """What the scorer computes for these transactions: its feature store holds nothing for this test's project,
+    so every input comes from the transaction itself."""
+    rows = [transaction_features(TransactionFacts.of(e.transaction), None, None, None).values for e in events]
+    return np.asarray(rows, dtype=np.float64)
+
+
+def test_through_the_real_scorer_drift_is_caught_the_same_model_is_inconclusive_a_blind_shadow_is_worse(
+    tmp_path: Path, kafka: KafkaSettings, redis_settings: RedisSettings, topics: TopicRegistry
+) -> None:
+    """The producer's generator with its drift injection on (`after=1200,amount_scale=2.5`: legitimate amounts
+    grow 2.5x from the 1 200th event) → transactions → the scorer subprocess → scores → the monitor; a label an
+    hour (simulated) after each event, fraud for 10 % of transactions drawn independently. Champion and challenger
+    are one registered version (a model that declines amounts of 60 and more), split 50/50: every comparison of
+    the two stays inconclusive (at α = 0.001, so a false alarm is a 1-in-1 000 event, not a 1-in-20 one). A 30 %
+    shadow is a deliberately worse version that declines nothing: its verdict becomes "worse".
+
+    Drift: the reference is the same generator's undrifted stream (another seed) through the same feature
+    function. The drift moves amount_log and, through the generator's own rules, the inputs that depend on the
+    amount (the channel mix): the inputs whose values the drift changed are found by comparing with the undrifted
+    counterfactual of the same stream, and no other input may raise an alert."""
+    began = time.monotonic()
+    scorer = make_scorer_env(tmp_path, kafka, redis_settings, topics)
+    champion = register(scorer.tracking_uri, MODEL, logistic_onnx(*CHAMPION_MODEL))
+    blind = register(scorer.tracking_uri, MODEL, logistic_onnx(*BLIND_MODEL), alias="blind")
+    set_alias(scorer.tracking_uri, "champion", champion)
+    set_alias(scorer.tracking_uri, "challenger", champion)
+    total, per_window = 2400, 400
+    window_s = per_window * DAY
+    start = datetime.fromtimestamp(timeline_start(window_s), tz=UTC)
+    first = int(start.timestamp() // window_s)
+    drift = DriftSpec.parse("after=1200,amount_scale=2.5")
+    events = generated(1, total, start, drift)
+    x = model_inputs(events)
+    undrifted = model_inputs(generated(1, total, start))
+    touched = {name for j, name in enumerate(FEATURE_NAMES) if not np.array_equal(x[:, j], undrifted[:, j])}
+    assert "amount_log" in touched
+    reference = model_inputs(generated(2, 8000, start))
+    for version, (weights, bias) in ((champion, CHAMPION_MODEL), (blind, BLIND_MODEL)):
+        document = reference_document(reference, expected_scores(reference.astype(np.float32), weights, bias), seed=5)
+        with_reference(scorer.tracking_uri, version, document)
+
+    env = monitor_env(
+        kafka,
+        topics,
+        scorer.tracking_uri,
+        tmp_path,
+        MONITOR_WINDOW_SECONDS=str(window_s),
+        # The scorer writes a batch's scores grouped by variant, and its live and shadow scores to two topics the
+        # monitor fetches independently: within a partition, scores are out of event-time order by up to a batch.
+        # Batches of 32 here span at most ~200 simulated days of one partition; a window of lateness covers it.
+        MONITOR_ALLOWED_LATENESS_S=str(window_s),
+        MONITOR_LABEL_MATURITY_S=str(2 * 3600),
+        MONITOR_MSPRT_TAU="0.05",
+        MONITOR_AB_ALPHA="0.001",
+        MONITOR_EXPECTED_SPLIT='{"champion": 0.5, "challenger": 0.5}',
+    )
+    process = ScorerProcess(
+        {
+            **scorer.env,
+            "SCORER_VARIANTS": json.dumps(
+                [
+                    {"name": "champion", "alias": "champion", "weight": 0.5},
+                    {"name": "challenger", "alias": "challenger", "weight": 0.5},
+                ]
+            ),
+            "SCORER_SHADOWS": json.dumps([{"name": "shadow", "alias": "blind", "share": 0.3}]),
+            "SCORER_MAX_BATCH_SIZE": "32",
+        },
+        tmp_path / "scorer.log",
+    )
+    sender = Producer(producer_config(kafka, "test-tx", linger_ms=5))
+    results = Results(kafka, topics)
+    # Ticks on every partition, far later, close the last window and mature every unit.
+    later = start + timedelta(seconds=(total + 500) * DAY)
+    tick = [
+        events[0].transaction.model_copy(update={"event_id": f"tick-{k}", "account_id": account, "event_time": later})
+        for k, account in enumerate(every_partition("tick"))
+    ]
+    # Outcomes independent from one transaction to the next, as the sequential test assumes (the generator's own
+    # frauds come in bursts on one account, and the scorer randomizes accounts: see docs/monitor.md).
+    draws = np.random.default_rng(4).random(total)
+    frauds = {e.transaction.event_id for e, draw in zip(events, draws, strict=True) if draw < 0.1}
+    try:
+        process.start()
+        with monitor_worker(env, tmp_path / "monitor.log") as worker:
+            for tx in [e.transaction for e in events] + tick:
+                sender.produce(topics.transactions.name, tx.to_json(), tx.account_id.encode(), headers=headers_for(tx))
+                label = Label(
+                    event_id=tx.event_id,
+                    account_id=tx.account_id,
+                    is_fraud=tx.event_id in frauds,
+                    event_time=tx.event_time,
+                    labeled_at=tx.event_time + timedelta(hours=1),
+                )
+                sender.produce(
+                    topics.labels.name, label.to_json(), label.account_id.encode(), headers=headers_for(label)
+                )
+                sender.poll(0)
+            assert sender.flush(60) == 0
+
+            def counted(r: Results) -> bool:
+                looks = r.ab()
+                return bool(looks) and sum(v.units for v in looks[-1].variants if v.variant != "shadow") >= total
+
+            results.wait(lambda r: len(r.windows()) >= total // per_window, 240, "six windows", worker)
+            results.wait(counted, 180, "every transaction counted", worker)
+            shadow_scores = worker.metric('streamscore_monitor_records_total{outcome="counted",topic="shadow"}')
+            results.reader.poll_for(2.0)
+    finally:
+        process.stop()
+
+    windows = results.windows()
+    expected_windows = Counter(int(e.transaction.event_time.timestamp() // window_s) for e in events)
+    assert sorted(windows)[: len(expected_windows)] == sorted(expected_windows)
+    drifted = sorted((key - first, name) for key, recs in windows.items() for name, r in recs.items() if r.drifted)
+    features_drifted = {name for _, name in drifted if not name.startswith("score:")}
+    print(f"drifted (window, series): {drifted}; inputs the drift changed: {sorted(touched)}")
+    assert (3, "amount_log") in drifted, "caught in the first drifted window"
+    assert features_drifted <= touched, "no alert for an input the drift did not change"
+    assert all(w >= 3 for w, _ in drifted), "nothing before the drift"
+    scored = {name for recs in windows.values() for name in recs if name.startswith("score:")}
+    assert scored == {
+        score_series("champion", champion),
+        score_series("challenger", champion),
+        score_series("shadow", blind),
+    }
+    live_series = (score_series("champion", champion), score_series("challenger", champion))
+    for key, n in expected_windows.items():
+        live_scores = sum(r.events for name, r in windows[key].items() if name in live_series)
+        assert live_scores == n, "every transaction's live score once in its window"
+    looks = results.ab()
+    live = {v.variant: v.units for v in looks[-1].variants}
+    verdicts = {c.variant: c for c in looks[-1].comparisons}
+    shown = "; ".join(f"{v} {c.verdict} p {c.p_value:.3g} {1000 * c.difference:+.1f}/1000" for v, c in verdicts.items())
+    print(f"units {live}; looks {len(looks)}; last: {shown}; test {time.monotonic() - began:.1f} s")
+    assert live["champion"] + live["challenger"] == total
+    assert shadow_scores - len(tick) <= live["shadow"] <= shadow_scores, "every shadow score once (ticks not matured)"
+    assert all(c.verdict == "inconclusive" for look in looks for c in look.comparisons if c.variant == "challenger")
+    assert verdicts["shadow"].verdict == "worse"
+    assert not any(look.srm.alarm for look in looks)
+    assert [(a.kind, a.variant) for a in results.alerts() if a.kind != "drift"] == [("ab_verdict", "shadow")]
