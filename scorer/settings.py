@@ -60,7 +60,7 @@ class ScorerSettings(BaseSettings):
     delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
     """exactly_once: scores, dead letters and offsets commit in one Kafka transaction per batch. at_least_once:
     outputs are flushed, then offsets committed; a crash in between re-scores (duplicates) the batch."""
-    max_batch_size: int = Field(default=256, ge=1, le=100_000)
+    max_batch_size: int = Field(default=1024, ge=1, le=100_000)
     """A batch closes when it holds this many records..."""
     max_queue_delay_ms: float = Field(default=10.0, ge=0.0, le=60_000)
     """...or this long after its first record arrived, whichever comes first."""
