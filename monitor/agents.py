@@ -406,7 +406,16 @@ def install(runtime: Runtime, merger: Merger) -> None:
 
     @app.timer(interval=runtime.settings.checkpoint_interval_s, name="checkpoint")  # type: ignore[untyped-decorator]
     async def checkpoint() -> None:
-        await runtime.checkpoint_all()
+        if app.should_stop:
+            return
+        try:
+            await runtime.checkpoint_all()
+        except Exception as exc:
+            if not app.should_stop:
+                raise
+            # The producer stops before the timers do: what this checkpoint did not write was not committed either,
+            # and the next start replays it.
+            log.info("checkpoint cut short by the shutdown (%s); the next start replays what it did not write", exc)
 
     started = [time.monotonic()]
 

@@ -119,6 +119,7 @@ def faust_app(settings: MonitorAppSettings, partitions: int) -> Any:
         broker_commit_interval=settings.commit_interval_s,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.session_timeout_s / 5.0,
+        offset_reset=settings.auto_offset_reset,
         store="memory://",
     )
 

@@ -7,6 +7,8 @@ web port, checkpoint cadence, clocks and which scores it counts.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -33,6 +35,9 @@ class MonitorAppSettings(BaseSettings):
     """Count scores of the ad-hoc API (`source="api"`) too. Off by default: API calls are not the randomized live
     traffic (a caller may pick a variant or a version, replay an old transaction, probe odd inputs), so they
     would bias the drift windows and break the A/B randomization."""
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a consumer group without committed offsets starts: `earliest` (every score and label the topics
+    still hold) or `latest` (only what is produced from now on: the demo's monitor judges its own traffic)."""
     checkpoint_interval_s: float = Field(default=2.0, gt=0, le=300)
     """How often each partition's state (pending units, window states) is written to the changelog; a consumed
     record's offset is committed only after the checkpoint that holds its effect, so this bounds what a

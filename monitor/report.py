@@ -62,7 +62,7 @@ def drift_table(records: Sequence[DriftRecord]) -> Table:
     first = records[0]
     changed = sum(r.drifted for r in records)
     title = (
-        f"Window {first.window}: {first.window_start:%Y-%m-%d %H:%M} – {first.window_end:%Y-%m-%d %H:%M} UTC — "
+        f"Window {first.window}: {first.window_start:%Y-%m-%d %H:%M:%S} – {first.window_end:%H:%M:%S} UTC — "
         f"{changed} of {len(records)} inputs and scores changed"
     )
     caption = (
@@ -83,11 +83,39 @@ def drift_table(records: Sequence[DriftRecord]) -> Table:
     return table
 
 
-def render_drift(records: Sequence[DriftRecord]) -> RenderableType:
-    """A table per window, oldest first."""
+def render_drift(records: Sequence[DriftRecord], *, detailed: int | None = None) -> RenderableType:
+    """A table per window, oldest first; with `detailed`, a line per window (`window_overview`) and tables for the
+    `detailed` latest windows only."""
     ordered = sorted(records, key=lambda r: r.window)
-    tables = [drift_table(list(group)) for _, group in groupby(ordered, key=lambda r: r.window)]
-    return Group(*tables) if tables else Text("No drift windows closed yet.")
+    windows = [list(group) for _, group in groupby(ordered, key=lambda r: r.window)]
+    if not windows:
+        return Text("No drift windows closed yet.")
+    if detailed is None or len(windows) <= detailed:
+        return Group(*(drift_table(w) for w in windows))
+    return Group(window_overview(ordered), *(drift_table(w) for w in windows[len(windows) - detailed :]))
+
+
+def window_overview(records: Sequence[DriftRecord]) -> Table:
+    """A line per window, oldest first: how many values it held and what changed (large changes first)."""
+    table = Table(
+        title="Drift, window by window: what no longer looks like the training data",
+        caption="(large): PSI at or above its threshold. The latest window follows in detail.",
+        title_justify="left",
+        caption_justify="left",
+    )
+    for column in ("Window (UTC)", "Values", "Changed", "What changed"):
+        table.add_column(column)
+    for _, group in groupby(sorted(records, key=lambda r: r.window), key=lambda r: r.window):
+        rows = list(group)
+        changed = sorted((r for r in rows if r.drifted), key=lambda r: (not r.psi_exceeded, -r.psi))
+        what = ", ".join(_what(r.feature) + (" (large)" if r.psi_exceeded else "") for r in changed)
+        table.add_row(
+            f"{rows[0].window_start:%Y-%m-%d %H:%M:%S} – {rows[0].window_end:%H:%M:%S}",
+            f"{max(r.events for r in rows):,}",
+            f"{len(changed)} of {len(rows)}",
+            Text(what, style="red") if what else Text("nothing"),
+        )
+    return table
 
 
 def _per_1000(value: float | None, digits: int = 2) -> str:
@@ -212,6 +240,6 @@ def render_ab(records: Sequence[ABRecord]) -> RenderableType:
     return Group(*parts) if parts else Text("No A/B looks yet.")
 
 
-def render(drift: Sequence[DriftRecord], ab: Sequence[ABRecord]) -> RenderableType:
-    """Everything `streamscore report` shows: drift windows, then experiments."""
-    return Group(render_drift(drift), render_ab(ab))
+def render(drift: Sequence[DriftRecord], ab: Sequence[ABRecord], *, detailed: int | None = None) -> RenderableType:
+    """Everything `streamscore report` shows: drift windows (`detailed`: see render_drift), then experiments."""
+    return Group(render_drift(drift, detailed=detailed), render_ab(ab))

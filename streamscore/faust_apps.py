@@ -38,13 +38,21 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
 
 
 def faust_app(
-    app_id: str, kafka: KafkaSettings, *, client: str, partitions: int, web_port: int, web_bind: str, **options: Any
+    app_id: str,
+    kafka: KafkaSettings,
+    *,
+    client: str,
+    partitions: int,
+    web_port: int,
+    web_bind: str,
+    offset_reset: str = "earliest",
+    **options: Any,
 ) -> Any:
     """A Faust app as our services run one; `options` adds Faust settings (commit cadence, store, …).
 
-    - at-least-once, offsets from the earliest record of a new group, and `stream_wait_empty=False`: on a rebalance
-      or at shutdown Faust commits what is acknowledged and does not wait for queued events (the partition's next
-      owner replays them, which the services' idempotence makes harmless);
+    - at-least-once, a new group starting from the earliest record (`offset_reset`), `stream_wait_empty=False`: on a
+      rebalance or at shutdown Faust commits what is acknowledged and does not wait for queued events (the
+      partition's next owner replays them, which the services' idempotence makes harmless);
     - an empty `env`: Faust reads its own variables (`WEB_PORT`, `BROKER_URL`, …) and lets them override the
       arguments, so only our settings configure it;
     - replication factor 1, no leader-election topic, no standby replicas: the single-node local stack;
@@ -59,7 +67,7 @@ def faust_app(
         broker_credentials=broker_credentials(kafka),
         broker_client_id=f"{kafka.client_id_prefix}-{client}",
         processing_guarantee="at_least_once",
-        consumer_auto_offset_reset="earliest",
+        consumer_auto_offset_reset=offset_reset,
         stream_wait_empty=False,
         topic_partitions=partitions,
         topic_replication_factor=1,

@@ -5,15 +5,17 @@ and options to it."""
 from __future__ import annotations
 
 import typer
+from rich.console import Console
 
 from monitor.app import create_app, preflight, run_worker
 from monitor.app_settings import MonitorAppSettings
-from monitor.reader import read_latest
+from monitor.reader import Results, read_latest
 from monitor.report import render
 from monitor.settings import MonitorSettings
 from streamscore.kafka import wait_for_broker
 from streamscore.registry import RegistrySettings
 from streamscore.settings import KafkaSettings, TopicSettings
+from streamscore.topics import TopicRegistry
 from streamscore_cli.console import console, friendly_errors, load_settings
 
 _BLOCKS = (MonitorSettings, KafkaSettings, TopicSettings, RegistrySettings)
@@ -55,7 +57,9 @@ def monitor(
 
 
 def report(
-    windows: int = typer.Option(1, "--windows", min=0, help="How many of the latest drift windows to show."),
+    windows: int = typer.Option(
+        1, "--windows", min=0, help="How many of the latest drift windows to show (a line each, the latest in detail)."
+    ),
     tail: int = typer.Option(5000, "--tail", min=1, help="Records read from the end of each partition."),
     timeout: float = typer.Option(15.0, "--timeout", min=1.0, help="Seconds to wait for the broker."),
 ) -> None:
@@ -65,11 +69,18 @@ def report(
         topics = load_settings(TopicSettings, {}).registry()
         wait_for_broker(kafka, timeout)
         results = read_latest(kafka, topics, windows=windows, tail=tail, timeout_s=timeout)
+    show(console, results, topics, tail)
+
+
+def show(out: Console, results: Results, topics: TopicRegistry, tail: int) -> None:
+    """What `streamscore report` prints (the demo's summary prints the same): where the records came from, then the
+    drift windows (a line each, the latest in detail) and the A/B tables, in plain words."""
     shown = len({r.window for r in results.drift})
-    console.print(
+    unreadable = f"; {results.unreadable} unreadable record(s)" if results.unreadable else ""
+    out.print(
         f"[dim]{topics.monitor_drift.name}: {results.windows_seen} window(s) in the last {tail:,} records per "
         f"partition, showing {shown}; {topics.monitor_ab.name}: {results.looks_seen} look(s), the latest per "
-        f"experiment{f'; {results.unreadable} unreadable record(s)' if results.unreadable else ''}[/]",
+        f"experiment{unreadable}[/]",
         highlight=False,
     )
-    console.print(render(results.drift, results.ab))
+    out.print(render(results.drift, results.ab, detailed=1))

@@ -38,6 +38,15 @@ def test_drift_report_says_what_changed_and_what_to_do() -> None:
     assert out.index(specs[0].name) < out.index(specs[1].name), "changed inputs come first"
     assert "No drift windows closed yet." in text(render_drift([]))
 
+    # Several windows: a line each, the latest in detail.
+    later = DriftWindow(reference, 493_001)
+    for spec in specs:
+        later.add(spec.name, spec.draw(rng, 2000))
+    both = text(render_drift([*evaluate(window, settings), *evaluate(later, settings)], detailed=1))
+    assert "window by window" in both
+    assert f"{specs[0].name} (large)" in both, "the shifted input, named in its window's line"
+    assert "Window 493001" in both and "Window 493000:" not in both, "only the latest window in detail"
+
 
 def test_ab_report_gives_a_verdict_in_words() -> None:
     counts = ABCounts()
