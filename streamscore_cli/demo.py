@@ -1,10 +1,12 @@
 """`streamscore demo` (and `make demo`): the whole pipeline on the local stack, then a summary read from Kafka.
 
 Steps: local stack up → history backfill → offline features (batch) → Feast apply → materialize the online
-store → train and register the champion (`v1`) and the challenger (`v1_lite`) → start the feature processor
-and the scorer as child processes, wait for their `/healthz` → live traffic with a small share of defective
-records → wait until every record has an outcome → summary (events, scores per variant and version, shadow
-scores, dead letters by reason, latency, lag) → stop what was started unless `--keep`.
+store → train and register the champion (`v1`) and the challenger (`v1_lite`) → start the feature processor,
+the scorer, the API and the monitor as child processes, wait for their `/healthz` → live traffic with a small share
+of defective records (and drift, with `--drift`) → wait until every record has an outcome and the monitor has
+judged the traffic's drift windows and counted its matured transactions → summary (events, scores per variant and
+version, shadow scores, dead letters by reason, latency, lag, then the monitor's drift and A/B tables as
+`streamscore report` prints them) → stop what was started unless `--keep`.
 
 Everything lives in one data folder (`--data-dir`, default `data/demo`), apart from the project's own
 `data/history`, `data/features`, `data/mlflow`: history, offline sources, Feast registry, MLflow store and
@@ -41,7 +43,10 @@ from rich.table import Table
 from feature_repo.batch import build_batch_sources
 from feature_repo.layout import MERCHANT_FILE, PROFILE_FILE, REALTIME_FILE
 from feature_repo.settings import FeastSettings
+from monitor.app_settings import MonitorAppSettings
+from monitor.reader import Results, read_latest
 from producers.client import EventProducer
+from producers.drift import DriftSpec
 from producers.history import LABELS_FILE, TRANSACTIONS_FILE, write_history
 from producers.live import LiveProgress, LiveRun, LiveSummary, run_live
 from producers.settings import ProducerSettings
@@ -49,7 +54,7 @@ from scorer.api.security import digest, new_key
 from streamscore.errors import StreamscoreError
 from streamscore.infra import LocalStack
 from streamscore.infra.settings import PROJECT_ROOT
-from streamscore.kafka import consumer_config
+from streamscore.kafka import admin_client, consumer_config, delete_topics
 from streamscore.lag import GroupLag, LagReader
 from streamscore.registry import CHALLENGER, CHAMPION, Registry, RegistrySettings
 from streamscore.settings import KafkaSettings, TopicSettings
@@ -65,6 +70,7 @@ from streamscore_cli.demo_summary import (
     metric_sum,
     scores_table,
 )
+from streamscore_cli.monitor import show as show_monitor
 from streamscore_cli.produce import HISTORY_RATE, make_generator, stop_on_signal
 from streamscore_cli.score import settings_from as scorer_settings
 from streamscore_cli.stream import _settings as processor_settings
@@ -83,6 +89,14 @@ DEFAULT_SHADOWS = '[{"name":"shadow","alias":"challenger","share":0.25}]'
 API_PORT = 8080
 """Where the demo's API listens (`streamscore api`'s default port)."""
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+MONITOR_WINDOW_S = 20.0
+"""The demo's drift windows: a minute of traffic gives three (the monitor's default is an hour)."""
+DEMO_MONITOR_ID = "streamscore-demo-monitor-"
+"""Each demo's monitor is a new Faust app (this prefix and the run's time: its own group and state topics) that
+starts at the end of the topics, so it judges the demo's traffic, not what earlier runs and benchmarks left there;
+the state topics of earlier demos' monitors are deleted when the next demo starts its own."""
+MONITOR_TAIL = 20_000
+"""Records read back from the end of each monitor topic partition for the summary."""
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +225,12 @@ def _scoring(health: dict[str, Any]) -> str | None:
     return None if health.get("status") == "ok" else f"status {health.get('status')}"
 
 
+def _monitoring(health: dict[str, Any]) -> str | None:
+    if health.get("ready") and health.get("recovered") and not health.get("rebalancing"):
+        return None
+    return "recovering its tables" if not health.get("recovered") else "rebuilding its partitions' states"
+
+
 class _TrainBar:
     """training.pipeline's progress protocol drawn as one bar: stage while joining, epochs while fitting."""
 
@@ -266,13 +286,19 @@ class Traffic:
     injected: dict[str, int]
     defects: int
     undelivered_defects: int
+    started_at: datetime
+    ended_at: datetime
 
 
 class Demo:
     """One run of the pipeline; each method is a step."""
 
-    def __init__(self, paths: DemoPaths, out: Console, *, fresh: bool, keep: bool, join: str | None) -> None:
+    def __init__(
+        self, paths: DemoPaths, out: Console, *, fresh: bool, keep: bool, join: str | None, label_delay: float = 5.0
+    ) -> None:
         self.paths = paths
+        self.label_delay = label_delay
+        self.run_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
         self.out = out
         self.fresh = fresh
         self.keep = keep
@@ -303,6 +329,10 @@ class Demo:
         self.api_key = new_key()
         self.api_spec = ServiceSpec("api", "scorer.api", API_PORT, "API_PORT")
         self.scorer_group = scorer.group
+        self.live_variants = [(v.name, v.alias, v.weight) for v in scorer.variants]
+        self.aliases: dict[str, str] = {}
+        monitor = MonitorAppSettings()
+        self.monitor_spec = ServiceSpec("monitor", "monitor", monitor.metrics_port, "MONITOR_METRICS_PORT")
         self._lag_reader: LagReader | None = None
 
     @contextmanager
@@ -454,6 +484,8 @@ class Demo:
                 self.steps.skipped(f"train {alias}", f"version {aliases[alias]} is registered as {alias}")
                 continue
             self.train(alias, preset)
+        with self.step("model registry"):
+            self.aliases = Registry(self.registry_settings).aliases()
 
     def train(self, alias: str, preset: str) -> None:
         from training.dataset import build_dataset
@@ -518,11 +550,28 @@ class Demo:
             env["SCORER_SHADOWS"] = DEFAULT_SHADOWS
         env["API_KEYS"] = json.dumps([{"name": "demo", "sha256": digest(self.api_key)}])
         env["API_PORT"] = str(API_PORT)
+        env.update({k: v for k, v in self.monitor_env().items() if k not in os.environ})
         return env
 
+    def monitor_env(self) -> dict[str, str]:
+        """The monitor's settings for a minute of traffic: short windows, labels maturing shortly after the
+        producer sends them, frequent looks; the expected split is the scorer's, without a variant whose alias has
+        no version (the scorer drops it)."""
+        split = {name: weight for name, alias, weight in self.live_variants if alias in self.aliases}
+        return {
+            "MONITOR_APP_ID": DEMO_MONITOR_ID + self.run_id,
+            "MONITOR_AUTO_OFFSET_RESET": "latest",
+            "MONITOR_WINDOW_SECONDS": f"{MONITOR_WINDOW_S:g}",
+            "MONITOR_ALLOWED_LATENESS_S": "5",
+            "MONITOR_LABEL_MATURITY_S": f"{self.label_delay + 5.0:g}",
+            "MONITOR_LOOK_INTERVAL_S": "5",
+            "MONITOR_CHECKPOINT_INTERVAL_S": "1",
+            "MONITOR_EXPECTED_SPLIT": json.dumps(split or {"champion": 1.0}),
+        }
+
     def start_services(self, timeout_s: float) -> None:
-        """Start the feature processor and the scorer side by side, wait for both `/healthz`, then for the scorer to
-        have caught up with what earlier runs left unscored."""
+        """Start the feature processor, the scorer, the API and the monitor side by side, wait for their `/healthz`,
+        then for the scorer to have caught up with what earlier runs left unscored."""
         if not self.multiproc_inherited:
             # Importing Feast (materialize) set PROMETHEUS_MULTIPROC_DIR in this process; a child inheriting it
             # would run prometheus_client in multiprocess mode (see streamscore/__init__.py).
@@ -532,13 +581,16 @@ class Demo:
             (self.features_spec, _recovered),
             (self.scorer_spec, _scoring),
             (self.api_spec, _scoring),
+            (self.monitor_spec, _monitoring),
         ]
         what = {
             self.features_spec.name: "table recovered",
             self.scorer_spec.name: "models loaded, loop running",
             self.api_spec.name: "models loaded, Redis and registry reachable",
+            self.monitor_spec.name: "tables recovered, partitions' states rebuilt",
         }
         self.services.ensure_free([spec for spec, _ in checks])
+        self.drop_earlier_monitors()
         records = {spec.name: self.services.start(spec, env) for spec, _ in checks}
         pids = ", ".join(f"{name} pid {record.pid}" for name, record in records.items())
         with self.out.status(f"starting {pids}; waiting for /healthz") as status:
@@ -563,6 +615,17 @@ class Demo:
                 )
         self.print_api()
         self.catch_up(timeout_s)
+
+    def drop_earlier_monitors(self) -> None:
+        """Delete the state topics of earlier demos' monitors (DEMO_MONITOR_ID)."""
+        prefix = TopicSettings().prefix + DEMO_MONITOR_ID
+        with self.step("monitor"):
+            names = [
+                name for name in admin_client(self.kafka).list_topics(timeout=10.0).topics if name.startswith(prefix)
+            ]
+            if names:
+                delete_topics(self.kafka, names)
+                log.info("deleted %d state topics of earlier demo monitors: %s", len(names), names)
 
     def print_api(self) -> None:
         url = self.api_spec.base_url
@@ -611,9 +674,11 @@ class Demo:
 
     # --- traffic and outputs -----------------------------------------------------------------------------------
 
-    def traffic(self, duration: float, rate: float, label_delay: float, defect_share: float) -> Traffic:
+    def traffic(
+        self, duration: float, rate: float, label_delay: float, defect_share: float, drift: str | None = None
+    ) -> Traffic:
         settings = ProducerSettings(rate=rate, label_delay_s=label_delay, kafka=self.kafka)
-        generator = make_generator(settings, None, rhythm=False)
+        generator = make_generator(settings, drift, rhythm=False)
         producer = EventProducer(self.kafka, self.topics, client_id="demo-producer", linger_ms=settings.linger_ms)
         injector = DefectInjector(self.kafka, self.topics.transactions.name, defect_share)
         started_at = datetime.now(UTC)
@@ -661,7 +726,7 @@ class Demo:
             f"{summary.labels_sent:,} labels",
             time.monotonic() - begun,
         )
-        return Traffic(summary, dict(injector.sent), injector.total, undelivered)
+        return Traffic(summary, dict(injector.sent), injector.total, undelivered, started_at, datetime.now(UTC))
 
     def drain(self, traffic: Traffic, timeout_s: float) -> bool:
         """Read outputs until every record sent has a score or a dead letter; False on timeout."""
@@ -686,6 +751,57 @@ class Demo:
         else:
             self.out.print(f"[red]✗[/] [bold]outcomes[/]: only {detail} after {timeout_s:.0f} s", highlight=False)
         return done
+
+    def monitor_results(self, traffic: Traffic, timeout_s: float) -> Results | None:
+        """Wait until the monitor has judged the drift windows up to the end of the traffic and counted each
+        transaction scored live in an A/B look (they count once their label matured), then read its results as
+        `streamscore report` does: the windows of this traffic and the latest look per experiment."""
+        started = time.monotonic()
+        expected = len(self.tally.live_event_ids)
+        units = 0
+        window_end: datetime | None = None
+        with self.out.status("monitor: waiting for its drift windows and A/B looks") as status:
+            while True:
+                try:
+                    results = read_latest(self.kafka, self.topics, windows=1000, tail=MONITOR_TAIL, timeout_s=10.0)
+                except StreamscoreError as exc:
+                    self.out.print(f"[yellow]![/] monitor results not readable: {escape(exc.message)}", highlight=False)
+                    return None
+                units = self.live_units(results, traffic.started_at)
+                window_end = max((r.window_end for r in results.drift), default=None)
+                judged = window_end is not None and window_end >= traffic.ended_at
+                counted = units >= expected
+                waited = time.monotonic() - started
+                if (judged and counted) or waited > timeout_s or self.stop.is_set():
+                    break
+                windows = "no window judged yet" if window_end is None else f"judged up to {window_end:%H:%M:%S} UTC"
+                status.update(
+                    f"monitor: drift windows {windows}; {units:,} of {expected:,} transactions counted in "
+                    f"the A/B looks · {waited:.0f} s"
+                )
+                time.sleep(2.0)
+        ours = [r for r in results.drift if r.window_end > traffic.started_at]
+        detail = (
+            f"{len({r.window for r in ours})} drift window(s) of this traffic judged, "
+            f"{units:,} of {expected:,} scored transactions counted in the A/B looks"
+        )
+        if judged and counted:
+            self.steps.done("monitor", detail, time.monotonic() - started)
+        else:
+            self.steps.warned("monitor", f"after {timeout_s:.0f} s: {detail}", time.monotonic() - started)
+        return Results(
+            drift=ours,
+            ab=[look for look in results.ab if look.at >= traffic.started_at],
+            windows_seen=results.windows_seen,
+            looks_seen=results.looks_seen,
+            unreadable=results.unreadable,
+        )
+
+    def live_units(self, results: Results, since: datetime) -> int:
+        """Matured transactions of the live variants in the latest looks published since `since` (this demo's
+        monitor starts afresh, see DEMO_MONITOR_ID; earlier monitors' looks are older)."""
+        live = {name for name, _, _ in self.live_variants}
+        return sum(v.units for look in results.ab if look.at >= since for v in look.variants if v.variant in live)
 
     def lag(self) -> tuple[GroupLag | None, dict[str, float | None]]:
         """The scorer group's lag (streamscore.lag), plus the feature processor's counts from its /metrics."""
@@ -748,7 +864,9 @@ class Demo:
 
     # --- summary ---------------------------------------------------------------------------------------------------
 
-    def summary(self, traffic: Traffic, lag: GroupLag | None, figures: dict[str, float | None]) -> None:
+    def summary(
+        self, traffic: Traffic, lag: GroupLag | None, figures: dict[str, float | None], monitor: Results | None
+    ) -> None:
         tally = self.tally
         s = traffic.summary
         valid = s.delivered - s.labels_sent
@@ -787,6 +905,9 @@ class Demo:
                 scores_table(tally.shadow, "shadow scores (scores.shadow), share of all transactions", valid)
             )
         self.out.print(dead_letters_table(tally, traffic.injected))
+        if monitor is not None:
+            self.out.print("[bold]monitor[/] (what `streamscore report` prints)", highlight=False)
+            show_monitor(self.out, monitor, self.topics, MONITOR_TAIL)
         durations = Table(title="steps", show_header=False)
         for step, _, seconds in self.steps.rows:
             durations.add_row(step, "skipped" if seconds is None else f"{seconds:.1f} s")
@@ -813,15 +934,28 @@ def demo(
         "its table (traffic starts anyway).",
     ),
     drain_timeout: float = typer.Option(120.0, help="Seconds to wait for the outcome of every record."),
+    drift: str | None = typer.Option(
+        None,
+        "--drift",
+        help="Drift injected into the live traffic, e.g. after=9000,amount_scale=2.5 (as `streamscore produce`).",
+    ),
+    monitor_timeout: float = typer.Option(
+        120.0, help="Seconds to wait for the monitor to judge the traffic's windows and count its transactions."
+    ),
 ) -> None:
     """The whole pipeline on the local stack: history, features, two models, services, live traffic, a summary."""
     if join not in (None, "local", "feast"):
         raise typer.BadParameter("choose feast or local", param_hint="--join")
+    if drift is not None:
+        try:
+            DriftSpec.parse(drift)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--drift") from None
     begun = time.monotonic()
     paths = DemoPaths(data_dir.resolve())
     out = Console(file=sys.stdout)  # the terminal of this call, whatever a step redirects
     with friendly_errors():
-        run = Demo(paths, out, fresh=fresh, keep=keep, join=join)
+        run = Demo(paths, out, fresh=fresh, keep=keep, join=join, label_delay=label_delay)
         out.print(f"[bold]streamscore demo[/] · data in {paths.root} · logs in {paths.logs}", highlight=False)
         try:
             run.clean()
@@ -831,8 +965,9 @@ def demo(
             run.online_store()
             run.models()
             run.start_services(start_timeout)
-            traffic = run.traffic(duration, rate, label_delay, defects)
+            traffic = run.traffic(duration, rate, label_delay, defects, drift)
             drained = run.drain(traffic, drain_timeout)
+            monitor = run.monitor_results(traffic, monitor_timeout)
             lag, figures = run.lag()
         except BaseException:
             run.close()
@@ -843,7 +978,7 @@ def demo(
         run.close()
         run.stop_everything()
         ok = drained and run.tally.duplicates == 0 and traffic.undelivered_defects == 0
-        run.summary(traffic, lag, figures)
+        run.summary(traffic, lag, figures, monitor)
         if keep:
             run.print_kept()
         out.print(f"total {time.monotonic() - begun:.0f} s", highlight=False)
