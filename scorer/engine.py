@@ -230,8 +230,16 @@ class ScoringEngine:
                         ),
                     )
                 )
+        if len(groups) > 1:
+            # Inference ran per variant; hand the scores back in input order (live before its shadows), so a
+            # partition's scores keep the order of its transactions (the monitor's windows rely on it).
+            result.scored.sort(key=_input_order)
         result.inference_seconds = time.perf_counter() - infer_started
         return result
+
+
+def _input_order(item: Scored) -> tuple[int, bool]:
+    return item.index, item.shadow
 
 
 def _predict(model: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, list[str | None]]:

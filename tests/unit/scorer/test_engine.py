@@ -161,6 +161,9 @@ def test_split_is_sticky_and_shadows_score_on_top_without_replacing_the_live_sco
     shadowed_accounts = {s.score.account_id for s in shadow}
     assert 0.38 < len(shadowed_accounts) / 400 < 0.62
     assert {s.score.model_version for s in shadow} == {"3"}
+    # Scores come back in input order, each live score before its shadow: a partition's outputs keep the order
+    # of its transactions whatever variant scored them.
+    assert [(s.index, s.shadow) for s in result.scored] == sorted((s.index, s.shadow) for s in result.scored)
 
 
 def test_forced_variant_scores_every_request_with_it(tmp_path: Path) -> None:
