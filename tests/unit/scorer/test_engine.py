@@ -227,3 +227,38 @@ def test_thresholds() -> None:
     ]
     with pytest.raises(ValueError, match="review <= decline"):
         Thresholds(0.8, 0.5)
+
+
+class CountingSession:
+    """An ONNX Runtime session that records the batch sizes it ran (the device-dispatch test's second slot)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.batches: list[int] = []
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.batches.append(len(next(iter(feeds.values()))))
+        return self.inner.run(outputs, feeds)  # type: ignore[attr-defined,no-any-return]
+
+
+def test_device_choice_gpu_only_for_batches_at_the_cuda_threshold(tmp_path: Path) -> None:
+    """Without a GPU (CI): `auto` serves on the CPU and `cuda` refuses to start. With a CUDA session in place,
+    batches below `cuda_min_batch` stay on the CPU session and larger ones go to the CUDA one (here a second real
+    ORT session stands in for it: this host has no GPU; the provider itself is checked on a GPU host)."""
+    from scorer.models import CPU, cuda_available
+
+    weights, bias = linear_weights(1)
+    path = tmp_path / "v1.onnx"
+    path.write_bytes(logistic_onnx(weights, bias))
+    files = ModelFiles("fraud-detector", "1", path, "sha", "fraud_v1", _names(), "run")
+    loaded = load_model(files, RuntimeOptions(warmup_batch=16, cuda_min_batch=64))
+    if not cuda_available():
+        assert loaded.providers == (CPU,) and loaded.cuda is None
+        with pytest.raises(ModelLoadError, match="no working CUDA"):
+            load_model(files, RuntimeOptions(device="cuda"))
+    cpu, gpu = CountingSession(loaded.cpu), CountingSession(loaded.cpu)
+    loaded.cpu, loaded.cuda = cpu, gpu
+    x = np.zeros((100, len(_names())), dtype=np.float32)
+    for rows in (1, 63, 64, 100):
+        assert loaded.predict(x[:rows]).shape == (rows,)
+    assert cpu.batches == [1, 63] and gpu.batches == [64, 100]
