@@ -40,7 +40,7 @@ from scorer.models import LoadedModel
 from scorer.service import load_serving
 from scorer.serving import Reloader, ServingBuilder
 from streamscore import __version__
-from streamscore.contracts import Score, Transaction, describe, headers_for, parse_event
+from streamscore.contracts import CONTENT_TYPE_JSON, Score, Transaction, describe, headers_for, parse_event
 from streamscore.errors import EventError, StreamscoreError
 from streamscore.kafka import producer_config
 
@@ -375,10 +375,12 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
         _key: KeyDep,
         variant: str = variant_query,
         version: str | None = version_query,
-    ) -> Score:
+    ) -> Response:
         tx = _parse_transaction(await request.body())
         scored = await score_requests(rt, [ScoreRequest(tx, time.time(), _traceparent(request))], variant, version)
-        return scored[0].score
+        # The score's own JSON (the stream's bytes): FastAPI would re-validate it against `response_model` and
+        # encode it again, ~20 µs a request for nothing; `response_model` still documents it.
+        return Response(scored[0].score.to_json(), media_type=CONTENT_TYPE_JSON)
 
     @app.post(
         "/v1/score/batch",
@@ -407,7 +409,7 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
         _key: KeyDep,
         variant: str = variant_query,
         version: str | None = version_query,
-    ) -> BatchResponse:
+    ) -> Response:
         body = await request.body()
         try:
             batch = BatchRequest.model_validate_json(body)
@@ -425,7 +427,8 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
         scored = await score_requests(
             rt, [ScoreRequest(t, now, traceparent) for t in batch.instances], variant, version
         )
-        return BatchResponse(predictions=[s.score for s in scored])
+        predictions = b'{"predictions":[' + b",".join(s.score.to_json() for s in scored) + b"]}"
+        return Response(predictions, media_type=CONTENT_TYPE_JSON)
 
     @app.get("/v1/models", response_model=ModelsResponse, responses={401: ERRORS[401], 429: ERRORS[429]})
     async def models(rt: RuntimeDep, _key: KeyDep) -> ModelsResponse:
