@@ -22,7 +22,7 @@ leaves its table of pending units, keyed by event id — and merges per-partitio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitor.sequential import SequentialState, difference, step
+from monitor.sequential import SequentialState, cluster_difference, difference, step
 from monitor.settings import Metric, MonitorSettings
 from monitor.srm import SrmResult, srm
 from streamscore.contracts import Label, Score
@@ -45,6 +45,16 @@ HIGHER_IS_BETTER: dict[Metric, bool] = {
     "decline": False,
 }
 NEEDS_DECLINED_OUTCOMES: frozenset[Metric] = frozenset({"fraud_caught", "false_decline"})
+METRIC_FIELDS = ("caught", "missed", "false_declines", "declined")
+"""The per-account sums kept after the unit count, in `AccountSums` order."""
+METRIC_COLUMN: dict[Metric, str] = {
+    "fraud_caught": "caught",
+    "fraud_missed": "missed",
+    "false_decline": "false_declines",
+    "decline": "declined",
+}
+AccountSums = tuple[int, int, int, int, int]
+"""One account's counted units of one variant: (units, caught, missed, false declines, declined)."""
 
 
 # --- units -----------------------------------------------------------------------------------------------
@@ -80,6 +90,18 @@ def outcome(score: Score, label: Label | None, *, rates: Mapping[str, float] | N
     return Outcome(variant=score.variant, declined=declined, fraud=fraud, amount=score.amount / rate)
 
 
+def account_sums(before: Sequence[int] | None, unit: Outcome) -> AccountSums:
+    """An account's sums after adding one of its units (`before`: its sums so far, None for none)."""
+    n, caught, missed, false_declines, declined = before if before is not None else (0, 0, 0, 0, 0)
+    return (
+        n + 1,
+        caught + int(unit.declined and unit.fraud is True),
+        missed + int(not unit.declined and unit.fraud is True),
+        false_declines + int(unit.declined and unit.fraud is False),
+        declined + int(unit.declined),
+    )
+
+
 # --- counts ----------------------------------------------------------------------------------------------
 
 
@@ -102,6 +124,18 @@ class VariantCounts:
     amount: float = 0.0
     caught_amount: float = 0.0
     missed_amount: float = 0.0
+    # Cluster sums over the variant's accounts (the randomized unit), for the cluster-robust variance: K accounts
+    # with a counted unit, Σn_a², and per metric Σy_a² and Σn_a·y_a (Σn_a and Σy_a are the counts above).
+    accounts: int = 0
+    units_sq: int = 0
+    caught_sq: int = 0
+    missed_sq: int = 0
+    false_declines_sq: int = 0
+    declined_sq: int = 0
+    caught_x: int = 0
+    missed_x: int = 0
+    false_declines_x: int = 0
+    declined_x: int = 0
 
     def add(self, unit: Outcome) -> None:
         self.units += 1
@@ -120,6 +154,32 @@ class VariantCounts:
                 self.missed_amount += unit.amount
         elif unit.declined:
             self.false_declines += 1
+
+    def cluster(self, before: Sequence[int] | None, after: Sequence[int]) -> None:
+        """Replace one account's contribution to the cluster sums: its `AccountSums` before (None: the account had
+        no counted unit of this variant) by after. The sums over accounts stay exact integers."""
+        if before is None:
+            self.accounts += 1
+        for sign, sums in ((-1, before), (1, after)):
+            if sums is None:
+                continue
+            n = sums[0]
+            self.units_sq += sign * n * n
+            for name, y in zip(METRIC_FIELDS, sums[1:], strict=True):
+                setattr(self, f"{name}_sq", getattr(self, f"{name}_sq") + sign * y * y)
+                setattr(self, f"{name}_x", getattr(self, f"{name}_x") + sign * n * y)
+
+    def cluster_sums(self, metric: Metric) -> tuple[int, int, int, int, int, int]:
+        """(K, Σn_a, Σy_a, Σn_a², Σy_a², Σn_a·y_a) of the primary metric over this variant's accounts."""
+        name = METRIC_COLUMN[metric]
+        return (
+            self.accounts,
+            self.units,
+            self.successes(metric),
+            self.units_sq,
+            getattr(self, f"{name}_sq"),
+            getattr(self, f"{name}_x"),
+        )
 
     def merged(self, other: VariantCounts) -> VariantCounts:
         return VariantCounts(
@@ -142,8 +202,14 @@ class ABCounts:
 
     variants: dict[str, VariantCounts] = field(default_factory=dict)
 
-    def add(self, unit: Outcome) -> None:
-        self.variants.setdefault(unit.variant, VariantCounts()).add(unit)
+    def add(self, unit: Outcome, before: Sequence[int] | None = None) -> AccountSums:
+        """Count a unit of an account whose counted units of this variant summed to `before` (None: none yet, which
+        is also how a unit counts as an account of its own); returns the account's new sums."""
+        counts = self.variants.setdefault(unit.variant, VariantCounts())
+        counts.add(unit)
+        after = account_sums(before, unit)
+        counts.cluster(before, after)
+        return after
 
     def merge(self, other: ABCounts) -> ABCounts:
         """Add `other` into these counts; returns self."""
@@ -280,8 +346,10 @@ def look(
 ) -> tuple[ABState, ABRecord]:
     """One look at the merged counts of an experiment: every other variant against `settings.champion` with the
     mSPRT on `settings.ab_metric`, and the sample-ratio check of `assignments` (the randomized units per live
-    variant: accounts first seen on each; default: the matured transactions of `counts`) against
-    `settings.expected_split`. Returns the new state and the record to publish."""
+    variant: accounts first seen on each; default: the distinct accounts with matured units in `counts`) against
+    `settings.expected_split`. The comparison's variance is cluster-robust at the account level
+    (`sequential.cluster_difference`): the scorer randomizes accounts, and an account's transactions are
+    correlated. Returns the new state and the record to publish."""
     metric = settings.ab_metric
     higher = HIGHER_IS_BETTER[metric]
     champion = counts.variants.get(settings.champion, VariantCounts())
@@ -294,7 +362,11 @@ def look(
         observable = metric not in NEEDS_DECLINED_OUTCOMES or (c.hidden == 0 and champion.hidden == 0)
         test = tests.get(name, SequentialState())
         if observable and min(c.units, champion.units) >= settings.ab_min_units:
-            delta, var = difference(champion.successes(metric), champion.units, c.successes(metric), c.units)
+            if champion.accounts and c.accounts:
+                delta, var = cluster_difference(champion.cluster_sums(metric), c.cluster_sums(metric))
+            else:
+                # Counts without cluster sums (state written before they were kept): per-transaction variance.
+                delta, var = difference(champion.successes(metric), champion.units, c.successes(metric), c.units)
             test = step(test, float(delta), float(var), tau=settings.msprt_tau, alpha=settings.ab_alpha)
             tests[name] = test
         comparisons.append(
@@ -315,7 +387,7 @@ def look(
     live = (
         assignments
         if assignments is not None
-        else {n: c.units for n, c in counts.variants.items() if n in settings.expected_split}
+        else {n: c.accounts for n, c in counts.variants.items() if n in settings.expected_split}
     )
     record = ABRecord(
         experiment_id=experiment_id,

@@ -13,6 +13,10 @@ accounts: one `PartitionState` owns everything of partition p.
 - **Windows** (drift): one record per open window — a `DriftWindow` over the champion's features (the inputs
   of the events the champion scored, against the champion version's reference) and one per
   `score:<variant>@<version>`, each against the reference of the version that scored.
+- **Clusters** (A/B variance): one record per (experiment, account) with the account's counted sums per variant
+  (`monitor.ab.AccountSums`), written after the units and before the A/B counts with the sums of its previous
+  write (`Cluster`): a record newer than the recovered A/B counts falls back to those. It expires like a unit, once
+  the account's newest counted unit is `unit_retention_s` past maturity.
 - **Accounts**: one record per (experiment, account): the variant the account was first seen on and that score's
   event time — the randomized unit of the sample-ratio check. An account counts in the check once that time is
   past both the A/B cutoff (label clock − maturity) and the score clock − allowed lateness: the scorer writes a
@@ -51,7 +55,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from monitor.ab import ABCounts, Outcome
+from monitor.ab import ABCounts, AccountSums, Outcome
 from monitor.drift import DriftWindow, window_key
 from monitor.references import ReferenceBook, score_series
 from monitor.settings import MonitorSettings
@@ -88,6 +92,10 @@ def ab_key(partition: int, experiment: str) -> str:
 
 def account_key(partition: int, experiment: str, account: str) -> str:
     return f"{partition}/a/{experiment}/{account}"
+
+
+def cluster_key(partition: int, experiment: str, account: str) -> str:
+    return f"{partition}/c/{experiment}/{account}"
 
 
 def meta_key(partition: int) -> str:
@@ -211,9 +219,12 @@ class Entry:
     seq: int | None = None
     """Sequence number of the checkpoint that first wrote it (None: not written yet)."""
     counted: bool = False
+    account: str | None = None
+    """The account scored (the cluster of the A/B variance; None in records written before it was kept: the unit
+    is then an account of its own)."""
 
     def dump(self) -> list[Any]:
-        return [int(self.declined), self.amount, self.topic, self.offset, self.experiment, self.seq]
+        return [int(self.declined), self.amount, self.topic, self.offset, self.experiment, self.seq, self.account]
 
 
 @dataclass(slots=True)
@@ -249,8 +260,16 @@ class Unit:
         unit = cls(
             event_time=float(data["t"]),
             variants={
-                name: Entry(bool(d), float(a), str(tp), int(o), str(x), None if s is None else int(s))
-                for name, (d, a, tp, o, x, s) in data["v"].items()
+                name: Entry(
+                    bool(d),
+                    float(a),
+                    str(tp),
+                    int(o),
+                    str(x),
+                    None if s is None else int(s),
+                    account=None if not rest or rest[0] is None else str(rest[0]),
+                )
+                for name, (d, a, tp, o, x, s, *rest) in data["v"].items()
             },
             label=None
             if label is None
@@ -294,6 +313,35 @@ class PartitionWindow:
         )
 
 
+# --- accounts (clusters) ------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Cluster:
+    """One account's counted units per variant (`monitor.ab.AccountSums`): what its contribution to the arm's
+    cluster sums is, so that a new unit replaces it. Written with the sequence number `seq` of the checkpoint
+    and the sums it had at its previous write (`prev`): the A/B counts of that checkpoint may be lost in a
+    crash, and then `prev` is what they hold."""
+
+    sums: dict[str, AccountSums] = field(default_factory=dict)
+    written: dict[str, AccountSums] = field(default_factory=dict)
+    seq: int = 0
+    last: float = -math.inf
+    """Event time of its newest counted unit (its expiry)."""
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "s": {v: list(x) for v, x in self.sums.items()},
+            "p": {v: list(x) for v, x in self.written.items()},
+            "k": self.seq,
+            "t": self.last,
+        }
+
+
+def _sums(data: Mapping[str, Any]) -> dict[str, AccountSums]:
+    return {str(v): (int(x[0]), int(x[1]), int(x[2]), int(x[3]), int(x[4])) for v, x in data.items()}
+
+
 # --- the partition ---------------------------------------------------------------------------------------------
 
 
@@ -333,6 +381,10 @@ class PartitionState:
         self.counts: dict[str, ABCounts] = {}
         self.accounts: dict[str, dict[str, str]] = {}
         self.account_counts: dict[str, Counter[str]] = {}
+        self.clusters: dict[str, dict[str, Cluster]] = {}
+        """Experiment → account → the account's counted sums per variant (the cluster-robust variance's terms)."""
+        self._dirty_clusters: set[tuple[str, str]] = set()
+        self._cluster_expiry: list[tuple[float, str, str]] = []
         self.windows: dict[int, PartitionWindow] = {}
         self.closed_below: int | None = None
         self.ordinal = 0
@@ -387,6 +439,7 @@ class PartitionState:
             topic=code,
             offset=offset,
             experiment=score.experiment_id,
+            account=score.account_id,
         )
         self._dirty_units.add(score.event_id)
         heapq.heappush(self._maturity, (unit.event_time, score.event_id))
@@ -488,11 +541,18 @@ class PartitionState:
                 writes.append((window_record_key(p, window.key), record))
                 window.dirty = False
         writes += self._unit_writes(k)
+        changed = self._sweep(k)
         for experiment, account, variant, t in self._dirty_accounts:
             writes.append((account_key(p, experiment, account), [variant, t]))
         self._dirty_accounts.clear()
+        for experiment, account in sorted(self._dirty_clusters):
+            cluster = self.clusters[experiment][account]
+            cluster.seq = k
+            writes.append((cluster_key(p, experiment, account), cluster.dump()))
+            cluster.written = dict(cluster.sums)
+        self._dirty_clusters.clear()
         self._count_accounts()
-        for experiment in sorted(self._sweep(k)):
+        for experiment in sorted(changed):
             state = {"counts": self.counts[experiment].to_dict(), "seq": k, "cutoff": self.label_clock}
             writes.append((ab_key(p, experiment), state))
         writes += self._expire(k)
@@ -537,7 +597,17 @@ class PartitionState:
                 if e.counted or e.seq is None or e.seq > k:
                     continue
                 e.counted = True
-                self.counts.setdefault(e.experiment, ABCounts()).add(unit.outcome(name))
+                counts = self.counts.setdefault(e.experiment, ABCounts())
+                if e.account is None:
+                    counts.add(unit.outcome(name))
+                else:
+                    cluster = self.clusters.setdefault(e.experiment, {}).setdefault(e.account, Cluster())
+                    cluster.sums[name] = counts.add(unit.outcome(name), cluster.sums.get(name))
+                    if unit.event_time > cluster.last:
+                        cluster.last = unit.event_time
+                        expires = unit.event_time + maturity + self.policy.unit_retention_s
+                        heapq.heappush(self._cluster_expiry, (expires, e.experiment, e.account))
+                    self._dirty_clusters.add((e.experiment, e.account))
                 changed.add(e.experiment)
                 self.units_counted += 1
             if all(e.counted for e in unit.variants.values()):
@@ -567,6 +637,28 @@ class PartitionState:
             writes.append((unit_key(self.partition, item[1]), None))
         for item in later:
             heapq.heappush(self._expiry, item)
+        return writes + self._expire_accounts(k)
+
+    def _expire_accounts(self, k: int) -> list[Record]:
+        """Forget an account's cluster sums once its newest counted unit is past the units' retention, with the same
+        guard. Its contribution stays in the A/B counts; if it comes back later it is a new cluster. (Its first-seen
+        record stays: the sample-ratio counts are rebuilt from those records at recovery.)"""
+        writes: list[Record] = []
+        later: list[tuple[float, str, str]] = []
+        horizon = self.stats.label_maturity_s + self.policy.unit_retention_s
+        while self._cluster_expiry and self._cluster_expiry[0][0] <= self.label_clock:
+            item = heapq.heappop(self._cluster_expiry)
+            _, experiment, account = item
+            cluster = self.clusters.get(experiment, {}).get(account)
+            if cluster is None or cluster.last + horizon > self.label_clock:
+                continue
+            if cluster.seq > k - EXPIRY_GUARD or (experiment, account) in self._dirty_clusters:
+                later.append(item)
+                continue
+            del self.clusters[experiment][account]
+            writes.append((cluster_key(self.partition, experiment, account), None))
+        for item in later:
+            heapq.heappush(self._cluster_expiry, item)
         return writes
 
     def _meta(self) -> dict[str, Any]:
@@ -668,6 +760,7 @@ class PartitionState:
         windows: list[Mapping[str, Any]] = []
         seqs: list[int] = []
         ab: dict[str, tuple[int, float]] = {}
+        clusters: list[tuple[str, str, Mapping[str, Any]]] = []
         meta: Mapping[str, Any] | None = None
         for key, value in records:
             if value is None:
@@ -690,6 +783,10 @@ class PartitionState:
                 variant, first = str(value[0]), float(value[1])
                 self.accounts.setdefault(experiment, {})[account] = variant
                 heapq.heappush(self._account_queue, (first, experiment, variant))
+            elif kind == "c":
+                experiment, account = rest.split("/", 1)
+                clusters.append((experiment, account, value))
+                seqs.append(int(value["k"]))
         if meta is not None:
             seqs.append(int(meta["seq"]))
             self.closed_below = meta["closed_below"]
@@ -701,6 +798,14 @@ class PartitionState:
         self.label_clock = max([self.label_clock, *(cutoff for _, cutoff in ab.values())])
         self.seq = max(seqs, default=0)
         maturity = self.stats.label_maturity_s
+        for experiment, account, value in clusters:
+            # Written at a checkpoint whose A/B counts were lost in a crash: the counts hold its previous sums.
+            seq = int(value["k"])
+            sums = _sums(value["s"] if seq <= ab.get(experiment, (-1, 0.0))[0] else value["p"])
+            last = float(value["t"])
+            self.clusters.setdefault(experiment, {})[account] = Cluster(dict(sums), dict(sums), seq, last)
+            expires = last + maturity + self.policy.unit_retention_s
+            heapq.heappush(self._cluster_expiry, (expires, experiment, account))
         for event_id, data in units.items():
             unit = self.units[event_id] = Unit.load(data)
             for e in unit.variants.values():

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from monitor.ab import is_mature
 from monitor.drift import DriftWindow, evaluate
 from monitor.reference import DriftReference, series_reference
-from monitor.sequential import difference, half_width, log_mixture_ratio
+from monitor.sequential import ClusterSums, cluster_difference, difference, half_width, log_mixture_ratio
 from monitor.settings import MonitorSettings
 
 NAIVE_Z = 1.959963984540054
@@ -58,6 +58,11 @@ class PeekingResult:
         return float((self.naive_first >= 0).mean())
 
 
+def independent(successes: ArrayLike, units: ArrayLike) -> ClusterSums:
+    """The cluster sums of independent units: every unit an account of its own."""
+    return (units, units, successes, units, successes, successes)
+
+
 def _first_true(hits: NDArray[np.bool_]) -> NDArray[np.int64]:
     return np.where(hits.any(axis=1), hits.argmax(axis=1), -1).astype(np.int64)
 
@@ -91,7 +96,7 @@ def peeking(
         r = min(chunk, runs - start)
         xa = np.cumsum(rng.binomial(per_look, rate_a, size=(r, looks)), axis=1)
         xb = np.cumsum(rng.binomial(per_look_b, rate_b, size=(r, looks)), axis=1)
-        delta, var = difference(xa, units, xb, units_b)
+        delta, var = cluster_difference(independent(xa, units), independent(xb, units_b))
         active = np.minimum(units, units_b) >= min_units
         reject = (log_mixture_ratio(delta, var, tau) >= threshold) & active
         first = _first_true(reject)
@@ -113,6 +118,82 @@ def peeking(
         msprt_direction=np.concatenate(out["dir"]).astype(np.int64),
         naive_first=np.concatenate(out["naive"]).astype(np.int64),
         ci_miss=np.concatenate(out["miss"]).astype(bool),
+    )
+
+
+# --- A/B: clustered units ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusteredResult:
+    robust_rate: float
+    """Share of runs where the mSPRT with the cluster-robust variance (production) ever rejected."""
+    naive_rate: float
+    """Share of runs where the mSPRT with the per-transaction variance ever rejected (the negative control)."""
+    runs: int
+    units: float
+    """Mean transactions per arm at the last look."""
+    accounts: int
+    """Accounts per arm at the last look."""
+    design_effect: float
+    """Mean over runs of cluster-robust V / per-transaction V at the last look."""
+
+
+def clustered_peeking(
+    *,
+    runs: int,
+    looks: int = 100,
+    accounts_per_look: int = 40,
+    mean_transactions: float = 5.0,
+    burst_share: float = 0.1,
+    burst_rate: float = 0.3,
+    base_rate: float = 0.005,
+    tau: float,
+    alpha: float = 0.05,
+    min_units: int = 100,
+    seed: int,
+    chunk: int = 250,
+) -> ClusteredResult:
+    """A/A with accounts as the randomized unit, like the scorer's routing and the generator's fraud: each look
+    adds `accounts_per_look` accounts to each arm, each with a geometric number of transactions (mean
+    `mean_transactions`) and an account-level rate — `burst_rate` for a `burst_share` of accounts (card testing,
+    a taken-over account), `base_rate` otherwise — so an account's outcomes are correlated. Both arms are drawn
+    alike; any rejection is false. The mSPRT runs at every look with the cluster-robust variance of the
+    per-account sums (`cluster_difference`, production) and, as the negative control, with the per-transaction
+    variance (`difference`, what the monitor used before)."""
+    rng = np.random.default_rng(seed)
+    threshold = math.log(1 / alpha)
+    k = accounts_per_look * np.arange(1, looks + 1, dtype=np.float64)
+    hits: dict[str, list[NDArray[np.bool_]]] = {"robust": [], "naive": []}
+    units: list[NDArray[np.float64]] = []
+    effect: list[NDArray[np.float64]] = []
+
+    def arm(r: int) -> ClusterSums:
+        n = rng.geometric(1 / mean_transactions, size=(r, looks, accounts_per_look))
+        rate = np.where(rng.random(size=n.shape) < burst_share, burst_rate, base_rate)
+        y = rng.binomial(n, rate)
+        n, y = n.astype(np.float64), y.astype(np.float64)
+        sn, sy, snn, syy, sny = (np.cumsum(v.sum(axis=2), axis=1) for v in (n, y, n * n, y * y, n * y))
+        return (np.broadcast_to(k, (r, looks)), sn, sy, snn, syy, sny)
+
+    for start in range(0, runs, chunk):
+        r = min(chunk, runs - start)
+        a, b = arm(r), arm(r)
+        units_a = np.asarray(a[1], dtype=np.float64)
+        active = np.minimum(units_a, np.asarray(b[1])) >= min_units
+        delta, robust = cluster_difference(a, b)
+        _, naive = difference(a[2], a[1], b[2], b[1])
+        for name, var in (("robust", robust), ("naive", naive)):
+            hits[name].append(np.asarray(((log_mixture_ratio(delta, var, tau) >= threshold) & active).any(axis=1)))
+        units.append(units_a[:, -1])
+        effect.append(robust[:, -1] / naive[:, -1])
+    return ClusteredResult(
+        robust_rate=float(np.concatenate(hits["robust"]).mean()),
+        naive_rate=float(np.concatenate(hits["naive"]).mean()),
+        runs=runs,
+        units=float(np.concatenate(units).mean()),
+        accounts=int(k[-1]),
+        design_effect=float(np.concatenate(effect).mean()),
     )
 
 
@@ -178,7 +259,7 @@ def delayed_labels(
 
     def rejected(*arms: NDArray[np.float64]) -> float:
         ua, ea, ub, eb = arms
-        delta, var = difference(ea, ua, eb, ub)
+        delta, var = cluster_difference(independent(ea, ua), independent(eb, ub))
         active = np.minimum(ua, ub) >= min_units
         return float(((log_mixture_ratio(delta, var, tau) >= threshold) & active).any(axis=1).mean())
 

@@ -217,3 +217,46 @@ def test_srm_in_a_look_uses_assignments_when_given() -> None:
     )
     assert not by_accounts.srm.alarm
     assert {c.variant for c in by_accounts.comparisons} == {"challenger", "shadow"}
+
+
+def test_account_sums_are_replaced_incrementally_and_the_look_uses_them() -> None:
+    rng = np.random.default_rng(5)
+    counts = ABCounts()
+    sums: dict[tuple[str, int], tuple[int, int, int, int, int]] = {}
+    units: dict[tuple[str, int], list[Outcome]] = {}
+    for _ in range(3000):
+        variant = str(rng.choice(["champion", "challenger"]))
+        account = int(rng.integers(300))
+        burst = account % 10 == 0
+        fraud = bool(rng.random() < (0.5 if burst else 0.01))
+        unit = Outcome(variant, declined=bool(rng.random() < (0.8 if fraud else 0.02)), fraud=fraud, amount=1.0)
+        sums[variant, account] = counts.add(unit, sums.get((variant, account)))
+        units.setdefault((variant, account), []).append(unit)
+    for variant in ("champion", "challenger"):
+        c = counts.variants[variant]
+        mine = [(len(u), sum(x.declined and bool(x.fraud) for x in u)) for (v, _), u in units.items() if v == variant]
+        n = np.asarray([m[0] for m in mine])
+        y = np.asarray([m[1] for m in mine])
+        assert c.cluster_sums("fraud_caught") == (
+            len(mine),
+            n.sum(),
+            y.sum(),
+            (n * n).sum(),
+            (y * y).sum(),
+            (n * y).sum(),
+        )
+    # Through JSON (changelog, merge message) and by adding partitions' counts.
+    again = ABCounts.from_dict(json.loads(json.dumps(counts.to_dict())))
+    assert again.to_dict() == counts.to_dict()
+    settings = MonitorSettings(expected_split={"champion": 0.5, "challenger": 0.5}, ab_min_units=10)
+    _, record = look(ABState(), counts, settings, experiment_id="exp-1", at=T0)
+    clustered = record.comparisons[0].ci_high - record.comparisons[0].ci_low
+    flat = ABCounts()
+    for group in units.values():
+        for unit in group:
+            flat.add(unit)
+    _, record = look(ABState(), flat, settings, experiment_id="exp-1", at=T0)
+    assert clustered > 1.2 * (record.comparisons[0].ci_high - record.comparisons[0].ci_low)
+    # The sample-ratio check counts accounts by default, not transactions.
+    _, record = look(ABState(), counts, settings, experiment_id="exp-1", at=T0)
+    assert record.srm.observed == {v: counts.variants[v].accounts for v in ("champion", "challenger")}

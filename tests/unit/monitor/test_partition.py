@@ -397,3 +397,24 @@ def test_counted_units_expire_after_the_retention(book: ReferenceBook) -> None:
     writes = state.checkpoint(clocks(T0 + 26, caught_up=True))
     assert ("0/u/e1", None) in writes and "e1" not in state.units
     assert Outcome("champion", False, False, 25.0) == outcome(score_event("e1", "a1", T0, 0.1), None)
+
+
+def test_an_accounts_units_form_one_cluster_that_expires_after_the_retention(book: ReferenceBook) -> None:
+    state = fresh(book)
+    for i in range(3):
+        state.on_score(score_event(f"e{i}", "a1", T0 + i, 0.9 if i else 0.1), "scores", i, T0)
+        state.on_label(label_event(f"e{i}", "a1", T0 + i, True, 1.0), i)
+    state.on_score(score_event("e3", "a2", T0, 0.1), "scores", 3, T0)
+    writes = dict(state.checkpoint(clocks(T0 + 10, caught_up=True)))
+    champion = state.counts["exp-1"].variants["champion"]
+    # a1: 3 units, 2 caught; a2: 1 unit, 0 caught.
+    assert champion.cluster_sums("fraud_caught") == (2, 4, 2, 9 + 1, 4, 6)
+    assert writes["0/c/exp-1/a1"]["s"] == {"champion": [3, 2, 1, 0, 2]}
+    assert writes["0/c/exp-1/a1"]["p"] == {}, "the sums the A/B counts held before this checkpoint"
+    for _ in range(EXPIRY_GUARD):
+        writes = dict(state.checkpoint(clocks(T0 + 40, caught_up=True)))
+    assert writes.get("0/c/exp-1/a1", "kept") is None and "a1" not in state.clusters["exp-1"]
+    # A unit of the account after that starts a new cluster; what the old one added stays in the counts.
+    state.on_score(score_event("e9", "a1", T0 + 41, 0.1), "scores", 9, T0 + 41)
+    state.checkpoint(clocks(T0 + 60, caught_up=True))
+    assert champion.cluster_sums("fraud_caught")[:4] == (3, 5, 2, 11)
