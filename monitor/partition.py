@@ -19,9 +19,9 @@ accounts: one `PartitionState` owns everything of partition p.
   the account's newest counted unit is `unit_retention_s` past maturity.
 - **Accounts**: one record per (experiment, account): the variant the account was first seen on and that score's
   event time — the randomized unit of the sample-ratio check. An account counts in the check once that time is
-  past both the A/B cutoff (label clock − maturity) and the score clock − allowed lateness: the scorer writes a
-  batch's scores grouped by variant, so at any instant the newest part of the stream may hold one variant's
-  accounts and not yet the other's, which a check of everything seen would read as a broken split.
+  past both the A/B cutoff (label clock − maturity) and the score clock − allowed lateness: the newest part of
+  the stream (a batch in flight, one score topic read ahead of the other) may hold one variant's accounts and not
+  yet the other's, which a check of everything seen would read as a broken split.
 
 Checkpoints. Nothing is written per record: every `checkpoint_interval_s` the changed records are written to the
 changelog, in an order that makes recovery exact, and only then are the consumed records' offsets released for
