@@ -27,7 +27,6 @@ import numpy as np
 import onnxruntime as ort
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from scorer.stream import TRANSACTIONAL_RETRY_BACKOFF
 from streamscore.contracts import Headers
 from streamscore.kafka import consumer_config, producer_config
 from streamscore.settings import KafkaSettings
@@ -100,12 +99,9 @@ def passthrough(args: argparse.Namespace) -> int:
             "queued.max.messages.kbytes": 65536,
         }
     )
-    config = producer_config(
-        kafka, "bench-passthrough", transactional_id=f"{args.group}.tx" if eos else None, linger_ms=2
+    producer = Producer(
+        producer_config(kafka, "bench-passthrough", transactional_id=f"{args.group}.tx" if eos else None, linger_ms=2)
     )
-    if eos:
-        config.update(TRANSACTIONAL_RETRY_BACKOFF)  # the scorer's transactional producer, exactly
-    producer = Producer(config)
     if eos:
         producer.init_transactions(30.0)
     consumer.subscribe([args.source])

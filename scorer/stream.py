@@ -66,13 +66,6 @@ from streamscore.kafka import consumer_config, producer_config
 logger = logging.getLogger(__name__)
 
 
-TRANSACTIONAL_RETRY_BACKOFF = {"retry.backoff.ms": 5, "retry.backoff.max.ms": 100}
-"""Back-to-back transactions: the coordinator answers CONCURRENT_TRANSACTIONS to the next transaction's first
-AddPartitionsToTxn / AddOffsetsToTxn until the previous one's commit markers are written, and librdkafka retries
-after `retry.backoff.ms` — 100 ms by default, which stalled a ~15 ms commit to 100–180 ms (the Java client
-lowered its own backoff for this case to 20 ms, KAFKA-5477). Retries back off exponentially from 5 ms to 100 ms."""
-
-
 class InfraGiveUpError(StreamscoreError):
     """Infrastructure stayed unavailable longer than `SCORER_GIVE_UP_AFTER_S`."""
 
@@ -211,7 +204,6 @@ class StreamScorer:
         )
         if self.exactly_once:
             config["transaction.timeout.ms"] = self.settings.transaction_timeout_ms
-            config.update(TRANSACTIONAL_RETRY_BACKOFF)
         producer = Producer(config)
         if self.exactly_once:
             # Fences any older producer with our transactional id and aborts its open transaction.
@@ -388,7 +380,9 @@ class StreamScorer:
         request_messages: list[Message] = []
         letters: list[DeadLetterRecord] = []
         max_bytes = self.settings.max_message_bytes
-        for message in batch:
+        # (topic, partition, record timestamp in s) of every record, read once: end-to-end latency and lag use it.
+        timestamps = [(m.topic() or "", m.partition() or 0, m.timestamp()[1] / 1000.0) for m in batch]
+        for message, (_, _, timestamp_s) in zip(batch, timestamps, strict=True):
             headers = message.headers()
             try:
                 tx = decode_transaction(message.key(), message.value(), headers, max_bytes=max_bytes)
@@ -397,9 +391,7 @@ class StreamScorer:
                 continue
             traceparent = header_value(headers, Header.TRACEPARENT) if headers else None
             text = traceparent.decode("ascii", "replace") if traceparent else None
-            requests.append(
-                Request(tx, message.timestamp()[1] / 1000.0, text if text and is_traceparent(text) else None)
-            )
+            requests.append(Request(tx, timestamp_s, text if text and is_traceparent(text) else None))
             request_messages.append(message)
 
         result = self._score(requests, batch)
@@ -433,7 +425,7 @@ class StreamScorer:
         return Delivery(
             outputs=outputs,
             offsets=self._next_offsets(batch),
-            timestamps=[(m.topic() or "", m.partition() or 0, m.timestamp()[1] / 1000.0) for m in batch],
+            timestamps=timestamps,
             scored=scored,
             shadow=shadow,
             variants=Counter((item.score.variant, "shadow" if item.shadow else "live") for item in result.scored),

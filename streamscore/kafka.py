@@ -26,6 +26,14 @@ LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 """librdkafka's own log lines go through Python logging (served on poll), not straight to stderr."""
 
 
+TRANSACTIONAL_RETRY_BACKOFF = {"retry.backoff.ms": 5, "retry.backoff.max.ms": 100}
+"""Back-to-back transactions: the coordinator answers CONCURRENT_TRANSACTIONS to the next transaction's first
+AddPartitionsToTxn / AddOffsetsToTxn until the previous one's commit markers are written, and librdkafka retries
+after `retry.backoff.ms` — 100 ms by default, which stalled the scorer's ~15 ms commits to 100–180 ms (the Java
+client lowered its own backoff for this case to 20 ms, KAFKA-5477). Retries back off exponentially from 5 ms to
+100 ms."""
+
+
 def producer_config(
     kafka: KafkaSettings,
     client_id: str,
@@ -51,6 +59,7 @@ def producer_config(
     }
     if transactional_id:
         config["transactional.id"] = transactional_id
+        config.update(TRANSACTIONAL_RETRY_BACKOFF)
     return config
 
 
