@@ -16,7 +16,7 @@ help: ## List the targets
 
 install: ## Create the virtualenv with every dependency and fetch the Kafka jars
 	@if [ ! -f $(STAMP) ] || [ pyproject.toml -nt $(STAMP) ] || \
-	    ! $(PY) -c "import sys, streamscore; sys.exit(not streamscore.__file__.startswith('$(CURDIR)/'))" 2>/dev/null; then \
+	    ! $(PY) -I -c "import sys, streamscore; sys.exit(not streamscore.__file__.startswith('$(CURDIR)/'))" 2>/dev/null; then \
 	  command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv; \
 	  UV="$$(command -v uv || echo python3 -m uv)"; \
 	  test -x $(PY) || $$UV venv -q -p "$$(command -v python3.11 || command -v python3)" $(VENV); \
