@@ -9,7 +9,7 @@ STAMP := $(VENV)/.streamscore-installed
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help install lint format test test-unit test-integration demo up down status schemas bench clean
+.PHONY: help install lint format test test-unit test-integration demo up down status schemas bench bench-api bench-gpu clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -60,6 +60,12 @@ schemas: install ## Regenerate the JSON Schemas in docs/schemas/
 
 bench: install ## Pipeline benchmark on its own local stack: passthrough vs naive vs scorer (docs/benchmarks.md)
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
+
+bench-api: install ## API benchmark: 64 concurrent clients, request batching on vs off (needs wrk)
+	$(BIN)/python -m bench.api $(BENCH_ARGS)
+
+bench-gpu: install ## ONNX Runtime CUDA vs CPU per batch size (CPU alone without a GPU)
+	$(BIN)/python -m bench.gpu $(BENCH_ARGS)
 
 clean: ## Remove caches (not the virtualenv, not the Kafka jars)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

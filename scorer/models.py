@@ -3,7 +3,8 @@
 A version is loaded from its verified local files (`streamscore.registry`), checked against the inputs this
 scorer computes, and warmed up (the first runs of a session allocate and pick kernels; that cost must not
 land on a live batch). With a GPU, a version also gets a CUDA session, used for batches of at least
-`cuda_min_batch` rows: below that, the host↔device copies cost more than the CPU kernels of a small MLP.
+`cuda_min_batch` rows: below that, the host↔device copies and the kernel launches cost more than the CPU kernels
+of a small MLP (bench/gpu.py measures where CUDA starts to win; on an H200 with the v1 MLP, from 1024 rows).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ logger = logging.getLogger(__name__)
 INPUT_NAME = "features"
 OUTPUT_NAME = "score"
 CUDA = "CUDAExecutionProvider"
+CUDA_OPTIONS = {"use_tf32": "0"}
+"""TF32 GEMMs (ONNX Runtime's default on Ampere and later) round inputs to 10-bit mantissas: a transaction's score
+would then depend on which batch it landed in. Full float32 keeps CUDA's scores within float32 summation-order
+noise of the CPU's (bench/gpu.py checks it); this MLP is far too small for tensor cores to matter."""
 CPU = "CPUExecutionProvider"
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -47,7 +52,7 @@ class RuntimeOptions:
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     device: Device = "auto"
-    cuda_min_batch: int = 256
+    cuda_min_batch: int = 1024
     warmup_batch: int = 512
 
 
@@ -62,7 +67,7 @@ class LoadedModel:
     feature_names: tuple[str, ...]
     cpu: ort.InferenceSession
     cuda: ort.InferenceSession | None = None
-    cuda_min_batch: int = 256
+    cuda_min_batch: int = 1024
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
 
@@ -77,7 +82,7 @@ class LoadedModel:
         return np.asarray(out, dtype=np.float32).reshape(len(x))
 
 
-def _session(data: bytes, providers: list[str], options: RuntimeOptions) -> ort.InferenceSession:
+def _session(data: bytes, providers: list[Any], options: RuntimeOptions) -> ort.InferenceSession:
     so = ort.SessionOptions()
     # Thread counts come from settings, never from the host's core count: several processes share the cores.
     so.intra_op_num_threads = options.intra_op_threads
@@ -139,7 +144,7 @@ def load_model(files: ModelFiles, options: RuntimeOptions) -> LoadedModel:
     cuda = None
     if options.device != "cpu" and cuda_available():
         try:
-            candidate = _session(data, [CUDA, CPU], options)
+            candidate = _session(data, [(CUDA, CUDA_OPTIONS), CPU], options)
             if CUDA in candidate.get_providers():
                 cuda = candidate
         except Exception as exc:  # noqa: BLE001 - a broken CUDA install must not stop a CPU-capable scorer

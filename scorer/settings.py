@@ -91,7 +91,7 @@ class ScorerSettings(BaseSettings):
     """redis: the direct pipelined reader over Feast's key layout (fast path); feast: Feast's SDK (reference)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """ONNX Runtime device: auto = CUDA for large batches when a GPU is present, CPU otherwise."""
-    cuda_min_batch: int = Field(default=256, ge=1)
+    cuda_min_batch: int = Field(default=1024, ge=1)
     """Smallest batch sent to the CUDA session; smaller batches run on CPU (transfer cost dominates)."""
     intra_op_threads: int = Field(default=1, ge=1, le=256)
     """ONNX Runtime intra-op threads per session (never derived from the host's core count)."""
