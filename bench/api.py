@@ -5,11 +5,13 @@
 1. starts a real broker and redis-server on free loopback ports (`streamscore.infra.LocalStack`), fills a Feast
    project's online store for every account and merchant of a generated world, and registers champion and
    challenger (the real MLP's shape) in a temporary MLflow — the set-up of `bench.pipeline`;
-2. runs the API as a child process (`streamscore api`, uvicorn, one worker) twice with identical settings
-   except `API_BATCHING`; audit to Kafka is off in both (it is a separate cost, not what is compared);
+2. runs the API as a child process (`streamscore api`, uvicorn, one worker) with identical settings except
+   `API_BATCHING`, off then on, for `--rounds` rounds (a fresh server each run); audit to Kafka is off in both
+   (it is a separate cost, not what is compared);
 3. drives each with `wrk` (C, so the load generator does not compete for the server's GIL): 64 connections,
    POST /v1/score with real generated transactions, after a warm-up;
-4. reports requests/s, p50/p99 latency and the server's CPU per request, and the ratio batching on / off.
+4. reports requests/s, p50/p99 latency, the server's CPU per request and its mean batch size per run, and the
+   ratio of the medians batching on / off.
 
 The machine has 2 cores shared by wrk, the API and Redis: the absolute figures are this machine's.
 """
@@ -21,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +57,10 @@ class Run:
     requests: int
     errors: int
     server_cpu_us_per_request: float
+    mean_batch_size: float | None = None
+    """Requests per engine call over the measured run (the server's own `streamscore_api_batch_size`)."""
+    feature_ms_per_call: float | None = None
+    inference_ms_per_call: float | None = None
 
 
 def _ms(text: str) -> float:
@@ -96,6 +103,40 @@ end
     return path
 
 
+def median_run(runs: list[Run]) -> Run:
+    """Each figure's median over the runs of one mode (the figures of a row may come from different runs)."""
+
+    def med(values: list[float]) -> float:
+        return float(statistics.median(values))
+
+    def med_or_none(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return med(present) if present else None
+
+    return Run(
+        batching=runs[0].batching,
+        requests_per_s=med([r.requests_per_s for r in runs]),
+        p50_ms=med([r.p50_ms for r in runs]),
+        p90_ms=med([r.p90_ms for r in runs]),
+        p99_ms=med([r.p99_ms for r in runs]),
+        requests=sum(r.requests for r in runs),
+        errors=sum(r.errors for r in runs),
+        server_cpu_us_per_request=med([r.server_cpu_us_per_request for r in runs]),
+        mean_batch_size=med_or_none([r.mean_batch_size for r in runs]),
+        feature_ms_per_call=med_or_none([r.feature_ms_per_call for r in runs]),
+        inference_ms_per_call=med_or_none([r.inference_ms_per_call for r in runs]),
+    )
+
+
+def engine_totals(url: str, key: str) -> dict[str, float]:
+    """Sums and counts of the API's engine histograms so far: batch size, feature read and inference seconds."""
+    request = urllib.request.Request(f"{url}/metrics", headers={"X-API-Key": key})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode()
+    pattern = r"^streamscore_api_(batch_size|feature_latency_seconds|inference_latency_seconds)_(sum|count) (\S+)$"
+    return {f"{name}_{part}": float(value) for name, part, value in re.findall(pattern, text, re.M)}
+
+
 def wait_ready(url: str, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -118,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merchants", type=int, default=2_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--only", choices=("on", "off"), help="Measure one mode only.")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="Rounds of (off, on), alternated so that a slow spell of the machine hits both; medians are compared.",
+    )
     parser.add_argument(
         "--profile", type=Path, help="Record the server with py-spy (collapsed stacks) into this folder."
     )
@@ -157,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         key = new_key()
         script = lua_script([value for _, value, _, _ in records[:500]], key, tmp / "post.lua")
         modes = [m for m in (False, True) if args.only is None or args.only == ("on" if m else "off")]
-        for batching in modes:
+        for batching in [m for _ in range(args.rounds) for m in modes]:
             port = free_ports(1)[0]
             env = {
                 **os.environ,
@@ -189,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 base = [wrk, "-t2", f"-c{args.connections}", "--latency", "-s", str(script)]
                 subprocess.run([*base, f"-d{args.warmup}s", url], capture_output=True, check=True)
                 cpu_before = process_cpu_s(server.pid) or 0.0
+                engine_before = engine_totals(url, key)
                 spy = None
                 if args.profile is not None:
                     args.profile.mkdir(parents=True, exist_ok=True)
@@ -216,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                     [*base, f"-d{args.seconds}s", url], capture_output=True, text=True, check=True
                 ).stdout
                 cpu = (process_cpu_s(server.pid) or 0.0) - cpu_before
+                engine = {k: v - engine_before.get(k, 0.0) for k, v in engine_totals(url, key).items()}
+                calls = engine.get("batch_size_count", 0.0)
                 if spy is not None:
                     spy.wait(60)
                 figures = parse_wrk(output)
@@ -230,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
                         requests=int(figures["requests"]),
                         errors=int(figures["errors"]),
                         server_cpu_us_per_request=cpu / requests * 1e6,
+                        mean_batch_size=engine["batch_size_sum"] / calls if calls else None,
+                        feature_ms_per_call=engine["feature_latency_seconds_sum"] / calls * 1e3 if calls else None,
+                        inference_ms_per_call=engine["inference_latency_seconds_sum"] / calls * 1e3 if calls else None,
                     )
                 )
                 console.log(runs[-1])
@@ -237,26 +290,44 @@ def main(argv: list[str] | None = None) -> int:
                 server.terminate()
                 server.wait(30)
                 log.close()
-        if len(runs) < 2:
-            return 0
-        off, on = runs
+        medians = {m: median_run([r for r in runs if r.batching == m]) for m in modes}
         table = Table(title=f"API, {args.connections} concurrent clients (wrk), POST /v1/score — {model.description}")
-        for column in ("batching", "requests/s", "p50 ms", "p90 ms", "p99 ms", "server CPU µs/request", "errors"):
+        columns = (
+            "batching",
+            "requests/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "server CPU µs/request",
+            "batch",
+            "features ms/call",
+            "inference ms/call",
+            "errors",
+        )
+        for column in columns:
             table.add_column(column, justify="right")
-        for r in runs:
+        for label, r in [(f"{'on' if r.batching else 'off'}", r) for r in runs] + [
+            (f"[bold]{'on' if m else 'off'}, median[/]", medians[m]) for m in modes
+        ]:
             table.add_row(
-                "on" if r.batching else "off",
+                label,
                 f"{r.requests_per_s:,.0f}",
                 f"{r.p50_ms:.2f}",
                 f"{r.p90_ms:.2f}",
                 f"{r.p99_ms:.2f}",
                 f"{r.server_cpu_us_per_request:,.0f}",
+                "" if r.mean_batch_size is None else f"{r.mean_batch_size:.1f}",
+                "" if r.feature_ms_per_call is None else f"{r.feature_ms_per_call:.3f}",
+                "" if r.inference_ms_per_call is None else f"{r.inference_ms_per_call:.3f}",
                 str(r.errors),
             )
         console.print(table)
+        if len(medians) < 2:
+            return 0
+        off, on = medians[False], medians[True]
         ratio = on.requests_per_s / max(off.requests_per_s, 1e-9)
         console.print(
-            f"throughput batching on / off: [bold]{ratio:.2f}×[/] (target ≥ 5×); "
+            f"throughput batching on / off (medians of {args.rounds}): [bold]{ratio:.2f}×[/] (target ≥ 5×); "
             f"p99 {on.p99_ms:.1f} vs {off.p99_ms:.1f} ms"
         )
         RESULTS.mkdir(exist_ok=True)
@@ -266,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
             "connections": args.connections,
             "seconds": args.seconds,
             "model": model.description,
+            "rounds": args.rounds,
             "runs": [asdict(r) for r in runs],
+            "medians": {"off": asdict(off), "on": asdict(on)},
             "ratio_on_off": ratio,
         }
         out.write_text(json.dumps(document, indent=2) + "\n")

@@ -25,9 +25,7 @@ def api(
     ),
 ) -> None:
     """Serve the scoring API (same engine, models and features as the stream scorer) with uvicorn."""
-    import uvicorn
-
-    from scorer.api.app import create_app
+    from scorer.api.server import serve
 
     with friendly_errors():
         settings = _settings(host=host, port=port, batching=batching)
@@ -39,8 +37,7 @@ def api(
         f"[green]✓[/] API on http://{settings.host}:{settings.port} — docs at /docs, investigator page at /demo, "
         f"{len(settings.active_keys())} active key(s)"
     )
-    # No access log: one line per request costs more than scoring it; /metrics counts requests by route and status.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False)
+    serve(settings)
 
 
 def api_key(name: str = typer.Argument(..., help="A name for the key (who or what uses it).")) -> None:

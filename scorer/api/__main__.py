@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import uvicorn
-
-from scorer.api.app import create_app
+from scorer.api.server import serve
 from scorer.api.settings import ApiSettings
 from streamscore.logs import configure
 
@@ -13,7 +11,7 @@ from streamscore.logs import configure
 def main() -> None:
     configure()
     settings = ApiSettings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False)
+    serve(settings)
 
 
 if __name__ == "__main__":

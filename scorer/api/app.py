@@ -12,7 +12,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,9 +27,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scorer.api.batching import AdaptiveBatcher
-from scorer.api.limits import BodyLimitMiddleware
+from scorer.api.hotpath import (
+    ApiValidationError,
+    ScoreRoute,
+    check_key,
+    parse_transaction,
+    render_error,
+    traceparent_or_none,
+)
+from scorer.api.limits import BodyLimitMiddleware, error_json
 from scorer.api.metrics import ApiMetrics
-from scorer.api.security import KEY_HEADER, KeyChecker, RateLimitedError, RateLimiter, UnauthorizedError
+from scorer.api.security import KEY_HEADER, KeyChecker, RateLimiter
 from scorer.api.settings import ApiSettings
 from scorer.engine import Request as ScoreRequest
 from scorer.engine import Scored, ScoringEngine, Serving, Thresholds
@@ -40,8 +48,8 @@ from scorer.models import LoadedModel
 from scorer.service import load_serving
 from scorer.serving import Reloader, ServingBuilder
 from streamscore import __version__
-from streamscore.contracts import CONTENT_TYPE_JSON, Score, Transaction, describe, headers_for, parse_event
-from streamscore.errors import EventError, StreamscoreError
+from streamscore.contracts import CONTENT_TYPE_JSON, Score, Transaction, describe, headers_for
+from streamscore.errors import StreamscoreError
 from streamscore.kafka import producer_config
 
 logger = logging.getLogger(__name__)
@@ -221,13 +229,7 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 async def require_key(request: Request, runtime: RuntimeDep) -> str:
     """The caller's key name; 401 without a valid key, 429 over its rate. (Async, like every dependency here:
     FastAPI runs a sync dependency on a worker thread, which costs more than the check itself.)"""
-    return check_key(request, runtime)
-
-
-def check_key(request: Request, runtime: Runtime) -> str:
-    name = runtime.keys.name_of(request.headers.get(KEY_HEADER))
-    runtime.limiter.take(name)
-    return name
+    return check_key(request.headers.get(KEY_HEADER), runtime)
 
 
 KeyDep = Annotated[str, Depends(require_key)]
@@ -240,23 +242,45 @@ def _swap_if_reloaded(runtime: Runtime) -> None:
         runtime.aliases = {v.alias: serving.models[v.name].version for v in serving.variants}
 
 
-def _parse_transaction(body: bytes) -> Transaction:
-    try:
-        return parse_event(Transaction, body)
-    except EventError as exc:
-        raise ApiValidationError(exc.reason, exc.detail) from None
+async def score_requests(
+    rt: Runtime, requests: list[ScoreRequest], variant: str | None, version: str | None
+) -> list[Scored]:
+    """Live scores for `requests`: single requests with the stream's routing through the batcher (when on), the
+    rest in one engine call on the engine thread."""
+    _swap_if_reloaded(rt)
+    loop = asyncio.get_running_loop()
+    model = None
+    if version is not None:
+        model = await loop.run_in_executor(None, _load_version, rt, version)
+    if variant == "auto":
+        variant = None
+    if rt.batcher is not None and len(requests) == 1 and variant is None and model is None:
+        return [await rt.batcher.submit(requests[0])]
+    results = await loop.run_in_executor(rt.executor, lambda: rt.score_batch(requests, variant=variant, model=model))
+    out: list[Scored] = []
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        out.append(result)
+    return out
 
 
-class ApiValidationError(StreamscoreError):
-    http_status = 422
+def score_auto(rt: Runtime, tx: Transaction, traceparent: str | None) -> Awaitable[Scored]:
+    """`POST /v1/score` with `variant=auto`, what the hot path (scorer.api.hotpath) asks for: with batching, the
+    batcher's future itself (no coroutine frame in between)."""
+    request = ScoreRequest(tx, time.time(), traceparent)
+    if rt.batcher is not None:
+        _swap_if_reloaded(rt)
+        return rt.batcher.submit(request)
+    return _only(score_requests(rt, [request], None, None))
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+
+async def _only(scored: Awaitable[list[Scored]]) -> Scored:
+    return (await scored)[0]
 
 
-def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_json(error, detail), status_code=status, headers=headers, media_type=CONTENT_TYPE_JSON)
 
 
 def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
@@ -295,7 +319,7 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
             rt.executor.shutdown(wait=True)
             rt.features.close()
 
-    app = FastAPI(
+    app = ApiApp(
         title="streamscore API",
         version=__version__,
         description="Score card transactions with the models and features the stream scorer uses. "
@@ -305,23 +329,12 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(StreamscoreError)
-    async def on_error(request: Request, exc: StreamscoreError) -> JSONResponse:
-        error = getattr(exc, "reason", None) or {
-            401: "unauthorized",
-            429: "rate_limited",
-            503: "unavailable",
-        }.get(exc.http_status, type(exc).__name__)
-        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimitedError) else None
-        if isinstance(exc, UnauthorizedError):
-            headers = {"WWW-Authenticate": KEY_HEADER}
-        status = exc.http_status if exc.http_status < 500 else 503
-        request.app.state.runtime.metrics.rejected.labels(reason=str(error)).inc() if hasattr(
-            request.app.state, "runtime"
-        ) else None
-        return _error(status, str(error), str(exc), headers)
+    async def on_error(request: Request, exc: StreamscoreError) -> Response:
+        status, body, headers = render_error(exc, getattr(request.app.state, "runtime", None))
+        return Response(body, status_code=status, headers=headers, media_type=CONTENT_TYPE_JSON)
 
     @app.exception_handler(RequestValidationError)
-    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
         parts = []
         for detail in exc.errors():
             where = ".".join(str(p) for p in detail.get("loc", ())) or "<request>"
@@ -329,28 +342,7 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
         return _error(422, "invalid_request", "; ".join(parts))
 
     app.add_middleware(ObserveMiddleware)
-
-    async def score_requests(
-        rt: Runtime, requests: list[ScoreRequest], variant: str | None, version: str | None
-    ) -> list[Scored]:
-        _swap_if_reloaded(rt)
-        loop = asyncio.get_running_loop()
-        model = None
-        if version is not None:
-            model = await loop.run_in_executor(None, _load_version, rt, version)
-        if variant == "auto":
-            variant = None
-        if rt.batcher is not None and len(requests) == 1 and variant is None and model is None:
-            return [await rt.batcher.submit(requests[0])]
-        results = await loop.run_in_executor(
-            rt.executor, lambda: rt.score_batch(requests, variant=variant, model=model)
-        )
-        out: list[Scored] = []
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            out.append(result)
-        return out
+    app.hot_route = ScoreRoute(max_bytes=settings.max_body_bytes, score=score_auto)
 
     configured = ["auto"] + [v.name for v in settings.scorer.variants] + [s.name for s in settings.scorer.shadows]
     variant_query = Query(
@@ -376,8 +368,9 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
         variant: str = variant_query,
         version: str | None = version_query,
     ) -> Response:
-        tx = _parse_transaction(await request.body())
-        scored = await score_requests(rt, [ScoreRequest(tx, time.time(), _traceparent(request))], variant, version)
+        tx = parse_transaction(await request.body())
+        traceparent = traceparent_or_none(request.headers.get("traceparent"))
+        scored = await score_requests(rt, [ScoreRequest(tx, time.time(), traceparent)], variant, version)
         # The score's own JSON (the stream's bytes): FastAPI would re-validate it against `response_model` and
         # encode it again, ~20 µs a request for nothing; `response_model` still documents it.
         return Response(scored[0].score.to_json(), media_type=CONTENT_TYPE_JSON)
@@ -423,7 +416,7 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
                 f"instances: {len(batch.instances)} transactions, at most {settings.max_instances} per request",
             )
         now = time.time()
-        traceparent = _traceparent(request)
+        traceparent = traceparent_or_none(request.headers.get("traceparent"))
         scored = await score_requests(
             rt, [ScoreRequest(t, now, traceparent) for t in batch.instances], variant, version
         )
@@ -481,14 +474,31 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
     )
     async def metrics(request: Request, rt: RuntimeDep) -> Response:
         if settings.metrics_require_key:
-            check_key(request, rt)
+            check_key(request.headers.get(KEY_HEADER), rt)
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     if settings.demo_ui:
         from scorer.api.ui import mount_demo
 
-        app = mount_demo(app)
+        mount_demo(app)  # mounts on `app` itself (gradio returns the app it was given)
     return app
+
+
+class ApiApp(FastAPI):
+    """FastAPI, except that `POST /v1/score` without query parameters is answered by the hot route
+    (scorer.api.hotpath) before FastAPI's own machinery runs; the FastAPI route documents it and answers it
+    when a query string is given."""
+
+    hot_route: ScoreRoute | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hot = self.hot_route
+        if hot is not None and hot.matches(scope):
+            runtime: Runtime | None = getattr(self.state, "runtime", None)
+            if runtime is not None:
+                await hot(runtime, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 class ObserveMiddleware:
@@ -520,13 +530,6 @@ class ObserveMiddleware:
                 path = getattr(scope.get("route"), "path", "other")
                 runtime.metrics.requests.labels(route=path, status=str(status)).inc()
                 runtime.metrics.latency.labels(route=path).observe(time.perf_counter() - started)
-
-
-def _traceparent(request: Request) -> str | None:
-    from streamscore.contracts import is_traceparent
-
-    value = request.headers.get("traceparent")
-    return value if value and is_traceparent(value) else None
 
 
 def _load_version(rt: Runtime, version: str) -> LoadedModel:

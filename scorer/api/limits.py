@@ -1,12 +1,91 @@
-"""Request body limit as pure ASGI middleware: 413 for a body over the limit, announced (Content-Length) or not
-(chunked). The body is read here, up to the limit, and replayed to the app, so no route ever sees more."""
+"""Request body limit as pure ASGI: 413 for a body over the limit, announced (Content-Length) or not (chunked).
+
+`read_body` reads a request's body up to the limit (the score route's fast path calls it directly);
+`BodyLimitMiddleware` does it for every other route and replays the body to the app, so no route ever sees more."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from streamscore.errors import StreamscoreError
+
+
+class BodyTooLargeError(StreamscoreError):
+    http_status = 413
+    reason = "body_too_large"
+
+    def __init__(self, max_bytes: int, size: int | None = None) -> None:
+        what = f"more than {max_bytes}" if size is None else f"{size}"
+        super().__init__(f"request body of {what} bytes exceeds the limit of {max_bytes} bytes (API_MAX_BODY_BYTES)")
+
+
+class BadContentLengthError(StreamscoreError):
+    http_status = 400
+    reason = "invalid_request"
+
+    def __init__(self) -> None:
+        super().__init__("Content-Length is not a number")
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before its body arrived: there is nobody to answer."""
+
+
+async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
+    """The whole body, at most `max_bytes`; BodyTooLargeError / BadContentLengthError / ClientGoneError otherwise.
+    An announced length over the limit is refused before a byte of the body is read."""
+    for name, value in scope.get("headers") or ():
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise BadContentLengthError() from None
+            if declared > max_bytes:
+                raise BodyTooLargeError(max_bytes, declared)
+            break
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGoneError()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):  # the common case: one message
+        if len(body) > max_bytes:
+            raise BodyTooLargeError(max_bytes)
+        return body
+    chunks = [body]
+    size = len(body)
+    while True:
+        if size > max_bytes:
+            raise BodyTooLargeError(max_bytes)
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGoneError()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    if size > max_bytes:
+        raise BodyTooLargeError(max_bytes)
+    return b"".join(chunks)
+
+
+def error_json(error: str, detail: str) -> bytes:
+    """An error body, encoded exactly as Starlette's JSONResponse encodes it (the FastAPI routes' errors)."""
+    return json.dumps(
+        {"error": error, "detail": detail}, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+    """A complete JSON response: the headers Starlette's Response would send (content-length, content-type)."""
+    start: list[Any] = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    start += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimitMiddleware:
@@ -18,31 +97,13 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:
-            try:
-                too_big = int(declared) > self.max_bytes
-            except ValueError:
-                await _reply(send, 400, "invalid_request", "Content-Length is not a number")
-                return
-            if too_big:
-                await _reply(send, 413, "body_too_large", self._message(int(declared)))
-                return
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await _reply(send, 413, "body_too_large", self._message(size, streamed=True))
-                return
-            chunks.append(chunk)
-            more = bool(message.get("more_body", False))
-        body = b"".join(chunks)
+        try:
+            body = await read_body(scope, receive, self.max_bytes)
+        except (BodyTooLargeError, BadContentLengthError) as exc:
+            await send_json(send, exc.http_status, error_json(exc.reason, str(exc)))
+            return
+        except ClientGoneError:
+            return
         sent = False
 
         async def replay() -> Message:
@@ -53,14 +114,3 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
-
-    def _message(self, size: int, *, streamed: bool = False) -> str:
-        what = f"more than {self.max_bytes}" if streamed else f"{size}"
-        return f"request body of {what} bytes exceeds the limit of {self.max_bytes} bytes (API_MAX_BODY_BYTES)"
-
-
-async def _reply(send: Send, status: int, error: str, detail: str) -> None:
-    body = json.dumps({"error": error, "detail": detail}).encode()
-    headers: list[Any] = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -22,6 +22,7 @@ from feature_repo.settings import FeastSettings
 from feature_repo.store import apply, open_store, push_realtime
 from scorer.api.app import create_app
 from scorer.api.security import digest
+from scorer.api.server import config
 from scorer.api.settings import ApiKey, ApiSettings
 from streamscore.contracts import Score
 from streamscore.features import RealtimeSnapshot
@@ -189,6 +190,9 @@ def test_rate_limit_per_key_with_retry_after(scorer_env: ScorerEnv) -> None:
         assert "rate limit" in limited.json()["detail"]
         # Another key is not affected by the first one's exhaustion.
         assert c.get("/v1/models", headers={"X-API-Key": OTHER}).status_code == 200
+        # One bucket per key whatever the route: the hot route sees the exhausted key too.
+        hot = c.post("/v1/score", json=body(1), headers={"X-API-Key": KEY})
+        assert hot.status_code == 429 and int(hot.headers["Retry-After"]) >= 1
 
 
 def test_body_limit_with_and_without_content_length(scorer_env: ScorerEnv) -> None:
@@ -205,30 +209,63 @@ def test_body_limit_with_and_without_content_length(scorer_env: ScorerEnv) -> No
 
         streamed = c.post("/v1/score/batch", content=chunks(), headers=h)  # chunked: no Content-Length
         assert streamed.status_code == 413
+        # The same on the hot route (scorer.api.hotpath), which reads the body itself.
+        assert c.post("/v1/score", content=big, headers=h).status_code == 413
+        hot_streamed = c.post("/v1/score", content=chunks(), headers=h)
+        assert hot_streamed.status_code == 413 and "more than 4096" in hot_streamed.json()["detail"]
         small = json.dumps({"instances": [body(1)]}).encode()
         assert c.post("/v1/score/batch", content=small, headers=h).status_code == 200
 
 
-@pytest.mark.parametrize(
-    ("payload", "fragment"),
-    [
-        (b'{"amount": NaN}', "amount"),
-        (json.dumps({**body(1), "amount": math.inf}).encode(), "amount"),
-        (json.dumps({**body(1), "amount": -3}).encode(), "greater than 0"),
-        (json.dumps({**body(1), "amount": "12"}).encode(), "amount"),
-        (json.dumps({**body(1), "currency": "XYZ"}).encode(), "ISO-4217"),
-        (json.dumps({**body(1), "colour": "red"}).encode(), "colour"),
-        (json.dumps({**body(1), "event_time": "2026-01-01T00:00:00"}).encode(), "timezone"),
-        (b"not json at all", "JSON"),
-        (b"", "JSON"),
-        (b"[]", "object"),
-        (json.dumps({**body(1), "schema_version": 3}).encode(), "schema_version"),
-    ],
-)
+INVALID = [
+    (b'{"amount": NaN}', "amount"),
+    (json.dumps({**body(1), "amount": math.inf}).encode(), "amount"),
+    (json.dumps({**body(1), "amount": -3}).encode(), "greater than 0"),
+    (json.dumps({**body(1), "amount": "12"}).encode(), "amount"),
+    (json.dumps({**body(1), "currency": "XYZ"}).encode(), "ISO-4217"),
+    (json.dumps({**body(1), "colour": "red"}).encode(), "colour"),
+    (json.dumps({**body(1), "event_time": "2026-01-01T00:00:00"}).encode(), "timezone"),
+    (b"not json at all", "JSON"),
+    (b"", "JSON"),
+    (b"[]", "object"),
+    (json.dumps({**body(1), "schema_version": 3}).encode(), "schema_version"),
+]
+
+
+@pytest.mark.parametrize(("payload", "fragment"), INVALID)
 def test_invalid_transactions_are_422_with_a_message(client: TestClient, payload: bytes, fragment: str) -> None:
     response = client.post("/v1/score", content=payload, headers={"X-API-Key": KEY, "content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert fragment.lower() in response.json()["detail"].lower()
+
+
+def test_the_hot_route_answers_as_the_fastapi_route_does(client: TestClient) -> None:
+    """`POST /v1/score` is answered by scorer.api.hotpath unless a query string is given (`?variant=auto` is the
+    default, so both ask for the same thing): status, body and headers must be the FastAPI route's, for good and
+    bad requests alike (scores differ only in when they were made)."""
+    h = {"X-API-Key": KEY, "content-type": "application/json"}
+    cases: list[tuple[bytes, dict[str, str]]] = [(json.dumps(body(i)).encode(), h) for i in range(5)]
+    cases += [(payload, h) for payload, _ in INVALID]
+    cases += [(json.dumps(body(1)).encode(), {}), (json.dumps(body(1)).encode(), {"X-API-Key": REVOKED})]
+    cases += [(b"x" * (256 * 1024 + 1), h)]  # over the default body limit
+    for payload, headers in cases:
+        hot = client.post("/v1/score", content=payload, headers=headers)
+        routed = client.post("/v1/score?variant=auto", content=payload, headers=headers)
+        assert hot.status_code == routed.status_code, (payload[:80], hot.text, routed.text)
+        for name in ("content-type", "www-authenticate", "retry-after"):
+            assert hot.headers.get(name) == routed.headers.get(name), name
+        if hot.status_code == 200:
+            a, b = hot.json(), routed.json()
+            for moment in ("scored_time", "latency_ms"):
+                a.pop(moment), b.pop(moment)
+            assert a == b
+        else:
+            assert hot.content == routed.content
+    counted = client.get("/metrics", headers={"X-API-Key": KEY}).text
+    assert 'streamscore_api_requests_total{route="/v1/score",status="200"} 10.0' in counted
+    assert 'streamscore_api_requests_total{route="/v1/score",status="422"} 22.0' in counted
+    # (FastAPI's 413 is refused before routing, so its middleware counts it under route "other")
+    assert 'streamscore_api_requests_total{route="/v1/score",status="413"} 1.0' in counted
 
 
 def test_invalid_batches_are_422(client: TestClient) -> None:
@@ -248,7 +285,7 @@ class Server:
     def __init__(self, settings: ApiSettings) -> None:
         self.port = free_port()
         self.server = uvicorn.Server(
-            uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
+            config(settings.model_copy(update={"host": "127.0.0.1", "port": self.port}), log_level="warning")
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
