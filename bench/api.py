@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -39,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench._data import MODEL_NAME, feature_sample, populate_features, register_models, transactions
-from bench._probe import process_cpu_s
+from bench._probe import process_cpu_s, system_busy_s
 from bench.pipeline import free_ports, machine
 from streamscore.infra import LocalStack
 from streamscore.infra.settings import InfraSettings
@@ -57,6 +58,8 @@ class Run:
     requests: int
     errors: int
     server_cpu_us_per_request: float
+    other_load_cores: float
+    """Cores busy with anything but the server and wrk during the run (broker, Redis, other processes)."""
     mean_batch_size: float | None = None
     """Requests per engine call over the measured run (the server's own `streamscore_api_batch_size`)."""
     feature_ms_per_call: float | None = None
@@ -122,10 +125,30 @@ def median_run(runs: list[Run]) -> Run:
         requests=sum(r.requests for r in runs),
         errors=sum(r.errors for r in runs),
         server_cpu_us_per_request=med([r.server_cpu_us_per_request for r in runs]),
+        other_load_cores=med([r.other_load_cores for r in runs]),
         mean_batch_size=med_or_none([r.mean_batch_size for r in runs]),
         feature_ms_per_call=med_or_none([r.feature_ms_per_call for r in runs]),
         inference_ms_per_call=med_or_none([r.inference_ms_per_call for r in runs]),
     )
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_quiet(log: Any, limit_s: float = 90.0, cores: float = 0.15) -> float:
+    """Wait (at most `limit_s`) until the machine's busy CPU over 3 s stays under `cores`: a freshly started broker
+    keeps a core busy for a while, which would slow the first runs only. Returns the last reading."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        before, started = system_busy_s()[0], time.monotonic()
+        time.sleep(3.0)
+        load = (system_busy_s()[0] - before) / (time.monotonic() - started)
+        if load < cores or time.monotonic() > deadline:
+            log(f"machine load before measuring: {load:.2f} cores")
+            return load
+        log(f"waiting for the machine to settle: {load:.2f} cores busy")
 
 
 def engine_totals(url: str, key: str) -> dict[str, float]:
@@ -153,6 +176,13 @@ def wait_ready(url: str, timeout_s: float = 120.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--wrk-threads",
+        type=int,
+        default=1,
+        help="wrk's threads, sharing the connections (one handles this load with a fraction of a core, and a second "
+        "thread is one more to schedule on the two cores the server uses)",
+    )
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--accounts", type=int, default=20_000)
@@ -169,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=Path, help="Record the server with py-spy (collapsed stacks) into this folder."
     )
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(width=200)
     wrk = shutil.which("wrk")
     if wrk is None:
         console.print("[red]wrk is missing[/]: install it with `apt-get install wrk`")
@@ -204,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         key = new_key()
         script = lua_script([value for _, value, _, _ in records[:500]], key, tmp / "post.lua")
         modes = [m for m in (False, True) if args.only is None or args.only == ("on" if m else "off")]
+        wait_quiet(console.log)
         for batching in [m for _ in range(args.rounds) for m in modes]:
             port = free_ports(1)[0]
             env = {
@@ -233,9 +264,12 @@ def main(argv: list[str] | None = None) -> int:
                 url = f"http://127.0.0.1:{port}"
                 console.log(f"API batching={batching} starting on {url}")
                 wait_ready(url)
-                base = [wrk, "-t2", f"-c{args.connections}", "--latency", "-s", str(script)]
+                base = [wrk, f"-t{args.wrk_threads}", f"-c{args.connections}", "--latency", "-s", str(script)]
                 subprocess.run([*base, f"-d{args.warmup}s", url], capture_output=True, check=True)
                 cpu_before = process_cpu_s(server.pid) or 0.0
+                busy_before, _ = system_busy_s()
+                children_before = _children_cpu_s()
+                measure_started = time.monotonic()
                 engine_before = engine_totals(url, key)
                 spy = None
                 if args.profile is not None:
@@ -264,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
                     [*base, f"-d{args.seconds}s", url], capture_output=True, text=True, check=True
                 ).stdout
                 cpu = (process_cpu_s(server.pid) or 0.0) - cpu_before
+                busy = system_busy_s()[0] - busy_before
+                elapsed = time.monotonic() - measure_started
+                wrk_cpu = _children_cpu_s() - children_before  # wrk has exited; the server has not
                 engine = {k: v - engine_before.get(k, 0.0) for k, v in engine_totals(url, key).items()}
                 calls = engine.get("batch_size_count", 0.0)
                 if spy is not None:
@@ -280,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                         requests=int(figures["requests"]),
                         errors=int(figures["errors"]),
                         server_cpu_us_per_request=cpu / requests * 1e6,
+                        other_load_cores=max(busy - cpu - wrk_cpu, 0.0) / elapsed,
                         mean_batch_size=engine["batch_size_sum"] / calls if calls else None,
                         feature_ms_per_call=engine["feature_latency_seconds_sum"] / calls * 1e3 if calls else None,
                         inference_ms_per_call=engine["inference_latency_seconds_sum"] / calls * 1e3 if calls else None,
@@ -302,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch",
             "features ms/call",
             "inference ms/call",
+            "other load",
             "errors",
         )
         for column in columns:
@@ -319,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 "" if r.mean_batch_size is None else f"{r.mean_batch_size:.1f}",
                 "" if r.feature_ms_per_call is None else f"{r.feature_ms_per_call:.3f}",
                 "" if r.inference_ms_per_call is None else f"{r.inference_ms_per_call:.3f}",
+                f"{r.other_load_cores:.2f}",
                 str(r.errors),
             )
         console.print(table)

@@ -186,6 +186,11 @@ class ScoringEngine:
         infer_started = time.perf_counter()
         scored_at = datetime.now(UTC)
         now = scored_at.timestamp()
+        decide = self.thresholds.decide
+        attach = self.attach_features
+        trusted = Score.trusted
+        scored = result.scored
+        experiment_id = serving.experiment_id
         for name, indices in groups.items():
             model = models[name]
             service = model.feature_service
@@ -195,7 +200,7 @@ class ScoringEngine:
                 for i in indices
             ]
             x = np.asarray([fr.values for fr in feature_rows], dtype=np.float32)
-            scores, errors = _predict(model, x)
+            values, errors = _predict(model, x)
             shadow = shadow_of[name]
             for j, i in enumerate(indices):
                 if errors[j] is not None:
@@ -205,29 +210,30 @@ class ScoringEngine:
                         result.failed.append((i, f"model {model.name} v{model.version}: {errors[j]}"))
                     continue
                 request = requests[i]
-                value = float(scores[j])
-                result.scored.append(
+                tx = request.tx
+                value = values[j]
+                scored.append(
                     Scored(
-                        index=i,
-                        shadow=shadow,
-                        score=Score(
-                            event_id=request.tx.event_id,
-                            account_id=request.tx.account_id,
+                        i,
+                        trusted(  # every value below already meets the contract
+                            event_id=tx.event_id,
+                            account_id=tx.account_id,
                             score=value,
-                            decision=self.thresholds.decide(value),
+                            decision=decide(value),
                             model_name=model.name,
                             model_version=model.version,
                             variant=name,
-                            experiment_id=serving.experiment_id,
+                            experiment_id=experiment_id,
                             feature_status=feature_status(rows[i], service),
-                            amount=request.tx.amount,
-                            currency=request.tx.currency,
-                            event_time=request.tx.event_time,
+                            amount=tx.amount,
+                            currency=tx.currency,
+                            event_time=tx.event_time,
                             scored_time=scored_at,
                             latency_ms=max(now - request.arrived, 0.0) * 1000.0,
                             source=source,
-                            features=feature_rows[j].as_dict() if self.attach_features else None,
+                            features=feature_rows[j].as_dict() if attach else None,
                         ),
+                        shadow,
                     )
                 )
         if len(groups) > 1:
@@ -242,9 +248,9 @@ def _input_order(item: Scored) -> tuple[int, bool]:
     return item.index, item.shadow
 
 
-def _predict(model: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
-    """Scores of the rows and, per row, why it could not be scored (None = fine). A failing batch is retried
-    row by row so one poisonous row does not take its neighbours down."""
+def _predict(model: LoadedModel, x: np.ndarray) -> tuple[list[float], list[str | None]]:
+    """Scores of the rows (Python floats) and, per row, why it could not be scored (None = fine). A failing batch
+    is retried row by row so one poisonous row does not take its neighbours down."""
     try:
         scores = model.predict(x)
         errors: list[str | None] = [None] * len(x)
@@ -257,7 +263,8 @@ def _predict(model: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, list[str | 
                 scores[i] = model.predict(x[i : i + 1])[0]
             except Exception as row_exc:  # noqa: BLE001 - the row's own failure: it will be dead-lettered
                 errors[i] = f"inference failed: {type(row_exc).__name__}: {row_exc}"
-    for i, value in enumerate(scores.tolist()):
+    values: list[float] = scores.tolist()
+    for i, value in enumerate(values):
         if errors[i] is None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
             errors[i] = f"the model returned {value!r}, not a probability"
-    return scores, errors
+    return values, errors

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -204,11 +205,74 @@ class Score(Contract):
         default=None, description="The exact feature values the model scored with (for drift monitoring)"
     )
 
+    @classmethod
+    def trusted(
+        cls,
+        *,
+        event_id: str,
+        account_id: str,
+        score: float,
+        decision: Decision,
+        model_name: str,
+        model_version: str,
+        variant: str,
+        experiment_id: str,
+        feature_status: FeatureStatus,
+        amount: float,
+        currency: str,
+        event_time: datetime,
+        scored_time: datetime,
+        latency_ms: float,
+        source: ScoreSource,
+        features: dict[str, float] | None,
+    ) -> Score:
+        """A Score from values that already meet the contract, without validating them again: the engine's
+        (ids and amounts from a validated Transaction, the score checked to be a probability, names from validated
+        settings). ~1 µs instead of ~3.6 µs — a score is made per transaction. The result is equal, field for field
+        and byte for byte, to `Score(...)` with the same values (a test holds it). Feature values are the one input
+        not checked upstream: any NaN or infinity among them (their sum is then not finite) takes the validating
+        constructor, which refuses it exactly as before."""
+        if features is not None and not math.isfinite(sum(features.values())):
+            return cls(**{k: v for k, v in locals().items() if k in _SCORE_ARGUMENTS})
+        obj = _new_object(cls)
+        _set_attribute(
+            obj,
+            "__dict__",
+            {
+                "schema_version": 1,
+                "event_id": event_id,
+                "account_id": account_id,
+                "score": score,
+                "decision": decision,
+                "model_name": model_name,
+                "model_version": model_version,
+                "variant": variant,
+                "experiment_id": experiment_id,
+                "feature_status": feature_status,
+                "amount": amount,
+                "currency": currency,
+                "event_time": event_time,
+                "scored_time": scored_time,
+                "latency_ms": latency_ms,
+                "source": source,
+                "features": features,
+            },
+        )
+        _set_attribute(obj, "__pydantic_fields_set__", set(_SCORE_ARGUMENTS))
+        _set_attribute(obj, "__pydantic_extra__", None)
+        _set_attribute(obj, "__pydantic_private__", None)
+        return obj
+
     def to_json(self) -> bytes:
         """The same bytes as pydantic's `model_dump_json` (a test holds them equal), ~5× cheaper: every field is
         a str, float, int, UTC datetime or a dict of floats, already validated at construction. Scores are the
         scorer's hottest output."""
         return orjson.dumps(self.__dict__, option=orjson.OPT_UTC_Z)
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+_SCORE_ARGUMENTS = frozenset(Score.model_fields) - {"schema_version"}
 
 
 class DeadLetterReason(StrEnum):

@@ -147,10 +147,13 @@ class Runtime:
         out: list[Scored | BaseException] = [InferenceError("no score produced")] * len(requests)
         for index, why in result.failed:
             out[index] = InferenceError(why)
+        scored: dict[str, int] = {}
         for item in result.scored:
             if not item.shadow:
                 out[item.index] = item
-                self.metrics.scored.labels(variant=item.score.variant).inc()
+                scored[item.score.variant] = scored.get(item.score.variant, 0) + 1
+        for variant_name, count in scored.items():  # one label lookup per variant and batch, not per score
+            self.metrics.scored.labels(variant=variant_name).inc(count)
         self._audit(result.scored, requests)
         return out
 

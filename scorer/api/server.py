@@ -81,12 +81,16 @@ def config(settings: ApiSettings, *, log_level: str = "info") -> uvicorn.Config:
     from scorer.api.app import create_app
 
     # No access log: one line per request costs more than scoring it; /metrics counts requests by route and status.
+    # No proxy-header rewriting: nothing here uses the client's address (keys identify callers), and uvicorn's
+    # middleware for it would inspect every request's headers. No `server` header: it only advertises the software.
     return uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         access_log=False,
+        proxy_headers=False,
+        server_header=False,
         http=_protocol(),
     )
 

