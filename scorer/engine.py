@@ -191,10 +191,14 @@ class ScoringEngine:
         trusted = Score.trusted
         scored = result.scored
         experiment_id = serving.experiment_id
+        status_of: dict[str, list[FeatureStatus]] = {}
         for name, indices in groups.items():
             model = models[name]
             service = model.feature_service
             use_merchant = MERCHANT_VIEW in SERVICES[service]
+            statuses = status_of.get(service)
+            if statuses is None:
+                statuses = status_of[service] = [feature_status(row, service) for row in rows]
             feature_rows = [
                 transaction_features(facts[i], rows[i][0], rows[i][1], rows[i][2] if use_merchant else None)
                 for i in indices
@@ -224,7 +228,7 @@ class ScoringEngine:
                             model_version=model.version,
                             variant=name,
                             experiment_id=experiment_id,
-                            feature_status=feature_status(rows[i], service),
+                            feature_status=statuses[i],
                             amount=tx.amount,
                             currency=tx.currency,
                             event_time=tx.event_time,

@@ -116,6 +116,8 @@ class Reloader:
 
     def take(self) -> Serving | None:
         """The new Serving prepared since the last call, if any (called by the scoring thread)."""
+        if self._pending is None:  # the usual answer, without the lock (an attribute read is atomic; a Serving
+            return None  # prepared just now is taken by the next call)
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:

@@ -3,7 +3,7 @@
 FastAPI's request machinery — its own wrappers, Starlette's middleware stack, routing, dependency resolution,
 `Request` objects, our two middlewares — cost several times uvicorn's own per-request work, and request batching
 cannot share any of it (docs/api.md, *Request batching*, has the figures). This route does the FastAPI route's
-steps in the same order with the same functions: body limit (`read_body`), key and rate limit (`check_key`), the
+steps in the same order with the same functions: body limit (`read_announced_body`), key and rate (`check_key`), the
 stream's contract validation (`parse_transaction`), the engine through the batcher, the score's own JSON, the same
 error bodies (`render_error`) and metrics — and nothing else. Every other request, `/v1/score` with `variant` or
 `version` included, goes to FastAPI, which also documents this route in its OpenAPI schema; a test holds both
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Scope, Send
 
-from scorer.api.limits import ClientGoneError, error_json, read_body, send_json
+from scorer.api.limits import ClientGoneError, error_json, read_announced_body, send_json
 from scorer.api.security import KEY_HEADER, RateLimitedError, UnauthorizedError
 from streamscore.contracts import Transaction, is_traceparent
 from streamscore.errors import EventError, StreamscoreError
@@ -113,15 +113,17 @@ class ScoreRoute:
             self._count(runtime, status, time.perf_counter() - started)
 
     async def _answer(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> int:
-        presented = traceparent = None
-        for name, value in scope["headers"]:
+        presented = traceparent = length = None
+        for name, value in scope["headers"]:  # one pass (the first of a repeated header counts, as in Starlette)
             if name == _KEY:
                 presented = presented or value.decode("latin-1")
+            elif name == b"content-length":
+                length = length or value
             elif name == b"traceparent":
                 traceparent = traceparent or value.decode("latin-1")
         try:
             # The order of the FastAPI route: body limit (middleware), key and rate (dependency), then the body.
-            body = await read_body(scope, receive, self.max_bytes)
+            body = await read_announced_body(receive, self.max_bytes, length)
             check_key(presented, runtime)
             scored = await self.score(runtime, parse_transaction(body), traceparent_or_none(traceparent))
         except ClientGoneError:

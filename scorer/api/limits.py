@@ -38,15 +38,23 @@ class ClientGoneError(Exception):
 async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
     """The whole body, at most `max_bytes`; BodyTooLargeError / BadContentLengthError / ClientGoneError otherwise.
     An announced length over the limit is refused before a byte of the body is read."""
+    declared = None
     for name, value in scope.get("headers") or ():
         if name == b"content-length":
-            try:
-                declared = int(value)
-            except ValueError:
-                raise BadContentLengthError() from None
-            if declared > max_bytes:
-                raise BodyTooLargeError(max_bytes, declared)
+            declared = value
             break
+    return await read_announced_body(receive, max_bytes, declared)
+
+
+async def read_announced_body(receive: Receive, max_bytes: int, declared: bytes | None) -> bytes:
+    """`read_body` for a caller that has already found the Content-Length header's value (`declared`)."""
+    if declared is not None:
+        try:
+            announced = int(declared)
+        except ValueError:
+            raise BadContentLengthError() from None
+        if announced > max_bytes:
+            raise BodyTooLargeError(max_bytes, announced)
     message = await receive()
     if message["type"] == "http.disconnect":
         raise ClientGoneError()
