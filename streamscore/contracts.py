@@ -228,7 +228,8 @@ class Score(Contract):
     ) -> Score:
         """A Score from values that already meet the contract, without validating them again: the engine's
         (ids and amounts from a validated Transaction, the score checked to be a probability, names from validated
-        settings). ~1 µs instead of ~3.6 µs — a score is made per transaction. The result is equal, field for field
+        settings), for less than half the validating constructor's cost — a score is made per transaction scored
+        (`python -m timeit` on both, docs/benchmarks.md). The result is equal, field for field
         and byte for byte, to `Score(...)` with the same values (a test holds it). Feature values are the one input
         not checked upstream: any NaN or infinity among them (their sum is then not finite) takes the validating
         constructor, which refuses it exactly as before."""
