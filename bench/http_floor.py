@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._probe import process_cpu_s
+from bench.api import parse_wrk
 from bench.pipeline import free_ports
 
 RESPONSE = b'{"event_id":"evt-1","score":0.1234,"decision":"approve","model_version":"1","variant":"champion"}' * 3
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     server.terminate()
                     server.wait(10)
-                total = float(out.split(" requests in")[0].split()[-1])
-                rps = float(out.split("Requests/sec:")[1].split()[0])
+                figures = parse_wrk(out)
+                total, rps = max(figures["requests"], 1.0), figures["requests_per_s"]
                 results[mode].append((rps, cpu / total * 1e6))
                 print(f"{mode:>10}: {rps:10,.0f} requests/s, {cpu / total * 1e6:5.1f} µs CPU/request", flush=True)
     plain = statistics.median(r for r, _ in results["plain"])

@@ -22,7 +22,9 @@ import torch
 from streamscore.features import FEATURE_NAMES
 from training.export import run_onnx, to_onnx, verify
 from training.metrics import average_precision
-from training.model import FitConfig, fit
+from training.model import fit
+from training.pipeline import fit_config
+from training.settings import preset_settings
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -53,18 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, Any] = {}
     scores: dict[str, np.ndarray] = {}
     for device in devices:
-        config = FitConfig(
-            hidden_sizes=(64, 32),
-            dropout=0.1,
-            epochs=args.epochs,
-            patience=args.epochs,
-            batch_size=1024,
-            lr=2e-3,
-            weight_decay=1e-4,
-            pos_weight=None,
-            clip=8.0,
-            seed=args.seed,
-            device=device,
+        config = fit_config(
+            preset_settings("v1", epochs=args.epochs, patience=args.epochs, seed=args.seed, device=device)
         )
         result = fit(x_train, y_train, x_val, y_val, config)
         onnx_bytes = to_onnx(result.model)

@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from scorer.api.limits import ClientGoneError, error_json, read_announced_body, send_json
 from scorer.api.security import KEY_HEADER, RateLimitedError, UnauthorizedError
-from streamscore.contracts import Transaction, is_traceparent
+from streamscore.contracts import Transaction, is_traceparent, parse_event
 from streamscore.errors import EventError, StreamscoreError
 
 if TYPE_CHECKING:
@@ -48,8 +48,6 @@ class ApiValidationError(StreamscoreError):
 
 def parse_transaction(body: bytes) -> Transaction:
     """The stream's own contract check: an event the scorer would dead-letter is a 422, with the same reason."""
-    from streamscore.contracts import parse_event
-
     try:
         return parse_event(Transaction, body)
     except EventError as exc:
