@@ -303,14 +303,26 @@ class Server:
 
 
 def test_concurrent_single_requests_are_gathered_into_micro_batches(scorer_env: ScorerEnv) -> None:
-    with Server(api_settings(max_queue_delay_ms=5.0)) as url, httpx.Client(base_url=url, timeout=30) as http:
+    # One client per thread, as 32 independent callers would have: httpcore 1.0.9's shared sync pool can close a
+    # surplus keep-alive connection that another thread has just been handed (encode/httpcore#1110), which
+    # surfaced here once in CI as a client-side "[Errno 9] Bad file descriptor".
+    local = threading.local()
+    clients: list[httpx.Client] = []
+    with Server(api_settings(max_queue_delay_ms=5.0)) as url:
 
         def call(i: int) -> int:
-            return http.post("/v1/score", json=body(i), headers={"X-API-Key": KEY}).status_code
+            if not hasattr(local, "http"):
+                local.http = httpx.Client(base_url=url, timeout=30)
+                clients.append(local.http)
+            return int(local.http.post("/v1/score", json=body(i), headers={"X-API-Key": KEY}).status_code)
 
-        with ThreadPoolExecutor(32) as pool:
-            codes = list(pool.map(call, range(640)))
-        metrics = http.get("/metrics", headers={"X-API-Key": KEY}).text
+        try:
+            with ThreadPoolExecutor(32) as pool:
+                codes = list(pool.map(call, range(640)))
+        finally:
+            for client in clients:
+                client.close()
+        metrics = httpx.get(f"{url}/metrics", headers={"X-API-Key": KEY}).text
     assert codes == [200] * 640
     values = {
         line.split()[0]: float(line.split()[-1])
