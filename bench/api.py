@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.profile.mkdir(parents=True, exist_ok=True)
                     spy = subprocess.Popen(
                         [
-                            "py-spy",
+                            shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
                             "record",
                             "-p",
                             str(server.pid),

@@ -13,7 +13,7 @@ answers byte for byte equal over valid and invalid requests.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Scope, Send
@@ -83,6 +83,20 @@ def render_error(exc: StreamscoreError, runtime: Runtime | None) -> tuple[int, b
     return status, error_json(str(error), str(exc)), headers
 
 
+def scan_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, bytes | None]:
+    """The API key, traceparent and Content-Length of a request, in one pass over its headers (names lower-case,
+    as ASGI servers give them; the first of a repeated header counts, as in Starlette)."""
+    presented = traceparent = length = None
+    for name, value in headers:
+        if name == _KEY:
+            presented = presented or value.decode("latin-1")
+        elif name == b"content-length":
+            length = length or value
+        elif name == b"traceparent":
+            traceparent = traceparent or value.decode("latin-1")
+    return presented, traceparent, length
+
+
 class ScoreRoute:
     """Answers `POST /v1/score` without a query string; `ApiApp.__call__` asks `matches` before anything else."""
 
@@ -108,22 +122,14 @@ class ScoreRoute:
         try:
             status = await self._answer(runtime, scope, receive, send)
         finally:
-            self._count(runtime, status, time.perf_counter() - started)
+            self.count(runtime, status, time.perf_counter() - started)
 
     async def _answer(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> int:
-        presented = traceparent = length = None
-        for name, value in scope["headers"]:  # one pass (the first of a repeated header counts, as in Starlette)
-            if name == _KEY:
-                presented = presented or value.decode("latin-1")
-            elif name == b"content-length":
-                length = length or value
-            elif name == b"traceparent":
-                traceparent = traceparent or value.decode("latin-1")
+        presented, traceparent, length = scan_headers(scope["headers"])
         try:
             # The order of the FastAPI route: body limit (middleware), key and rate (dependency), then the body.
             body = await read_announced_body(receive, self.max_bytes, length)
-            check_key(presented, runtime)
-            scored = await self.score(runtime, parse_transaction(body), traceparent_or_none(traceparent))
+            scored = await self.submit(runtime, presented, traceparent, body)
         except ClientGoneError:
             return CLIENT_GONE
         except StreamscoreError as exc:
@@ -133,7 +139,15 @@ class ScoreRoute:
         await send_json(send, 200, scored.score.to_json())
         return 200
 
-    def _count(self, runtime: Runtime, status: int, seconds: float) -> None:
+    def submit(
+        self, runtime: Runtime, presented: str | None, traceparent: str | None, body: bytes
+    ) -> Awaitable[Scored]:
+        """The steps after the body limit, for this route and the wire route (scorer.api.server): key and rate,
+        the contract check, then the awaitable of the live score. Raises StreamscoreError for a refused request."""
+        check_key(presented, runtime)
+        return self.score(runtime, parse_transaction(body), traceparent_or_none(traceparent))
+
+    def count(self, runtime: Runtime, status: int, seconds: float) -> None:
         """The same series as ObserveMiddleware (route, status), with the label lookups done once."""
         metrics = runtime.metrics
         if metrics is not self._metrics:

@@ -11,11 +11,20 @@ resume reading, write-buffer limits) and closing are the real transport's; `clos
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import functools
+import time
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
+from scorer.api.hotpath import CLIENT_GONE, ScoreRoute, render_error, scan_headers
 from scorer.api.settings import ApiSettings
+from streamscore.errors import StreamscoreError
+
+if TYPE_CHECKING:
+    from scorer.api.app import Runtime
+    from scorer.engine import Scored
 
 
 class CoalescingTransport:
@@ -61,19 +70,182 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+class WireRoute:
+    """`POST /v1/score` answered on the connection itself, without an ASGI request cycle.
+
+    uvicorn runs every request as an ASGI cycle: a task, an event, message dicts for the body and for each half
+    of the response, and a header check per response header; for this route that costs about as much as the
+    route's own work (docs/api.md, *Request batching*, has the figures). A request the wire route takes is
+    answered with the hot route's own steps (`ScoreRoute.submit`, `render_error`, `ScoreRoute.count`), from
+    parser callbacks and the score's future callback; the response bytes are the ones uvicorn would write for
+    the ASGI answer (status line, uvicorn's default headers, Starlette's content-length and content-type, the
+    error's extra headers, `connection: close` when the connection ends), and completing it goes through
+    uvicorn's own `on_response` (keep-alive timer, pipelined requests, read flow control).
+
+    It takes only the plain case: the hot route's requests (`ScoreRoute.matches`) with a valid Content-Length
+    within both the body limit and uvicorn's read buffer, no Transfer-Encoding and no `Expect: 100-continue`,
+    once the app's lifespan has built its runtime. Everything else — chunked or oversize bodies, other routes,
+    uvicorn's concurrency limit — takes the ASGI path exactly as before."""
+
+    __slots__ = ("api", "max_bytes", "route")
+
+    def __init__(self, api: Any, route: ScoreRoute, max_bytes: int) -> None:
+        self.api = api
+        self.route = route
+        self.max_bytes = max_bytes
+
+    @classmethod
+    def of(cls, app: Any) -> WireRoute | None:
+        from scorer.api.app import ApiApp
+
+        route = getattr(app, "hot_route", None) if isinstance(app, ApiApp) else None
+        if route is None:
+            return None
+        return cls(app, route, min(route.max_bytes, HIGH_WATER_LIMIT))
+
+    def runtime_for(self, scope: dict[str, Any], waiting_for_100_continue: bool) -> Runtime | None:
+        """The runtime to answer this request with, or None when the ASGI path must answer it."""
+        if waiting_for_100_continue or not ScoreRoute.matches(scope):
+            return None
+        length = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if length is not None:
+                    return None
+                length = value
+            elif name == b"transfer-encoding":
+                return None
+        if length is None or not length.isdigit() or int(length) > self.max_bytes:
+            return None
+        return getattr(self.api.state, "runtime", None)
+
+
 def _protocol() -> Any:
-    """uvicorn's httptools protocol with a coalescing transport; uvicorn's default choice without httptools."""
+    """uvicorn's httptools protocol with a coalescing transport and the wire route; uvicorn's default choice
+    without httptools."""
     try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
     except ImportError:  # httptools is an optional dependency of uvicorn
         return "auto"
 
-    class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    class ApiHttpProtocol(HttpToolsProtocol):
+        _wire: WireRoute | None = None
+        _waiting: tuple[Any, Runtime] | None = None
+        """A wire request whose body is still arriving: (its cycle, the runtime)."""
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             proxy: Any = CoalescingTransport(transport, asyncio.get_running_loop())
             super().connection_made(proxy)
+            self._wire = WireRoute.of(self.config.app)
 
-    return CoalescingHttpToolsProtocol
+        def connection_lost(self, exc: Exception | None) -> None:
+            waiting, self._waiting = self._waiting, None
+            super().connection_lost(exc)
+            if waiting is not None and self._wire is not None:  # gone before its body arrived, counted as the
+                self._wire.route.count(waiting[1], CLIENT_GONE, 0.0)  # ASGI route counts it
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            wire = self._wire
+            runtime = None
+            if wire is not None and app is self.app:  # not uvicorn's 503 app for its concurrency limit
+                runtime = wire.runtime_for(cycle.scope, cycle.waiting_for_100_continue)
+            if runtime is None:
+                super()._start_asgi_task(cycle, app)
+            elif cycle.more_body:
+                self._waiting = (cycle, runtime)  # answered by on_message_complete
+            else:  # a pipelined request, started once the one before it was answered: its body is all here
+                self._answer(cycle, runtime)
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            waiting = self._waiting
+            if waiting is not None and waiting[0] is self.cycle and not self.cycle.more_body:
+                self._waiting = None
+                self._answer(*waiting)
+
+        def _answer(self, cycle: Any, runtime: Runtime) -> None:
+            assert self._wire is not None
+            route = self._wire.route
+            started = time.perf_counter()
+            presented, traceparent, _ = scan_headers(cycle.scope["headers"])
+            try:
+                pending = route.submit(runtime, presented, traceparent, bytes(cycle.body))
+            except StreamscoreError as exc:
+                self._respond(cycle, runtime, started, *render_error(exc, runtime))
+                return
+            except Exception as exc:  # noqa: BLE001 - answered as uvicorn answers an app's exception
+                self._fail(cycle, runtime, started, exc)
+                return
+            future = pending if isinstance(pending, asyncio.Future) else asyncio.ensure_future(pending)
+            future.add_done_callback(functools.partial(self._scored, cycle, runtime, started))
+
+        def _scored(self, cycle: Any, runtime: Runtime, started: float, future: asyncio.Future[Scored]) -> None:
+            error = future.exception() if not future.cancelled() else asyncio.CancelledError()
+            if error is None:
+                self._respond(cycle, runtime, started, 200, future.result().score.to_json(), None)
+            elif isinstance(error, StreamscoreError):
+                self._respond(cycle, runtime, started, *render_error(error, runtime))
+            else:
+                self._fail(cycle, runtime, started, error)
+
+        def _fail(self, cycle: Any, runtime: Runtime, started: float, error: BaseException) -> None:
+            self.logger.error("Exception in ASGI application\n", exc_info=error)
+            assert self._wire is not None
+            self._wire.route.count(runtime, 500, time.perf_counter() - started)
+            if not cycle.disconnected:
+                cycle.keep_alive = False
+                self._write(cycle, STATUS_LINE[500], INTERNAL_ERROR_HEADERS, INTERNAL_ERROR)
+
+        def _respond(
+            self,
+            cycle: Any,
+            runtime: Runtime,
+            started: float,
+            status: int,
+            body: bytes,
+            extra: dict[str, str] | None,
+        ) -> None:
+            assert self._wire is not None
+            self._wire.route.count(runtime, status, time.perf_counter() - started)
+            if cycle.disconnected:  # as uvicorn's `send` into a closed connection: nothing is written
+                return
+            # Starlette's headers for a JSON body (scorer.api.limits.send_json), lower-cased as uvicorn writes them.
+            headers = b"content-length: %d\r\ncontent-type: application/json\r\n" % len(body)
+            if extra:
+                headers += b"".join(
+                    b"%s: %s\r\n" % (name.lower().encode("latin-1"), value.encode("latin-1"))
+                    for name, value in extra.items()
+                )
+            self._write(cycle, STATUS_LINE[status], headers, body)
+
+        def _write(self, cycle: Any, status_line: bytes, headers: bytes, body: bytes) -> None:
+            if self.flow.write_paused:  # the client is not reading: wait, as uvicorn's `send` does
+                waiting = asyncio.ensure_future(self.flow.drain())
+                waiting.add_done_callback(lambda _: self._write(cycle, status_line, headers, body))
+                return
+            if cycle.disconnected:
+                return
+            default = b"".join(b"%s: %s\r\n" % (name, value) for name, value in cycle.default_headers)
+            close = b"" if cycle.keep_alive else b"connection: close\r\n"
+            self.transport.write(b"".join((status_line, default, headers, close, b"\r\n", body)))
+            # What uvicorn's `send` does once a response's last body part is written.
+            cycle.response_started = cycle.response_complete = True
+            cycle.message_event.set()
+            if not cycle.keep_alive:
+                self.transport.close()
+            on_response, cycle.on_response = cycle.on_response, _nothing
+            on_response()
+
+    return ApiHttpProtocol
+
+
+INTERNAL_ERROR = b"Internal Server Error"
+INTERNAL_ERROR_HEADERS = b"content-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\n"
+"""uvicorn's answer when the app fails before responding (its `send_500_response`), `connection: close` added."""
+
+
+def _nothing() -> None:
+    return None
 
 
 def config(settings: ApiSettings, *, log_level: str = "info") -> uvicorn.Config:
