@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from fastapi.testclient import TestClient
 from feature_repo.settings import FeastSettings
 from feature_repo.store import apply, open_store, push_realtime
 from scorer.api.app import create_app
+from scorer.api.hotpath import ScoreRoute
 from scorer.api.security import digest
 from scorer.api.server import config
 from scorer.api.settings import ApiKey, ApiSettings
@@ -288,6 +290,7 @@ class Server:
             config(settings.model_copy(update={"host": "127.0.0.1", "port": self.port}), log_level="warning")
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.app: Any = self.server.config.app
 
     def __enter__(self) -> str:
         self.thread.start()
@@ -332,6 +335,145 @@ def test_concurrent_single_requests_are_gathered_into_micro_batches(scorer_env: 
     batches, requests = values["streamscore_api_batch_size_count"], values["streamscore_api_batch_size_sum"]
     assert requests == 640
     assert batches < 640 / 2, f"{batches} engine calls for 640 concurrent requests: not batched"
+
+
+def counting_matches(seen: list[Any]) -> Callable[[Any], bool]:
+    """ScoreRoute.matches that also records each scope it matches: the requests the ASGI app itself answered."""
+
+    def matches(scope: Any) -> bool:
+        if ScoreRoute.matches(scope):
+            seen.append(scope)
+            return True
+        return False
+
+    return matches
+
+
+def _raw_responses(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """`count` HTTP/1.1 responses read off a raw socket: (status, headers, body), each body by its Content-Length."""
+    data = b""
+    out: list[tuple[int, dict[str, str], bytes]] = []
+    while len(out) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"the server closed the connection after {len(out)} responses"
+            data += chunk
+        head, data = data.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines)}
+        length = int(headers.get("content-length", "0"))
+        while len(data) < length:
+            data += sock.recv(65536)
+        out.append((int(status_line.split()[1]), headers, data[:length]))
+        data = data[length:]
+    return out
+
+
+def _post(payload: bytes, headers: dict[str, str], path: str = "/v1/score") -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: test", f"Content-Length: {len(payload)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
+
+
+def test_the_wire_route_answers_byte_for_byte_as_fastapi_does(scorer_env: ScorerEnv) -> None:
+    """Under uvicorn, a plain `POST /v1/score` is answered by the wire route (scorer.api.server), below ASGI; with a
+    query string FastAPI answers. Same status, same headers (names, values, order of ours; the date aside), same
+    body for every refusal, over the valid bodies, the whole 422 corpus, missing and revoked keys and an oversize
+    body (which the wire route leaves to the ASGI hot route)."""
+    h = {"X-API-Key": KEY, "Content-Type": "application/json"}
+    cases: list[tuple[bytes, dict[str, str]]] = [(json.dumps(body(i)).encode(), h) for i in range(5)]
+    cases += [(payload, h) for payload, _ in INVALID]
+    cases += [(json.dumps(body(1)).encode(), {}), (json.dumps(body(1)).encode(), {"X-API-Key": REVOKED})]
+    cases += [(b"x" * (256 * 1024 + 1), h)]
+    server = Server(api_settings())
+    asgi_answered: list[
+        Any
+    ] = []  # plain POST /v1/score requests that reached the ASGI app: only those the wire route left
+    server.app.hot_route.matches = counting_matches(asgi_answered)
+    with server as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            for payload, headers in cases:
+                sock.sendall(_post(payload, headers))
+                [(wire_status, wire_headers, wire_body)] = _raw_responses(sock, 1)
+                sock.sendall(_post(payload, headers, "/v1/score?variant=auto"))
+                [(status, routed_headers, routed_body)] = _raw_responses(sock, 1)
+                assert wire_status == status, (payload[:80], wire_body, routed_body)
+                wire_headers.pop("date"), routed_headers.pop("date")
+                if status == 200:
+                    assert wire_headers == {"content-length": str(len(wire_body)), "content-type": "application/json"}
+                    assert routed_headers["content-type"] == "application/json"
+                    a, b = json.loads(wire_body), json.loads(routed_body)
+                    for moment in ("scored_time", "latency_ms"):
+                        a.pop(moment), b.pop(moment)
+                    assert a == b
+                else:
+                    assert wire_headers == routed_headers and wire_body == routed_body, (payload[:80], wire_body)
+        metrics = httpx.get(f"{url}/metrics", headers={"X-API-Key": KEY}).text
+    assert len(asgi_answered) == 1  # the oversize body; every other one was answered on the wire
+    counted = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in metrics.splitlines()
+        if line.startswith('streamscore_api_requests_total{route="/v1/score"')
+    }
+    assert counted['streamscore_api_requests_total{route="/v1/score",status="200"}'] == 10
+    assert counted['streamscore_api_requests_total{route="/v1/score",status="422"}'] == 2 * len(INVALID)
+    assert counted['streamscore_api_requests_total{route="/v1/score",status="401"}'] == 4
+
+
+def test_the_wire_route_keeps_http_semantics(scorer_env: ScorerEnv) -> None:
+    """Pipelined requests are answered in order; `Connection: close` and HTTP/1.0 close after the answer; chunked
+    bodies and `Expect: 100-continue` are left to the ASGI path and answered there."""
+    h = {"X-API-Key": KEY, "Content-Type": "application/json"}
+    first, second = json.dumps(body(11)).encode(), json.dumps(body(12)).encode()
+    server = Server(api_settings(max_queue_delay_ms=5.0))
+    asgi_answered: list[Any] = []
+    server.app.hot_route.matches = counting_matches(asgi_answered)
+    with server as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(_post(first, h) + _post(b"{}", h) + _post(second, h))  # three requests in one segment
+            answers = _raw_responses(sock, 3)
+            assert [status for status, _, _ in answers] == [200, 422, 200]
+            assert [json.loads(answers[i][2])["event_id"] for i in (0, 2)] == [
+                body(11)["event_id"],
+                body(12)["event_id"],
+            ]
+            # Still open (keep-alive) for the next one.
+            sock.sendall(_post(first, h))
+            assert _raw_responses(sock, 1)[0][0] == 200
+        for closing in ({**h, "Connection": "close"},):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(_post(first, closing))
+                [(status, headers, _)] = _raw_responses(sock, 1)
+                assert status == 200 and headers["connection"] == "close"
+                assert sock.recv(1) == b""  # closed by the server
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(_post(first, h).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+            [(status, headers, _)] = _raw_responses(sock, 1)
+            assert status == 200 and headers["connection"] == "close"
+            assert sock.recv(1) == b""
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            chunked = (
+                b"POST /v1/score HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
+                + f"X-API-Key: {KEY}\r\nContent-Type: application/json\r\n\r\n".encode()
+                + b"%x\r\n%b\r\n0\r\n\r\n" % (len(first), first)
+            )
+            sock.sendall(chunked)
+            [(status, _, answer)] = _raw_responses(sock, 1)
+            assert status == 200 and json.loads(answer)["event_id"] == body(11)["event_id"]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(
+                _post(b"", {**h, "Expect": "100-continue"}).replace(
+                    b"Content-Length: 0", b"Content-Length: %d" % len(first)
+                )
+            )
+            [(status, _, _)] = _raw_responses(sock, 1)
+            assert status == 100
+            sock.sendall(first)
+            [(status, _, answer)] = _raw_responses(sock, 1)
+            assert status == 200 and json.loads(answer)["event_id"] == body(11)["event_id"]
+    assert len(asgi_answered) == 2  # the chunked and the 100-continue requests; the rest went on the wire
 
 
 def test_schemathesis_against_the_apps_own_openapi(scorer_env: ScorerEnv) -> None:

@@ -73,3 +73,45 @@ def test_uvicorn_gets_the_httptools_protocol_with_the_coalescing_transport() -> 
 
     protocol = _protocol()
     assert isinstance(protocol, type) and issubclass(protocol, HttpToolsProtocol)
+
+
+def test_the_wire_route_takes_only_plain_score_requests() -> None:
+    """Anything but a plain POST /v1/score with one valid Content-Length within the limit goes to the ASGI path."""
+    from types import SimpleNamespace
+
+    from scorer.api.hotpath import ScoreRoute
+    from scorer.api.server import WireRoute
+
+    runtime = object()
+    api = SimpleNamespace(state=SimpleNamespace(runtime=runtime))
+    wire = WireRoute(api, ScoreRoute(max_bytes=1000, score=lambda *_: None), max_bytes=1000)  # type: ignore[arg-type]
+
+    def scope(**changes: Any) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "type": "http",
+            "path": "/v1/score",
+            "method": "POST",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"300")],
+        }
+        return {**base, **changes}
+
+    assert wire.runtime_for(scope(), waiting_for_100_continue=False) is runtime
+    assert wire.runtime_for(scope(), waiting_for_100_continue=True) is None
+    refused = [
+        scope(query_string=b"variant=auto"),
+        scope(method="GET"),
+        scope(path="/v1/score/batch"),
+        scope(root_path="/api"),
+        scope(headers=[]),  # no Content-Length: chunked
+        scope(headers=[(b"content-length", b"300"), (b"transfer-encoding", b"chunked")]),
+        scope(headers=[(b"content-length", b"300"), (b"content-length", b"300")]),
+        scope(headers=[(b"content-length", b"1001")]),  # over the limit: the ASGI route's 413
+        scope(headers=[(b"content-length", b"-1")]),
+    ]
+    for case in refused:
+        assert wire.runtime_for(case, waiting_for_100_continue=False) is None, case
+    api.state = SimpleNamespace()  # before the lifespan has built the runtime
+    assert wire.runtime_for(scope(), waiting_for_100_continue=False) is None
+    assert WireRoute.of(object()) is None  # not our app: uvicorn's ASGI path only
