@@ -242,6 +242,9 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 """The ordered model inputs. Scaling and missing-value defaults live in the ONNX graph; these are raw."""
 
+_ONE_HOT: dict[str, tuple[float, ...]] = {c: tuple(1.0 if c == d else 0.0 for d in CHANNELS) for c in CHANNELS}
+_NO_CHANNEL = (0.0,) * len(CHANNELS)
+
 PROFILE_DEFAULT_STD_FRACTION = 0.5
 """Without a profile std, amount_zscore uses this fraction of the mean as the spread."""
 
@@ -293,17 +296,23 @@ def transaction_features(
         tx.country not in rt.known_countries and tx.country not in usual_countries
     )
     hour = (tx.event_ts % 86400.0) / 3600.0
+    angle = 2 * math.pi * hour / 24.0
+    log1p = math.log1p
+    # `log1p(x) if not x < 0.0 else 0.0` is `_log(x)` (max keeps its first argument unless the second is greater)
+    # without a call per value: this runs once per transaction scored.
+    amount_sum_5m, amount_sum_1h, amount_sum_24h = rt.amount_sum_5m, rt.amount_sum_1h, rt.amount_sum_24h
+    amount = tx.amount
     values = (
-        _log(tx.amount),
-        tx.amount / usual if usual else 1.0,
-        (tx.amount - usual) / spread if usual and spread else 0.0,
-        _log(since),
+        log1p(amount) if not amount < 0.0 else 0.0,
+        amount / usual if usual else 1.0,
+        (amount - usual) / spread if usual and spread else 0.0,
+        log1p(since) if not since < 0.0 else 0.0,
         float(rt.tx_count_5m),
         float(rt.tx_count_1h),
         float(rt.tx_count_24h),
-        _log(rt.amount_sum_5m),
-        _log(rt.amount_sum_1h),
-        _log(rt.amount_sum_24h),
+        log1p(amount_sum_5m) if not amount_sum_5m < 0.0 else 0.0,
+        log1p(amount_sum_1h) if not amount_sum_1h < 0.0 else 0.0,
+        log1p(amount_sum_24h) if not amount_sum_24h < 0.0 else 0.0,
         float(rt.distinct_merchants_1h),
         1.0 if new_device else 0.0,
         1.0 if new_country else 0.0,
@@ -313,9 +322,9 @@ def transaction_features(
         _log(profile.amount_mean_30d) if profile else 0.0,
         merchant.fraud_rate_30d if merchant else 0.0,
         _log(merchant.tx_count_30d) if merchant else 0.0,
-        math.sin(2 * math.pi * hour / 24.0),
-        math.cos(2 * math.pi * hour / 24.0),
-        *(1.0 if tx.channel == c else 0.0 for c in CHANNELS),
+        math.sin(angle),
+        math.cos(angle),
+        *_ONE_HOT.get(tx.channel, _NO_CHANNEL),
     )
     missing = realtime is None and profile is None
     partial = not missing and (realtime is None or profile is None or merchant is None)

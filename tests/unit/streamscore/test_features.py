@@ -108,3 +108,27 @@ def test_replay_gives_each_transaction_the_snapshot_before_it_in_any_input_order
     apply_transaction(state, events[2])
     assert before[3] == state.snapshot()
     assert before[4] is not None and before[4].tx_count_24h == 1
+
+
+def test_the_inlined_log_features_are_log1p_of_the_value_floored_at_zero_bit_for_bit() -> None:
+    """transaction_features writes `log1p(max(x, 0))` inline (no call per value): the same float for every input,
+    NaN, -0.0 and negatives included, and the channel one-hot for known and unknown channels."""
+    from streamscore.features import CHANNELS, RealtimeSnapshot, _log
+
+    def bits(x: float) -> str:
+        return "nan" if math.isnan(x) else x.hex()
+
+    names = list(FEATURE_NAMES)
+    sums = [-1.0, -0.0, 0.0, 2.5, math.nan, math.inf, 1e-300]
+    for value in sums:
+        rt = RealtimeSnapshot(1, 1, 1, value, value, value, 1, T0, ("d1",), ("DE",))
+        row = transaction_features(tx(1, 60.0), rt, None, None)
+        for name in ("amount_sum_5m_log", "amount_sum_1h_log", "amount_sum_24h_log"):
+            assert bits(row.values[names.index(name)]) == bits(_log(value)), (name, value)
+    row = transaction_features(tx(1, 60.0, amount=12.5), None, None, None)
+    assert row.values[names.index("amount_log")] == _log(12.5)
+    assert row.values[names.index("seconds_since_last_log")] == _log(NO_HISTORY_S)
+    for channel in (*CHANNELS, "atm"):
+        facts = TransactionFacts("e", "a", "m", "5411", 1.0, "EUR", "DE", channel, None, T0)
+        one_hot = transaction_features(facts, None, None, None).values[-len(CHANNELS) :]
+        assert one_hot == tuple(1.0 if channel == c else 0.0 for c in CHANNELS)
