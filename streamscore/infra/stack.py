@@ -6,7 +6,10 @@ kept. `down` stops exactly the processes `up` recorded, by process id.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal as signals
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,6 +128,25 @@ class LocalStack:
                 stopped.append(name)
         self.state.save(records)
         return stopped
+
+    def record(self, name: str) -> ProcessRecord | None:
+        """The running process `up` started for `name` ("kafka" or "redis"), if it still runs."""
+        record = self.state.load().get(name)
+        return record if record is not None and is_running(record) else None
+
+    def signal(self, name: str, sig: signals.Signals) -> int:
+        """Send `sig` to the running `name` service (fault injection: SIGKILL, SIGSTOP, SIGCONT); returns its pid.
+        A killed service is started again by `up()`, on the same port and data folder."""
+        record = self.record(name)
+        if record is None:
+            raise InfraError(name, "not running", "start it with `streamscore infra up`")
+        os.kill(record.pid, sig)
+        if sig == signals.SIGKILL:
+            while is_running(record):
+                time.sleep(0.02)
+            with contextlib.suppress(ChildProcessError):  # our own child (tests, the fault suite): reap it
+                os.waitpid(record.pid, os.WNOHANG)
+        return record.pid
 
     def status(self) -> StackStatus:
         records = self.state.load()
