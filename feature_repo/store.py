@@ -170,6 +170,64 @@ def realtime_frame(rows: Sequence[tuple[str, RealtimeSnapshot]]) -> pd.DataFrame
     return pd.DataFrame(data)
 
 
+_PUSHABLE_SECONDS = (pd.Timestamp.min.timestamp() + 1.0, pd.Timestamp.max.timestamp() - 1.0)
+"""Event timestamps a push can carry: pandas keeps them in int64 nanoseconds (1677-09-21 .. 2262-04-11). A
+snapshot stamped outside (one transaction dated 9999) fails the conversion with OutOfBoundsDatetime, every time."""
+
+
+def snapshot_problem(snapshot: RealtimeSnapshot) -> str | None:
+    """Why `push_realtime` could never write this snapshot (a defect of the data, not of Redis), or None.
+
+    The same conversions as `realtime_frame`, checked on one row without building a frame (the stream processor
+    asks for every event): a timestamp pandas cannot hold, a number that is not finite or does not fit int64, a
+    string that is not UTF-8 encodable (protobuf's string fields). A test holds it equal to `realtime_frame`."""
+    ts = snapshot.last_event_ts
+    if ts is not None and not (math.isfinite(ts) and _PUSHABLE_SECONDS[0] <= ts <= _PUSHABLE_SECONDS[1]):
+        return f"last_event_ts {ts!r} is outside the timestamps the online store can hold (years 1678..2262)"
+    for name in ("amount_sum_5m", "amount_sum_1h", "amount_sum_24h"):
+        value = getattr(snapshot, name)
+        if not math.isfinite(value):
+            return f"{name} {value!r} is not finite"
+    for name in ("tx_count_5m", "tx_count_1h", "tx_count_24h", "distinct_merchants_1h"):
+        if not -(2**63) <= getattr(snapshot, name) < 2**63:
+            return f"{name} does not fit a 64-bit integer"
+    for name in ("known_devices", "known_countries"):
+        for text in getattr(snapshot, name):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return f"{name} holds a string that is not UTF-8 encodable ({exc.reason})"
+    return None
+
+
+_REDIS_BUSY = ("OOM", "MISCONF", "LOADING", "READONLY", "BUSY", "MASTERDOWN", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN")
+"""Redis error replies that describe the server's state, not the command's data."""
+_REDIS_STATE_ERRORS = (
+    "ReadOnlyError",
+    "OutOfMemoryError",
+    "NoPermissionError",
+    "ClusterDownError",
+    "TryAgainError",
+    "MasterDownError",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed push is the infrastructure's (retry it: Redis down, slow, loading, out of memory; the Feast
+    registry unreadable) rather than the data's (a row that no retry can write)."""
+    import redis.exceptions as redis_errors
+
+    if isinstance(exc, OSError | TimeoutError | FeatureStoreError):
+        return True
+    if isinstance(exc, redis_errors.ResponseError):
+        # redis-py maps some replies to classes and drops their code from the message.
+        mapped = tuple(getattr(redis_errors, n, OSError) for n in _REDIS_STATE_ERRORS)
+        return isinstance(exc, mapped) or str(exc).startswith(_REDIS_BUSY)
+    if isinstance(exc, redis_errors.DataError):
+        return False
+    return isinstance(exc, redis_errors.RedisError)
+
+
 def push_realtime(store: FeatureStore, rows: Sequence[tuple[str, RealtimeSnapshot]]) -> None:
     """Write the snapshots of many accounts to the online store in one push (a no-op for no rows)."""
     if not rows:

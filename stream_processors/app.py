@@ -19,25 +19,38 @@ Faust choices, and why:
   `/healthz` on `FEATURES_METRICS_PORT`; there is no second HTTP server.
 - `memory://` table store: RocksDB is not installed. The table is rebuilt from the compacted changelog at
   every start (measured in docs/stream-processors.md).
+- Dead letters (`features.dlq`) go through the app's producer and their delivery is awaited before the event
+  is acknowledged. Giving up on infrastructure (`FEATURES_GIVE_UP_AFTER_S`) stops the worker the way SIGTERM
+  does (acknowledged offsets committed, queued snapshots drained for a while) and the process exits with
+  status 3 (`EXIT_INFRA`), so its supervisor restarts it.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stream_processors.accounts.agents import TABLE_NAME, install
+from stream_processors.accounts.agents import TABLE_NAME, Edge, install
 from stream_processors.accounts.pushing import FeastSink, FeatureSink, PushPolicy, SnapshotBatcher
 from stream_processors.metrics import FeatureMetrics, default_metrics
 from stream_processors.settings import StreamProcessorSettings
+from streamscore.deadletters import DeadLetterWriter, faust_sender
 from streamscore.faust_apps import faust_app as shared_faust_app
 from streamscore.kafka import admin_client, missing_topic
 
 log = logging.getLogger(__name__)
+
+EXIT_INFRA = 3
+"""Exit status after giving up on infrastructure (as the scorer's and the monitor's): a supervisor restarts it."""
+DEAD_LETTER_TIMEOUT_S = 30.0
+"""One attempt to deliver dead letters; failed attempts are retried until FEATURES_GIVE_UP_AFTER_S."""
 
 CHANGELOG_CONFIG = {"segment.ms": str(60 * 1000), "min.cleanable.dirty.ratio": "0.1"}
 """The changelog is compacted (one record per account survives), but the broker only compacts closed
@@ -55,15 +68,31 @@ class FeatureProcessor:
     batcher: SnapshotBatcher
     metrics: FeatureMetrics
     settings: StreamProcessorSettings
+    exit_code: int | None = None
+    """Set when the worker gave up on infrastructure; `run_worker` exits with it."""
+    letters: DeadLetterWriter | None = field(default=None, repr=False)
+
+    def give_up(self, reason: str) -> None:
+        """Infrastructure stayed down past FEATURES_GIVE_UP_AFTER_S: stop like SIGTERM does, then exit with
+        EXIT_INFRA (see `run_worker`). Safe to call more than once."""
+        if self.exit_code is not None:
+            return
+        self.exit_code = EXIT_INFRA
+        log.critical("giving up (%s); stopping, exit status %d for a restart", reason, EXIT_INFRA)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def transactions_partitions(settings: StreamProcessorSettings, timeout_s: float = 30.0) -> int:
     """The partition count of the transactions topic, from the broker (the table must match it)."""
-    name = settings.topics.registry().transactions.name
-    metadata = admin_client(settings.kafka).list_topics(name, timeout=timeout_s)
+    registry = settings.topics.registry()
+    name = registry.transactions.name
+    metadata = admin_client(settings.kafka).list_topics(timeout=timeout_s)
     topic = metadata.topics.get(name)
     if topic is None or topic.error is not None or not topic.partitions:
         raise missing_topic(settings.kafka, name)
+    # The broker creates no topic on its own: without it every dead letter would fail until the worker gives up.
+    if registry.features_dlq.name not in metadata.topics:
+        raise missing_topic(settings.kafka, registry.features_dlq.name)
     return len(topic.partitions)
 
 
@@ -106,10 +135,21 @@ def create_app(
         retry_initial_s=settings.push_retry_initial_ms / 1000.0,
         retry_max_s=settings.push_retry_max_ms / 1000.0,
         unhealthy_after_s=settings.unhealthy_after_s,
+        give_up_after_s=settings.give_up_after_s,
     )
-    batcher = SnapshotBatcher(sink, policy, metrics)
-
     app = faust_app(settings, partitions)
+    dlq = settings.topics.registry().features_dlq.name
+    letters = DeadLetterWriter(
+        faust_sender(app, dlq, DEAD_LETTER_TIMEOUT_S),
+        topic=dlq,
+        consumer_group=settings.faust_id,
+        give_up_after_s=settings.give_up_after_s,
+        retry_initial_s=policy.retry_initial_s,
+        retry_max_s=policy.retry_max_s,
+        on_written=lambda reason, n: metrics.dead_letters.labels(reason=reason.value).inc(n),
+    )
+    batcher = SnapshotBatcher(sink, policy, metrics, letters=letters)
+
     topic = app.topic(
         settings.topics.registry().transactions.name,
         key_type=bytes,
@@ -124,8 +164,11 @@ def create_app(
         extra_topic_configs=CHANGELOG_CONFIG,
         help="Per-account real-time state (streamscore.features.AccountState.as_dict()).",
     )
-    install(app, topic, table, batcher, metrics)
-    processor = FeatureProcessor(app=app, table=table, batcher=batcher, metrics=metrics, settings=settings)
+    processor = FeatureProcessor(
+        app=app, table=table, batcher=batcher, metrics=metrics, settings=settings, letters=letters
+    )
+    batcher.on_give_up = processor.give_up
+    install(app, topic, Edge(app, table, batcher, metrics, letters, processor.give_up))
     _add_timers(processor)
     _add_pages(processor)
     log.info(
@@ -177,6 +220,16 @@ def _add_pages(processor: FeatureProcessor) -> None:
 
 
 def run_worker(processor: FeatureProcessor, loglevel: str = "info") -> None:
-    """Run the Faust worker until SIGTERM / SIGINT (graceful stop), then exit the process."""
+    """Run the Faust worker until SIGTERM / SIGINT (graceful stop), then exit the process: with EXIT_INFRA when
+    the processor gave up on infrastructure, else with Faust's status."""
     worker = faust.Worker(processor.app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        # mode's worker exits through sys.exit (status 0 after a graceful stop, 1 after a crash): a give-up's
+        # graceful stop must still say "restart me".
+        if processor.exit_code is not None:
+            sys.exit(processor.exit_code)
+        raise
+    if processor.exit_code is not None:
+        sys.exit(processor.exit_code)

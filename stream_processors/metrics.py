@@ -15,6 +15,7 @@ FRESHNESS_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 """Event time to readable in the online store: the push delay (200 ms by default) plus the push itself."""
 
 SKIP_REASONS = ("duplicate", "late", "invalid")
+DEAD_LETTER_REASONS = ("unwritable_features", "processing_failed")
 
 
 class FeatureMetrics:
@@ -39,6 +40,37 @@ class FeatureMetrics:
         )
         for reason in SKIP_REASONS:
             self.events_skipped.labels(reason=reason)
+        self.invalid_events = Counter(
+            f"{prefix}_invalid_events",
+            "Transactions the contract rejects, by dead-letter reason: skipped here (the scorer dead-letters them"
+            " to transactions.dlq)",
+            ["reason"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            f"{prefix}_dead_letters",
+            "Events the processor wrote to its dead-letter topic (features.dlq), by reason: unwritable_features"
+            " (the account's snapshot could not be written to the online store), processing_failed",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason=reason)
+        self.state_resets = Counter(
+            f"{prefix}_state_resets",
+            "Accounts whose stored state could not be written to the online store and was started again",
+            registry=registry,
+        )
+        self.restores = Counter(
+            f"{prefix}_online_store_restores",
+            "Times the online store was found emptied (a Redis restart) and every account's snapshot pushed again",
+            registry=registry,
+        )
+        self.restored_rows = Counter(
+            f"{prefix}_online_store_restored_rows",
+            "Account snapshots queued again by online-store restores",
+            registry=registry,
+        )
         self.push_batches = Counter(
             f"{prefix}_push_batches", "Batches written to the online store successfully", registry=registry
         )

@@ -32,6 +32,9 @@ class StreamProcessorSettings(BaseSettings):
     """Consumed events whose snapshot is not pushed yet beyond which consumption pauses (backpressure)."""
     unhealthy_after_s: float = Field(default=60.0, gt=0)
     """`/healthz` answers 503 when pushes have been failing for this many seconds."""
+    give_up_after_s: float = Field(default=300.0, gt=0)
+    """Infrastructure patience: when pushes to the online store (or dead letters to the broker) have failed for
+    this long, the worker exits with status 3 so its supervisor restarts it (its unpushed events are replayed)."""
     shutdown_drain_s: float = Field(default=10.0, ge=0)
     """At shutdown, how long to keep trying to push the queued snapshots."""
     metrics_port: int = Field(default=6066, ge=1, le=65535)

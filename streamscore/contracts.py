@@ -292,9 +292,11 @@ class DeadLetterReason(StrEnum):
     OVERSIZE = "oversize"
     UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"
     INFERENCE_FAILED = "inference_failed"
+    UNWRITABLE_FEATURES = "unwritable_features"
+    PROCESSING_FAILED = "processing_failed"
 
 
-DeadLetterStage = Literal["decode", "validate", "features", "inference"]
+DeadLetterStage = Literal["decode", "validate", "features", "inference", "apply", "push"]
 
 
 _DLQ_PREFIX = "dlq-"

@@ -40,6 +40,8 @@ class TopicRegistry:
     monitor_drift: TopicSpec
     monitor_ab: TopicSpec
     monitor_alerts: TopicSpec
+    features_dlq: TopicSpec
+    monitor_dlq: TopicSpec
 
     @classmethod
     def build(cls, prefix: str = "", partitions: int = 6) -> TopicRegistry:
@@ -55,6 +57,14 @@ class TopicRegistry:
             monitor_drift=spec("monitor.drift", "feature", "DriftReport (JSON)"),
             monitor_ab=spec("monitor.ab", "experiment", "ABReport (JSON)"),
             monitor_alerts=spec("monitor.alerts", "feature or experiment", "Alert (JSON)", retention_ms=30 * DAY_MS),
+            # The stream processors' own dead letters: records the contract accepts but the processor cannot
+            # apply or write (a transaction the contract rejects is the scorer's, on transactions.dlq).
+            features_dlq=spec(
+                "features.dlq", "original key", "original bytes; reason in headers", retention_ms=30 * DAY_MS
+            ),
+            monitor_dlq=spec(
+                "monitor.dlq", "original key", "original bytes; reason in headers", retention_ms=30 * DAY_MS
+            ),
         )
 
     def all(self) -> list[TopicSpec]:

@@ -19,13 +19,14 @@ the crash hit between the changelog write and the push. Net effect: effectively-
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from stream_processors.accounts.pushing import SnapshotBatcher
+from stream_processors.accounts.pushing import GiveUp, SnapshotBatcher
 from stream_processors.metrics import FeatureMetrics
-from streamscore.contracts import HeadersIn, decode_transaction
+from streamscore.contracts import DeadLetterReason, DeadLetterStage, HeadersIn, decode_transaction
+from streamscore.deadletters import DeadLetterGiveUpError, DeadLetterWriter, SourceRecord
 from streamscore.errors import EventError
 from streamscore.features import AccountState, RealtimeSnapshot, TransactionFacts, apply_transaction
 
@@ -46,6 +47,14 @@ def decode(key: bytes | None, value: bytes | None, headers: HeadersIn | None) ->
     return TransactionFacts.of(decode_transaction(key, value, headers))
 
 
+Problem = Callable[[RealtimeSnapshot], "str | None"]
+"""Why a snapshot can never be written to the online store, or None (`FeatureSink.problem`)."""
+
+
+def _writable(snapshot: RealtimeSnapshot) -> str | None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Folded:
     """What one transaction does to its account."""
@@ -54,41 +63,92 @@ class Folded:
     """The new state to store (AccountState.as_dict()); None when the state did not change."""
     snapshot: RealtimeSnapshot | None
     """The snapshot to (re)push: the new one, or the current one for a redelivered event; None for a late
-    event (nothing to write)."""
+    or rejected event (nothing to write)."""
     skipped: SkipReason | None = None
+    rejected: str | None = None
+    """The event would make its account's snapshot unwritable (why): it is dead-lettered, the state is kept."""
+    reset: bool = False
+    """The stored state itself could not be written (stored before this check existed): it was dropped and the
+    account starts again from this event. With `state` None as well, the account's row is deleted."""
 
 
-def fold(stored: Mapping[str, object] | None, tx: TransactionFacts) -> Folded:
+def fold(stored: Mapping[str, object] | None, tx: TransactionFacts, problem: Problem = _writable) -> Folded:
     """Apply `tx` to the stored state of its account (None: a new account) with the one shared
-    `apply_transaction`."""
+    `apply_transaction`, unless the snapshot it leads to could never be written (`problem`)."""
     state = AccountState.from_dict(stored) if stored is not None else AccountState()
     redelivered = tx.event_id in state.seen
     if apply_transaction(state, tx):
-        return Folded(state=state.as_dict(), snapshot=state.snapshot())
+        snapshot = state.snapshot()
+        issue = problem(snapshot)
+        if issue is None:
+            return Folded(state=state.as_dict(), snapshot=snapshot)
+        if stored is not None and problem(AccountState.from_dict(stored).snapshot()) is not None:
+            return _refold(tx, problem)
+        return Folded(state=None, snapshot=None, rejected=issue)
+    # Checked only on this path (no new state): an account whose stored state cannot be written (one event
+    # from the year 9999 folded before the check existed) turns every later event into a late one.
+    current = state.snapshot()
+    if problem(current) is not None:
+        return _refold(tx, problem)
     if redelivered:
         # The state already holds this event, but its push may have been lost with a crashed worker:
         # pushing the account's current snapshot again is harmless (same value) and heals that case.
-        return Folded(state=None, snapshot=state.snapshot(), skipped="duplicate")
+        return Folded(state=None, snapshot=current, skipped="duplicate")
     return Folded(state=None, snapshot=None, skipped="late")
+
+
+def _refold(tx: TransactionFacts, problem: Problem) -> Folded:
+    state = AccountState()
+    apply_transaction(state, tx)
+    snapshot = state.snapshot()
+    issue = problem(snapshot)
+    if issue is None:
+        return Folded(state=state.as_dict(), snapshot=snapshot, reset=True)
+    return Folded(state=None, snapshot=None, rejected=issue, reset=True)
+
+
+def source_record(message: Any) -> SourceRecord:
+    """The dead-letter view of a Faust message (its timestamp is in seconds)."""
+    timestamp = message.timestamp
+    return SourceRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=round(timestamp * 1000) if timestamp else 0,
+        key=message.key,
+        value=message.value,
+        headers=message.headers,
+    )
 
 
 # --- Faust edge --------------------------------------------------------------------------------------
 
 
-def install(app: Any, topic: Any, table: Any, batcher: SnapshotBatcher, metrics: FeatureMetrics) -> Any:
-    """Register the accounts agent on `app`, reading `topic` (raw bytes) and keeping state in `table`."""
+@dataclass
+class Edge:
+    """What the accounts agent needs besides the stream: the table, the batcher, the letters, the metrics."""
+
+    app: Any
+    table: Any
+    batcher: SnapshotBatcher
+    metrics: FeatureMetrics
+    letters: DeadLetterWriter | None = None
+    on_give_up: GiveUp | None = None
+
+
+def install(app: Any, topic: Any, edge: Edge) -> Any:
+    """Register the accounts agent on `app`, reading `topic` (raw bytes) and keeping state in `edge.table`."""
 
     @app.agent(topic, name=AGENT_NAME, concurrency=1)  # type: ignore[untyped-decorator]
     async def accounts(stream: Any) -> None:
         async for event in stream.noack().events():
-            await on_event(app, stream, event, table, batcher, metrics)
+            await on_event(edge, stream, event)
 
     return accounts
 
 
-async def on_event(
-    app: Any, stream: Any, event: Any, table: Any, batcher: SnapshotBatcher, metrics: FeatureMetrics
-) -> None:
+async def on_event(edge: Edge, stream: Any, event: Any) -> None:
+    app, table, batcher, metrics = edge.app, edge.table, edge.batcher, edge.metrics
     message = event.message
     generation = message.generation_id
 
@@ -101,8 +161,10 @@ async def on_event(
     try:
         tx = decode(message.key, message.value, message.headers)
     except EventError as exc:
-        # Defective events are the scorer's to dead-letter; here they only have no effect.
+        # The contract rejects it: the scorer dead-letters it to transactions.dlq (same bytes, same reason);
+        # a second letter here would only duplicate that one.
         metrics.events_skipped.labels(reason="invalid").inc()
+        metrics.invalid_events.labels(reason=exc.reason).inc()
         log.debug(
             "skipping invalid event topic=%s partition=%d offset=%d: %s",
             message.topic,
@@ -113,7 +175,30 @@ async def on_event(
         await ack()
         return
 
-    folded = fold(table.get(tx.account_id), tx)
+    try:
+        folded = fold(table.get(tx.account_id), tx, batcher.sink.problem)
+    except Exception as exc:  # the pure fold failing on one event must not stop the stream
+        log.exception(
+            "applying event %s topic=%s partition=%d offset=%d failed",
+            tx.event_id,
+            message.topic,
+            message.partition,
+            message.offset,
+        )
+        why = f"{type(exc).__name__}: {exc}"
+        await _dead_letter(edge, message, DeadLetterReason.PROCESSING_FAILED, "apply", why)
+        await ack()
+        return
+    if folded.reset:
+        metrics.state_resets.inc()
+        log.warning("account %s: its stored state could not be written to the online store; reset", tx.account_id)
+        if folded.state is None:
+            table.pop(tx.account_id, None)
+    if folded.rejected is not None:
+        why = f"the account's snapshot after this event could not be written: {folded.rejected}"
+        await _dead_letter(edge, message, DeadLetterReason.UNWRITABLE_FEATURES, "features", why)
+        await ack()
+        return
     if folded.skipped is None:
         metrics.events_processed.inc()
     else:
@@ -124,8 +209,25 @@ async def on_event(
     if folded.snapshot is None:
         await ack()
         return
-    batcher.add(tx.account_id, folded.snapshot, ack)
+    batcher.add(tx.account_id, folded.snapshot, ack, source_record(message) if edge.letters is not None else None)
     if batcher.has_room:
         batcher.kick()
     else:
         await batcher.wait_for_room()
+
+
+async def _dead_letter(edge: Edge, message: Any, reason: DeadLetterReason, stage: DeadLetterStage, why: str) -> None:
+    """Dead-letter one consumed record and wait for its delivery (its ack follows). Giving up on the broker
+    raises, so the event is never acknowledged."""
+    if edge.letters is None:
+        log.error(
+            "no dead-letter topic configured; dropping topic=%s offset=%d: %s", message.topic, message.offset, why
+        )
+        edge.metrics.dead_letters.labels(reason=reason.value).inc()
+        return
+    try:
+        await edge.letters.write([edge.letters.letter(source_record(message), reason, why, stage)])
+    except DeadLetterGiveUpError as exc:
+        if edge.on_give_up is not None:
+            edge.on_give_up(exc.message)
+        raise

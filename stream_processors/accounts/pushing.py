@@ -16,6 +16,14 @@ readable in the online store". A failed push keeps its rows and acks queued (new
 account still win) and is retried with exponential backoff; consumption continues until
 `max_pending_events` events wait, then the agent waits for room (backpressure), the worker stays in its
 group and nothing is lost.
+
+Data errors are not outages. A push that fails with an error the sink calls transient (Redis down, slow,
+loading; the registry unreadable) is retried as above, for at most `give_up_after_s`: then `on_give_up` makes the
+worker exit non-zero so its supervisor restarts it. Any other failure is a row no retry can write: the batch is
+bisected until the rows that fail alone are found, the rest is written, and the events behind each unwritable
+row are dead-lettered (`features.dlq`, reason `unwritable_features`, stage `push`) before their offsets are
+acknowledged. (The agent checks every new snapshot with `FeatureSink.problem` first and dead-letters the event
+that would make its account unwritable, so this is the safety net for defects nobody foresaw.)
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from stream_processors.metrics import FeatureMetrics
+from streamscore.contracts import DeadLetterReason
+from streamscore.deadletters import DeadLetterGiveUpError, DeadLetterWriter, SourceRecord
 from streamscore.features import RealtimeSnapshot
 
 if TYPE_CHECKING:
@@ -44,10 +54,22 @@ Ack = Callable[[], Awaitable[object]]
 """Marks one consumed event as processed, so its offset may be committed."""
 
 
+GiveUp = Callable[[str], None]
+"""Called once when infrastructure stayed down past the patience: the worker exits non-zero (see app.py)."""
+
+
 class FeatureSink(Protocol):
     """Where snapshots go: one blocking call per batch (it runs in a worker thread)."""
 
     def push(self, rows: Sequence[Row]) -> None: ...
+
+    def problem(self, snapshot: RealtimeSnapshot) -> str | None:
+        """Why this snapshot can never be written (its data), or None."""
+        ...
+
+    def transient(self, exc: BaseException) -> bool:
+        """Whether a failed push is worth retrying (infrastructure) rather than a row no retry can write."""
+        ...
 
 
 @dataclass
@@ -61,6 +83,12 @@ class MemorySink:
     def push(self, rows: Sequence[Row]) -> None:
         self.rows.update(rows)
         self.batches.append(len(rows))
+
+    def problem(self, snapshot: RealtimeSnapshot) -> str | None:
+        return None
+
+    def transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, OSError | TimeoutError)
 
 
 class FeastSink:
@@ -93,6 +121,16 @@ class FeastSink:
 
         push_realtime(self.store, rows)
 
+    def problem(self, snapshot: RealtimeSnapshot) -> str | None:
+        from feature_repo.store import snapshot_problem
+
+        return snapshot_problem(snapshot)
+
+    def transient(self, exc: BaseException) -> bool:
+        from feature_repo.store import is_transient
+
+        return is_transient(exc)
+
 
 @dataclass(frozen=True, slots=True)
 class PushPolicy:
@@ -108,6 +146,8 @@ class PushPolicy:
     """Longest backoff between two attempts."""
     unhealthy_after_s: float = 60.0
     """Pushes failing for this long make the health check fail."""
+    give_up_after_s: float = 300.0
+    """Pushes failing (transiently) for this long make the worker give up: exit non-zero for a restart."""
 
     def backoff_s(self, failures: int) -> float:
         """Wait after the `failures`-th consecutive failure (1, 2, …)."""
@@ -123,6 +163,10 @@ class PushHealth:
     failing_for_s: float
     """Seconds since the first of the current run of failures; 0 when the last push succeeded."""
     last_error: str | None
+    gave_up: bool = False
+    """Infrastructure stayed down past `give_up_after_s`: the worker is exiting."""
+    dead_lettered_rows: int = 0
+    """Rows no push could write whose events went to the dead-letter topic (since start)."""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -132,6 +176,8 @@ class PushHealth:
             "consecutive_failures": self.consecutive_failures,
             "failing_for_s": round(self.failing_for_s, 3),
             "last_error": self.last_error,
+            "gave_up": self.gave_up,
+            "dead_lettered_rows": self.dead_lettered_rows,
         }
 
 
@@ -161,8 +207,15 @@ class SnapshotBatcher:
         executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        letters: DeadLetterWriter | None = None,
+        on_give_up: GiveUp | None = None,
     ) -> None:
         self.sink = sink
+        self.letters = letters
+        """Where the events of unwritable rows go; without one (unit tests, dry runs) they are only logged."""
+        self.on_give_up = on_give_up
+        self.gave_up = False
+        self.dead_lettered_rows = 0
         self.policy = policy
         self.metrics = metrics
         self._own_executor = executor is None
@@ -172,7 +225,7 @@ class SnapshotBatcher:
         self._lock = asyncio.Lock()
         self._rows: dict[str, _Pending] = {}
         """Queued rows, oldest first (a replaced snapshot keeps its account's place)."""
-        self._acks: dict[str, list[tuple[int, Ack]]] = {}
+        self._acks: dict[str, list[tuple[int, Ack, SourceRecord | None]]] = {}
         self._n_acks = 0
         self._seq = 0
         self._retry_at = 0.0
@@ -184,15 +237,18 @@ class SnapshotBatcher:
 
     # --- queueing (synchronous: called by the agent for every event) -----------------------------------
 
-    def add(self, account_id: str, snapshot: RealtimeSnapshot, ack: Ack | None = None) -> None:
+    def add(
+        self, account_id: str, snapshot: RealtimeSnapshot, ack: Ack | None = None, record: SourceRecord | None = None
+    ) -> None:
         """Queue the account's newest snapshot (replacing an older queued one) and the event's ack; the ack
-        is released once a snapshot at least this new has been written."""
+        is released once a snapshot at least this new has been written (or, for a row no push can write, once
+        `record`, the event, is dead-lettered)."""
         self._seq += 1
         queued = self._rows.get(account_id)
         queued_at = queued.queued_at if queued is not None else self._clock()
         self._rows[account_id] = _Pending(self._seq, snapshot, queued_at)
         if ack is not None:
-            self._acks.setdefault(account_id, []).append((self._seq, ack))
+            self._acks.setdefault(account_id, []).append((self._seq, ack, record))
             self._n_acks += 1
         self._gauges()
 
@@ -256,29 +312,84 @@ class SnapshotBatcher:
         taken = {k: self._rows.pop(k) for k in keys}
         rows = [(k, p.snapshot) for k, p in taken.items()]
         started = self._clock()
+        written: list[Row] = []
+        rejected: list[tuple[Row, BaseException]] = []
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.sink.push, rows)
+            await self._push_isolating(rows, written, rejected)
+            if rejected and not written and len(rows) > 1:
+                # Every row fails alone: not a few bad rows but something wrong with every write (a bug, a
+                # schema change). Treated like an outage: retried, then the worker gives up.
+                raise rejected[0][1]
         except asyncio.CancelledError:
             # Stopping (shutdown, rebalance): whether the write happened is unknown; keep the rows, their
             # acks were not released, so the events are replayed if they are not pushed later.
             self._requeue(taken)
             raise
-        except Exception as exc:  # noqa: BLE001 — any sink failure (Redis down, timeout) is retried, never fatal
-            self._requeue(taken)
+        except Exception as exc:  # noqa: BLE001 — infrastructure (Redis down, timeout): retried, bounded
+            done = {k for k, _ in written}
+            self._requeue({k: p for k, p in taken.items() if k not in done})
             self._on_failure(exc, started, len(rows))
+            if done:
+                for key in done:
+                    await self._release(key, taken[key].seq)
+                self._gauges()
             return False
-        self._on_success(rows, started)
-        for key, pushed in taken.items():
-            await self._release(key, pushed.seq)
+        self._on_success(written, started)
+        for key, _ in written:
+            await self._release(key, taken[key].seq)
+        for (key, _), error in rejected:
+            if not await self._reject(key, taken[key].seq, error):
+                return False
         self._gauges()
+        return True
+
+    async def _push_isolating(
+        self, rows: list[Row], written: list[Row], rejected: list[tuple[Row, BaseException]]
+    ) -> None:
+        """Push `rows`; a failure the sink does not call transient splits them in halves until the rows that
+        fail alone are found (`rejected`). What succeeded goes to `written`; a transient failure is raised."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.sink.push, rows)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self.sink.transient(exc):
+                raise
+            if len(rows) == 1:
+                rejected.append((rows[0], exc))
+                return
+            middle = len(rows) // 2
+            await self._push_isolating(rows[:middle], written, rejected)
+            await self._push_isolating(rows[middle:], written, rejected)
+            return
+        written.extend(rows)
+
+    async def _reject(self, account_id: str, seq: int, exc: BaseException) -> bool:
+        """A row no push can write: dead-letter the events it carried, then release their acks. False when the
+        letters could not be delivered within the patience (the worker gives up; the acks stay held)."""
+        waiting = self._acks.get(account_id, [])
+        records = [record for s, _, record in waiting if s <= seq and record is not None]
+        problem = f"the online store cannot write this account's snapshot: {type(exc).__name__}: {exc}"
+        log.error("account %s: %s; dead-lettering its %d event(s)", account_id, problem, len(records))
+        self.dead_lettered_rows += 1
+        if self.letters is not None and records:
+            letters = self.letters
+            try:
+                await letters.write(
+                    [letters.letter(r, DeadLetterReason.UNWRITABLE_FEATURES, problem, "push") for r in records]
+                )
+            except DeadLetterGiveUpError as error:
+                self.give_up(error.message)
+                return False
+        await self._release(account_id, seq)
         return True
 
     async def _release(self, account_id: str, seq: int) -> None:
         waiting = self._acks.get(account_id)
         if not waiting:
             return
-        covered = [ack for s, ack in waiting if s <= seq]
-        rest = [(s, ack) for s, ack in waiting if s > seq]
+        covered = [ack for s, ack, _ in waiting if s <= seq]
+        rest = [entry for entry in waiting if entry[0] > seq]
         if rest:
             self._acks[account_id] = rest
         else:
@@ -289,6 +400,15 @@ class SnapshotBatcher:
                 await ack()
             except Exception:
                 log.exception("acknowledging a consumed event failed; it will be redelivered")
+
+    def give_up(self, reason: str) -> None:
+        """Infrastructure stayed down past the patience: tell the worker once (it exits non-zero)."""
+        if self.gave_up:
+            return
+        self.gave_up = True
+        log.critical("giving up: %s", reason)
+        if self.on_give_up is not None:
+            self.on_give_up(reason)
 
     def _requeue(self, taken: dict[str, _Pending]) -> None:
         # The failed rows go back to the front. A row queued for the same account while the push ran is
@@ -311,6 +431,9 @@ class SnapshotBatcher:
         backoff = self.policy.backoff_s(self._failures)
         self._retry_at = now + backoff
         self._last_error = f"{type(exc).__name__}: {exc}"[:500]
+        failing_for = now - self._failing_since
+        if failing_for >= self.policy.give_up_after_s:
+            self.give_up(f"pushes to the online store failing for {failing_for:.0f} s: {self._last_error}")
         log.warning(
             "push of %d rows failed (attempt %d, retry in %.2f s, %d rows and %d events wait): %s",
             size,
@@ -381,6 +504,8 @@ class SnapshotBatcher:
             consecutive_failures=self._failures,
             failing_for_s=failing_for,
             last_error=self._last_error,
+            gave_up=self.gave_up,
+            dead_lettered_rows=self.dead_lettered_rows,
         )
 
     def close(self) -> None:

@@ -15,10 +15,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import redis
 
 from feature_repo.batch import MERCHANT_SCHEMA, PROFILE_SCHEMA, REALTIME_SCHEMA
 from feature_repo.layout import BATCH_TTL, MERCHANT_FILE, PROFILE_FILE, REALTIME_FILE, REALTIME_TTL, VIEW_FIELDS
 from feature_repo.settings import FeastSettings
+from streamscore.features import RealtimeSnapshot
 
 store_module = pytest.importorskip("feature_repo.store")  # imports Feast (seconds)
 
@@ -195,3 +197,62 @@ def test_a_lost_entity_row_is_an_error(store: Any, monkeypatch: pytest.MonkeyPat
 def test_the_offline_store_is_duckdb() -> None:
     config = store_module.repo_config(FeastSettings(online_store="sqlite"))
     assert config.offline_store.type == "duckdb"
+
+
+# --- what a push can never write, and what is worth retrying -----------------------------------------------------
+
+STAMPS = [
+    1_790_000_000.0,
+    store_module._PUSHABLE_SECONDS[0],
+    store_module._PUSHABLE_SECONDS[1],
+    store_module._PUSHABLE_SECONDS[0] - 2.0,
+    store_module._PUSHABLE_SECONDS[1] + 2.0,
+    pd.Timestamp.max.timestamp(),
+    datetime(2199, 12, 31, tzinfo=UTC).timestamp(),
+    datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp(),
+    float("nan"),
+    float("inf"),
+    None,
+]
+
+
+@pytest.mark.parametrize("stamp", STAMPS)
+def test_snapshot_problem_says_exactly_which_snapshots_the_push_frame_cannot_hold(stamp: float | None) -> None:
+    snapshot = RealtimeSnapshot(1, 2, 3, 1.0, 2.0, 3.0, 1, stamp, ("dev-1",), ("DE",))
+    problem = store_module.snapshot_problem(snapshot)
+    try:
+        store_module.realtime_frame([("acc-1", snapshot)])
+    except (ValueError, OverflowError) as exc:  # pandas' OutOfBoundsDatetime is a ValueError
+        assert problem is not None, f"{stamp!r}: the frame failed ({exc}) but no problem was found"
+    else:
+        assert problem is None, f"{stamp!r}: the frame converts, yet {problem}"
+
+
+def test_snapshot_problem_names_non_finite_sums_and_unencodable_strings() -> None:
+    assert "amount_sum_1h" in str(
+        store_module.snapshot_problem(RealtimeSnapshot(1, 1, 1, 1.0, math.inf, 1.0, 1, 1.0, (), ()))
+    )
+    assert "known_devices" in str(
+        store_module.snapshot_problem(RealtimeSnapshot(1, 1, 1, 1.0, 1.0, 1.0, 1, 1.0, ("\ud800",), ()))
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (redis.exceptions.ConnectionError("Error 111 connecting"), True),
+        (redis.exceptions.TimeoutError("Timeout reading"), True),
+        (redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"), True),
+        (redis.exceptions.ReadOnlyError("You can't write against a read only replica."), True),
+        (redis.exceptions.ResponseError("OOM command not allowed when used memory > 'maxmemory'."), True),
+        (ConnectionRefusedError(111, "Connection refused"), True),
+        (TimeoutError(), True),
+        (store_module.FeatureStoreError("push", "PushSourceNotFoundException"), True),
+        (redis.exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
+        (redis.exceptions.DataError("Invalid input of type: 'NoneType'"), False),
+        (ValueError("Out of bounds nanosecond timestamp: 9999-12-31 23:59:59"), False),
+        (TypeError("bad operand"), False),
+    ],
+)
+def test_transient_errors_are_the_infrastructures(error: BaseException, transient: bool) -> None:
+    assert store_module.is_transient(error) is transient

@@ -11,9 +11,11 @@ import pytest
 from stream_processors.accounts.agents import decode, fold
 from streamscore.contracts import DeadLetterReason, Transaction, headers_for
 from streamscore.errors import EventError
-from streamscore.features import AccountState, TransactionFacts, apply_transaction, replay
+from streamscore.features import AccountState, RealtimeSnapshot, TransactionFacts, apply_transaction, replay
 
 T0 = 1_790_000_000.0
+NOW = datetime.now(UTC).replace(microsecond=0)
+"""A received transaction's event time must be near the receiving clock (the contract's window)."""
 
 
 def tx(i: int, t: float, account: str = "a1", amount: float = 10.0, merchant: str = "m1") -> TransactionFacts:
@@ -93,7 +95,7 @@ def record(**overrides: object) -> tuple[bytes, bytes, list[tuple[str, str | byt
         country="DE",
         channel="pos",
         device_id="d-1",
-        event_time=datetime(2026, 11, 24, 10, 0, tzinfo=UTC),
+        event_time=NOW,
     )
     payload = {**json.loads(event.to_json()), **overrides}
     return b"acc-1", json.dumps(payload).encode(), headers_for(event)
@@ -102,7 +104,7 @@ def record(**overrides: object) -> tuple[bytes, bytes, list[tuple[str, str | byt
 def test_decode_gives_the_feature_facts() -> None:
     facts = decode(*record())
     assert (facts.event_id, facts.account_id, facts.amount) == ("e-1", "acc-1", 12.5)
-    assert facts.event_ts == datetime(2026, 11, 24, 10, 0, tzinfo=UTC).timestamp()
+    assert facts.event_ts == NOW.timestamp()
 
 
 @pytest.mark.parametrize(
@@ -123,3 +125,46 @@ def test_decode_rejects_bytes_that_are_not_json() -> None:
     with pytest.raises(EventError) as caught:
         decode(b"acc-1", b"\xff\xfe not json", None)
     assert caught.value.reason == DeadLetterReason.NOT_UTF8
+
+
+# --- events the online store could never hold ---------------------------------------------------------------------
+
+LIMIT = T0 + 10 * 86_400.0
+
+
+def beyond_limit(snapshot: RealtimeSnapshot) -> str | None:
+    """A stand-in for `feature_repo.store.snapshot_problem` (pandas' year 2262): timestamps past LIMIT."""
+    ts = snapshot.last_event_ts
+    return None if ts is None or ts <= LIMIT else f"last_event_ts {ts} is past the limit"
+
+
+def test_an_event_that_would_make_the_snapshot_unwritable_is_rejected_and_the_state_kept() -> None:
+    stored = stored_after(tx(1, 0.0), tx(2, 60.0))
+    folded = fold(stored, tx(3, 20 * 86_400.0), beyond_limit)
+    assert folded.rejected is not None and "past the limit" in folded.rejected
+    assert (folded.state, folded.snapshot, folded.reset) == (None, None, False)
+    # A good event afterwards folds into the untouched state.
+    after = fold(stored, tx(4, 120.0), beyond_limit)
+    assert after.rejected is None and after.snapshot is not None and after.snapshot.tx_count_5m == 3
+
+
+def test_a_new_account_whose_first_event_is_unwritable_gets_no_state() -> None:
+    folded = fold(None, tx(1, 20 * 86_400.0), beyond_limit)
+    assert folded.rejected is not None and (folded.state, folded.snapshot, folded.reset) == (None, None, False)
+
+
+def test_a_stored_state_that_cannot_be_written_is_reset_by_the_next_event() -> None:
+    # Folded before the check existed: every later event would be "late" against the year-9999 one.
+    poisoned = stored_after(tx(1, 0.0), tx(2, 20 * 86_400.0))
+    folded = fold(poisoned, tx(3, 60.0), beyond_limit)
+    assert folded.reset and folded.rejected is None and folded.skipped is None
+    assert folded.state is not None and folded.snapshot is not None
+    assert folded.snapshot == fold(None, tx(3, 60.0)).snapshot
+    # The redelivered poison itself: the account is reset and the event rejected (its row is deleted).
+    again = fold(poisoned, tx(2, 20 * 86_400.0), beyond_limit)
+    assert again.reset and again.rejected is not None and again.state is None
+
+
+def test_without_a_check_everything_is_writable() -> None:
+    folded = fold(None, tx(1, 20 * 86_400.0))
+    assert folded.rejected is None and folded.state is not None

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from stream_processors.accounts.pushing import Ack, MemorySink, PushPolicy, Row, SnapshotBatcher
 from stream_processors.metrics import FeatureMetrics
+from streamscore.contracts import DeadLetter, DeadLetterReason
+from streamscore.deadletters import DeadLetterRecord, DeadLetterWriter, SourceRecord
 from streamscore.features import RealtimeSnapshot
 
 T0 = 1_790_000_000.0
@@ -291,3 +293,154 @@ def test_freshness_is_measured_from_the_newest_event_in_the_batch() -> None:
 def test_backoff_doubles_up_to_its_maximum() -> None:
     policy = PushPolicy(retry_initial_s=0.1, retry_max_s=1.0)
     assert [policy.backoff_s(n) for n in range(1, 7)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+
+
+# --- data errors are isolated, infrastructure errors are retried and then given up on ----------------------------
+
+
+@dataclass
+class PoisonSink(MemorySink):
+    """A MemorySink that cannot write the rows of the `poison` accounts (as pandas cannot convert a year-9999
+    timestamp): any batch holding one fails with a non-transient error, and nothing of that batch is written."""
+
+    poison: set[str] = field(default_factory=set)
+    attempts: list[list[str]] = field(default_factory=list)
+
+    def push(self, rows: Sequence[Row]) -> None:
+        self.attempts.append([k for k, _ in rows])
+        bad = [k for k, _ in rows if k in self.poison]
+        if bad:
+            raise ValueError(f"Out of bounds nanosecond timestamp for {bad[0]}")
+        super().push(rows)
+
+
+@dataclass
+class Letters:
+    """A DeadLetterWriter over a list (or over a failing broker)."""
+
+    fail: bool = False
+    sent: list[DeadLetterRecord] = field(default_factory=list)
+    clock: FakeClock = field(default_factory=FakeClock)
+
+    def writer(self, give_up_after_s: float = 1.0) -> DeadLetterWriter:
+        async def send(letters: Sequence[DeadLetterRecord]) -> None:
+            self.clock.now += 0.4  # each attempt takes a while
+            if self.fail:
+                raise BrokerTimeoutError("the broker did not answer")
+            self.sent.extend(letters)
+
+        return DeadLetterWriter(
+            send,
+            topic="features.dlq",
+            consumer_group="g",
+            give_up_after_s=give_up_after_s,
+            retry_initial_s=0.001,
+            clock=self.clock,
+        )
+
+
+class BrokerTimeoutError(Exception):
+    pass
+
+
+def source(name: str, offset: int) -> SourceRecord:
+    return SourceRecord("transactions", 0, offset, 1_000, name.encode(), f'{{"event":"{name}"}}'.encode(), [])
+
+
+def test_a_row_the_store_cannot_write_is_isolated_its_events_dead_lettered_and_the_rest_written() -> None:
+    sink, acks, letters = PoisonSink(poison={"a3"}), Acks(), Letters()
+    batcher, metrics = make(sink, batch_size=8)
+    batcher.letters = letters.writer()
+    for i in range(6):
+        batcher.add(f"a{i}", snap(1), acks(f"e{i}"), source(f"a{i}", i))
+    batcher.add("a3", snap(2), acks("e6"), source("a3", 6))  # a second event of the poisoned account
+
+    assert asyncio.run(batcher.flush())
+    assert set(sink.rows) == {"a0", "a1", "a2", "a4", "a5"}
+    assert sink.attempts[0] == ["a0", "a1", "a2", "a3", "a4", "a5"]  # then bisected
+    assert ["a3"] in sink.attempts
+    # Both events behind the unwritable row are dead-lettered, with their original bytes, before their acks.
+    assert [letter.value for letter in letters.sent] == [b'{"event":"a3"}', b'{"event":"a3"}']
+    assert {letter.reason for letter in letters.sent} == {DeadLetterReason.UNWRITABLE_FEATURES}
+    headers = dict(letters.sent[0].headers)
+    assert (headers["dlq-stage"], headers["dlq-original-offset"]) == (b"push", b"3")
+    assert b"Out of bounds" in (headers["dlq-error-message"] or b"")
+    assert sorted(acks.done) == [f"e{i}" for i in range(7)]
+    assert (batcher.pending_rows, batcher.pending_events) == (0, 0)
+    assert batcher.health().dead_lettered_rows == 1 and batcher.health().consecutive_failures == 0
+    assert value(metrics, "streamscore_features_push_failures_total") == 0
+
+
+def test_a_failure_of_every_row_is_not_a_data_error_but_retried() -> None:
+    sink, acks, letters = PoisonSink(poison={"a0", "a1", "a2"}), Acks(), Letters()
+    batcher, metrics = make(sink)
+    batcher.letters = letters.writer()
+    for i in range(3):
+        batcher.add(f"a{i}", snap(1), acks(f"e{i}"), source(f"a{i}", i))
+    assert not asyncio.run(batcher.flush())
+    assert (letters.sent, acks.done, batcher.pending_rows, batcher.pending_events) == ([], [], 3, 3)
+    assert value(metrics, "streamscore_features_push_failures_total") == 1
+
+
+def test_a_transient_failure_during_bisection_releases_what_was_written_and_keeps_the_rest() -> None:
+    @dataclass
+    class Flaky(PoisonSink):
+        def push(self, rows: Sequence[Row]) -> None:
+            if len(self.attempts) == 2:  # Redis goes away in the middle of the bisection
+                self.attempts.append([k for k, _ in rows])
+                raise ConnectionError("Connection refused")
+            super().push(rows)
+
+    sink, acks = Flaky(poison={"a3"}), Acks()
+    batcher, _ = make(sink, batch_size=4)
+    for i in range(4):
+        batcher.add(f"a{i}", snap(1), acks(f"e{i}"))
+    assert not asyncio.run(batcher.flush())
+    assert set(sink.rows) == {"a0", "a1"} and sorted(acks.done) == ["e0", "e1"]
+    assert (batcher.pending_rows, batcher.pending_events) == (2, 2)
+    assert batcher.health().consecutive_failures == 1
+
+
+def test_infrastructure_down_past_the_patience_gives_up_once() -> None:
+    clock, reasons = FakeClock(), list[str]()
+    batcher, _ = make(FailingSink(failures=100), clock, give_up_after_s=10.0, retry_max_s=1.0)
+    batcher.on_give_up = reasons.append
+    batcher.add("a1", snap(1))
+    for _ in range(12):
+        asyncio.run(batcher.flush())
+        clock.now += 1.0
+    assert len(reasons) == 1 and "failing for 1" in reasons[0] and "Connection refused" in reasons[0]
+    assert batcher.health().gave_up
+
+
+def test_dead_letters_the_broker_never_takes_give_up_and_keep_the_acks_held() -> None:
+    sink, acks, letters, reasons = PoisonSink(poison={"a1"}), Acks(), Letters(fail=True), list[str]()
+    batcher, _ = make(sink)
+    batcher.letters = letters.writer(give_up_after_s=1.0)
+    batcher.on_give_up = reasons.append
+    batcher.add("a1", snap(1), acks("e1"), source("a1", 1))
+    assert not asyncio.run(batcher.flush())
+    assert acks.done == [] and batcher.pending_events == 1
+    assert len(reasons) == 1 and "features.dlq" in reasons[0]
+
+
+def test_the_writer_retries_a_failed_delivery_and_counts_what_it_wrote() -> None:
+    attempts: list[int] = []
+    counted: list[tuple[str, int]] = []
+
+    async def send(letters: Sequence[DeadLetterRecord]) -> None:
+        attempts.append(len(letters))
+        if len(attempts) < 3:
+            raise BrokerTimeoutError("not yet")
+
+    writer = DeadLetterWriter(
+        send,
+        topic="features.dlq",
+        consumer_group="g",
+        retry_initial_s=0.001,
+        on_written=lambda r, n: counted.append((r.value, n)),
+    )
+    letter = writer.letter(source("a1", 5), DeadLetterReason.PROCESSING_FAILED, "boom", "apply")
+    asyncio.run(writer.write([letter, letter]))
+    assert attempts == [2, 2, 2] and counted == [("processing_failed", 2)]
+    assert DeadLetter.from_headers(letter.headers).error_class is DeadLetterReason.PROCESSING_FAILED
