@@ -12,6 +12,10 @@ modules (partition.py, merge.py); this module moves records between Kafka and th
 - **merge agent** (the internal single-partition merge topic; one worker owns it): `Merger` evaluates windows
   and looks at experiments; their records go to `monitor.drift`, `monitor.ab`, `monitor.alerts`, their numbers
   to the gauges.
+- **dead letters** (`monitor.dlq`): a score or label that does not parse (the contract's reason) or cannot be
+  applied (`processing_failed`) is written there, original bytes and reason headers (`streamscore.deadletters`),
+  and its delivery awaited before the record joins the held acknowledgements; the stream goes on. Only
+  infrastructure (the registry, the broker) is retried, for `MONITOR_GIVE_UP_AFTER_S`, then the worker exits 3.
 - **rebalance**: at revocation every partition's state is checkpointed and dropped (Faust seeks every partition
   back to its committed offset afterwards); when the state table is recovered, each assigned partition's state is
   rebuilt from its records, and the re-read records are replays.
@@ -27,7 +31,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +42,9 @@ from monitor.merge import MergeOutput, Merger
 from monitor.metrics import MonitorMetrics
 from monitor.partition import CODES, Clocks, PartitionState, Policy, Record, TopicKind, key_partition
 from monitor.references import ReferenceBook, ReferenceUnavailableError
-from streamscore.contracts import Label, Score, parse_event
-from streamscore.errors import EventError
+from streamscore.contracts import DeadLetterReason, DeadLetterStage, Label, Score, parse_event
+from streamscore.deadletters import DeadLetterGiveUpError, DeadLetterWriter, SourceRecord
+from streamscore.errors import EventError, StreamscoreError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,31 @@ STATE_TABLE = "monitor-state"
 MERGE_TABLE = "monitor-merge"
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 10.0
+DECODE_REASONS = frozenset({DeadLetterReason.NOT_UTF8, DeadLetterReason.NOT_JSON})
+"""Reasons found before the JSON could be read (stage `decode`); the others are the contract's (`validate`)."""
+
+
+class InfraGiveUpError(StreamscoreError):
+    """A dependency of the monitor stayed unavailable longer than MONITOR_GIVE_UP_AFTER_S."""
+
+    retryable = True
+
+    def __init__(self, what: str, seconds: float, last: str) -> None:
+        super().__init__(f"{what} unavailable for {seconds:.0f} s (last error: {last}); exiting for a restart")
+
+
+def source_record(message: Any) -> SourceRecord:
+    """The dead-letter view of a Faust message (its timestamp is in seconds)."""
+    timestamp = message.timestamp
+    return SourceRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=round(timestamp * 1000) if timestamp else 0,
+        key=message.key,
+        value=message.value,
+        headers=message.headers,
+    )
 
 
 async def write_changelog(table: Any, partition: int, records: list[Record]) -> None:
@@ -131,6 +161,10 @@ class Runtime:
     """One reference load at a time: the start-up warm-up and the agents ask for the same versions, and two
     downloads into the same cache folder read each other's half-written file."""
     ready: bool = False
+    letters: DeadLetterWriter | None = None
+    """Where records that cannot be parsed or applied go (`monitor.dlq`); None: only logged (unit tests)."""
+    on_give_up: Callable[[str], None] | None = None
+    """Called when infrastructure stayed down past MONITOR_GIVE_UP_AFTER_S (the worker exits 3, see app.py)."""
     stream: Any = None
     log_ends: dict[TP, tuple[int, int]] = field(default_factory=dict)
     """(offset processed, log end) of a partition one offset short of its end at the last checkpoint."""
@@ -159,15 +193,26 @@ class Runtime:
         loop = asyncio.get_running_loop()
         async with self.references_lock:
             for version in sorted(v for v in versions if self.book.needs(v)):
-                delay = RETRY_INITIAL_S
+                delay, first_failure = RETRY_INITIAL_S, None
                 while True:
                     try:
                         await loop.run_in_executor(None, self.book.load, version)
                         break
                     except ReferenceUnavailableError as exc:
+                        now = time.monotonic()
+                        first_failure = now if first_failure is None else first_failure
+                        if now - first_failure >= self.settings.give_up_after_s:
+                            self.give_up(InfraGiveUpError("the model registry", now - first_failure, exc.message))
+                            raise
+                        self.metrics.infra_retries.labels(dependency="registry").inc()
                         log.warning("%s; retrying in %.1f s", exc.message, delay)
                         await asyncio.sleep(delay)
                         delay = min(delay * 2.0, RETRY_MAX_S)
+
+    def give_up(self, error: StreamscoreError) -> None:
+        log.critical("giving up: %s", error.message)
+        if self.on_give_up is not None:
+            self.on_give_up(error.message)
 
     # --- records -------------------------------------------------------------------------------------------------
 
@@ -192,17 +237,45 @@ class Runtime:
                     if note is not None:
                         self.metrics.drift_skipped.labels(reason=note).inc()
             except EventError as exc:
+                # The record itself is defective: dead-lettered with the contract's reason, then acknowledged with
+                # the others at the next checkpoint (never retried: the same bytes fail the same way).
                 outcome = "invalid"
                 state.saw(kind, message.offset)
-                log.warning(
-                    "skipping an invalid record topic=%s partition=%d offset=%d: %s",
-                    topic,
-                    partition,
-                    message.offset,
-                    exc.message,
+                reason = DeadLetterReason(exc.reason)
+                await self.dead_letter(
+                    message, reason, "decode" if reason in DECODE_REASONS else "validate", exc.message
                 )
+            except ReferenceUnavailableError:
+                raise  # infrastructure, given up on: never acknowledged, the worker is stopping
+            except Exception as exc:  # applying one record failed: the stream must not stop on it
+                log.exception(
+                    "applying a record failed topic=%s partition=%d offset=%d", topic, partition, message.offset
+                )
+                outcome = "invalid"
+                state.saw(kind, message.offset)
+                why = f"{type(exc).__name__}: {exc}"
+                await self.dead_letter(message, DeadLetterReason.PROCESSING_FAILED, "apply", why)
             self.metrics.records.labels(topic=kind, outcome=outcome).inc()
             self.held[partition].append(event)
+
+    async def dead_letter(self, message: Any, reason: DeadLetterReason, stage: DeadLetterStage, why: str) -> None:
+        """Write one record to monitor.dlq and wait for the broker (its acknowledgement follows at the checkpoint).
+        Giving up on the broker raises: the record is never acknowledged and the worker stops."""
+        if self.letters is None:
+            self.metrics.dead_letters.labels(reason=reason.value).inc()
+            log.warning(
+                "invalid record topic=%s partition=%d offset=%d (no dead-letter writer): %s",
+                message.topic,
+                message.partition,
+                message.offset,
+                why,
+            )
+            return
+        try:
+            await self.letters.write([self.letters.letter(source_record(message), reason, why, stage)])
+        except DeadLetterGiveUpError as exc:
+            self.give_up(exc)
+            raise
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
 

@@ -15,6 +15,9 @@ Faust choices, and why (the feature processor's, docs/stream-processors.md, wher
 - App id = `TOPICS_PREFIX + MONITOR_APP_ID`: consumer group, changelog prefix, merge topic prefix. The app gets
   an empty `env` so only `MonitorAppSettings` configures it (Faust reads `WEB_PORT`, `BROKER_URL`, … otherwise).
 - Faust's web server serves `/metrics` and `/healthz` on `MONITOR_METRICS_PORT`.
+- Dead letters (`monitor.dlq`) go through the app's producer, their delivery awaited before the record's
+  acknowledgement is held. Giving up on infrastructure (`MONITOR_GIVE_UP_AFTER_S`) stops the worker the way SIGTERM
+  does and the process exits with status 3 (`EXIT_INFRA`) for its supervisor to restart it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +38,7 @@ from monitor.app_settings import MonitorAppSettings
 from monitor.merge import Merger
 from monitor.metrics import MonitorMetrics, default_metrics
 from monitor.references import Loader, ReferenceBook, registry_loader
+from streamscore.deadletters import DeadLetterWriter, faust_sender
 from streamscore.errors import ConfigError, StreamscoreError
 from streamscore.faust_apps import faust_app as shared_faust_app
 from streamscore.kafka import admin_client, missing_topic, wait_for_broker
@@ -48,6 +54,8 @@ EXIT_CONFIG = 2
 EXIT_INFRA = 3
 MERGE_RETENTION_MS = 24 * 3600 * 1000
 """The merge topic is transient: once a message is consumed its effect is in the merge table."""
+DEAD_LETTER_TIMEOUT_S = 30.0
+"""One attempt to deliver dead letters; failed attempts are retried until MONITOR_GIVE_UP_AFTER_S."""
 
 
 @dataclass
@@ -58,6 +66,16 @@ class Monitor:
     runtime: Runtime
     merger: Merger
     settings: MonitorAppSettings
+    exit_code: int | None = None
+    """Set when the worker gave up on infrastructure; `run_worker` exits with it."""
+
+    def give_up(self, reason: str) -> None:
+        """Stop like SIGTERM does, then exit with EXIT_INFRA (see `run_worker`). Safe to call more than once."""
+        if self.exit_code is not None:
+            return
+        self.exit_code = EXIT_INFRA
+        log.critical("giving up (%s); stopping, exit status %d for a restart", reason, EXIT_INFRA)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def source_partitions(settings: MonitorAppSettings, timeout_s: float = 30.0) -> int:
@@ -66,7 +84,7 @@ def source_partitions(settings: MonitorAppSettings, timeout_s: float = 30.0) -> 
     registry = settings.topics.registry()
     names = [registry.scores.name, registry.scores_shadow.name, registry.labels.name]
     metadata = admin_client(settings.kafka).list_topics(timeout=timeout_s)
-    for spec in (registry.monitor_drift, registry.monitor_ab, registry.monitor_alerts):
+    for spec in (registry.monitor_drift, registry.monitor_ab, registry.monitor_alerts, registry.monitor_dlq):
         if spec.name not in metadata.topics:
             raise missing_topic(settings.kafka, spec.name)
     counts = {}
@@ -184,9 +202,17 @@ def create_app(
         book=book,
         metrics=metrics,
     )
+    runtime.letters = DeadLetterWriter(
+        faust_sender(app, registry.monitor_dlq.name, DEAD_LETTER_TIMEOUT_S),
+        topic=registry.monitor_dlq.name,
+        consumer_group=settings.faust_id,
+        give_up_after_s=settings.give_up_after_s,
+        on_written=lambda reason, n: metrics.dead_letters.labels(reason=reason.value).inc(n),
+    )
     merger = Merger(RecordingStore(merge_table.data), book, settings.stats, look_interval_s=settings.look_interval_s)
     install(runtime, merger)
     monitor = Monitor(app=app, runtime=runtime, merger=merger, settings=settings)
+    runtime.on_give_up = monitor.give_up
     _add_pages(monitor)
     if loader is None:
         _warm_references(monitor)
@@ -258,6 +284,15 @@ def run(settings: MonitorAppSettings | None = None, *, loglevel: str = "info", s
 
 
 def run_worker(monitor: Monitor, loglevel: str = "info") -> None:
-    """Run the Faust worker until SIGTERM / SIGINT (graceful stop), then exit the process."""
+    """Run the Faust worker until SIGTERM / SIGINT (graceful stop), then exit the process: with EXIT_INFRA when the
+    monitor gave up on infrastructure, else with Faust's status."""
     worker = faust.Worker(monitor.app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        # mode's worker exits through sys.exit (0 after a graceful stop): a give-up must still say "restart me".
+        if monitor.exit_code is not None:
+            sys.exit(monitor.exit_code)
+        raise
+    if monitor.exit_code is not None:
+        sys.exit(monitor.exit_code)

@@ -59,6 +59,9 @@ class MonitorAppSettings(BaseSettings):
     """How often a progress line is logged."""
     unhealthy_after_s: float = Field(default=60.0, gt=0)
     """`/healthz` answers 503 when no checkpoint completed for this long."""
+    give_up_after_s: float = Field(default=300.0, gt=0)
+    """Infrastructure patience: when the model registry (a reference.json to load) or the broker (a dead letter to
+    deliver) has been failing for this long, the worker exits with status 3 so its supervisor restarts it."""
     reference_retry_s: float = Field(default=60.0, gt=0)
     """A model version whose reference.json could not be read is asked for again after this long."""
     session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)

@@ -41,6 +41,22 @@ class MonitorMetrics:
         )
         for reason in ("late", "no_reference", "version_changed"):
             self.drift_skipped.labels(reason=reason)
+        self.dead_letters = Counter(
+            f"{prefix}_dead_letters",
+            "Records written to the monitor's dead-letter topic (monitor.dlq), by reason: the contract's reasons for a "
+            "score or label that does not parse, processing_failed for one that could not be applied",
+            ["reason"],
+            registry=registry,
+        )
+        self.infra_retries = Counter(
+            f"{prefix}_infra_retries",
+            "Retries after an infrastructure failure, by dependency (registry: a reference.json could not be read; "
+            "broker: dead letters not delivered)",
+            ["dependency"],
+            registry=registry,
+        )
+        for dependency in ("registry", "broker"):
+            self.infra_retries.labels(dependency=dependency)
         self.units_counted = Counter(
             f"{prefix}_units_counted", "Unit variants counted in the A/B statistics at maturity", registry=registry
         )

@@ -46,3 +46,9 @@ class ApiMetrics:
             f"{p}_audit_failures", "Predictions that could not be written to Kafka for audit", registry=r
         )
         self.rejected = Counter(f"{p}_rejected", "Requests refused, by reason", ["reason"], registry=r)
+        self.read_timeouts = Counter(
+            f"{p}_read_timeouts",
+            "Connections closed because a request's header or body did not arrive within its deadline",
+            ["phase"],
+            registry=r,
+        )

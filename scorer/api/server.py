@@ -6,12 +6,21 @@ write is its own `send` system call and its own TCP segment. `CoalescingHttpTool
 transport that gathers the writes made during one pass of the event loop and sends them as one: one system call
 and one segment per small response (measured: docs/api.md, *Request batching*). Order, flow control (pause and
 resume reading, write-buffer limits) and closing are the real transport's; `close()` sends what is gathered first.
+
+The same protocol holds every connection to **read deadlines** (docs/api.md, *Slow clients*): a request's head must
+arrive within `API_HEADER_TIMEOUT_S` of its first byte (the first request's: of the connection's start) and its
+body within `API_BODY_TIMEOUT_S` of the head's end. uvicorn's `timeout_keep_alive` only closes a connection that is
+idle after a response; a client trickling its headers a byte at a time kept one open for as long as it liked. The
+deadlines live in the parser callbacks, so they hold for the wire route and the ASGI path alike, and cost one
+timer per connection, not one per request: the timer fires at the deadline it was armed for, and a request that
+finished in time merely moved the deadline (a float), so the timer re-arms itself for the current one or lapses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +34,8 @@ from streamscore.errors import StreamscoreError
 if TYPE_CHECKING:
     from scorer.api.app import Runtime
     from scorer.engine import Scored
+
+log = logging.getLogger(__name__)
 
 
 class CoalescingTransport:
@@ -120,31 +131,127 @@ class WireRoute:
         return getattr(self.api.state, "runtime", None)
 
 
-def _protocol() -> Any:
-    """uvicorn's httptools protocol with a coalescing transport and the wire route; uvicorn's default choice
-    without httptools."""
+def _protocol(settings: ApiSettings | None = None) -> Any:
+    """uvicorn's httptools protocol with a coalescing transport, read deadlines (the settings', else their
+    defaults) and the wire route; uvicorn's default choice without httptools (a dependency of the project: then
+    no read deadlines either)."""
+    fields = ApiSettings.model_fields
+    header_s: float = settings.header_timeout_s if settings else fields["header_timeout_s"].default
+    body_s: float = settings.body_timeout_s if settings else fields["body_timeout_s"].default
     try:
         from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
     except ImportError:  # httptools is an optional dependency of uvicorn
+        log.warning("httptools is not installed: uvicorn's h11 protocol runs the API, without read deadlines")
         return "auto"
 
     class ApiHttpProtocol(HttpToolsProtocol):
         _wire: WireRoute | None = None
         _waiting: tuple[Any, Runtime] | None = None
         """A wire request whose body is still arriving: (its cycle, the runtime)."""
+        header_timeout_s = header_s
+        body_timeout_s = body_s
+        _deadline: float | None = None
+        """Loop time by which the part of the request being read (`_reading`) must have arrived; None while the
+        connection waits for nothing from the client (idle between requests: uvicorn's keep-alive timeout; or
+        the server is behind with a pipelined request)."""
+        _reading = "header"
+        """"header" or "body": what the deadline is for."""
+        _began = False
+        """Whether a byte of the request under the header deadline has arrived (then it is answered with 408)."""
+        _timer: asyncio.TimerHandle | None = None
+        _timer_at = 0.0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             proxy: Any = CoalescingTransport(transport, asyncio.get_running_loop())
             super().connection_made(proxy)
             self._wire = WireRoute.of(self.config.app)
+            # The first request's head counts from the connection's start: a connection that sends nothing
+            # is closed too (uvicorn arms its keep-alive timeout only after a response).
+            self._read_by("header", self.loop.time() + self.header_timeout_s)
 
         def connection_lost(self, exc: Exception | None) -> None:
             waiting, self._waiting = self._waiting, None
+            self._deadline = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             super().connection_lost(exc)
             if waiting is not None and self._wire is not None:  # gone before its body arrived, counted as the
                 self._wire.route.count(waiting[1], CLIENT_GONE, 0.0)  # ASGI route counts it
 
+        # --- read deadlines -------------------------------------------------------------------------------
+
+        def _read_by(self, reading: str, deadline: float) -> None:
+            self._reading = reading
+            self._deadline = deadline
+            timer = self._timer
+            if timer is None or self._timer_at > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer_at = deadline
+                self._timer = self.loop.call_at(deadline, self._on_deadline)
+
+        def _on_deadline(self) -> None:
+            self._timer = None
+            deadline = self._deadline
+            if deadline is None or self.transport.is_closing():
+                return
+            if self.loop.time() < deadline - 0.001:  # the request it was armed for finished: wait for this one
+                self._timer_at = deadline
+                self._timer = self.loop.call_at(deadline, self._on_deadline)
+                return
+            self._expire()
+
+        def _expire(self) -> None:
+            reading, cycle = self._reading, self.cycle
+            self._deadline = None
+            runtime = getattr(getattr(self.config.app, "state", None), "runtime", None)
+            if runtime is not None:
+                runtime.metrics.read_timeouts.labels(phase=reading).inc()
+            limit = self.header_timeout_s if reading == "header" else self.body_timeout_s
+            log.info(
+                "closing the connection from %s: request %s not received within %g s",
+                self.client,
+                reading,
+                limit,
+            )
+            # 408 only where it is the next response on the connection (never ahead of a pipelined request's
+            # answer), and only to a request that began: a connection that never sent a byte is just closed, as
+            # nginx does, since a client may have sent a request the moment it is closed.
+            if reading == "body":
+                answer = not self.pipeline and cycle is not None and not cycle.response_started
+            else:
+                answer = self._began and not self.pipeline and (cycle is None or cycle.response_complete)
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True  # nothing more is written for it; its app sees http.disconnect
+                cycle.keep_alive = False
+            if answer:
+                headers = b"".join(b"%s: %s\r\n" % (name, value) for name, value in self.server_state.default_headers)
+                self.transport.write(STATUS_LINE[408] + headers + TIMEOUT_HEADERS + b"\r\n" + TIMEOUT_BODY)
+            self.transport.close()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._began = True
+            if self._deadline is None:  # not the first request, whose head counts from the connection's start
+                self._read_by("header", self.loop.time() + self.header_timeout_s)
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            if self.pipeline and self.pipeline[0][0] is self.cycle:
+                # Queued behind the request being answered, with reading paused: the server is behind, not the
+                # client. Its body deadline starts when uvicorn starts it (`_start_asgi_task`).
+                self._deadline = None
+            else:
+                self._read_by("body", self.loop.time() + self.body_timeout_s)
+
+        def handle_websocket_upgrade(self) -> None:
+            self._deadline = None  # the connection belongs to the WebSocket protocol from here on
+            super().handle_websocket_upgrade()
+
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            if self._deadline is None and cycle is self.cycle and cycle.more_body and not self.transport.is_closing():
+                self._read_by("body", self.loop.time() + self.body_timeout_s)  # a queued request, started now
             wire = self._wire
             runtime = None
             if wire is not None and app is self.app:  # not uvicorn's 503 app for its concurrency limit
@@ -158,6 +265,8 @@ def _protocol() -> Any:
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
+            self._deadline = None
+            self._began = False
             waiting = self._waiting
             if waiting is not None and waiting[0] is self.cycle and not self.cycle.more_body:
                 self._waiting = None
@@ -167,9 +276,9 @@ def _protocol() -> Any:
             assert self._wire is not None
             route = self._wire.route
             started = time.perf_counter()
-            presented, traceparent, _ = scan_headers(cycle.scope["headers"])
+            presented, traceparent, _, content_type = scan_headers(cycle.scope["headers"])
             try:
-                pending = route.submit(runtime, presented, traceparent, bytes(cycle.body))
+                pending = route.submit(runtime, presented, traceparent, bytes(cycle.body), content_type)
             except StreamscoreError as exc:
                 self._respond(cycle, runtime, started, *render_error(exc, runtime))
                 return
@@ -242,6 +351,9 @@ def _protocol() -> Any:
 INTERNAL_ERROR = b"Internal Server Error"
 INTERNAL_ERROR_HEADERS = b"content-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\n"
 """uvicorn's answer when the app fails before responding (its `send_500_response`), `connection: close` added."""
+TIMEOUT_BODY = b"Request Timeout"
+TIMEOUT_HEADERS = b"content-type: text/plain; charset=utf-8\r\ncontent-length: 15\r\nconnection: close\r\n"
+"""A read deadline's answer, in the form of uvicorn's own 400 for an unparsable request."""
 
 
 def _nothing() -> None:
@@ -263,7 +375,7 @@ def config(settings: ApiSettings, *, log_level: str = "info") -> uvicorn.Config:
         access_log=False,
         proxy_headers=False,
         server_header=False,
-        http=_protocol(),
+        http=_protocol(settings),
     )
 
 

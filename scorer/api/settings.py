@@ -56,6 +56,13 @@ class ApiSettings(BaseSettings):
     """Per key: bucket size, the most requests accepted at once."""
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     """Larger request bodies are refused with 413, whether they announce a Content-Length or are chunked."""
+    header_timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    """A request's head (request line and headers) must arrive within this many seconds of its first byte — the
+    first request's within this long of the connection's start — else the connection is closed (with 408 when
+    part of a request arrived). Between requests uvicorn's keep-alive timeout (5 s) applies instead."""
+    body_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    """A request's body must arrive within this many seconds of the end of its head, else 408 and the
+    connection is closed (with `API_MAX_BODY_BYTES` of 256 KiB: at least ~9 KB/s)."""
     max_instances: int = Field(default=256, ge=1, le=10_000)
     """Most transactions in one `/v1/score/batch` request."""
     batching: bool = True

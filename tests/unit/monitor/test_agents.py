@@ -1,21 +1,27 @@
-"""The Faust edge's own logic that needs no broker: reference loading shared by the warm-up and the agents."""
+"""The Faust edge's own logic that needs no broker: reference loading shared by the warm-up and the agents, dead
+letters for records that cannot be parsed, the patience with an unreachable registry."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
 from monitor.agents import Runtime, Topics
 from monitor.app_settings import MonitorAppSettings
 from monitor.metrics import MonitorMetrics
-from monitor.references import ReferenceBook
-from tests.support.monitoring import draw_features, model_scores, reference_document
+from monitor.partition import PartitionState
+from monitor.references import ReferenceBook, ReferenceUnavailableError
+from streamscore.contracts import DeadLetter
+from streamscore.deadletters import DeadLetterRecord, DeadLetterWriter
+from tests.support.monitoring import draw_features, model_scores, reference_document, score_event
 
 
 def test_concurrent_requests_for_a_reference_load_it_once_and_one_at_a_time() -> None:
@@ -56,3 +62,100 @@ def test_concurrent_requests_for_a_reference_load_it_once_and_one_at_a_time() ->
     assert sorted(calls) == ["1", "2"], "each version loaded once"
     assert running[1] == 1, "never two loads at the same time"
     assert runtime.book.features("1") is not None
+
+
+# --- records the monitor cannot parse or apply, and a registry that never answers ---------------------------------
+
+
+@dataclass
+class Message:
+    """The parts of a Faust message the records agent reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = b"acc-1"
+    timestamp: float = 1_700_000_000.5
+    headers: list[tuple[str, bytes]] = field(default_factory=lambda: [("content-type", b"application/json")])
+
+
+@dataclass
+class Event:
+    message: Message
+
+
+def poisoned_runtime(loader: Any = None, **settings: Any) -> tuple[Runtime, list[DeadLetterRecord]]:
+    sent: list[DeadLetterRecord] = []
+
+    async def send(letters: Sequence[DeadLetterRecord]) -> None:
+        sent.extend(letters)
+
+    x = draw_features(np.random.default_rng(1), 200)
+    document = reference_document(x, model_scores(x))
+    app_settings = MonitorAppSettings(**settings)
+    book = ReferenceBook(loader or (lambda version: document))
+    metrics = MonitorMetrics(CollectorRegistry())
+    runtime = Runtime(
+        app=None,
+        settings=app_settings,
+        partitions=6,
+        state_table=None,
+        merge_table=None,
+        topics=Topics(None, None, None, None, None, {"scores": "scores", "labels": "labels"}),
+        book=book,
+        metrics=metrics,
+    )
+    runtime.letters = DeadLetterWriter(
+        send,
+        topic="monitor.dlq",
+        consumer_group="monitor",
+        on_written=lambda reason, n: metrics.dead_letters.labels(reason=reason.value).inc(n),
+    )
+    runtime.states = {0: PartitionState(0, app_settings.stats, runtime.policy, book)}
+    runtime.ready = True
+    return runtime, sent
+
+
+POISON = [
+    (b'{"event_id": "broken', "not_json", "decode"),
+    (b'{"event_id": "\xff\xfe"}', "not_json", "decode"),
+    (b"[1, 2]", "schema_invalid", "validate"),
+    (None, "not_json", "decode"),
+]
+
+
+def test_a_score_or_label_that_does_not_parse_is_dead_lettered_with_its_bytes_and_the_stream_goes_on() -> None:
+    runtime, sent = poisoned_runtime()
+    good = score_event("ev-1", "acc-1", 1_700_000_000.0, 0.3)
+    records = [Event(Message("scores", 0, i, value)) for i, (value, _, _) in enumerate(POISON)]
+    records.append(Event(Message("labels", 0, 0, b'{"schema_version": 1.0}')))
+    records.append(Event(Message("scores", 0, len(POISON), good.to_json())))
+
+    async def feed() -> None:
+        for event in records:
+            await runtime.on_record(event)
+
+    asyncio.run(feed())
+    assert [letter.value for letter in sent] == [value for value, _, _ in POISON] + [b'{"schema_version": 1.0}']
+    for letter, (_, reason, stage) in zip(sent, POISON, strict=False):
+        header = DeadLetter.from_headers(letter.headers)
+        assert (header.error_class.value, header.stage, header.consumer_group) == (reason, stage, "monitor")
+        assert (header.original_topic, letter.key) == ("scores", b"acc-1")
+    # Every record is held for the checkpoint's acknowledgement, the good score counted after the bad ones.
+    assert len(runtime.held[0]) == len(records)
+    sample = runtime.metrics.registry.get_sample_value
+    assert sample("streamscore_monitor_records_total", {"topic": "scores", "outcome": "counted"}) == 1
+    assert sample("streamscore_monitor_dead_letters_total", {"reason": "not_json"}) == 3
+
+
+def test_a_registry_that_never_answers_gives_up_after_the_patience() -> None:
+    def unreachable(version: str) -> Mapping[str, Any]:
+        raise ReferenceUnavailableError(version, "Connection refused")
+
+    runtime, _ = poisoned_runtime(unreachable, give_up_after_s=0.3)
+    reasons: list[str] = []
+    runtime.on_give_up = reasons.append
+    with pytest.raises(ReferenceUnavailableError):
+        asyncio.run(runtime.ensure_references({"7"}))
+    assert len(reasons) == 1 and "model registry" in reasons[0]
