@@ -8,8 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.streamscore-installed
 DEMO_ARGS ?=
 BENCH_ARGS ?=
+FAULTS_ARGS ?=
 
-.PHONY: help install lint format test test-unit test-integration demo up down status schemas bench bench-api bench-gpu clean
+.PHONY: help install lint format test test-unit test-integration demo up down status schemas bench bench-api bench-gpu faults clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -66,6 +67,9 @@ bench-api: install ## API benchmark: 64 concurrent clients, request batching on 
 
 bench-gpu: install ## ONNX Runtime CUDA vs CPU per batch size (CPU alone without a GPU)
 	$(BIN)/python -m bench.gpu $(BENCH_ARGS)
+
+faults: install ## The fault campaign on a private stack: kills, restarts, pauses, rebalances, poison; a table (docs/operations.md)
+	$(BIN)/python -m tests.faults.campaign $(FAULTS_ARGS)
 
 clean: ## Remove caches (not the virtualenv, not the Kafka jars)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache
