@@ -1,16 +1,45 @@
 """How our Faust services (the feature processor, the monitor) are built: the same guarantees and local-stack
-choices for both, and aiokafka's URLs and credentials from the `KafkaSettings` the librdkafka clients use.
+choices for both, aiokafka's URLs and credentials from the `KafkaSettings` the librdkafka clients use, and their
+health (`install_health`: liveness, readiness, lag gauges, the watchdog; the rules are in `streamscore.health`).
 Imported by the Faust apps only (it imports faust)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import signal
 import ssl
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 
 from streamscore.errors import ConfigError
+from streamscore.health import (
+    EXIT_INFRA,
+    Check,
+    GroupView,
+    HealthGauges,
+    HealthPolicy,
+    LagPoller,
+    Progress,
+    Verdict,
+    Watchdog,
+    group_view,
+    liveness,
+    readiness,
+    verdict_body,
+)
+from streamscore.lag import GroupLag, LagReader
 from streamscore.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL_S = 1.0
+"""How often the event loop stamps its heartbeat (liveness and the watchdog read it)."""
 
 
 def broker_urls(kafka: KafkaSettings) -> list[str]:
@@ -80,3 +109,214 @@ def faust_app(
         value_serializer="raw",
         **options,
     )
+
+
+# --- health ---------------------------------------------------------------------------------------------------------
+
+
+class _CommitSensor(faust.Sensor):
+    """Records when an offset commit starts and returns: a commit that does not return (aiokafka retries a
+    commit without a deadline while the coordinator is away) is what the watchdog bounds."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+
+    def on_commit_initiated(self, consumer: Any) -> Any:
+        self.progress.commit_since = time.monotonic()
+        return None
+
+    def on_commit_completed(self, consumer: Any, state: Any) -> None:
+        self.progress.commit_since = None
+
+
+@dataclass
+class ServiceHealth:
+    """A Faust service's health: what `/livez`, `/readyz` and `/healthz` answer, and the watchdog's exit status."""
+
+    app: Any
+    group: str
+    topics: tuple[str, ...]
+    policy: HealthPolicy
+    gauges: HealthGauges
+    kafka: KafkaSettings
+    extra: Callable[[], Iterable[Check]] = lambda: ()
+    """The service's own readiness checks (online-store pushes, checkpoints)."""
+    details: Callable[[], dict[str, object]] = dict
+    """Fields the service adds to its health pages (what its callers read)."""
+    progress: Progress = field(default_factory=Progress)
+    exit_code: int | None = None
+    """EXIT_INFRA once the watchdog stopped the worker; the service's `run_worker` exits with it."""
+    on_stall: Callable[[str], None] | None = None
+    """How to stop gracefully; default: SIGTERM to this process (Faust's graceful stop) after noting `exit_code`."""
+    watchdog: Watchdog | None = None
+    poller: LagPoller | None = None
+
+    def readiness(self, now: float | None = None) -> Verdict:
+        now = time.monotonic() if now is None else now
+        verdict = readiness(self.progress, self.policy, now, self.extra())
+        self.gauges.ready.set(1.0 if verdict.ok else 0.0)
+        return verdict
+
+    def liveness(self, now: float | None = None) -> Verdict:
+        return liveness(self.progress, self.policy, time.monotonic() if now is None else now)
+
+    def body(self, verdict: Verdict) -> dict[str, object]:
+        p = self.progress
+        group = p.group
+        return verdict_body(
+            verdict,
+            {
+                **self.details(),
+                "ready": verdict.ok,
+                "live": self.liveness().ok,
+                "recovered": p.recovered,
+                "rebalancing": p.rebalancing_since is not None,
+                "assigned_partitions": sorted(f"{t}:{n}" for t, n in p.assigned),
+                "lag": p.pending_lag if group is not None else None,
+                "group_lag": group.total_lag if group is not None else None,
+                "group_state": group.state if group is not None else None,
+            },
+        )
+
+    def stop_for_restart(self, reason: str) -> None:
+        self.exit_code = EXIT_INFRA
+        if self.on_stall is not None:
+            self.on_stall(reason)
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    # --- the broker's view -----------------------------------------------------------------------------------
+
+    def on_lag(self, lag: GroupLag) -> None:
+        view = group_view(lag, self.topics, self.progress.assigned)
+        self.progress.on_group(view, time.monotonic())
+        self._publish(lag, view)
+
+    def on_lag_error(self, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"[:300]
+        if self.progress.lag_error is None:
+            log.warning("could not read the lag of group %s: %s", self.group, message)
+        self.progress.lag_error = message
+
+    def _publish(self, lag: GroupLag, view: GroupView) -> None:
+        g = self.gauges
+        totals = dict.fromkeys(self.topics, 0)
+        for p in lag.partitions:
+            if p.topic not in totals:
+                continue
+            labels = {"topic": p.topic, "partition": str(p.partition)}
+            if p.lag is not None:
+                g.lag_offsets.labels(**labels).set(p.lag)
+                totals[p.topic] += p.lag
+            if p.lag_seconds is not None:
+                g.lag_seconds.labels(**labels).set(p.lag_seconds)
+        for topic, total in totals.items():
+            g.group_lag_offsets.labels(topic=topic).set(total)
+        g.lag_read_timestamp.set(time.time())
+
+    # --- the event loop's side ---------------------------------------------------------------------------------
+
+    def beat(self) -> None:
+        """One heartbeat from the event loop: its turn, recovery, rebalance and assignment."""
+        p, app = self.progress, self.app
+        now = time.monotonic()
+        p.tick = now
+        p.recovered = bool(app.tables.recovery.completed.is_set())
+        if app.rebalancing:
+            p.rebalancing_since = p.rebalancing_since or now
+        else:
+            p.rebalancing_since = None
+        try:
+            assignment = app.consumer.assignment()
+        except Exception:  # noqa: BLE001 - the consumer is not started yet
+            assignment = set()
+        p.assigned = frozenset((tp.topic, tp.partition) for tp in assignment if tp.topic in self.topics)
+        self.gauges.assigned_partitions.set(len(p.assigned))
+
+    def start_threads(self) -> None:
+        if self.watchdog is not None:
+            return
+        reader: list[LagReader] = []
+
+        def read() -> GroupLag:
+            if not reader:
+                reader.append(
+                    LagReader(self.kafka, timeout_s=self.policy.lag_timeout_s, peek_timeout_s=self.policy.lag_timeout_s)
+                )
+            try:
+                return reader[0].read(self.group, self.topics)
+            except Exception:
+                # A fresh client after a failure: measured, a reader whose broker was SIGKILLed and restarted kept
+                # timing out after the broker was back (50 s, until the watchdog stopped the healthy worker).
+                reader.pop().close()
+                raise
+
+        self.poller = LagPoller(read, self.on_lag, self.on_lag_error, self.policy.lag_interval_s)
+        self.watchdog = Watchdog(self.progress, self.policy, self.readiness, self.stop_for_restart)
+        self.poller.start()
+        self.watchdog.start()
+
+    def stop_threads(self) -> None:
+        if self.poller is not None:
+            self.poller.stop()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+
+
+def install_health(
+    app: Any,
+    *,
+    kafka: KafkaSettings,
+    group: str,
+    topics: Iterable[str],
+    policy: HealthPolicy,
+    gauges: HealthGauges,
+    extra: Callable[[], Iterable[Check]] = lambda: (),
+    details: Callable[[], dict[str, object]] = dict,
+    on_stall: Callable[[str], None] | None = None,
+) -> ServiceHealth:
+    """Give a Faust app its health: the heartbeat task, the commit sensor, the lag poller and the watchdog threads
+    (started with the worker), and the pages `/livez` (200 or 503), `/readyz` and `/healthz` (the same readiness;
+    `/healthz` for the callers that probe that name). `group` is the app id (the consumer group), `topics` the
+    input topics whose lag is published."""
+    health = ServiceHealth(
+        app=app,
+        group=group,
+        topics=tuple(topics),
+        policy=policy,
+        gauges=gauges,
+        kafka=kafka,
+        extra=extra,
+        details=details,
+        on_stall=on_stall,
+    )
+    app.sensors.add(_CommitSensor(health.progress))
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def heartbeat() -> None:
+        health.start_threads()
+        try:
+            while True:
+                health.beat()
+                await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+        finally:
+            # Cancelled when the worker stops: no more lag reads; the watchdog stays, so a stop that waits on the
+            # broker (a final commit) still ends within the grace period.
+            if health.poller is not None:
+                health.poller.stop()
+            if health.watchdog is not None:
+                health.watchdog.stopping()
+
+    async def ready_page(web: Any, request: Any) -> Any:
+        verdict = health.readiness()
+        return web.json(health.body(verdict), status=200 if verdict.ok else 503)
+
+    @app.page("/livez")  # type: ignore[untyped-decorator]
+    async def livez(web: Any, request: Any) -> Any:
+        verdict = health.liveness()
+        return web.json(verdict_body(verdict), status=200 if verdict.ok else 503)
+
+    app.page("/readyz")(ready_page)
+    app.page("/healthz")(ready_page)
+    return health
