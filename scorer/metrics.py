@@ -1,6 +1,6 @@
 """Prometheus metrics of the scorer: base units, millisecond-scale buckets, no per-entity labels.
 
-Served with `/healthz` by `scorer.http.MetricsServer` on `SCORER_METRICS_PORT`.
+Served with `/livez`, `/readyz` and `/healthz` by `scorer.health.MetricsServer` on `SCORER_METRICS_PORT`.
 """
 
 from __future__ import annotations
@@ -95,17 +95,34 @@ class ScorerMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
+        # The group's view (scorer.watcher), published by every instance for every partition of the input topic,
+        # whoever holds it: through revocations, and while no member holds it, the lag stays visible and grows.
         self.lag_offsets = Gauge(
             f"{p}_consumer_lag_offsets",
-            "Records not yet consumed, per assigned partition",
+            "Records the group has not committed yet, per partition of the input topic (the group's committed "
+            "offset to the read_committed log end; same value from every instance)",
             ["topic", "partition"],
             registry=registry,
         )
         self.lag_seconds = Gauge(
             f"{p}_consumer_lag_seconds",
-            "Per assigned partition: 0 when caught up, else now minus the timestamp of the last consumed record",
+            "Per partition of the input topic: age of the oldest record the group has not committed (0 when none)",
             ["topic", "partition"],
             registry=registry,
+        )
+        self.group_members = Gauge(
+            f"{p}_group_members", "Members of the scorer group, as its coordinator last said", registry=registry
+        )
+        self.assigned_partitions = Gauge(
+            f"{p}_assigned_partitions", "Partitions of the input topic this instance holds", registry=registry
+        )
+        self.last_commit = Gauge(
+            f"{p}_last_commit_timestamp_seconds",
+            "Wall-clock time of this instance's last successful commit (0 before the first)",
+            registry=registry,
+        )
+        self.ready = Gauge(
+            f"{p}_ready", "1 while /readyz passes (evaluated at each group measurement)", registry=registry
         )
         self.model_info = Info(f"{p}_model", "The model version each variant serves", ["variant"], registry=registry)
         self.model_load_seconds = Gauge(

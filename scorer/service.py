@@ -2,14 +2,25 @@
 
 Order: broker reachable → models resolved, verified, loaded and warmed (a bad model file exits non-zero here,
 with the reason) → feature store reachable → metrics/health server → consumer and transactional producer →
-loop. Exit codes: 0 after SIGTERM/SIGINT, 2 when configuration or a model is unusable, 3 when infrastructure
-stayed unreachable (the supervisor restarts us).
+loop. Exit codes (the supervisor restarts us on any but 0 and 2):
+
+- 0 after SIGTERM/SIGINT;
+- 1 a bug: the loop raised something unexpected (traceback in the log);
+- 2 configuration or a model is unusable;
+- 3 infrastructure (feature store, broker, group coordinator) stayed unreachable for `SCORER_GIVE_UP_AFTER_S`;
+- 4 a fatal Kafka client error (a fenced static member or transactional producer, an authorization failure);
+- 5 stalled: no progress for `SCORER_STALL_EXIT_AFTER_S` (work waiting and no commit, no partitions while the
+  group has some for us, or a committer stuck inside the client).
+
+Once the loop decides to exit (1, 3, 4, 5) the process ends within `SCORER_EXIT_TIMEOUT_S` even when closing a
+client or the interpreter's shutdown hangs (`arm_hard_exit`).
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -18,12 +29,20 @@ from typing import Any
 from scorer.engine import ScoringEngine, Serving, Thresholds, Variant
 from scorer.features import make_feature_client
 from scorer.features.base import FeatureClient, FeatureStoreUnavailableError
-from scorer.health import MetricsServer
+from scorer.health import MetricsServer, details, liveness, readiness
 from scorer.metrics import ScorerMetrics
 from scorer.models import ModelCache, RuntimeOptions
 from scorer.serving import Reloader, ServingBuilder
 from scorer.settings import ScorerSettings
-from scorer.stream import Backoff, InfraGiveUpError, StreamScorer
+from scorer.stream import (
+    EXIT_CRASH,
+    EXIT_FATAL,
+    EXIT_INFRA,
+    EXIT_STALLED,
+    Backoff,
+    ScorerExitError,
+    StreamScorer,
+)
 from streamscore.errors import StreamscoreError
 from streamscore.kafka import wait_for_broker
 from streamscore.registry import Registry
@@ -32,7 +51,23 @@ logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
-EXIT_INFRA = 3
+__all__ = ["EXIT_CONFIG", "EXIT_CRASH", "EXIT_FATAL", "EXIT_INFRA", "EXIT_OK", "EXIT_STALLED", "run"]
+
+
+def arm_hard_exit(code: int, after_s: float) -> threading.Timer:
+    """End the process with `code` after `after_s` seconds, whatever still runs: a client that will not close, a
+    thread stuck inside librdkafka (the interpreter's shutdown would wait for it). A daemon timer: a process that
+    exits in time never fires it."""
+
+    def fire() -> None:
+        logger.error("still running %.0f s after deciding to exit with code %d: exiting now", after_s, code)
+        logging.shutdown()
+        os._exit(code)
+
+    timer = threading.Timer(after_s, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def runtime_options(settings: ScorerSettings) -> RuntimeOptions:
@@ -132,25 +167,39 @@ def run(settings: ScorerSettings | None = None, *, startup_timeout_s: float = 30
         attach_features=settings.attach_features,
     )
     reloader = Reloader(builder, serving, metrics, settings.reload_interval_s)
-    scorer = StreamScorer(
-        settings,
-        engine,
-        metrics,
-        reloader=reloader,
-        on_swap=lambda: publish_models(metrics, engine.serving),
-        stopping=stopping,
-    )
+    try:
+        scorer = StreamScorer(
+            settings,
+            engine,
+            metrics,
+            reloader=reloader,
+            on_swap=lambda: publish_models(metrics, engine.serving),
+            stopping=stopping,
+            on_exit=lambda code: arm_hard_exit(code, settings.exit_timeout_s),
+        )
+    except ScorerExitError as exc:  # the transactional producer's init_transactions gave up or was fenced
+        logger.error("cannot start: %s", exc)
+        features.close()
+        return exc.exit_code
 
-    def health() -> tuple[bool, dict[str, Any]]:
-        idle = time.monotonic() - scorer.last_iteration
-        return idle < settings.unhealthy_after_s, {
-            "seconds_since_loop": round(idle, 3),
+    def live() -> tuple[bool, dict[str, Any]]:
+        state = scorer.state()
+        verdict = liveness(state, scorer.bounds)
+        return verdict.ok, {"reasons": list(verdict.reasons), **details(state)}
+
+    def ready() -> tuple[bool, dict[str, Any]]:
+        state = scorer.state()
+        verdict = readiness(state, scorer.bounds)
+        return verdict.ok, {
+            "reasons": list(verdict.reasons),
+            **details(state),
             "models": engine.serving.versions(),
             "experiment_id": engine.serving.experiment_id,
             "delivery": settings.delivery,
         }
 
-    server = MetricsServer(metrics.registry, health, settings.metrics_bind, settings.metrics_port).start()
+    checks = {"/livez": live, "/readyz": ready, "/healthz": ready, "/health": ready}
+    server = MetricsServer(metrics.registry, checks, settings.metrics_bind, settings.metrics_port).start()
     logger.info(
         "scoring %s -> %s (group %s, %s, batch<=%d, delay<=%.1fms) models %s; metrics on http://%s:%d/metrics",
         scorer.input_topic,
@@ -171,9 +220,12 @@ def run(settings: ScorerSettings | None = None, *, startup_timeout_s: float = 30
     gc.freeze()
     try:
         return scorer.run()
-    except InfraGiveUpError as exc:
-        logger.error("%s", exc)
-        return EXIT_INFRA
+    except ScorerExitError as exc:
+        logger.error("exit code %d: %s", exc.exit_code, exc)
+        return exc.exit_code
+    except Exception:
+        logger.exception("the scoring loop crashed")
+        return EXIT_CRASH
     finally:
         reloader.stop()
         server.stop()

@@ -106,25 +106,45 @@ class ScorerSettings(BaseSettings):
     retry_max_ms: int = Field(default=5_000, ge=1)
     """Longest backoff between two attempts."""
     give_up_after_s: float = Field(default=600.0, gt=0.0)
-    """Exit non-zero (for the supervisor to restart us) when infrastructure has failed this long without a
-    success. The consumer stays in its group meanwhile."""
+    """Exit with code 3 (for the supervisor to restart us) when infrastructure — the feature store, the broker,
+    the group coordinator — has failed this long without a success. The consumer stays in its group meanwhile."""
+    kafka_timeout_s: float = Field(default=30.0, gt=0.0, le=300.0)
+    """Longest single wait on the broker (transaction calls, committed offsets, the group's view); one that times
+    out counts as an infrastructure failure and is retried within `give_up_after_s`."""
+    stall_exit_after_s: float = Field(default=300.0, gt=0.0)
+    """Exit with code 5 when the loop turns without progress this long: records wait on its partitions and
+    nothing commits, or it holds no partitions while the group has some for it (e.g. a member the group forgot)."""
+    exit_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
+    """On the way out (SIGTERM, or an exit it decided): the most time for finishing the transaction in flight,
+    leaving the group and flushing, each; after a decided exit the process ends with its code this long after
+    the decision whatever still hangs."""
     session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
     """Consumer group session timeout: how long a crashed instance keeps its partitions before a rebalance."""
-    static_membership: bool = True
-    """Join the group with `group.instance.id = instance_id` (KIP-345): a restarted instance takes its partitions
-    back without a rebalance. Scaling down then waits `session_timeout_ms` before the partitions move."""
+    static_membership: bool = False
+    """Join the group with `group.instance.id = <group>.<instance_id>` (KIP-345): a restarted instance takes its
+    partitions back without a rebalance, and scaling down waits `session_timeout_ms` before partitions move. Off by
+    default: after a broker restart librdkafka's static member was fenced by its own earlier registration (a
+    fatal error: the scorer exits with code 4 and its supervisor restarts it), and cooperative-sticky rebalancing
+    already moves only the restarted instance's partitions."""
     transaction_timeout_ms: int = Field(default=60_000, ge=1000)
     """Broker-side transaction timeout: an instance that dies mid-transaction has it aborted after this."""
     lag_interval_s: float = Field(default=5.0, gt=0.0)
-    """How often consumer lag is measured for the metrics."""
+    """How often the group's view (members, owners, lag from the committed offsets) is measured for the metrics
+    and the health checks."""
     progress_interval_s: float = Field(default=10.0, gt=0.0)
     """How often a progress line (events/s, dead letters, lag) is logged."""
     metrics_port: int = Field(default=9108, ge=0, le=65535)
-    """Port of `/metrics` (Prometheus) and `/healthz`; 0 = pick a free port (logged)."""
+    """Port of `/metrics` (Prometheus), `/livez`, `/readyz` and `/healthz`; 0 = pick a free port (logged)."""
     metrics_bind: str = "127.0.0.1"
     """Interface the HTTP server listens on (0.0.0.0 in containers)."""
     unhealthy_after_s: float = Field(default=60.0, gt=0.0)
-    """`/healthz` answers 503 when no batch loop iteration completed for this long."""
+    """`/livez` answers 503 when the loop has not turned (no iteration, no bounded wait inside one) for this long."""
+    unassigned_after_s: float = Field(default=60.0, gt=0.0)
+    """`/readyz` (and `/healthz`) answer 503 when this instance has held no partitions this long while the group
+    has some for it (or the group's view is unknown)."""
+    commit_stale_after_s: float = Field(default=60.0, gt=0.0)
+    """`/readyz` (and `/healthz`) answer 503 when records have waited on this instance's partitions this long
+    without a commit."""
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     feast: FeastSettings = Field(default_factory=FeastSettings)
@@ -146,6 +166,11 @@ class ScorerSettings(BaseSettings):
             )
         if self.retry_max_ms < self.retry_initial_ms:
             raise ValueError("SCORER_RETRY_MAX_MS must be at least SCORER_RETRY_INITIAL_MS")
+        if self.stall_exit_after_s < max(self.unassigned_after_s, self.commit_stale_after_s):
+            raise ValueError(
+                "SCORER_STALL_EXIT_AFTER_S must be at least SCORER_UNASSIGNED_AFTER_S and SCORER_COMMIT_STALE_AFTER_S "
+                "(not ready first, then exit)"
+            )
         return self
 
     @property

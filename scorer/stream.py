@@ -21,23 +21,32 @@ producer, are flushed, then the offsets are committed. A crash between flush and
 Infrastructure failures (Redis, the broker) are retried with exponential backoff while the partitions are
 paused and the consumer keeps polling, so it stays in its group; they are never dead-lettered. After
 `give_up_after_s` without success the process exits non-zero so its supervisor restarts it.
+
+Nothing waits unbounded: every broker call has `SCORER_KAFKA_TIMEOUT_S`, the wait on the committer thread has a
+bound, and closing the clients has `SCORER_EXIT_TIMEOUT_S`. A fatal client error (a static member fenced by
+another with its `group.instance.id`, a fenced transactional producer, any error librdkafka flags fatal) ends the
+loop with `FatalClientError` (exit code 4): the client is unusable, and rebuilding a producer fenced by a live
+duplicate would fence that one in turn. A loop that turns without progress — records wait on its partitions and
+nothing commits, or it holds no partitions while the group has some for it (`scorer.health.stalled`) — ends with
+`StalledError` (exit code 5) after `SCORER_STALL_EXIT_AFTER_S`. The group's own view (members, owners, lag from
+the committed offsets) comes from `scorer.watcher.GroupWatcher` on a thread of its own.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    OFFSET_INVALID,
     Consumer,
     KafkaError,
     KafkaException,
@@ -49,9 +58,11 @@ from confluent_kafka import (
 from scorer.deadletters import DeadLetterRecord, SourceRecord, dead_letter
 from scorer.engine import BatchResult, Request, ScoringEngine
 from scorer.features.base import FeatureStoreUnavailableError
+from scorer.health import HealthBounds, LoopState, readiness, stalled
 from scorer.metrics import ScorerMetrics
 from scorer.serving import Reloader
 from scorer.settings import ScorerSettings
+from scorer.watcher import GroupWatcher
 from streamscore.contracts import (
     DeadLetterReason,
     Header,
@@ -66,13 +77,116 @@ from streamscore.kafka import consumer_config, producer_config
 logger = logging.getLogger(__name__)
 
 
-class InfraGiveUpError(StreamscoreError):
-    """Infrastructure stayed unavailable longer than `SCORER_GIVE_UP_AFTER_S`."""
+EXIT_CRASH = 1
+EXIT_INFRA = 3
+EXIT_FATAL = 4
+EXIT_STALLED = 5
+
+
+class ScorerExitError(StreamscoreError):
+    """The loop decided to end the process with `exit_code`, for its supervisor to start a fresh one."""
 
     retryable = True
+    exit_code = EXIT_CRASH
+
+
+class InfraGiveUpError(ScorerExitError):
+    """Infrastructure stayed unavailable longer than `SCORER_GIVE_UP_AFTER_S`."""
+
+    exit_code = EXIT_INFRA
 
     def __init__(self, what: str, seconds: float, last: str) -> None:
         super().__init__(f"{what} unavailable for {seconds:.0f} s (last error: {last}); exiting for a restart")
+
+
+class FatalClientError(ScorerExitError):
+    """A Kafka client reported a fatal error: it can do nothing more, only a new process can."""
+
+    exit_code = EXIT_FATAL
+
+    def __init__(self, client: str, error: KafkaError | str) -> None:
+        detail = f"{error.name()}: {error.str()}" if isinstance(error, KafkaError) else error
+        super().__init__(f"fatal {client} error ({detail}); exiting for a restart")
+
+
+class StalledError(ScorerExitError):
+    """The loop turns but makes no progress (see `scorer.health.stalled`)."""
+
+    exit_code = EXIT_STALLED
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"stalled: {why}; exiting for a restart")
+
+
+FATAL_CODES = frozenset(
+    {
+        KafkaError._FATAL,
+        KafkaError._FENCED,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    }
+)
+"""Errors no retry or rebuild within this process cures: librdkafka flags most of them fatal itself (a fenced
+static member, a fenced producer); the authorization ones need an operator."""
+
+
+def is_fatal(error: KafkaError) -> bool:
+    return bool(error.fatal()) or error.code() in FATAL_CODES
+
+
+class Committer:
+    """One daemon thread that runs submitted calls in order (the committer of `StreamScorer`). A daemon, unlike
+    ThreadPoolExecutor's workers, so that a call stuck inside librdkafka cannot keep the process from exiting."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, call: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._queue.put((future, call))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, call = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                future.set_exception(exc)
+
+    def shutdown(self, timeout_s: float) -> bool:
+        """Let the queued calls finish, at most `timeout_s`; False when the thread is still busy (left behind)."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+
+def bounded(what: str, call: Callable[[], Any], timeout_s: float) -> bool:
+    """Run `call` on a daemon thread and wait at most `timeout_s` (closing a client whose broker is gone can block
+    for long); False when it did not return in time. Exceptions are logged, not raised."""
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - best effort on the way out
+            logger.warning("%s: %s", what, exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"scorer-{what.replace(' ', '-')}", daemon=True).start()
+    if done.wait(timeout_s):
+        return True
+    logger.error("%s did not return within %.0f s; going on without it", what, timeout_s)
+    return False
 
 
 @dataclass(slots=True)
@@ -145,7 +259,8 @@ class Backoff:
 
 
 class StreamScorer:
-    """The scoring loop over Kafka. `run()` blocks until `stop()` (SIGTERM/SIGINT) and returns an exit code."""
+    """The scoring loop over Kafka. `run()` blocks until `stop()` (SIGTERM/SIGINT) and returns an exit code, or
+    raises a `ScorerExitError` naming the code the process should end with."""
 
     def __init__(
         self,
@@ -156,12 +271,16 @@ class StreamScorer:
         reloader: Reloader | None = None,
         on_swap: Callable[[], None] | None = None,
         stopping: threading.Event | None = None,
+        on_exit: Callable[[int], object] | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
         self.reloader = reloader
         self.on_swap = on_swap
+        self.on_exit = on_exit
+        """Called with the exit code as soon as the loop decides to end the process (before closing the clients):
+        the service arms its hard-exit deadline there."""
         registry = settings.topics.registry()
         self.input_topic = registry.transactions.name
         self.scores_topic = registry.scores.name
@@ -169,16 +288,25 @@ class StreamScorer:
         self.dlq_topic = registry.dlq.name
         self.group = settings.group
         self.exactly_once = settings.delivery == "exactly_once"
+        self.bounds = HealthBounds.of(settings)
+        self._timeout_s = settings.kafka_timeout_s
         self._stopping = stopping or threading.Event()
         self._assigned: set[tuple[str, int]] = set()
         self._revoked: set[tuple[str, int]] = set()
         self._carry: list[Message] = []
-        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer-commit")
+        self._committer = Committer("scorer-commit")
         self._pending: Future[Delivery] | None = None
         self._rewind_needed = False
-        self._last_ts: dict[tuple[str, int], float] = {}
-        self._lag_labels: set[tuple[str, int]] = set()
-        self.last_iteration = time.monotonic()
+        self._deferred: ScorerExitError | None = None
+        """An exit decided inside a rebalance callback, raised by the loop once poll() has returned."""
+        # What the health checks read from other threads: plain attributes, each replaced whole (atomic).
+        self.started = time.monotonic()
+        self.last_iteration = self.started
+        self.last_commit: float | None = None
+        self.held: frozenset[int] = frozenset()
+        self.assigned_since = self.started
+        self.recovering: str | None = None
+        self.fatal: str | None = None
         self.totals = {"records": 0, "scored": 0, "shadow": 0, "dead_letters": 0, "batches": 0}
         self.consumer = Consumer(
             {
@@ -192,6 +320,17 @@ class StreamScorer:
             }
         )
         self.producer = self._new_producer()
+        self.watcher = GroupWatcher(
+            settings.kafka,
+            self.group,
+            self.input_topic,
+            metrics,
+            interval_s=settings.lag_interval_s,
+            timeout_s=settings.kafka_timeout_s,
+            member_id=self._member_id,
+            held=lambda: self.held,
+            on_measure=self._publish_readiness,
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -207,7 +346,7 @@ class StreamScorer:
         producer = Producer(config)
         if self.exactly_once:
             # Fences any older producer with our transactional id and aborts its open transaction.
-            self._retry_infra("broker", lambda: producer.init_transactions(30.0))
+            self._retry_infra("broker", lambda: producer.init_transactions(self._timeout_s))
         return producer
 
     @property
@@ -219,66 +358,132 @@ class StreamScorer:
             logger.info("stopping: finishing the current batch")
         self._stopping.set()
 
+    def _beat(self) -> None:
+        """The loop is turning (also while it waits, bounded, on the broker or the feature store): liveness."""
+        self.last_iteration = time.monotonic()
+
+    def _member_id(self) -> str | None:
+        try:
+            return self.consumer.memberid()
+        except (KafkaException, RuntimeError):
+            return None  # closed, or not (yet) in the group
+
+    def state(self) -> LoopState:
+        """A snapshot for the health checks (any thread)."""
+        return LoopState(
+            now=time.monotonic(),
+            started=self.started,
+            last_iteration=self.last_iteration,
+            assigned=len(self.held),
+            assigned_since=self.assigned_since,
+            last_commit=self.last_commit,
+            pending=self.watcher.pending,
+            pending_since=self.watcher.pending_since,
+            should_hold=self.watcher.should_hold,
+            recovering=self.recovering,
+            fatal=self.fatal,
+        )
+
+    def _publish_readiness(self) -> None:
+        self.metrics.ready.set(1 if readiness(self.state(), self.bounds).ok else 0)
+
     def run(self) -> int:
         self.consumer.subscribe(
             [self.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
         self.metrics.up.set(1)
-        next_lag = next_progress = time.monotonic()
+        self.watcher.start()
+        next_progress = time.monotonic()
         progress_from = dict(self.totals)
         progress_at = time.monotonic()
         try:
             while self._running:
                 self._maybe_swap()
-                batch, opened = self._collect()
-                if self._rewind_needed:
-                    # A delivery failed and was settled in a rebalance callback: drop what came after it.
-                    self._rewind()
-                elif batch:
-                    self._process(batch, opened)
-                elif self._pending is not None and self._pending.done():
-                    self._settle()
+                try:
+                    batch, opened = self._collect()
+                    self._raise_deferred()
+                    if self._rewind_needed:
+                        # A delivery failed and was settled in a rebalance callback: drop what came after it.
+                        self._rewind()
+                    elif batch:
+                        self._process(batch, opened)
+                    elif self._pending is not None and self._pending.done():
+                        self._settle()
+                except KafkaException as exc:
+                    error: KafkaError = exc.args[0]
+                    if is_fatal(error):
+                        raise FatalClientError("consumer", error) from exc
+                    raise
+                self._raise_deferred()
+                self._check_progress()
                 now = time.monotonic()
                 self.last_iteration = now
-                if now >= next_lag:
-                    self._measure_lag()
-                    next_lag = now + self.settings.lag_interval_s
                 if now >= next_progress:
                     elapsed = max(now - progress_at, 1e-9)
                     rate = (self.totals["records"] - progress_from["records"]) / elapsed
                     logger.info(
-                        "progress records=%d scored=%d shadow=%d dead_letters=%d batches=%d rate=%.0f/s",
+                        "progress records=%d scored=%d shadow=%d dead_letters=%d batches=%d rate=%.0f/s "
+                        "assigned=%d pending=%s",
                         self.totals["records"],
                         self.totals["scored"],
                         self.totals["shadow"],
                         self.totals["dead_letters"],
                         self.totals["batches"],
                         rate,
+                        len(self.held),
+                        "?" if self.watcher.pending is None else self.watcher.pending,
                     )
                     progress_from, progress_at = dict(self.totals), now
                     next_progress = now + self.settings.progress_interval_s
+        except BaseException as exc:
+            code = exc.exit_code if isinstance(exc, ScorerExitError) else EXIT_CRASH
+            if isinstance(exc, Exception):
+                self.fatal = str(exc)[:300]
+                logger.error("the scoring loop ends (exit code %d): %s", code, exc)
+                if self.on_exit is not None:
+                    self.on_exit(code)
+            raise
         finally:
             self.metrics.up.set(0)
+            self.metrics.ready.set(0)
             self.close()
         return 0
 
+    def _raise_deferred(self) -> None:
+        if self._deferred is not None:
+            exc, self._deferred = self._deferred, None
+            raise exc
+
+    def _check_progress(self) -> None:
+        """Exit when the loop turns without progress, or the broker has been unreachable, for too long."""
+        why = stalled(self.state(), self.bounds)
+        if why is not None:
+            raise StalledError(why)
+        failing = self.watcher.failing_for()
+        if failing > self.settings.give_up_after_s:
+            raise InfraGiveUpError("the broker (group coordinator)", failing, self.watcher.last_error)
+
     def close(self) -> None:
+        """Finish (or abort) the delivery in flight, leave the group, flush: each step bounded, so a process that
+        must exit does exit."""
+        budget = self.settings.exit_timeout_s
         try:
             if self._pending is not None:
-                self._settle(rewind=False)  # the batch in flight commits (or aborts) before we leave the group
+                try:
+                    self._settle(rewind=False)  # the batch in flight commits (or aborts) before we leave the group
+                except Exception as exc:  # noqa: BLE001 - leaving anyway
+                    logger.warning("settling the delivery in flight: %s", exc)
         finally:
-            self._committer.shutdown(wait=True)
-            self._close_clients()
+            self.watcher.stop(budget)
+            if not self._committer.shutdown(budget):
+                logger.error("the committer thread is still inside a broker call; leaving it behind")
+            self._close_clients(budget)
 
-    def _close_clients(self) -> None:
-        try:
-            self.consumer.close()  # leaves the group; offsets are already committed with each batch
-        except (KafkaException, RuntimeError) as exc:
-            logger.warning("closing the consumer: %s", exc)
-        try:
-            self.producer.flush(10.0)
-        except (KafkaException, RuntimeError) as exc:
-            logger.warning("flushing the producer: %s", exc)
+    def _close_clients(self, budget: float) -> None:
+        # Leaves the group; offsets are already committed with each batch. Bounded: with the coordinator gone,
+        # or a consumer fenced, close() can wait long.
+        bounded("closing the consumer", self.consumer.close, budget)
+        bounded("flushing the producer", lambda: self.producer.flush(min(10.0, budget)), budget)
 
     # --- rebalancing -------------------------------------------------------------------------------------
 
@@ -286,25 +491,31 @@ class StreamScorer:
         for tp in partitions:
             self._assigned.add((tp.topic, tp.partition))
             self._revoked.discard((tp.topic, tp.partition))
+        self._held_changed()
         logger.info("assigned %s", sorted(p for _, p in ((tp.topic, tp.partition) for tp in partitions)))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The delivery in flight commits (or aborts) before the partitions go: their new owner resumes from
         # offsets that are final. Records of these partitions not yet handed over are dropped. A failed delivery
-        # is rewound by the batch loop once poll() returns (not from inside the callback).
+        # is rewound by the batch loop once poll() returns (not from inside the callback). The lag gauges stay:
+        # they are the group's view (scorer.watcher), whoever holds the partitions.
         if self._pending is not None:
-            self._settle(rewind=False)
+            try:
+                self._settle(rewind=False)
+            except ScorerExitError as exc:
+                self._deferred = exc  # raised by the loop: an exception inside librdkafka's callback is awkward
         for tp in partitions:
             key = (tp.topic, tp.partition)
             self._assigned.discard(key)
             self._revoked.add(key)
-            self._last_ts.pop(key, None)
-            if key in self._lag_labels:
-                self._lag_labels.discard(key)
-                self.metrics.lag_offsets.remove(tp.topic, str(tp.partition))
-                self.metrics.lag_seconds.remove(tp.topic, str(tp.partition))
+        self._held_changed()
         self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in self._revoked]
         logger.info("revoked %s", sorted(tp.partition for tp in partitions))
+
+    def _held_changed(self) -> None:
+        self.held = frozenset(p for t, p in self._assigned if t == self.input_topic)
+        self.assigned_since = time.monotonic()
+        self.metrics.assigned_partitions.set(len(self.held))
 
     # --- batching ----------------------------------------------------------------------------------------
 
@@ -324,8 +535,7 @@ class StreamScorer:
                 return [], 0.0
             error = first.error()
             if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    logger.warning("consumer error: %s", error)
+                self._consumer_error(error)
                 return [], 0.0
             batch.append(first)
             opened = time.monotonic()
@@ -340,13 +550,20 @@ class StreamScorer:
             for message in messages:
                 error = message.error()
                 if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        logger.warning("consumer error: %s", error)
+                    self._consumer_error(error)
                     continue
                 batch.append(message)
             if not messages:
                 break  # the delay passed with nothing new: close the batch
         return batch, opened
+
+    def _consumer_error(self, error: KafkaError) -> None:
+        """A fatal one (a static member fenced by another with its group.instance.id, …) ends the loop; the others
+        are librdkafka telling what it recovers from by itself (a broker gone, a connection refused)."""
+        if is_fatal(error):
+            raise FatalClientError("consumer", error)
+        if error.code() != KafkaError._PARTITION_EOF:
+            logger.warning("consumer error: %s", error)
 
     # --- one batch ---------------------------------------------------------------------------------------
 
@@ -368,7 +585,7 @@ class StreamScorer:
             delivery.error = exc.args[0]
             self._fail(delivery, rewind=True)
             return
-        self._pending = self._committer.submit(self._commit, delivery)
+        self._pending = self._committer.submit(lambda: self._commit(delivery))
 
     def _prepare(self, batch: list[Message], opened: float) -> Delivery | None:
         """Decode, score and build the outputs of `batch`; None when it was rewound while retrying."""
@@ -440,15 +657,17 @@ class StreamScorer:
         outputs with the offsets. Never raises — the outcome is on the delivery, for `_settle`."""
         try:
             if self.exactly_once:
-                self.producer.send_offsets_to_transaction(delivery.offsets, delivery.metadata, 30.0)
+                self.producer.send_offsets_to_transaction(delivery.offsets, delivery.metadata, self._timeout_s)
                 self._commit_transaction()
             else:
-                remaining = self.producer.flush(60.0)
+                remaining = self.producer.flush(self._timeout_s)
                 if delivery.failures or remaining:
                     delivery.error = f"{delivery.failures[:1]}, {remaining} undelivered"
                     return delivery
                 offsets = delivery.offsets
-                self._retry_infra("broker", lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
+                self._retry_infra(
+                    "broker", lambda: self.consumer.commit(offsets=offsets, asynchronous=False), beat=False
+                )
             delivery.committed_at = time.time()
         except KafkaException as exc:
             delivery.error = exc.args[0]
@@ -465,7 +684,7 @@ class StreamScorer:
         future, self._pending = self._pending, None
         if future is None:
             return True
-        delivery = future.result()
+        delivery = self._wait(future)
         if delivery.crash is not None:
             raise delivery.crash
         if delivery.error is None:
@@ -474,16 +693,33 @@ class StreamScorer:
         self._fail(delivery, rewind=rewind)
         return False
 
+    def _wait(self, future: Future[Delivery]) -> Delivery:
+        """The committer's outcome, waiting at most as long as its own calls may take (each bounded by
+        SCORER_KAFKA_TIMEOUT_S, retriable commit errors by SCORER_GIVE_UP_AFTER_S) plus a margin: a committer
+        that has not returned by then is stuck inside the client, and only a new process gets out of that."""
+        limit = self.settings.give_up_after_s + 4 * self._timeout_s
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                return future.result(timeout=min(1.0, max(deadline - time.monotonic(), 0.0)))
+            except FutureTimeoutError:
+                if time.monotonic() >= deadline:
+                    raise StalledError(
+                        f"the committer thread has not returned from the broker in {limit:.0f} s"
+                    ) from None
+                self._beat()  # waiting, bounded: the loop is not stuck (yet)
+
     def _fail(self, delivery: Delivery, *, rewind: bool) -> None:
         """A delivery failed: abort its transaction (or rebuild the producer) and rewind — now, or by the batch
         loop when `rewind` is False (inside a rebalance callback)."""
         error = delivery.error
-        if isinstance(error, KafkaError) and error.fatal():
-            logger.error("fatal producer error (%s): rebuilding the producer and rewinding", error)
+        if isinstance(error, KafkaError) and is_fatal(error):
+            # Fenced by a newer producer with our transactional id (a duplicate instance, or our own restart) or
+            # otherwise unusable: rebuilding would fence the newer one in turn. The transaction is aborted by
+            # whoever fenced us, or by the broker after transaction.timeout.ms.
             self.metrics.aborts.labels(cause="fatal").inc()
-            self.metrics.producer_rebuilds.inc()
-            self._rebuild_producer()
-        elif isinstance(error, KafkaError) and self.exactly_once:
+            raise FatalClientError("producer", error)
+        if isinstance(error, KafkaError) and self.exactly_once:
             logger.warning("transaction failed (%s): aborting and rewinding", error)
             self.metrics.aborts.labels(cause="abortable" if error.txn_requires_abort() else "error").inc()
             self._abort()
@@ -499,9 +735,11 @@ class StreamScorer:
         self.metrics.batches.inc()
         now_s = delivery.committed_at
         observe = self.metrics.end_to_end_latency.observe
-        for topic, partition, timestamp_s in delivery.timestamps:
+        for _, _, timestamp_s in delivery.timestamps:
             observe(max(now_s - timestamp_s, 0.0))
-            self._last_ts[(topic, partition)] = timestamp_s
+        self.last_commit = delivery.finished
+        self.metrics.last_commit.set(now_s)
+        self.recovering = None
         # One counter update per (label set, batch), not per record: labels() costs a lock and a dict lookup.
         for (variant, kind), count in delivery.variants.items():
             self.metrics.scored.labels(variant=variant, kind=kind).inc(count)
@@ -533,6 +771,7 @@ class StreamScorer:
                 try:
                     return self.engine.score(requests)
                 except FeatureStoreUnavailableError as exc:
+                    self.recovering = "feature store unavailable, retrying the batch"
                     self.metrics.infra_retries.labels(dependency="feature_store").inc()
                     if backoff.failing_for() > self.settings.give_up_after_s:
                         raise InfraGiveUpError("the feature store", backoff.failing_for(), str(exc)) from exc
@@ -552,6 +791,8 @@ class StreamScorer:
                         self._rewind()
                         return None
         finally:
+            if self.recovering and self.recovering.startswith("feature store"):
+                self.recovering = None
             if paused:
                 try:
                     self.consumer.resume([tp for tp in paused if (tp.topic, tp.partition) in self._assigned])
@@ -564,8 +805,14 @@ class StreamScorer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
+            self._beat()
             message = self.consumer.poll(min(remaining, 0.2))
-            if message is not None and message.error() is None:
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                self._consumer_error(error)
+            else:
                 # Fetched before the pause took effect: keep it, in order, for the next batch.
                 self._carry.append(message)
 
@@ -607,7 +854,7 @@ class StreamScorer:
         backoff = Backoff(0.1, 2.0)
         while True:
             try:
-                self.producer.commit_transaction(30.0)
+                self.producer.commit_transaction(self._timeout_s)
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
@@ -621,9 +868,13 @@ class StreamScorer:
 
     def _abort(self) -> None:
         try:
-            self.producer.abort_transaction(30.0)
+            self.producer.abort_transaction(self._timeout_s)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
+            if is_fatal(error):
+                raise FatalClientError("producer", error) from exc
+            # E.g. timed out with the broker gone: a new producer's init_transactions (same transactional id)
+            # aborts the open transaction once the coordinator answers, and fences this one.
             logger.error("abort failed (%s): rebuilding the producer", error)
             self.metrics.producer_rebuilds.inc()
             self._rebuild_producer()
@@ -646,28 +897,45 @@ class StreamScorer:
         if not self._assigned:
             return
         tps = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
-        committed = self._retry_infra("broker", lambda: self.consumer.committed(tps, timeout=10.0))
+        self.recovering = "rewinding to the committed offsets"
+        committed = self._retry_infra("broker", lambda: self.consumer.committed(tps, timeout=self._timeout_s))
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             try:
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
             except KafkaException as exc:
                 logger.warning("seek %s[%d] to %s: %s", tp.topic, tp.partition, offset, exc)
+        self.recovering = None
         logger.info("rewound %d partition(s) to their committed offsets", len(tps))
 
-    def _retry_infra(self, what: str, call: Callable[[], Any]) -> Any:
+    def _retry_infra(self, what: str, call: Callable[[], Any], *, beat: bool = True) -> Any:
+        """`call()` retried with backoff while it fails retriably, for at most SCORER_GIVE_UP_AFTER_S; a fatal error
+        raises FatalClientError. `beat`: the loop's own thread (liveness) — not the committer's."""
         backoff = Backoff(self.settings.retry_initial_ms / 1000.0, self.settings.retry_max_ms / 1000.0)
-        while True:
-            try:
-                return call()
-            except KafkaException as exc:
-                error: KafkaError = exc.args[0]
-                if error.fatal() or not (error.retriable() or error.code() in _TRANSIENT):
-                    raise
-                if backoff.failing_for() > self.settings.give_up_after_s:
-                    raise InfraGiveUpError(what, backoff.failing_for(), str(error)) from exc
-                self.metrics.infra_retries.labels(dependency=what).inc()
-                time.sleep(backoff.next_delay())
+        previous = self.recovering
+        try:
+            while True:
+                try:
+                    return call()
+                except KafkaException as exc:
+                    error: KafkaError = exc.args[0]
+                    if is_fatal(error):
+                        raise FatalClientError(what, error) from exc
+                    if not (error.retriable() or error.code() in _TRANSIENT):
+                        raise
+                    if backoff.failing_for() > self.settings.give_up_after_s:
+                        raise InfraGiveUpError(what, backoff.failing_for(), str(error)) from exc
+                    self.recovering = f"{what} unavailable ({error.name()}), retrying"
+                    self.metrics.infra_retries.labels(dependency=what).inc()
+                    logger.warning("%s unavailable (%s); retrying", what, error)
+                    deadline = time.monotonic() + backoff.next_delay()
+                    while (left := deadline - time.monotonic()) > 0:
+                        if beat:
+                            self._beat()
+                        time.sleep(min(left, 1.0))
+        finally:
+            if self.recovering != previous:
+                self.recovering = previous
 
     # --- hot reload and lag ------------------------------------------------------------------------------
 
@@ -685,33 +953,6 @@ class StreamScorer:
         if self.on_swap is not None:
             self.on_swap()
         logger.info("models swapped between batches: %s -> %s", before, serving.versions())
-
-    def _measure_lag(self) -> None:
-        if not self._assigned:
-            return
-        tps = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
-        try:
-            positions = self.consumer.position(tps)
-        except KafkaException:
-            return
-        now = time.time()
-        for tp in positions:
-            try:
-                _, high = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=1.0)
-            except KafkaException:
-                continue
-            if tp.offset == OFFSET_INVALID or tp.offset < 0:
-                continue
-            # With transactional producers upstream the high watermark counts commit markers too: a
-            # caught-up consumer can sit one offset below it.
-            lag = max(high - tp.offset, 0)
-            last = self._last_ts.get((tp.topic, tp.partition))
-            seconds = 0.0 if lag <= 1 or last is None else max(now - last, 0.0)
-            self._lag_labels.add((tp.topic, tp.partition))
-            self.metrics.lag_offsets.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
-            self.metrics.lag_seconds.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                seconds if math.isfinite(seconds) else 0.0
-            )
 
 
 _TRANSIENT = {
