@@ -2,11 +2,12 @@
 
 Steps: local stack up → history backfill → offline features (batch) → Feast apply → materialize the online
 store → train and register the champion (`v1`) and the challenger (`v1_lite`) → start the feature processor,
-the scorer, the API and the monitor as child processes, wait for their `/healthz` → live traffic with a small share
-of defective records (and drift, with `--drift`) → wait until every record has an outcome and the monitor has
-judged the traffic's drift windows and counted its matured transactions → summary (events, scores per variant and
-version, shadow scores, dead letters by reason, latency, lag, then the monitor's drift and A/B tables as
-`streamscore report` prints them) → stop what was started unless `--keep`.
+the scorer, the API and the monitor under a supervisor that restarts one that exits, wait for their `/healthz`
+→ live traffic with a small share of defective records (and drift, with `--drift`) → wait until every record
+has an outcome and the monitor has judged the traffic's drift windows and counted its matured transactions →
+summary (events, scores per variant and version, shadow scores, dead letters by reason, latency, lag, service
+restarts, then the monitor's drift and A/B tables as `streamscore report` prints them) → stop what was started
+unless `--keep` (then the supervisor goes on restarting a service that exits).
 
 Everything lives in one data folder (`--data-dir`, default `data/demo`), apart from the project's own
 `data/history`, `data/features`, `data/mlflow`: history, offline sources, Feast registry, MLflow store and
@@ -591,7 +592,7 @@ class Demo:
         }
         self.services.ensure_free([spec for spec, _ in checks])
         self.drop_earlier_monitors()
-        records = {spec.name: self.services.start(spec, env) for spec, _ in checks}
+        records = self.services.start([spec for spec, _ in checks], env)
         pids = ", ".join(f"{name} pid {record.pid}" for name, record in records.items())
         with self.out.status(f"starting {pids}; waiting for /healthz") as status:
 
@@ -845,8 +846,10 @@ class Demo:
 
     def print_kept(self) -> None:
         running = self.services.running()
+        restarts = self.services.restarts()
         lines = [
             f"  {name}: pid {r.pid} · http://127.0.0.1:{r.port}/metrics · /healthz · log {r.log}"
+            + (f" · restarted {restarts[name]}×" if restarts.get(name) else "")
             for name, r in running.items()
         ]
         self.out.print("[bold]--keep[/]: still running", highlight=False)
@@ -855,10 +858,18 @@ class Demo:
         self.out.print(
             f"  local stack: Kafka {self.kafka.bootstrap_servers}, Redis 127.0.0.1:{self.redis.port}", highlight=False
         )
-        pids = " ".join(str(r.pid) for r in running.values())
+        supervisor = self.services.supervisor
+        if supervisor is None:
+            return
         self.out.print(
-            f"stop them with [bold]kill {pids}[/] (or the next [bold]streamscore demo[/]) and "
-            "[bold]streamscore infra down[/]",
+            f"  supervisor: pid {supervisor.pid}, restarts a service that exits (backoff up to "
+            f"{self.services.policy.max_s:.0f} s) · log {supervisor.log} · restart counts "
+            f"{self.services.status_path}",
+            highlight=False,
+        )
+        self.out.print(
+            f"stop them with [bold]kill {supervisor.pid}[/] (the supervisor stops the services; killing a service "
+            "only restarts it), or the next [bold]streamscore demo[/]; then [bold]streamscore infra down[/]",
             highlight=False,
         )
 
@@ -894,6 +905,11 @@ class Demo:
                 f"{lag.total_lag:,} records, {lag.max_lag_seconds:.1f} s (group {lag.group}, {lag.state}, "
                 f"{lag.members} member{'s' if lag.members != 1 else ''})",
             )
+        restarts = {name: count for name, count in self.services.restarts().items() if count}
+        if restarts:
+            events.add_row(
+                "[yellow]service restarts[/]", ", ".join(f"{name} {count}×" for name, count in restarts.items())
+            )
         processed, skipped = figures.get("features_processed"), figures.get("features_skipped")
         if processed is not None:
             late = " (started before its table was rebuilt)" if self.features_late else ""
@@ -927,7 +943,11 @@ def demo(
     ),
     data_dir: Path = typer.Option(DEFAULT_DATA_DIR, help="Folder of everything the demo writes."),
     fresh: bool = typer.Option(False, "--fresh", help="Redo every step (history, features, models)."),
-    keep: bool = typer.Option(False, "--keep", help="Leave the services and the local stack running."),
+    keep: bool = typer.Option(
+        False,
+        "--keep",
+        help="Leave the services (with their supervisor, which restarts one that exits) and the local stack running.",
+    ),
     start_timeout: float = typer.Option(
         120.0,
         help="Seconds the services may take to become ready; the feature processor may then still be rebuilding "

@@ -1,6 +1,8 @@
-"""The services `streamscore demo` runs as child processes (the feature processor, the scorer): started with their
-logs in files, health-checked over HTTP, stopped by process id. Process records go to a state file, so a later
-demo stops what an earlier `--keep` left running instead of colliding with it on the ports."""
+"""The services `streamscore demo` runs (the feature processor, the scorer, the API, the monitor): started under a
+detached supervisor (`streamscore_cli.supervise`) that restarts one that exits, their logs in files, health-checked
+over HTTP, stopped through the supervisor. The supervisor's process record goes to a state file and the services'
+current pids and restart counts to the supervisor's status file, so a later demo stops what an earlier `--keep`
+left running instead of colliding with it on the ports."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any, Literal
 from streamscore.errors import StreamscoreError
 from streamscore.infra.process import ProcessRecord, StateFile, is_running, spawn, stop, tail
 from streamscore.infra.settings import PROJECT_ROOT
+from streamscore_cli.supervise import MARKER, ChildStatus, Plan, Program, RestartPolicy, read_status
 
 Health = Literal["down", "healthy", "ready"]
 """down: no 200 from `/healthz`; healthy: 200 but still preparing (see Readiness); ready: ready for traffic."""
@@ -48,6 +51,8 @@ class ServiceSpec:
     port: int
     port_variable: str
     """The setting that moves the port (named when the port is taken)."""
+    args: tuple[str, ...] = ()
+    """Arguments after `python -m <module>`."""
 
     @property
     def base_url(self) -> str:
@@ -70,17 +75,39 @@ def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, str]:
 
 
 class Services:
-    """The demo's child processes and their state file."""
+    """The demo's services under their supervisor, and the files that find them again."""
 
-    def __init__(self, state_path: Path, log_dir: Path) -> None:
+    SUPERVISOR = "supervisor"
+    STOP_TIMEOUT_S = 40.0
+    """How long the supervisor may take to stop: it gives its services 25 s together before SIGKILL."""
+
+    def __init__(self, state_path: Path, log_dir: Path, policy: RestartPolicy | None = None) -> None:
         self.state = StateFile(state_path)
         self.log_dir = log_dir
-        self.records: dict[str, ProcessRecord] = {}
+        self.plan_path = state_path.with_name(state_path.stem + ".plan.json")
+        self.status_path = state_path.with_name(state_path.stem + ".status.json")
+        self.policy = policy or RestartPolicy()
+        self.supervisor: ProcessRecord | None = None
+
+    @property
+    def records(self) -> dict[str, ProcessRecord]:
+        """Each service's current process, as the supervisor last wrote it."""
+        return {name: _record(status) for name, status in read_status(self.status_path).items()}
+
+    def statuses(self) -> dict[str, ChildStatus]:
+        return read_status(self.status_path)
+
+    def restarts(self) -> dict[str, int]:
+        """Restarts per service since the supervisor started it (also after it stopped)."""
+        return {name: status.restarts for name, status in read_status(self.status_path).items()}
 
     def stop_leftovers(self) -> list[ProcessRecord]:
-        """Stop what an earlier demo left running (`--keep`), checked by pid and command line."""
-        stopped = [record for record in self.state.load().values() if stop(record, timeout_s=30.0)]
+        """Stop what an earlier demo left running (`--keep`), checked by pid and command line: its supervisor
+        first (it stops its services), then any service a supervisor killed outright left behind."""
+        stopped = [record for record in self.state.load().values() if stop(record, timeout_s=self.STOP_TIMEOUT_S)]
+        stopped += [record for record in self.records.values() if stop(record, timeout_s=30.0)]
         self.state.save({})
+        self.status_path.unlink(missing_ok=True)
         return stopped
 
     def log_path(self, name: str) -> Path:
@@ -95,27 +122,66 @@ class Services:
                     f"port {spec.port} is already in use; stop what listens there or set {spec.port_variable}",
                 )
 
-    def start(self, spec: ServiceSpec, env: Mapping[str, str]) -> ProcessRecord:
-        log = self.log_path(spec.name)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as handle:
-            handle.write(f"\n===== streamscore demo: {spec.name} started {time.strftime('%F %T')} =====\n".encode())
-        argv = [sys.executable, "-m", spec.module]
-        record = spawn(spec.name, argv, log, spec.port, f"-m {spec.module}", env={**env, "PYTHONPATH": _pythonpath()})
-        self.records[spec.name] = record
-        self.state.save(self.records)
-        return record
+    def start(
+        self, specs: Sequence[ServiceSpec], env: Mapping[str, str], timeout_s: float = 30.0
+    ) -> dict[str, ProcessRecord]:
+        """Start the supervisor (detached: it outlives the demo with `--keep`) with `env` for every service, and
+        return each service's first process once the supervisor has started them all."""
+        programs = [
+            Program(
+                spec.name,
+                [sys.executable, "-m", spec.module, *spec.args],
+                str(self.log_path(spec.name)),
+                spec.port,
+                f"-m {spec.module}",
+            )
+            for spec in specs
+        ]
+        self.status_path.unlink(missing_ok=True)
+        Plan(programs, str(self.status_path), self.policy).save(self.plan_path)
+        log = self.log_path(self.SUPERVISOR)
+        argv = [sys.executable, "-m", "streamscore_cli.supervise", str(self.plan_path)]
+        self.supervisor = spawn(self.SUPERVISOR, argv, log, 0, MARKER, env={**env, "PYTHONPATH": _pythonpath()})
+        self.state.save({self.SUPERVISOR: self.supervisor})
+        deadline = time.monotonic() + timeout_s
+        while len(records := self.records) < len(specs):
+            if self.supervisor_exited() or time.monotonic() > deadline:
+                raise DemoStepError(
+                    "starting the services",
+                    f"the supervisor (pid {self.supervisor.pid}) did not start them",
+                    log,
+                    tail(log, 25),
+                )
+            time.sleep(0.05)
+        return records
+
+    def supervisor_exited(self) -> bool:
+        """Whether the supervisor this demo started has exited. Asked of the kernel as its parent: right after a
+        spawn, /proc/<pid>/cmdline is briefly empty (the exec is still under way), so `is_running` can say no."""
+        if self.supervisor is None:
+            return True
+        try:
+            pid, _ = os.waitpid(self.supervisor.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped already
+            return True
+        return pid != 0
 
     def probe(self, spec: ServiceSpec, ready: Readiness) -> tuple[Health, str]:
         """The service's state and what its `/healthz` said. A process that has exited raises DemoStepError with
         its log's last lines."""
-        record = self.records[spec.name]
-        if not is_running(record):
+        if self.supervisor_exited():
+            log = self.log_path(self.SUPERVISOR)
+            raise DemoStepError(f"starting the {spec.name}", "the supervisor exited", log, tail(log, 25))
+        child = self.statuses()[spec.name]
+        if child.restarts or child.state != "running":
+            # The supervisor noticed an exit (it polls every 0.2 s) and restarts the service (with --keep it goes
+            # on doing so); a demo that is starting stops here.
+            code = "" if child.last_exit is None else f", exit code {child.last_exit}"
             raise DemoStepError(
                 f"starting the {spec.name}",
-                f"the process (pid {record.pid}) exited during start-up",
-                record.log,
-                tail(record.log, 25),
+                f"the process (pid {child.pid}) exited during start-up{code}",
+                child.log,
+                tail(child.log, 25),
             )
         try:
             status, body = http_get(f"{spec.base_url}/healthz")
@@ -186,11 +252,19 @@ class Services:
         return {name: record for name, record in self.records.items() if is_running(record)}
 
     def stop_all(self) -> list[str]:
-        """SIGTERM each child by pid and wait for it (SIGKILL after 30 s), newest first."""
-        stopped = [name for name, record in reversed(self.records.items()) if stop(record, timeout_s=30.0)]
-        self.records.clear()
+        """SIGTERM the supervisor, which stops every service (SIGKILL after 25 s) and then itself; returns the
+        services that were running. The status file stays (restart counts for the summary)."""
+        running = list(self.running())
+        if self.supervisor is not None:
+            stop(self.supervisor, timeout_s=self.STOP_TIMEOUT_S)
+        for record in self.running().values():  # only if the supervisor could not stop them
+            stop(record, timeout_s=30.0)
         self.state.save({})
-        return stopped
+        return running
+
+
+def _record(status: ChildStatus) -> ProcessRecord:
+    return ProcessRecord(status.name, status.pid, status.port, status.marker, status.log, status.started_at)
 
 
 def _pythonpath() -> str:
