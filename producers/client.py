@@ -7,8 +7,11 @@
     # leaving the block flushes and raises DeliveryError if any event was not delivered
 
 Every event is validated against its contract before it is sent (a ValidationError names the field),
-keyed by `account_id`, and sent with the standard headers. The producer is idempotent (acks=all, no
-duplicates on retry, ordered per partition) and uses the murmur2 partitioner like the Java client.
+keyed by `account_id`, and sent with the standard headers. A transaction's event time must also be inside the
+receivers' window around the clock (`window`, default the receivers' defaults: 5 minutes ahead, 7 days behind; see
+docs/contracts.md): what the scorer would dead-letter is refused here, before it is sent. The producer is
+idempotent (acks=all, no duplicates on retry, ordered per partition) and uses the murmur2 partitioner like the Java
+client.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from streamscore.contracts import Contract, Label, Transaction, headers_for
+from streamscore.contracts import DEFAULT_WINDOW, Contract, EventTimeWindow, Label, Transaction, headers_for
 from streamscore.errors import DeliveryError
 from streamscore.kafka import producer_config
 from streamscore.settings import KafkaSettings
@@ -56,7 +59,11 @@ class EventProducer:
         client_id: str = "producer",
         linger_ms: int = 10,
         extra_config: Mapping[str, Any] | None = None,
+        window: EventTimeWindow | None = DEFAULT_WINDOW,
     ) -> None:
+        self.window = window
+        """The receivers' event-time window (their CONTRACT_… settings); None sends any time the contract's
+        absolute bounds allow (replaying old events on purpose, which the receivers will dead-letter)."""
         config = producer_config(kafka, client_id, linger_ms=linger_ms)
         config.update(extra_config or {})
         self._producer = Producer(config)
@@ -66,7 +73,9 @@ class EventProducer:
     def send_transaction(
         self, event: Transaction | Mapping[str, Any], *, traceparent: str | None = None
     ) -> Transaction:
-        tx = event if isinstance(event, Transaction) else Transaction.model_validate(dict(event), strict=False)
+        data = event.model_dump() if isinstance(event, Transaction) else dict(event)
+        context = None if self.window is None else self.window.at()
+        tx = Transaction.model_validate(data, strict=False, context=context)
         self._send(self.topics.transactions.name, tx.account_id, tx, traceparent)
         return tx
 

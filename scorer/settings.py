@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from feature_repo.settings import FeastSettings
 from streamscore.lag import DEFAULT_SCORER_GROUP
 from streamscore.registry import RegistrySettings
-from streamscore.settings import KafkaSettings, TopicSettings
+from streamscore.settings import ContractSettings, KafkaSettings, TopicSettings
 
 DEFAULT_GROUP = DEFAULT_SCORER_GROUP
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -147,6 +147,7 @@ class ScorerSettings(BaseSettings):
     without a commit."""
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
+    contract: ContractSettings = Field(default_factory=ContractSettings)
     feast: FeastSettings = Field(default_factory=FeastSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
 

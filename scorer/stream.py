@@ -597,12 +597,13 @@ class StreamScorer:
         request_messages: list[Message] = []
         letters: list[DeadLetterRecord] = []
         max_bytes = self.settings.max_message_bytes
+        window = self.settings.contract.window()
         # (topic, partition, record timestamp in s) of every record, read once: end-to-end latency and lag use it.
         timestamps = [(m.topic() or "", m.partition() or 0, m.timestamp()[1] / 1000.0) for m in batch]
         for message, (_, _, timestamp_s) in zip(batch, timestamps, strict=True):
             headers = message.headers()
             try:
-                tx = decode_transaction(message.key(), message.value(), headers, max_bytes=max_bytes)
+                tx = decode_transaction(message.key(), message.value(), headers, max_bytes=max_bytes, window=window)
             except EventError as exc:
                 letters.append(self._letter(_record(message), exc.reason, exc.detail, "decode"))
                 continue

@@ -168,7 +168,8 @@ def create_app(
         app=app, table=table, batcher=batcher, metrics=metrics, settings=settings, letters=letters
     )
     batcher.on_give_up = processor.give_up
-    install(app, topic, Edge(app, table, batcher, metrics, letters, processor.give_up))
+    window = settings.contract.window()
+    install(app, topic, Edge(app, table, batcher, metrics, letters, processor.give_up, window=window))
     _add_timers(processor)
     _add_pages(processor)
     log.info(

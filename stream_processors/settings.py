@@ -6,7 +6,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feature_repo.settings import FeastSettings
-from streamscore.settings import KafkaSettings, TopicSettings
+from streamscore.settings import ContractSettings, KafkaSettings, TopicSettings
 
 STORES = ("memory://", "rocksdb://", "rocksdict://")
 
@@ -55,6 +55,7 @@ class StreamProcessorSettings(BaseSettings):
     """Faust logs an error when one event takes longer than this (e.g. waiting for room while Redis is down)."""
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
+    contract: ContractSettings = Field(default_factory=ContractSettings)
     feast: FeastSettings = Field(default_factory=FeastSettings)
 
     @field_validator("store")

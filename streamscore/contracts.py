@@ -4,6 +4,17 @@ Every event carries `schema_version`. Validation is strict: unknown fields are r
 finite, amounts and scores are bounded, currencies are ISO-4217, countries ISO-3166 alpha-2, and event
 times must carry a timezone. `decode_transaction` maps every defect to one reason of the fixed
 `DeadLetterReason` list so a stream can dead-letter it with a precise cause.
+
+One contract, one verdict: the model, the exported JSON Schema, the stream's `decode_transaction` and the API's
+parsing (`validate_transaction`) accept and refuse the same bytes (a property-based test holds them equal). Hence
+ASCII classes (`[0-9]`, never `\\d`, which Python's and Rust's regex engines extend to every Unicode digit), event
+times in one RFC 3339 form both pydantic and a JSON Schema `date-time` accept, integer schema versions, and no
+repeated keys.
+
+A transaction's event time must also lie in a window around the clock of whoever receives it (`EventTimeWindow`:
+`CONTRACT_EVENT_TIME_MAX_AHEAD_S` / `..._MAX_BEHIND_S`), applied through pydantic's validation context by the
+receiving points (the scorer, the feature processor, the API, the producer client); building a model offline (the
+history, training, the bench) passes no context and keeps the absolute bounds only.
 """
 
 from __future__ import annotations
@@ -12,11 +23,13 @@ import hashlib
 import json
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cache
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import orjson
 import pycountry
@@ -24,10 +37,13 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
 )
+from pydantic_core import PydanticCustomError
 
 from streamscore.errors import EventError
 
@@ -39,6 +55,18 @@ MAX_MESSAGE_BYTES = 64 * 1024
 DEAD_LETTER_MESSAGE_LIMIT = 1024
 """Dead-letter reason messages are capped at this many UTF-8 bytes."""
 EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+"""Absolute lower bound of every event time (its year as written)."""
+LATEST_EVENT_YEAR = 2199
+"""Absolute upper bound of every event time's year as written: far inside pandas' nanosecond range (which ends in
+2262), so an event some offline path accepts without a clock still converts for Feast (issue 12: one event dated
+9999 wedged the feature processor with `OutOfBoundsDatetime`)."""
+EVENT_TIME_MAX_AHEAD_S = 300.0
+"""Default of how far a transaction's event time may be ahead of the receiving clock: clock skew between a
+terminal or payment switch and us (NTP keeps servers within milliseconds; card terminals drift by minutes)."""
+EVENT_TIME_MAX_BEHIND_S = 7 * 86400.0
+"""Default of how far a transaction's event time may be behind the receiving clock: Kafka's default retention, so
+a consumer catching up after an outage never refuses what the topic can still hold, and store-and-forward
+(offline) card payments, presented within days, still pass."""
 
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -59,6 +87,9 @@ class Header:
 
 
 # --- field types ---------------------------------------------------------------------------------
+# Patterns use ASCII classes only and `$` only after a class that excludes a line break: Python's `re` (the
+# `jsonschema` library), Rust's `regex` (pydantic, jsonschema-rs) and ECMA-262 (JSON Schema's own dialect) then
+# agree on every string.
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 Identifier = Annotated[str, Field(pattern=_ID_PATTERN, description="1-64 characters: letters, digits, _ . : -")]
@@ -86,12 +117,102 @@ def _check_country(code: str) -> str:
     return code
 
 
-def _check_event_time(value: datetime) -> datetime:
-    # The year as written (in the event's own offset), so the JSON Schema pattern `^[2-9][0-9]{3}-` states
-    # exactly the same rule: 2000-01-01T00:00+03:00 is accepted by both.
-    if value.year < EARLIEST_EVENT_TIME.year:
-        raise ValueError(f"event time {value.isoformat()} is before {EARLIEST_EVENT_TIME.date()}")
+_TIME_OF_DAY = r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+_DATE = r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+_EVENT_TIME_TEXT = re.compile(r"^[0-9]{4}" + _DATE + _TIME_OF_DAY)
+"""The one accepted spelling of a time: RFC 3339 (a JSON Schema `date-time`) with an upper-case `T` and `Z`, seconds,
+at most microseconds and a `±hh:mm` offset — the forms pydantic also parses, so both accept the same strings (pydantic
+alone would take a space for `T`, `+0100`, missing seconds or a comma; RFC 3339 alone a leap second `:60`)."""
+EVENT_TIME_PATTERN = r"^(20|21)[0-9]{2}" + _DATE + _TIME_OF_DAY
+"""`_EVENT_TIME_TEXT` with the absolute year bounds, as the JSON Schema states them."""
+WINDOW_KEYWORD = "x-streamscore-event-time-window"
+"""JSON Schema extension keyword of `Transaction.event_time`: the window around the receiving clock."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventTimeWindow:
+    """How far a received transaction's event time may be ahead of and behind the receiving clock."""
+
+    max_ahead_s: float = EVENT_TIME_MAX_AHEAD_S
+    max_behind_s: float = EVENT_TIME_MAX_BEHIND_S
+
+    def at(self, now_s: float | None = None) -> Received:
+        """The validation context of an event received at `now_s` (epoch seconds; default: now)."""
+        now = time.time() if now_s is None else now_s
+        return Received(now - self.max_behind_s, now + self.max_ahead_s)
+
+
+DEFAULT_WINDOW = EventTimeWindow()
+
+
+class Received(NamedTuple):
+    """Pydantic validation context of a received transaction: the bounds of its event time (epoch seconds). A named
+    tuple: one is made per transaction received, and it is the cheapest to make."""
+
+    earliest_s: float
+    latest_s: float
+
+
+_YEARS = (f"{EARLIEST_EVENT_TIME.year:04d}", f"{LATEST_EVENT_YEAR:04d}")
+
+
+def _event_time(value: object, info: ValidationInfo) -> datetime:
+    """Every check of an event time in one call (this runs once per transaction received): the spelling, the
+    absolute years, and, when the validation context says when it was received (`Received`), the window."""
+    if isinstance(value, str):
+        # The year as written (in the event's own offset), as the JSON Schema pattern states it.
+        if not _EVENT_TIME_TEXT.match(value):
+            raise PydanticCustomError(
+                "event_time_format",
+                "a time must be a string YYYY-MM-DDThh:mm:ss[.ffffff] with Z or ±hh:mm (RFC 3339)",
+            )
+        if not _YEARS[0] <= value[:4] <= _YEARS[1]:
+            raise _outside_years(value)
+        try:
+            # For the spelling above, the standard library's parser gives pydantic's datetime (a test holds it),
+            # at a fraction of the cost; the datetime then passes pydantic's own (strict) check as it is.
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:  # a day the month does not have
+            raise PydanticCustomError("datetime_from_date_parsing", "{problem}", {"problem": str(exc)}) from None
+    elif isinstance(value, datetime):
+        parsed = value
+        if parsed.tzinfo is not None and not EARLIEST_EVENT_TIME.year <= parsed.year <= LATEST_EVENT_YEAR:
+            raise _outside_years(parsed.isoformat())
+    else:
+        raise PydanticCustomError("datetime_type", "a time must be a string (RFC 3339)")
+    bounds = info.context
+    if type(bounds) is Received and parsed.tzinfo is not None:
+        at = parsed.timestamp()
+        if not bounds.earliest_s <= at <= bounds.latest_s:
+            raise PydanticCustomError(
+                "event_time_out_of_window",
+                "event time {time} is outside the window of {earliest} to {latest} around the receiving clock "
+                "(CONTRACT_EVENT_TIME_MAX_AHEAD_S / CONTRACT_EVENT_TIME_MAX_BEHIND_S)",
+                {"time": parsed.isoformat(), "earliest": _iso(bounds.earliest_s), "latest": _iso(bounds.latest_s)},
+            )
+    return parsed
+
+
+def _outside_years(written: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "event_time_out_of_window",
+        "event time {time} is outside the years {first}-{last}",
+        {"time": written, "first": EARLIEST_EVENT_TIME.year, "last": LATEST_EVENT_YEAR},
+    )
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds")
+
+
+def _integer(value: object) -> object:
+    # JSON `1.0` and `true` equal 1 in Python, so Literal[1] alone accepts them; a version is written as an integer.
+    if type(value) is not int:
+        raise PydanticCustomError("schema_version_type", "schema_version must be an integer")
     return value
+
+
+SchemaVersion = Annotated[Literal[1], BeforeValidator(_integer)]
 
 
 Currency = Annotated[
@@ -116,9 +237,28 @@ Country = Annotated[
 ]
 EventTime = Annotated[
     AwareDatetime,
-    AfterValidator(_check_event_time),
-    # JSON Schema cannot bound a date-time; the pattern states the year >= 2000 rule for external validators.
-    Field(json_schema_extra={"pattern": r"^[2-9][0-9]{3}-"}),
+    BeforeValidator(_event_time),
+    # JSON Schema cannot bound a date-time; the pattern states the spelling and the absolute year bounds.
+    Field(json_schema_extra={"pattern": EVENT_TIME_PATTERN}),
+]
+"""An event time; with a `Received` validation context (only `Transaction.event_time` gets one: the receiving points
+pass it) also inside the window around the receiving clock."""
+ReceivedEventTime = Annotated[
+    EventTime,
+    Field(
+        description="When the payment happened. A receiver refuses a time more than "
+        f"{WINDOW_KEYWORD}.max_ahead_s ahead of its clock or max_behind_s behind it (dead letter "
+        "`event_time_out_of_window`); JSON Schema cannot say 'relative to now', so external producers check it "
+        "themselves (docs/contracts.md).",
+        json_schema_extra={
+            WINDOW_KEYWORD: {
+                "relative_to": "the receiver's clock",
+                "max_ahead_s": EVENT_TIME_MAX_AHEAD_S,
+                "max_behind_s": EVENT_TIME_MAX_BEHIND_S,
+                "settings": ["CONTRACT_EVENT_TIME_MAX_AHEAD_S", "CONTRACT_EVENT_TIME_MAX_BEHIND_S"],
+            }
+        },
+    ),
 ]
 Amount = Annotated[float, Field(gt=0.0, le=MAX_AMOUNT, description="Amount in `currency`, > 0")]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -150,23 +290,23 @@ CHANNELS: tuple[Channel, ...] = ("pos", "ecommerce", "contactless")
 class Transaction(Contract):
     """A card payment, keyed by `account_id` on the `transactions` topic."""
 
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     event_id: Identifier
     account_id: Identifier
     merchant_id: Identifier
-    merchant_category: Annotated[str, Field(pattern=r"^\d{4}$", description="ISO-18245 merchant category code")]
+    merchant_category: Annotated[str, Field(pattern=r"^[0-9]{4}$", description="ISO-18245 merchant category code")]
     amount: Amount
     currency: Currency
     country: Country
     channel: Channel
     device_id: Identifier | None = None
-    event_time: EventTime
+    event_time: ReceivedEventTime
 
 
 class Label(Contract):
     """The outcome of a transaction, known only after a maturity delay; keyed by `account_id`."""
 
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     event_id: Identifier
     account_id: Identifier
     is_fraud: bool
@@ -185,7 +325,7 @@ ScoreSource = Literal["stream", "api"]
 class Score(Contract):
     """One model's verdict on one transaction, keyed by `account_id` on `scores` / `scores.shadow`."""
 
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     event_id: Identifier
     account_id: Identifier
     score: Probability
@@ -287,6 +427,7 @@ class DeadLetterReason(StrEnum):
     OUT_OF_RANGE = "out_of_range"
     INVALID_CODE = "invalid_code"
     INVALID_TIMESTAMP = "invalid_timestamp"
+    EVENT_TIME_OUT_OF_WINDOW = "event_time_out_of_window"
     MISSING_KEY = "missing_key"
     KEY_MISMATCH = "key_mismatch"
     OVERSIZE = "oversize"
@@ -369,12 +510,14 @@ def _classify(error: ValidationError) -> DeadLetterReason:
     types = {d["type"] for d in details}
     if "json_invalid" in types:
         return DeadLetterReason.NOT_JSON
-    if any(d["loc"][:1] == ("schema_version",) and d["type"] == "literal_error" for d in details):
+    if any(d["loc"][:1] == ("schema_version",) for d in details):
         return DeadLetterReason.UNKNOWN_SCHEMA_VERSION
     if "finite_number" in types:
         return DeadLetterReason.NON_FINITE_NUMBER
     if types & _RANGE_ERRORS:
         return DeadLetterReason.OUT_OF_RANGE
+    if "event_time_out_of_window" in types:
+        return DeadLetterReason.EVENT_TIME_OUT_OF_WINDOW
     if "timezone_aware" in types or any(d["loc"][:1] == ("event_time",) for d in details):
         return DeadLetterReason.INVALID_TIMESTAMP
     if any(d["type"] == "value_error" and d["loc"][:1] in {("currency",), ("country",)} for d in details):
@@ -400,34 +543,111 @@ def header_value(headers: HeadersIn | None, name: str) -> bytes | None:
     return None
 
 
+_JSON = CONTENT_TYPE_JSON.encode()
+
+
+def check_content_type(content_type: bytes | None) -> None:
+    """EventError `unsupported_content_type` unless `content_type` (a Kafka header or an HTTP header, raw) is absent
+    or `application/json`, with or without parameters, in any case (media types are case-insensitive)."""
+    if content_type is not None and content_type.split(b";", 1)[0].strip().lower() != _JSON:
+        raise EventError(
+            DeadLetterReason.UNSUPPORTED_CONTENT_TYPE,
+            f"content-type {content_type[:100]!r} is not {CONTENT_TYPE_JSON}",
+        )
+
+
+def _refuse_duplicate(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        repeated = next(name for name in names if names.count(name) > 1)
+        raise EventError(DeadLetterReason.SCHEMA_INVALID, f"{repeated}: the key appears more than once")
+    return dict(pairs)
+
+
+def _fewest_commas(value: object) -> int:
+    """The commas the JSON of validated `value` has at the least: one between two members or items."""
+    if isinstance(value, BaseModel):
+        fields = value.model_fields_set
+        return max(len(fields) - 1, 0) + sum(_fewest_commas(getattr(value, name)) for name in fields)
+    if isinstance(value, Mapping):
+        return max(len(value) - 1, 0) + sum(_fewest_commas(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return max(len(value) - 1, 0) + sum(_fewest_commas(item) for item in value)
+    return 0
+
+
+def reject_duplicate_keys(text: str | bytes, parsed: BaseModel, commas: int | None = None) -> None:
+    """EventError `schema_invalid` when the JSON `text`, which validated as `parsed`, repeats a key in an object.
+
+    pydantic (like every JSON parser here) keeps the last of repeated keys, so a body with `account_id` twice would
+    be scored as the second. Parsing again to find repeats costs more than the validation itself; instead: a JSON
+    value whose objects have no repeated key has exactly `_fewest_commas(parsed)` separating commas (each member of
+    each object is a distinct field of the model, `extra="forbid"`), a repeat adds at least one more, and so does a
+    comma inside a string. Only text with more commas than that (never a valid transaction: its strings hold no
+    comma) is parsed again, with the standard library's hook, to tell the two apart. `commas`: the count when the
+    caller knows it (a flat model: its fields set, less one)."""
+    expected = _fewest_commas(parsed) if commas is None else commas
+    if text.count("," if isinstance(text, str) else b",") <= expected:
+        return
+    try:
+        json.loads(text, object_pairs_hook=_refuse_duplicate)
+    except ValueError as exc:  # pydantic parsed it, so this does not happen; refuse rather than trust it
+        raise EventError(DeadLetterReason.NOT_JSON, f"value is not JSON: {exc}") from None
+
+
+def validate_transaction(
+    value: bytes,
+    content_type: bytes | None = None,
+    *,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+    window: EventTimeWindow | None = DEFAULT_WINDOW,
+    now_s: float | None = None,
+) -> Transaction:
+    """Validate one received transaction's bytes (the value of a Kafka record or the body of an HTTP request) with
+    its content type, raising EventError with a DeadLetterReason; the one check behind both transports.
+
+    `window`: the event time's window around the receiving clock (`now_s`, default: now); None only for offline
+    data (the history, tests of the generator), which keeps the absolute bounds."""
+    if len(value) > max_bytes:
+        raise EventError(DeadLetterReason.OVERSIZE, f"payload of {len(value)} bytes exceeds {max_bytes}")
+    check_content_type(content_type)
+    return _validate(value, window, now_s)
+
+
+def _validate(value: bytes, window: EventTimeWindow | None, now_s: float | None) -> Transaction:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventError(DeadLetterReason.NOT_UTF8, f"value is not UTF-8: {exc}") from None
+    try:
+        event = Transaction.model_validate_json(text, context=None if window is None else window.at(now_s))
+    except ValidationError as exc:
+        raise EventError(_classify(exc), describe(exc)) from None
+    # A transaction is flat: every member is one of its fields set.
+    reject_duplicate_keys(text, event, len(event.model_fields_set) - 1)
+    return event
+
+
 def decode_transaction(
     key: bytes | None,
     value: bytes | None,
     headers: HeadersIn | None = None,
     *,
     max_bytes: int = MAX_MESSAGE_BYTES,
+    window: EventTimeWindow | None = DEFAULT_WINDOW,
+    now_s: float | None = None,
 ) -> Transaction:
-    """Decode and validate one `transactions` record, raising EventError with a DeadLetterReason."""
+    """Decode and validate one `transactions` record, raising EventError with a DeadLetterReason.
+
+    `window` as in `validate_transaction`: a receiving service passes its configured one (ContractSettings)."""
     if value is None:
         raise EventError(DeadLetterReason.SCHEMA_INVALID, "the record has no value (tombstone)")
     if len(value) > max_bytes:
         raise EventError(DeadLetterReason.OVERSIZE, f"payload of {len(value)} bytes exceeds {max_bytes}")
-    content_type = header_value(headers, Header.CONTENT_TYPE)
-    if content_type is not None and content_type.split(b";")[0].strip() != CONTENT_TYPE_JSON.encode():
-        raise EventError(
-            DeadLetterReason.UNSUPPORTED_CONTENT_TYPE,
-            f"content-type {content_type[:100]!r} is not {CONTENT_TYPE_JSON}",
-        )
+    check_content_type(header_value(headers, Header.CONTENT_TYPE))
     if not key:
         raise EventError(DeadLetterReason.MISSING_KEY, "the record has no key; the key must be the account_id")
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EventError(DeadLetterReason.NOT_UTF8, f"value is not UTF-8: {exc}") from None
-    try:
-        event = Transaction.model_validate_json(text)
-    except ValidationError as exc:
-        raise EventError(_classify(exc), describe(exc)) from None
+    event = _validate(value, window, now_s)
     if event.account_id.encode() != key:
         raise EventError(
             DeadLetterReason.KEY_MISMATCH,
@@ -437,11 +657,14 @@ def decode_transaction(
 
 
 def parse_event(model: type[ContractT], value: bytes) -> ContractT:
-    """Decode a trusted event of a known type (labels, scores) — raises EventError on any defect."""
+    """Decode a trusted event of a known type (labels, scores) — raises EventError on any defect. No event-time
+    window: these events' times were checked when their transaction was received."""
     try:
-        return model.model_validate_json(value)
+        event = model.model_validate_json(value)
     except ValidationError as exc:
         raise EventError(_classify(exc), describe(exc)) from None
+    reject_duplicate_keys(value, event)
+    return event
 
 
 def headers_for(event: Contract, traceparent: str | None = None, **extra: str) -> Headers:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamscore.contracts import EVENT_TIME_MAX_AHEAD_S, EVENT_TIME_MAX_BEHIND_S, EventTimeWindow
 from streamscore.topics import TopicRegistry
 
 
@@ -82,3 +83,21 @@ class RedisSettings(BaseSettings):
         if self.password:
             text += f",password={self.password.get_secret_value()}"
         return text
+
+
+class ContractSettings(BaseSettings):
+    """What the receivers of transactions accept (`CONTRACT_…`): one block that the scorer, the API (through the
+    scorer's settings) and the feature processor all read, so they apply the same event-time window."""
+
+    model_config = SettingsConfigDict(env_prefix="CONTRACT_", extra="forbid", use_attribute_docstrings=True)
+
+    event_time_max_ahead_s: float = Field(default=EVENT_TIME_MAX_AHEAD_S, ge=0.0, le=3600.0)
+    """How far a transaction's event time may be ahead of the receiving clock (clock skew between a terminal or
+    switch and us; at most an hour); a later one is dead-lettered as `event_time_out_of_window` (the API answers
+    422). The feature processor's state refuses anything a day ahead regardless (streamscore.features)."""
+    event_time_max_behind_s: float = Field(default=EVENT_TIME_MAX_BEHIND_S, gt=0.0, le=366 * 86400.0)
+    """How far it may be behind the receiving clock (default 7 days: Kafka's default retention, so a consumer
+    catching up after an outage accepts all the topic still holds); an older one is dead-lettered likewise."""
+
+    def window(self) -> EventTimeWindow:
+        return EventTimeWindow(self.event_time_max_ahead_s, self.event_time_max_behind_s)

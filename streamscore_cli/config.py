@@ -21,7 +21,7 @@ from scorer.settings import ScorerSettings
 from stream_processors.settings import StreamProcessorSettings
 from streamscore.infra.settings import PROJECT_ROOT, InfraSettings
 from streamscore.registry import RegistrySettings
-from streamscore.settings import KafkaSettings, RedisSettings, TopicSettings
+from streamscore.settings import ContractSettings, KafkaSettings, RedisSettings, TopicSettings
 from streamscore_cli.console import console, err_console
 from training.settings import TrainingSettings
 
@@ -31,6 +31,7 @@ SETTINGS: tuple[type[BaseSettings], ...] = (
     KafkaSettings,
     TopicSettings,
     RedisSettings,
+    ContractSettings,
     InfraSettings,
     ProducerSettings,
     TrainingSettings,

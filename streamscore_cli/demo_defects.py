@@ -29,9 +29,10 @@ DEFECT_KINDS: tuple[DeadLetterReason, ...] = (
     DeadLetterReason.INVALID_CODE,
     DeadLetterReason.OUT_OF_RANGE,
     DeadLetterReason.UNKNOWN_SCHEMA_VERSION,
+    DeadLetterReason.EVENT_TIME_OUT_OF_WINDOW,
 )
 """What the demo injects, in turn: truncated JSON, a missing field, a NaN amount, no key, an unknown currency,
-a negative amount, schema version 99."""
+a negative amount, schema version 99, an event dated 2100."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ def defective_record(n: int, kind: DeadLetterReason, now: datetime | None = None
         value = json.dumps(base).encode()
     elif kind is DeadLetterReason.UNKNOWN_SCHEMA_VERSION:
         base["schema_version"] = 99
+        value = json.dumps(base).encode()
+    elif kind is DeadLetterReason.EVENT_TIME_OUT_OF_WINDOW:
+        base["event_time"] = "2100-01-01T00:00:00Z"
         value = json.dumps(base).encode()
     else:
         raise ValueError(f"the demo does not inject {kind.value}")

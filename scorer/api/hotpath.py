@@ -20,7 +20,15 @@ from starlette.types import Receive, Scope, Send
 
 from scorer.api.limits import ClientGoneError, error_json, read_announced_body, send_json
 from scorer.api.security import KEY_HEADER, RateLimitedError, UnauthorizedError
-from streamscore.contracts import Transaction, is_traceparent, parse_event
+from streamscore.contracts import (
+    DEFAULT_WINDOW,
+    MAX_MESSAGE_BYTES,
+    DeadLetterReason,
+    EventTimeWindow,
+    Transaction,
+    is_traceparent,
+    validate_transaction,
+)
 from streamscore.errors import EventError, StreamscoreError
 
 if TYPE_CHECKING:
@@ -38,18 +46,34 @@ ScoreOne = Callable[["Runtime", Transaction, "str | None"], Awaitable["Scored"]]
 """Returns the awaitable of the request's live score (scorer.api.app.score_auto)."""
 
 
+STATUS_OF_REASON: dict[str, int] = {
+    DeadLetterReason.OVERSIZE: 413,
+    DeadLetterReason.UNSUPPORTED_CONTENT_TYPE: 415,
+}
+"""The HTTP status of a contract violation whose reason has its own (every other reason is a 422)."""
+
+
 class ApiValidationError(StreamscoreError):
     http_status = 422
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
+        self.http_status = STATUS_OF_REASON.get(reason, 422)
 
 
-def parse_transaction(body: bytes) -> Transaction:
-    """The stream's own contract check: an event the scorer would dead-letter is a 422, with the same reason."""
+def parse_transaction(
+    body: bytes,
+    content_type: bytes | None = None,
+    *,
+    window: EventTimeWindow = DEFAULT_WINDOW,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> Transaction:
+    """The stream's own contract check, on the same bytes with the same content-type rule
+    (`validate_transaction`): an event the scorer would dead-letter is refused with the same reason — 413
+    `oversize`, 415 `unsupported_content_type`, else 422. `window` and `max_bytes`: the scorer's settings."""
     try:
-        return parse_event(Transaction, body)
+        return validate_transaction(body, content_type, max_bytes=max_bytes, window=window)
     except EventError as exc:
         raise ApiValidationError(exc.reason, exc.detail) from None
 
@@ -83,26 +107,41 @@ def render_error(exc: StreamscoreError, runtime: Runtime | None) -> tuple[int, b
     return status, error_json(str(error), str(exc)), headers
 
 
-def scan_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, bytes | None]:
-    """The API key, traceparent and Content-Length of a request, in one pass over its headers (names lower-case,
-    as ASGI servers give them; the first of a repeated header counts, as in Starlette)."""
-    presented = traceparent = length = None
+def scan_headers(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[str | None, str | None, bytes | None, bytes | None]:
+    """The API key, traceparent, Content-Length and Content-Type of a request, in one pass over its headers (names
+    lower-case, as ASGI servers give them; the first of a repeated header counts, as in Starlette)."""
+    presented = traceparent = length = content_type = None
     for name, value in headers:
         if name == _KEY:
             presented = presented or value.decode("latin-1")
         elif name == b"content-length":
             length = length or value
+        elif name == b"content-type":
+            content_type = content_type or value
         elif name == b"traceparent":
             traceparent = traceparent or value.decode("latin-1")
-    return presented, traceparent, length
+    return presented, traceparent, length, content_type
 
 
 class ScoreRoute:
     """Answers `POST /v1/score` without a query string; `ApiApp.__call__` asks `matches` before anything else."""
 
-    def __init__(self, *, max_bytes: int, score: ScoreOne) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        score: ScoreOne,
+        window: EventTimeWindow = DEFAULT_WINDOW,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
         self.max_bytes = max_bytes
         self.score = score
+        self.window = window
+        """The scorer's event-time window and record size limit (SCORER_MAX_MESSAGE_BYTES): same bytes, same
+        verdict as the stream."""
+        self.max_message_bytes = max_message_bytes
         self._metrics: Any = None
         self._children: dict[int, Any] = {}
 
@@ -125,11 +164,11 @@ class ScoreRoute:
             self.count(runtime, status, time.perf_counter() - started)
 
     async def _answer(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> int:
-        presented, traceparent, length = scan_headers(scope["headers"])
+        presented, traceparent, length, content_type = scan_headers(scope["headers"])
         try:
             # The order of the FastAPI route: body limit (middleware), key and rate (dependency), then the body.
             body = await read_announced_body(receive, self.max_bytes, length)
-            scored = await self.submit(runtime, presented, traceparent, body)
+            scored = await self.submit(runtime, presented, traceparent, body, content_type)
         except ClientGoneError:
             return CLIENT_GONE
         except StreamscoreError as exc:
@@ -140,12 +179,18 @@ class ScoreRoute:
         return 200
 
     def submit(
-        self, runtime: Runtime, presented: str | None, traceparent: str | None, body: bytes
+        self,
+        runtime: Runtime,
+        presented: str | None,
+        traceparent: str | None,
+        body: bytes,
+        content_type: bytes | None = None,
     ) -> Awaitable[Scored]:
         """The steps after the body limit, for this route and the wire route (scorer.api.server): key and rate,
         the contract check, then the awaitable of the live score. Raises StreamscoreError for a refused request."""
         check_key(presented, runtime)
-        return self.score(runtime, parse_transaction(body), traceparent_or_none(traceparent))
+        tx = parse_transaction(body, content_type, window=self.window, max_bytes=self.max_message_bytes)
+        return self.score(runtime, tx, traceparent_or_none(traceparent))
 
     def count(self, runtime: Runtime, status: int, seconds: float) -> None:
         """The same series as ObserveMiddleware (route, status), with the label lookups done once."""

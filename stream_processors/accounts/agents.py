@@ -25,7 +25,14 @@ from typing import Any, Literal
 
 from stream_processors.accounts.pushing import GiveUp, SnapshotBatcher
 from stream_processors.metrics import FeatureMetrics
-from streamscore.contracts import DeadLetterReason, DeadLetterStage, HeadersIn, decode_transaction
+from streamscore.contracts import (
+    DEFAULT_WINDOW,
+    DeadLetterReason,
+    DeadLetterStage,
+    EventTimeWindow,
+    HeadersIn,
+    decode_transaction,
+)
 from streamscore.deadletters import DeadLetterGiveUpError, DeadLetterWriter, SourceRecord
 from streamscore.errors import EventError
 from streamscore.features import AccountState, RealtimeSnapshot, TransactionFacts, apply_transaction
@@ -42,9 +49,12 @@ SkipReason = Literal["duplicate", "late", "invalid"]
 # --- pure core ---------------------------------------------------------------------------------------
 
 
-def decode(key: bytes | None, value: bytes | None, headers: HeadersIn | None) -> TransactionFacts:
-    """The feature-relevant facts of one transactions record; raises EventError for a defective one."""
-    return TransactionFacts.of(decode_transaction(key, value, headers))
+def decode(
+    key: bytes | None, value: bytes | None, headers: HeadersIn | None, window: EventTimeWindow = DEFAULT_WINDOW
+) -> TransactionFacts:
+    """The feature-relevant facts of one transactions record; raises EventError for a defective one (`window`:
+    the event-time window, CONTRACT_…, the scorer's too)."""
+    return TransactionFacts.of(decode_transaction(key, value, headers, window=window))
 
 
 Problem = Callable[[RealtimeSnapshot], "str | None"]
@@ -134,6 +144,8 @@ class Edge:
     metrics: FeatureMetrics
     letters: DeadLetterWriter | None = None
     on_give_up: GiveUp | None = None
+    window: EventTimeWindow = DEFAULT_WINDOW
+    """The event-time window (ContractSettings): the scorer's, so both refuse the same events."""
 
 
 def install(app: Any, topic: Any, edge: Edge) -> Any:
@@ -159,7 +171,7 @@ async def on_event(edge: Edge, stream: Any, event: Any) -> None:
             await stream.ack(event)
 
     try:
-        tx = decode(message.key, message.value, message.headers)
+        tx = decode(message.key, message.value, message.headers, edge.window)
     except EventError as exc:
         # The contract rejects it: the scorer dead-letters it to transactions.dlq (same bytes, same reason);
         # a second letter here would only duplicate that one.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -120,12 +120,15 @@ def test_client_validates_before_sending(kafka: KafkaSettings, topics: TopicRegi
         "currency": "EUR",
         "country": "DE",
         "channel": "contactless",
-        "event_time": "2026-11-24T10:00:00+01:00",
+        "event_time": datetime.now(UTC).isoformat(),
     }
     with pytest.raises(ValidationError, match="currency"):
         producer.send_transaction({**good, "currency": "XXZ"})
     with pytest.raises(ValidationError, match="amount"):
         producer.send_transaction({**good, "amount": float("inf")})
+    # What the receivers would dead-letter as `event_time_out_of_window` is refused before it is sent.
+    with pytest.raises(ValidationError, match="event_time"):
+        producer.send_transaction({**good, "event_time": "2100-01-01T00:00:00Z"})
     assert producer.stats.sent == 0
     producer.send_transaction(good, traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     stats = producer.flush(10)
@@ -151,7 +154,7 @@ def test_delivery_errors_are_reported(kafka: KafkaSettings) -> None:
             "currency": "EUR",
             "country": "DE",
             "channel": "pos",
-            "event_time": "2026-11-24T10:00:00Z",
+            "event_time": datetime.now(UTC).isoformat(),
         }
     )
     with pytest.raises(DeliveryError, match="not delivered"):

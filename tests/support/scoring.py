@@ -26,7 +26,10 @@ from streamscore.settings import KafkaSettings, RedisSettings
 from streamscore.topics import TopicRegistry
 from tests.support.models import linear_weights, logistic_onnx, register
 
-START = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+START = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+"""A day before the test run, on the hour: every receiver refuses event times outside a window around its clock
+(docs/contracts.md: 5 minutes ahead, 7 days behind), so test events are dated relative to now; `valid(i)` adds
+`i` seconds (a few hours at most)."""
 CASE = "test-case"
 """Header naming the defect a test injected (the DLQ keeps original headers, so it comes back)."""
 
@@ -98,11 +101,14 @@ def defective(i: int, kind: str) -> Record:
         value = json.dumps(base).encode()
         key = b"someone-else"
     elif kind == "invalid_timestamp":
-        base["event_time"] = "2026-11-24T09:00:00"  # no timezone
+        base["event_time"] = START.replace(tzinfo=None).isoformat()  # no timezone
         value = json.dumps(base).encode()
     elif kind == "unsupported_content_type":
         value = json.dumps(base).encode()
         headers[0] = ("content-type", b"text/csv")
+    elif kind == "event_time_out_of_window":
+        base["event_time"] = "2100-01-01T00:00:00Z"  # issue 12: froze an account's features for 74 years
+        value = json.dumps(base).encode()
     else:
         raise ValueError(kind)
     return Record(key or None, value, headers, expected_reason=kind, event_id=base.get("event_id"))
@@ -121,6 +127,7 @@ DEFECT_KINDS = (
     "key_mismatch",
     "invalid_timestamp",
     "unsupported_content_type",
+    "event_time_out_of_window",
 )
 
 

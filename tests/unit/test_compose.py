@@ -451,3 +451,40 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
     for required in (".git", ".venv", ".streamscore", "deploy/local/lib", "*.parquet", "mlruns"):
         assert required in entries, f"{required} missing from .dockerignore"
     assert {"__pycache__", "**/__pycache__"} & entries
+
+
+# ---- compose: the streamscore services, restarts and health ------------------------------------------
+
+ONE_SHOT_JOBS = {"topics"}
+SERVICE_PORTS = {
+    "features": (["features", "stream"], "FEATURES_METRICS_PORT", "FEATURES_METRICS_BIND"),
+    "scorer": (["score"], "SCORER_METRICS_PORT", "SCORER_METRICS_BIND"),
+    "api": (["api"], "API_PORT", "API_HOST"),
+    "monitor": (["monitor"], "MONITOR_METRICS_PORT", "MONITOR_METRICS_BIND"),
+}
+"""Each streamscore service: its CLI command, the setting of the port its `/livez` is served on, its bind."""
+
+
+def test_every_long_running_service_is_restarted_by_compose_and_has_a_healthcheck(compose: Compose) -> None:
+    for name, service in compose.services.items():
+        if name in ONE_SHOT_JOBS:
+            assert service.restart == "no", name  # a job that finished must not run again
+            continue
+        assert service.restart in {"unless-stopped", "always"}, f"{name}: restart {service.restart!r}"
+        assert service.healthcheck is not None, f"{name} has no healthcheck"
+        assert {"interval", "retries", "start_period"} <= set(service.healthcheck), name
+
+
+def test_the_streamscore_services_run_from_the_image_and_probe_their_liveness_page(compose: Compose) -> None:
+    for name, (command, port_variable, bind_variable) in SERVICE_PORTS.items():
+        service = compose.services[name]
+        assert service.command == command, name
+        assert service.build is not None and Path(service.build["dockerfile"]) == DOCKERFILE, name
+        assert service.environment[bind_variable] == "0.0.0.0", name
+        assert service.environment["KAFKA_BOOTSTRAP_SERVERS"] == _container_bootstrap(compose), name
+        assert service.healthcheck is not None
+        url = re.search(r"http://localhost:(\d+)(/\S*?)'", " ".join(service.healthcheck["test"]))
+        assert url is not None, f"{name}: the healthcheck asks no local URL"
+        assert (url.group(1), url.group(2)) == (service.environment[port_variable], "/livez"), name
+        assert service.depends_on.get("kafka") == "service_healthy", name
+        assert service.depends_on.get("topics") == "service_completed_successfully", name

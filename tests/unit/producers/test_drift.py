@@ -90,7 +90,7 @@ def test_foreign_share_and_new_category_appear_only_after_drift(world: World) ->
     events = drifted(world, spec)
     for event in events:
         transaction = event.transaction
-        assert decode_transaction(transaction.account_id.encode(), transaction.to_json()) == transaction
+        assert decode_transaction(transaction.account_id.encode(), transaction.to_json(), window=None) == transaction
     before = [e.transaction for e in events[:AFTER] if not e.is_fraud]
     after = [e.transaction for e in events[AFTER:] if not e.is_fraud]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from streamscore.contracts import (
     DEAD_LETTER_MESSAGE_LIMIT,
     DeadLetter,
     DeadLetterReason,
+    EventTimeWindow,
     Label,
     Score,
     Transaction,
@@ -23,10 +24,20 @@ from streamscore.contracts import (
     headers_for,
     is_traceparent,
     json_schemas,
+    parse_event,
+    validate_transaction,
 )
 from streamscore.errors import EventError
+from streamscore.settings import ContractSettings
 
 REPO = Path(__file__).resolve().parents[3]
+NOW = datetime.now(UTC).replace(microsecond=0)
+"""Event times relative to the clock: the receiving points accept only times around it."""
+
+
+def stamp(moment: datetime, offset_hours: int = 1) -> str:
+    """`moment` as written in another offset (+01:00 by default), as an RFC 3339 string."""
+    return moment.astimezone(timezone(timedelta(hours=offset_hours))).isoformat()
 
 
 def valid() -> dict[str, Any]:
@@ -41,7 +52,7 @@ def valid() -> dict[str, Any]:
         "country": "DE",
         "channel": "pos",
         "device_id": "dev-1",
-        "event_time": "2026-11-24T10:00:00+01:00",
+        "event_time": stamp(NOW - timedelta(hours=1)),
     }
 
 
@@ -98,9 +109,24 @@ def without(field: str) -> bytes:
         (with_(currency="EUX"), DeadLetterReason.INVALID_CODE, "currency"),
         (with_(currency="eur"), DeadLetterReason.INVALID_CODE, "currency"),
         (with_(country="XX"), DeadLetterReason.INVALID_CODE, "country"),
-        (with_(event_time="2026-11-24T10:00:00"), DeadLetterReason.INVALID_TIMESTAMP, "event_time"),
+        (with_(event_time=stamp(NOW)[:-6]), DeadLetterReason.INVALID_TIMESTAMP, "event_time"),
         (with_(event_time="yesterday"), DeadLetterReason.INVALID_TIMESTAMP, "event_time"),
-        (with_(event_time="1999-12-31T23:00:00Z"), DeadLetterReason.INVALID_TIMESTAMP, "event_time"),
+        (with_(event_time=stamp(NOW).replace("T", " ")), DeadLetterReason.INVALID_TIMESTAMP, "event_time"),
+        (with_(event_time=stamp(NOW).replace("+01:00", "+0100")), DeadLetterReason.INVALID_TIMESTAMP, "event_time"),
+        (with_(event_time=int(NOW.timestamp())), DeadLetterReason.INVALID_TIMESTAMP, "event_time"),
+        (with_(event_time="1999-12-31T23:00:00Z"), DeadLetterReason.EVENT_TIME_OUT_OF_WINDOW, "event_time"),
+        (with_(event_time="9999-12-31T23:00:00Z"), DeadLetterReason.EVENT_TIME_OUT_OF_WINDOW, "event_time"),
+        (with_(event_time="2100-01-01T00:00:00Z"), DeadLetterReason.EVENT_TIME_OUT_OF_WINDOW, "event_time"),
+        (with_(event_time=stamp(NOW + timedelta(minutes=6))), DeadLetterReason.EVENT_TIME_OUT_OF_WINDOW, "event_time"),
+        (with_(event_time=stamp(NOW - timedelta(days=8))), DeadLetterReason.EVENT_TIME_OUT_OF_WINDOW, "event_time"),
+        (with_(merchant_category="５４１１"), DeadLetterReason.SCHEMA_INVALID, "merchant_category"),
+        (with_(merchant_category="٥٤١١"), DeadLetterReason.SCHEMA_INVALID, "merchant_category"),
+        (with_(merchant_category="5411\n"), DeadLetterReason.SCHEMA_INVALID, "merchant_category"),
+        (with_(schema_version=1.0), DeadLetterReason.UNKNOWN_SCHEMA_VERSION, "schema_version"),
+        (with_(schema_version=True), DeadLetterReason.UNKNOWN_SCHEMA_VERSION, "schema_version"),
+        (with_(schema_version="1"), DeadLetterReason.UNKNOWN_SCHEMA_VERSION, "schema_version"),
+        (encode(valid())[:-1] + b', "account_id": "acc-000002"}', DeadLetterReason.SCHEMA_INVALID, "account_id"),
+        (encode(valid())[:-1] + b', "acc\\u006funt_id": "acc-000001"}', DeadLetterReason.SCHEMA_INVALID, "account_id"),
     ],
 )
 def test_defective_transactions_get_their_reason(value: bytes, reason: str, field: str | None) -> None:
@@ -120,8 +146,61 @@ def test_record_level_defects() -> None:
     assert reason_of(good, headers=[("content-type", b"application/avro")]) == DeadLetterReason.UNSUPPORTED_CONTENT_TYPE
     with pytest.raises(EventError):
         decode_transaction(b"acc-000001", None)
-    # A JSON content type with parameters is still JSON.
+    # A JSON content type with parameters is still JSON, in any case (media types are case-insensitive).
     decode_transaction(b"acc-000001", good, [("content-type", b"application/json; charset=utf-8")])
+    decode_transaction(b"acc-000001", good, [("content-type", b"Application/JSON")])
+
+
+def test_the_window_is_around_the_receiving_clock_and_configurable() -> None:
+    value = with_(event_time=stamp(NOW - timedelta(days=30)))
+    # Offline (no window): the absolute bounds only, so the history and old test data still build models.
+    assert decode_transaction(b"acc-000001", value, window=None).event_time == NOW - timedelta(days=30)
+    assert Transaction.model_validate_json(value).event_time == NOW - timedelta(days=30)
+    # Received 30 days later than now, or with a wider window, it is inside.
+    decode_transaction(b"acc-000001", value, now_s=(NOW - timedelta(days=29)).timestamp())
+    wide = ContractSettings(event_time_max_behind_s=31 * 86400).window()
+    assert wide == EventTimeWindow(300.0, 31 * 86400.0)
+    decode_transaction(b"acc-000001", value, window=wide)
+    # The edges are inside.
+    at = NOW.timestamp()
+    for edge in (NOW + timedelta(seconds=300), NOW - timedelta(days=7)):
+        validate_transaction(with_(event_time=stamp(edge)), now_s=at)
+    for beyond in (NOW + timedelta(seconds=301), NOW - timedelta(days=7, seconds=1)):
+        with pytest.raises(EventError) as info:
+            validate_transaction(with_(event_time=stamp(beyond)), now_s=at)
+        assert info.value.reason == DeadLetterReason.EVENT_TIME_OUT_OF_WINDOW
+
+
+def test_the_api_and_the_stream_share_the_value_checks() -> None:
+    good = encode(valid())
+    assert validate_transaction(good, b"application/json") == decode_transaction(b"acc-000001", good)
+    for content_type in (b"text/plain", b"application/x-www-form-urlencoded", b""):
+        with pytest.raises(EventError) as info:
+            validate_transaction(good, content_type)
+        assert info.value.reason == DeadLetterReason.UNSUPPORTED_CONTENT_TYPE
+    with pytest.raises(EventError) as info:
+        validate_transaction(b'{"event_id": "\xff"}')
+    assert info.value.reason == DeadLetterReason.NOT_UTF8
+    with pytest.raises(EventError) as info:
+        validate_transaction(good, max_bytes=100)
+    assert info.value.reason == DeadLetterReason.OVERSIZE
+
+
+def test_parse_event_refuses_repeated_keys_in_nested_objects_too() -> None:
+    now = datetime.now(UTC).isoformat()
+    score = (
+        '{"event_id": "e", "account_id": "a", "score": 0.2, "decision": "approve", "model_name": "m", '
+        '"model_version": "3", "variant": "champion", "experiment_id": "exp-1", "feature_status": "ok", '
+        f'"amount": 10.0, "currency": "USD", "event_time": "{now}", "scored_time": "{now}", "latency_ms": 3.2, '
+        '"features": {"a": 1.0, "b": 2.0, "a": 3.0}}'
+    )
+    with pytest.raises(EventError) as info:
+        parse_event(Score, score.encode())
+    assert info.value.reason == DeadLetterReason.SCHEMA_INVALID
+    assert parse_event(Score, score.replace('"a": 3.0', '"c": 3.0').encode()).features == {"a": 1.0, "b": 2.0, "c": 3.0}
+    # Commas inside strings are not repeated keys.
+    label = f'{{"event_id": "e", "account_id": "a", "is_fraud": true, "event_time": "{now}", "labeled_at": "{now}"}}'
+    assert parse_event(Label, label.encode()).is_fraud
 
 
 def test_python_construction_is_strict_too() -> None:

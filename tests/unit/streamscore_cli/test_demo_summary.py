@@ -151,7 +151,7 @@ def test_lag_is_the_sum_over_partitions_and_absent_when_not_measured() -> None:
 def test_each_injected_defect_is_refused_with_the_reason_it_is_named_after(kind: DeadLetterReason) -> None:
     record = defective_record(3, kind, RUN_START)
     with pytest.raises(EventError) as refused:
-        decode_transaction(record.key, record.value, record.headers)
+        decode_transaction(record.key, record.value, record.headers, now_s=RUN_START.timestamp())
     assert refused.value.reason == kind
 
 
