@@ -24,6 +24,7 @@ old the snapshot is; offline and online see the same staleness, so there is no t
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,11 @@ SEEN_LIMIT = 256
 """Event ids remembered per account for idempotency (beyond the 24 h window's own ids)."""
 NO_HISTORY_S = 30 * 86400.0
 """`seconds_since_last` of an account with no previous transaction (documented default)."""
+FUTURE_GUARD_S = 86400.0
+"""`apply_transaction` refuses an event more than this far ahead of the wall clock. The contract's event-time window
+(5 minutes ahead by default, at most an hour) refuses such an event first, at every receiving point; this guard
+holds even for a caller that skipped it, because the state trims its history against its newest event: one event
+dated 2100 once made every later event of its account "late" for 74 years (issue 12)."""
 
 
 # --- 1. real-time state ---------------------------------------------------------------------------
@@ -140,10 +146,23 @@ def _remember(items: list[str], value: str | None) -> list[str]:
     return [value, *[i for i in items if i != value]][:KNOWN_LIMIT]
 
 
-def apply_transaction(state: AccountState, tx: TransactionFacts) -> bool:
+class FutureEventError(ValueError):
+    """An event too far ahead of the wall clock to fold into an account's state (see FUTURE_GUARD_S)."""
+
+
+def apply_transaction(state: AccountState, tx: TransactionFacts, *, latest_s: float | None = None) -> bool:
     """Fold one transaction into the account's state. Returns False (and changes nothing) when the event
     was already applied (a redelivery) or is older than the 24 h window of the latest event (too late to
-    matter): at-least-once delivery then yields exactly-once state."""
+    matter): at-least-once delivery then yields exactly-once state.
+
+    Raises FutureEventError (and changes nothing) for an event after `latest_s` (default: the wall clock plus
+    FUTURE_GUARD_S; history and live events are never past the wall clock, so their features do not change). A state
+    that an earlier event did move past it (before this guard) forgets that event's entries first and heals."""
+    limit = time.time() + FUTURE_GUARD_S if latest_s is None else latest_s
+    if tx.event_ts > limit:
+        raise FutureEventError(f"event {tx.event_id} at {tx.event_ts:.0f} is after {limit:.0f} (epoch seconds)")
+    if state.last_event_ts is not None and state.last_event_ts > limit:
+        _forget_after(state, limit)
     if tx.event_id in state.seen:
         return False
     if state.last_event_ts is not None and tx.event_ts <= state.last_event_ts - WINDOWS_S["24h"]:
@@ -165,6 +184,11 @@ def apply_transaction(state: AccountState, tx: TransactionFacts) -> bool:
     while len(state.seen) > SEEN_LIMIT:
         state.seen.popleft()
     return True
+
+
+def _forget_after(state: AccountState, limit: float) -> None:
+    state.events = deque(entry for entry in state.events if entry[0] <= limit)
+    state.last_event_ts = state.events[-1][0] if state.events else None
 
 
 # --- what the stores hold ---------------------------------------------------------------------------
