@@ -54,7 +54,10 @@ def is_running(record: ProcessRecord) -> bool:
         return False
     # A zombie (state Z) has exited; it only waits for its parent to reap it.
     state = stat.rsplit(")", 1)[1].split()[0]
-    return state != "Z" and record.marker in cmdline
+    # Right after spawn() the child may not have exec'd yet: its command line is still empty (or the parent's) for a
+    # moment. A pid we recorded less than a second ago is ours.
+    young = time.time() - record.started_at < 1.0
+    return state != "Z" and (record.marker in cmdline or young)
 
 
 def spawn(
