@@ -1,10 +1,9 @@
 """The ad-hoc API: `create_app()` with a lifespan that loads the very engine the stream scorer runs.
 
 Same features (the same FeatureClient), same model versions by alias (the same ServingBuilder, hot-reloaded by
-the same Reloader), same routing (`variant=auto` is the stream's split). A request body and its Content-Type are
-validated by the same contract code as a Kafka record and its content-type header (`validate_transaction`, with
-the scorer's event-time window and size limit), so an event the stream would dead-letter is refused here with the
-same reason: 413 `oversize`, 415 `unsupported_content_type`, else 422.
+the same Reloader), same routing (`variant=auto` is the stream's split). A request body is validated by the
+same contract code as a Kafka record (`parse_event`), so an event the stream would dead-letter is a 422 here,
+with the same reason.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from confluent_kafka import Producer
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -27,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from scorer.api.audit import AuditProducer
 from scorer.api.batching import AdaptiveBatcher
 from scorer.api.hotpath import (
     ApiValidationError,
@@ -49,17 +48,8 @@ from scorer.models import LoadedModel
 from scorer.service import load_serving
 from scorer.serving import Reloader, ServingBuilder
 from streamscore import __version__
-from streamscore.contracts import (
-    CONTENT_TYPE_JSON,
-    Score,
-    Transaction,
-    check_content_type,
-    describe,
-    headers_for,
-    reject_duplicate_keys,
-)
-from streamscore.errors import EventError, StreamscoreError
-from streamscore.kafka import producer_config
+from streamscore.contracts import CONTENT_TYPE_JSON, Score, Transaction, describe
+from streamscore.errors import StreamscoreError
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +103,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing, unknown or revoked API key"},
     404: {"model": ErrorBody, "description": "The variant or version asked for serves no model"},
     413: {"model": ErrorBody, "description": "Request body over the limit"},
-    415: {"model": ErrorBody, "description": "Content-Type other than application/json"},
     422: {"model": ErrorBody, "description": "Invalid transaction or parameters"},
     429: {"model": ErrorBody, "description": "Rate limit exceeded; see Retry-After"},
     503: {"model": ErrorBody, "description": "Feature store or model unavailable; retry later"},
@@ -137,8 +126,7 @@ class Runtime:
     limiter: RateLimiter
     metrics: ApiMetrics
     batcher: AdaptiveBatcher[ScoreRequest, Scored] | None = None
-    producer: Producer | None = None
-    topics: tuple[str, str] = ("", "")
+    audit: AuditProducer | None = None
     aliases: dict[str, str] = field(default_factory=dict)
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -164,34 +152,9 @@ class Runtime:
                 scored[item.score.variant] = scored.get(item.score.variant, 0) + 1
         for variant_name, count in scored.items():  # one label lookup per variant and batch, not per score
             self.metrics.scored.labels(variant=variant_name).inc(count)
-        self._audit(result.scored, requests)
+        if self.audit is not None:
+            self.audit.send(result.scored, requests)  # never raises, never waits: failures are counted
         return out
-
-    def _audit(self, scored: Sequence[Scored], requests: Sequence[ScoreRequest]) -> None:
-        if self.producer is None:
-            return
-        for item in scored:
-            topic = self.topics[1] if item.shadow else self.topics[0]
-            try:
-                self.producer.produce(
-                    topic,
-                    item.score.to_json(),
-                    item.score.account_id.encode(),
-                    headers=headers_for(
-                        item.score,
-                        requests[item.index].traceparent,
-                        model_version=item.score.model_version,
-                        source="api",
-                    ),
-                    on_delivery=self._on_delivery,
-                )
-            except (BufferError, Exception):  # noqa: BLE001 - an audit failure must not fail the answer
-                self.metrics.audit_failures.inc()
-        self.producer.poll(0)
-
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self.metrics.audit_failures.inc()
 
 
 def build_runtime(settings: ApiSettings) -> Runtime:
@@ -219,8 +182,12 @@ def build_runtime(settings: ApiSettings) -> Runtime:
     )
     if settings.audit:
         registry = scorer_settings.topics.registry()
-        runtime.producer = Producer(producer_config(scorer_settings.kafka, "api-audit", linger_ms=20))
-        runtime.topics = (registry.scores.name, registry.scores_shadow.name)
+        runtime.audit = AuditProducer(
+            scorer_settings.kafka,
+            (registry.scores.name, registry.scores_shadow.name),
+            runtime.metrics,
+            timeout_s=settings.audit_timeout_s,
+        )
     runtime.aliases = {v.alias: serving.models[v.name].version for v in serving.variants}
     return runtime
 
@@ -292,11 +259,6 @@ async def _only(scored: Awaitable[list[Scored]]) -> Scored:
     return (await scored)[0]
 
 
-def _content_type(request: Request) -> bytes | None:
-    value = request.headers.get("content-type")
-    return None if value is None else value.encode("latin-1")
-
-
 def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> Response:
     return Response(error_json(error, detail), status_code=status, headers=headers, media_type=CONTENT_TYPE_JSON)
 
@@ -322,6 +284,8 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
             )
             rt.batcher.start()
         rt.reloader.start()
+        if rt.audit is not None:
+            rt.audit.start()
         # As in the stream scorer: what start-up loaded lives for the whole run; the collector need not rescan it.
         gc.collect()
         gc.freeze()
@@ -332,8 +296,8 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
             rt.reloader.stop()
             if rt.batcher is not None:
                 await rt.batcher.stop()
-            if rt.producer is not None:
-                rt.producer.flush(10)
+            if rt.audit is not None:
+                rt.audit.close(10)
             rt.executor.shutdown(wait=True)
             rt.features.close()
 
@@ -360,13 +324,7 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
         return _error(422, "invalid_request", "; ".join(parts))
 
     app.add_middleware(ObserveMiddleware)
-    window = settings.scorer.contract.window()
-    app.hot_route = ScoreRoute(
-        max_bytes=settings.max_body_bytes,
-        score=score_auto,
-        window=window,
-        max_message_bytes=settings.scorer.max_message_bytes,
-    )
+    app.hot_route = ScoreRoute(max_bytes=settings.max_body_bytes, score=score_auto)
 
     configured = ["auto"] + [v.name for v in settings.scorer.variants] + [s.name for s in settings.scorer.shadows]
     variant_query = Query(
@@ -392,12 +350,7 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
         variant: str = variant_query,
         version: str | None = version_query,
     ) -> Response:
-        tx = parse_transaction(
-            await request.body(),
-            _content_type(request),
-            window=window,
-            max_bytes=settings.scorer.max_message_bytes,
-        )
+        tx = parse_transaction(await request.body())
         traceparent = traceparent_or_none(request.headers.get("traceparent"))
         scored = await score_requests(rt, [ScoreRequest(tx, time.time(), traceparent)], variant, version)
         # The score's own JSON (the stream's bytes): FastAPI would re-validate it against `response_model` and
@@ -434,11 +387,7 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
     ) -> Response:
         body = await request.body()
         try:
-            check_content_type(_content_type(request))
-            batch = BatchRequest.model_validate_json(body, context=window.at())
-            reject_duplicate_keys(body, batch)
-        except EventError as exc:
-            raise ApiValidationError(exc.reason, exc.detail) from None
+            batch = BatchRequest.model_validate_json(body)
         except ValidationError as exc:
             raise ApiValidationError("schema_invalid", describe(exc)) from None
         if not batch.instances:
@@ -593,4 +542,6 @@ def _readiness(rt: Runtime) -> dict[str, str]:
         checks["registry"] = "ok"
     except StreamscoreError as exc:
         checks["registry"] = str(exc)[:200]
+    if rt.audit is not None:
+        checks["audit"] = rt.audit.health()
     return checks

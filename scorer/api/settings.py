@@ -73,6 +73,9 @@ class ApiSettings(BaseSettings):
     """...or this long after its first request, whichever comes first."""
     audit: bool = True
     """Write every API prediction to Kafka (`scores` / `scores.shadow`, source=api) for the monitor and audits."""
+    audit_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    """An audit record not delivered within this long fails and is counted (`streamscore_api_audit_failures_total`);
+    `/readyz` reports the audit producer while its deliveries fail or records have waited this long."""
     demo_ui: bool = True
     """Mount the Gradio investigator page at `/demo`."""
     scorer: ScorerSettings = Field(default_factory=ScorerSettings)
