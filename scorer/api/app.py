@@ -1,9 +1,10 @@
 """The ad-hoc API: `create_app()` with a lifespan that loads the very engine the stream scorer runs.
 
 Same features (the same FeatureClient), same model versions by alias (the same ServingBuilder, hot-reloaded by
-the same Reloader), same routing (`variant=auto` is the stream's split). A request body is validated by the
-same contract code as a Kafka record (`parse_event`), so an event the stream would dead-letter is a 422 here,
-with the same reason.
+the same Reloader), same routing (`variant=auto` is the stream's split). A request body and its Content-Type are
+validated by the same contract code as a Kafka record and its content-type header (`validate_transaction`, with
+the scorer's event-time window and size limit), so an event the stream would dead-letter is refused here with the
+same reason: 413 `oversize`, 415 `unsupported_content_type`, else 422.
 """
 
 from __future__ import annotations
@@ -48,8 +49,15 @@ from scorer.models import LoadedModel
 from scorer.service import load_serving
 from scorer.serving import Reloader, ServingBuilder
 from streamscore import __version__
-from streamscore.contracts import CONTENT_TYPE_JSON, Score, Transaction, describe
-from streamscore.errors import StreamscoreError
+from streamscore.contracts import (
+    CONTENT_TYPE_JSON,
+    Score,
+    Transaction,
+    check_content_type,
+    describe,
+    reject_duplicate_keys,
+)
+from streamscore.errors import EventError, StreamscoreError
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +111,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing, unknown or revoked API key"},
     404: {"model": ErrorBody, "description": "The variant or version asked for serves no model"},
     413: {"model": ErrorBody, "description": "Request body over the limit"},
+    415: {"model": ErrorBody, "description": "Content-Type other than application/json"},
     422: {"model": ErrorBody, "description": "Invalid transaction or parameters"},
     429: {"model": ErrorBody, "description": "Rate limit exceeded; see Retry-After"},
     503: {"model": ErrorBody, "description": "Feature store or model unavailable; retry later"},
@@ -259,6 +268,11 @@ async def _only(scored: Awaitable[list[Scored]]) -> Scored:
     return (await scored)[0]
 
 
+def _content_type(request: Request) -> bytes | None:
+    value = request.headers.get("content-type")
+    return None if value is None else value.encode("latin-1")
+
+
 def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> Response:
     return Response(error_json(error, detail), status_code=status, headers=headers, media_type=CONTENT_TYPE_JSON)
 
@@ -324,7 +338,13 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
         return _error(422, "invalid_request", "; ".join(parts))
 
     app.add_middleware(ObserveMiddleware)
-    app.hot_route = ScoreRoute(max_bytes=settings.max_body_bytes, score=score_auto)
+    window = settings.scorer.contract.window()
+    app.hot_route = ScoreRoute(
+        max_bytes=settings.max_body_bytes,
+        score=score_auto,
+        window=window,
+        max_message_bytes=settings.scorer.max_message_bytes,
+    )
 
     configured = ["auto"] + [v.name for v in settings.scorer.variants] + [s.name for s in settings.scorer.shadows]
     variant_query = Query(
@@ -350,7 +370,12 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
         variant: str = variant_query,
         version: str | None = version_query,
     ) -> Response:
-        tx = parse_transaction(await request.body())
+        tx = parse_transaction(
+            await request.body(),
+            _content_type(request),
+            window=window,
+            max_bytes=settings.scorer.max_message_bytes,
+        )
         traceparent = traceparent_or_none(request.headers.get("traceparent"))
         scored = await score_requests(rt, [ScoreRequest(tx, time.time(), traceparent)], variant, version)
         # The score's own JSON (the stream's bytes): FastAPI would re-validate it against `response_model` and
@@ -387,7 +412,11 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
     ) -> Response:
         body = await request.body()
         try:
-            batch = BatchRequest.model_validate_json(body)
+            check_content_type(_content_type(request))
+            batch = BatchRequest.model_validate_json(body, context=window.at())
+            reject_duplicate_keys(body, batch)
+        except EventError as exc:
+            raise ApiValidationError(exc.reason, exc.detail) from None
         except ValidationError as exc:
             raise ApiValidationError("schema_invalid", describe(exc)) from None
         if not batch.instances:
