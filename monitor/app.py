@@ -41,6 +41,8 @@ from monitor.references import Loader, ReferenceBook, registry_loader
 from streamscore.deadletters import DeadLetterWriter, faust_sender
 from streamscore.errors import ConfigError, StreamscoreError
 from streamscore.faust_apps import faust_app as shared_faust_app
+from streamscore.faust_apps import install_health
+from streamscore.health import Check, HealthPolicy
 from streamscore.kafka import admin_client, missing_topic, wait_for_broker
 from streamscore.registry import CHAMPION, AliasNotFoundError, Registry
 
@@ -239,14 +241,33 @@ def _add_pages(monitor: Monitor) -> None:
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(runtime.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    @app.page("/healthz")  # type: ignore[untyped-decorator]
-    async def healthz(web: Any, request: Any) -> Any:
-        body = {
-            **runtime.health(),
-            "recovered": bool(app.tables.recovery.completed.is_set()),
-            "rebalancing": bool(app.rebalancing),
-        }
-        return web.json(body, status=200 if body["healthy"] else 503)
+    def own_checks() -> list[Check]:
+        state = runtime.health()
+        age = state["last_checkpoint_age_s"]
+        # Not stalls for the watchdog: rebuilding follows recovery, and a checkpoint that cannot be written shows as
+        # commits not advancing (the offsets wait for it).
+        return [
+            Check("partition states", bool(state["ready"]), "rebuilding from the state table", stalls=False),
+            Check("checkpoints", bool(state["healthy"]), f"last checkpoint {age} s ago", stalls=False),
+        ]
+
+    settings, registry = monitor.settings, monitor.settings.topics.registry()
+    install_health(
+        app,
+        kafka=settings.kafka,
+        group=settings.faust_id,
+        topics=[registry.scores.name, registry.scores_shadow.name, registry.labels.name, settings.merge_topic],
+        policy=HealthPolicy(
+            loop_stall_s=settings.loop_stall_s,
+            ready_commit_age_s=settings.ready_commit_age_s,
+            stall_exit_s=settings.stall_exit_s,
+            lag_interval_s=settings.lag_interval_s,
+        ),
+        gauges=runtime.metrics.health,
+        extra=own_checks,
+        details=runtime.health,
+        on_stall=monitor.give_up,
+    )
 
 
 def _warm_references(monitor: Monitor) -> None:

@@ -69,6 +69,18 @@ class MonitorAppSettings(BaseSettings):
     (Faust's default is 60 s)."""
     commit_interval_s: float = Field(default=1.0, gt=0)
     """How often the worker commits the offsets of checkpointed records."""
+    lag_interval_s: float = Field(default=5.0, gt=0, le=300)
+    """How often the group's lag is read from the broker (the lag gauges; readiness's view of commits)."""
+    ready_commit_age_s: float = Field(default=30.0, gt=0)
+    """`/readyz` answers 503 when the partitions this worker holds have lag and their committed offsets have not
+    advanced for this long."""
+    stall_exit_s: float = Field(default=120.0, gt=0)
+    """Watchdog: unready for a Kafka-side reason (no partitions, rebalancing, broker unreachable, commits not
+    advancing with lag) for this long, or one offset commit or rebalance lasting this long, stops the worker; it
+    exits with status 3 so its supervisor restarts it."""
+    loop_stall_s: float = Field(default=30.0, gt=0)
+    """`/livez` answers 503 when the event loop has not turned for this long, and the watchdog ends the process
+    at once with status 4."""
     table_partitions: int | None = Field(default=None, ge=1)
     """Partitions of the per-partition state table; must equal those of `scores`, `scores.shadow` and `labels`.
     Empty: read from the broker at start (the three must agree)."""

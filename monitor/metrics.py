@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from monitor.ab import ABRecord
 from monitor.drift import DriftRecord
+from streamscore.health import HealthGauges
 
 CHECKPOINT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 OUTCOMES = ("counted", "duplicate", "replayed", "ignored", "joined", "invalid")
@@ -156,6 +157,36 @@ class MonitorMetrics:
             registry=registry,
         )
         self.looks = Counter(f"{prefix}_ab_looks", "A/B looks published", ["experiment"], registry=registry)
+        self.health = HealthGauges(
+            lag_offsets=Gauge(
+                f"{prefix}_consumer_lag_offsets",
+                "The group's lag per input partition (scores, shadow scores, labels, the merge topic) as the broker"
+                " sees it (committed offset to log end; every partition, held by this worker or not)",
+                ["topic", "partition"],
+                registry=registry,
+            ),
+            lag_seconds=Gauge(
+                f"{prefix}_consumer_lag_seconds",
+                "Per input partition: now minus the timestamp of the oldest record not committed; 0 when caught up",
+                ["topic", "partition"],
+                registry=registry,
+            ),
+            group_lag_offsets=Gauge(
+                f"{prefix}_consumer_group_lag_offsets",
+                "The group's total lag per input topic (every replica reports the same: aggregate with max)",
+                ["topic"],
+                registry=registry,
+            ),
+            lag_read_timestamp=Gauge(
+                f"{prefix}_consumer_lag_read_timestamp_seconds",
+                "Wall time of the last successful lag read from the broker (the lag gauges are this old)",
+                registry=registry,
+            ),
+            assigned_partitions=Gauge(
+                f"{prefix}_assigned_partitions", "Input partitions this worker holds", registry=registry
+            ),
+            ready=Gauge(f"{prefix}_ready", "1 while readiness (/readyz) passes", registry=registry),
+        )
 
     def observe_drift(self, records: list[DriftRecord]) -> None:
         for r in records:

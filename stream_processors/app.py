@@ -43,6 +43,8 @@ from stream_processors.metrics import FeatureMetrics, default_metrics
 from stream_processors.settings import StreamProcessorSettings
 from streamscore.deadletters import DeadLetterWriter, faust_sender
 from streamscore.faust_apps import faust_app as shared_faust_app
+from streamscore.faust_apps import install_health
+from streamscore.health import Check, HealthPolicy
 from streamscore.kafka import admin_client, missing_topic
 
 log = logging.getLogger(__name__)
@@ -212,12 +214,29 @@ def _add_pages(processor: FeatureProcessor) -> None:
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    @app.page("/healthz")  # type: ignore[untyped-decorator]
-    async def healthz(web: Any, request: Any) -> Any:
+    def pushes() -> list[Check]:
         push = batcher.health()
-        recovered = bool(app.tables.recovery.completed.is_set())
-        body = {**push.as_dict(), "recovered": recovered, "rebalancing": bool(app.rebalancing)}
-        return web.json(body, status=200 if push.healthy else 503)
+        # Not a stall for the watchdog: the processor gives up on the online store itself (FEATURES_GIVE_UP_AFTER_S).
+        return [Check("online store pushes", push.healthy, push.last_error or "", stalls=False)]
+
+    settings = processor.settings
+    install_health(
+        app,
+        kafka=settings.kafka,
+        group=settings.faust_id,
+        topics=[settings.topics.registry().transactions.name],
+        policy=HealthPolicy(
+            loop_stall_s=settings.loop_stall_s,
+            ready_commit_age_s=settings.ready_commit_age_s,
+            stall_exit_s=settings.stall_exit_s,
+            lag_interval_s=settings.lag_interval_s,
+            exit_grace_s=settings.shutdown_drain_s + 20.0,
+        ),
+        gauges=metrics.health,
+        extra=pushes,
+        details=lambda: batcher.health().as_dict(),
+        on_stall=processor.give_up,
+    )
 
 
 def run_worker(processor: FeatureProcessor, loglevel: str = "info") -> None:

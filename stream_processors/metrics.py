@@ -9,6 +9,8 @@ from functools import cache
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from streamscore.health import HealthGauges
+
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Push latency: one pipelined Redis write of up to a few hundred rows takes milliseconds."""
 FRESHNESS_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
@@ -105,6 +107,38 @@ class FeatureMetrics:
             f"{prefix}_pending_events",
             "Consumed events whose offsets wait for the next successful push before they may be committed",
             registry=registry,
+        )
+
+        self.health = HealthGauges(
+            lag_offsets=Gauge(
+                f"{prefix}_consumer_lag_offsets",
+                "The group's lag per transactions partition, as the broker sees it (committed offset to log end;"
+                " every partition, held by this worker or not, so a revoked one keeps its series)",
+                ["topic", "partition"],
+                registry=registry,
+            ),
+            lag_seconds=Gauge(
+                f"{prefix}_consumer_lag_seconds",
+                "Per transactions partition: now minus the timestamp of the oldest record not committed; 0 when"
+                " caught up",
+                ["topic", "partition"],
+                registry=registry,
+            ),
+            group_lag_offsets=Gauge(
+                f"{prefix}_consumer_group_lag_offsets",
+                "The group's total lag on the topic (every replica reports the same: aggregate with max)",
+                ["topic"],
+                registry=registry,
+            ),
+            lag_read_timestamp=Gauge(
+                f"{prefix}_consumer_lag_read_timestamp_seconds",
+                "Wall time of the last successful lag read from the broker (the lag gauges are this old)",
+                registry=registry,
+            ),
+            assigned_partitions=Gauge(
+                f"{prefix}_assigned_partitions", "Transactions partitions this worker holds", registry=registry
+            ),
+            ready=Gauge(f"{prefix}_ready", "1 while readiness (/readyz) passes", registry=registry),
         )
 
 

@@ -53,6 +53,18 @@ class StreamProcessorSettings(BaseSettings):
     """Also commit after this many processed events."""
     stream_processing_timeout_s: float = Field(default=60.0, gt=0)
     """Faust logs an error when one event takes longer than this (e.g. waiting for room while Redis is down)."""
+    lag_interval_s: float = Field(default=5.0, gt=0, le=300)
+    """How often the group's lag is read from the broker (the lag gauges; readiness's view of commits)."""
+    ready_commit_age_s: float = Field(default=30.0, gt=0)
+    """`/readyz` answers 503 when the partitions this worker holds have lag and their committed offsets have not
+    advanced for this long."""
+    stall_exit_s: float = Field(default=120.0, gt=0)
+    """Watchdog: unready for a Kafka-side reason (no partitions, rebalancing, broker unreachable, commits not
+    advancing with lag) for this long, or one offset commit or rebalance lasting this long, stops the worker; it
+    exits with status 3 so its supervisor restarts it."""
+    loop_stall_s: float = Field(default=30.0, gt=0)
+    """`/livez` answers 503 when the event loop has not turned for this long, and the watchdog ends the process
+    at once with status 4."""
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     contract: ContractSettings = Field(default_factory=ContractSettings)

@@ -315,7 +315,7 @@ def install_health(
     @app.page("/livez")  # type: ignore[untyped-decorator]
     async def livez(web: Any, request: Any) -> Any:
         verdict = health.liveness()
-        return web.json(verdict_body(verdict), status=200 if verdict.ok else 503)
+        return web.json(verdict_body(verdict, {"live": verdict.ok}), status=200 if verdict.ok else 503)
 
     app.page("/readyz")(ready_page)
     app.page("/healthz")(ready_page)

@@ -382,5 +382,6 @@ class LagPoller:
 
 
 def verdict_body(verdict: Verdict, extra: Mapping[str, object] | None = None) -> dict[str, object]:
-    """The JSON body of a health page."""
-    return {**(extra or {}), "status": "ok" if verdict.ok else "unavailable", "reasons": verdict.reasons()}
+    """The JSON body of a health page: `extra`, then the failed conditions (`reasons`, empty when all pass). No
+    `status` key: the HTTP status says it, and callers merge the body with the status they got."""
+    return {**(extra or {}), "reasons": verdict.reasons()}

@@ -187,12 +187,19 @@ class Services:
             status, body = http_get(f"{spec.base_url}/healthz")
         except OSError as exc:
             return "down", f"/healthz not answering ({exc})"
-        if status != 200:
-            return "down", f"/healthz answered {status}: {body[:120]}"
         try:
             details: dict[str, Any] = json.loads(body)
         except ValueError:
             details = {}
+        if status != 200:
+            # /healthz is readiness (503 while a table is rebuilt); a live service is only still preparing.
+            try:
+                live = status == 503 and http_get(f"{spec.base_url}/livez")[0] == 200
+            except OSError:
+                live = False
+            if not live:
+                return "down", f"/healthz answered {status}: {body[:120]}"
+            return "healthy", ready(details) or "; ".join(details.get("reasons") or ["not ready"])
         waiting_for = ready(details)
         return ("ready", "ready") if waiting_for is None else ("healthy", waiting_for)
 

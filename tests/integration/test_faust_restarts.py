@@ -1,0 +1,288 @@
+"""The Faust services through a broker SIGKILL + restart, with traffic flowing: a private broker and Redis per test
+(the session's broker stays up for the other tests), the service as a subprocess (`python -m stream_processors`,
+`python -m monitor`).
+
+What must hold (issue 12, points 3 and 4): while the broker is gone, `/readyz` (and `/healthz`) answer 503 while
+`/livez` answers 200 (the loop turns, the worker waits) and the lag gauges stay published; after the restart the
+service catches up by itself, or exits non-zero within its bound (then it is started again, as its supervisor
+would) — either way every event is reflected in the end: the online features equal the offline replay, the monitor
+counts every score once; and `/readyz` answers 200 again.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from feature_repo.settings import FeastSettings
+from feature_repo.store import apply, open_store
+from producers.client import EventProducer
+from streamscore.contracts import Label, Score, Transaction
+from streamscore.infra import LocalStack
+from streamscore.kafka import ensure_topics
+from streamscore.topics import TopicRegistry
+from tests.integration.conftest import stack_settings
+from tests.integration.test_feature_stream import expected_online, online, transaction, worker_env
+from tests.integration.test_monitor import (  # noqa: F401 - registry_uri and synthetic_reference are fixtures
+    Results,
+    Sender,
+    every_partition,
+    monitor_env,
+    registry_uri,
+    synthetic_reference,
+    timeline_start,
+)
+from tests.support.monitoring import label_event, score_event
+from tests.support.scoring import free_port
+from tests.support.workers import WorkerProcess, worker_process
+
+READY_TIMEOUT_S = 180.0
+OUTAGE_S = 8.0
+"""How long the broker stays dead before `up()` starts it again (its own start adds 10–30 s here)."""
+RECOVER_TIMEOUT_S = 240.0
+HEALTH = {
+    # Short bounds so the test sees every state; the watchdog's bound exceeds the outage, so recovering by itself
+    # is what is expected, and exiting non-zero is accepted (the point of the bound).
+    "LAG_INTERVAL_S": "1",
+    "READY_COMMIT_AGE_S": "5",
+    "STALL_EXIT_S": "90",
+    "LOOP_STALL_S": "30",
+}
+
+
+@pytest.fixture
+def private_stack(tmp_path: Path) -> Iterator[LocalStack]:
+    stack = LocalStack(stack_settings(tmp_path / "stack"))
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+
+
+def answer(worker: WorkerProcess, path: str) -> tuple[int | None, dict[str, Any]]:
+    try:
+        status, body = worker.get(path)
+    except OSError:
+        return None, {}
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, {}
+
+
+def through_outage(
+    stack: LocalStack, worker: WorkerProcess, lag_metric: str, restart: Callable[[], WorkerProcess]
+) -> tuple[WorkerProcess, str]:
+    """SIGKILL the broker; see readiness fail while liveness holds and the lag gauges stay; start the broker again;
+    wait until the worker is ready again or has exited non-zero (then `restart()` it). Returns the ready worker and
+    what happened."""
+    stack.signal("kafka", signal.SIGKILL)
+    seen: dict[str, Any] = {}
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        worker.check_alive()
+        ready, body = answer(worker, "/readyz")
+        live, _ = answer(worker, "/livez")
+        if ready == 503 and live == 200:
+            healthz, _ = answer(worker, "/healthz")
+            seen = {"reasons": body.get("reasons"), "healthz": healthz, "lag": worker.metrics(lag_metric)}
+            break
+        time.sleep(0.2)
+    assert seen, f"/readyz never answered 503 with /livez 200 while the broker was gone:\n{worker.tail()}"
+    assert seen["healthz"] == 503, "/healthz answers as readiness"
+    assert seen["lag"], "the lag gauges stay published while the broker is gone"
+    print(f"broker gone: /readyz 503 {seen['reasons']}")
+    time.sleep(OUTAGE_S)
+    stack.up()
+    restarted = time.monotonic()
+    while time.monotonic() - restarted < RECOVER_TIMEOUT_S:
+        code = worker.process.poll()
+        if code is not None:
+            assert code != 0, f"the worker exited with 0 after the broker restart:\n{worker.tail()}"
+            print(f"the worker exited with {code} {time.monotonic() - restarted:.0f} s after the broker restart")
+            return restart(), f"exited {code}, restarted"
+        ready, body = answer(worker, "/readyz")
+        if ready == 200:
+            return worker, f"recovered by itself, ready {time.monotonic() - restarted:.0f} s after the broker restart"
+        time.sleep(0.5)
+    pytest.fail(f"neither ready nor exited {RECOVER_TIMEOUT_S:.0f} s after the broker restart:\n{worker.tail()}")
+
+
+class Traffic:
+    """Sends events from a thread until stopped (librdkafka buffers and retries them while the broker is gone)."""
+
+    def __init__(self, send: Callable[[int], None], per_second: float) -> None:
+        self.send = send
+        self.interval = 1.0 / per_second
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.send(self.sent)
+            self.sent += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+# --- the feature processor ------------------------------------------------------------------------------------------
+
+
+def test_the_feature_processor_survives_a_broker_kill_and_restart(private_stack: LocalStack, tmp_path: Path) -> None:
+    kafka, redis = private_stack.settings.kafka_settings(), private_stack.settings.redis_settings()
+    topics = TopicRegistry.build(prefix=f"t.fr.{uuid.uuid4().hex[:6]}.", partitions=6)
+    ensure_topics(kafka, topics.all())
+    feast = FeastSettings(
+        project=f"t_{uuid.uuid4().hex[:12]}",
+        data_dir=tmp_path / "features",
+        registry_path=tmp_path / "feast" / "registry.db",
+        online_store="redis",
+        redis=redis,
+    )
+    store = open_store(feast)
+    apply(store, feast.data_dir)
+    port = free_port()
+    env = worker_env(kafka, redis, topics, feast, f"features-{uuid.uuid4().hex[:8]}", port)
+    env.update({f"FEATURES_{k}": v for k, v in HEALTH.items()})
+    log = tmp_path / "worker.log"
+
+    def ready(health: dict[str, Any]) -> bool:
+        return health.get("status") == 200
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    events: list[Transaction] = []
+
+    with EventProducer(kafka, topics, client_id="test-restarts", linger_ms=5) as producer:
+
+        def send(i: int) -> None:
+            event = transaction(f"rs-{i}", f"acc-rs-{i % 60}", now - timedelta(seconds=3600 - i * 0.5), 10.0 + i % 7)
+            events.append(event)
+            producer.send_transaction(event)
+            producer.poll(0)
+
+        with ExitStack() as workers:
+
+            def start() -> WorkerProcess:
+                return workers.enter_context(
+                    worker_process("stream_processors", env, log, port, ready, READY_TIMEOUT_S)
+                )
+
+            worker = start()
+            with Traffic(send, per_second=100):
+                time.sleep(3.0)
+                current, what = through_outage(
+                    private_stack, worker, "streamscore_features_consumer_lag_offsets", start
+                )
+                time.sleep(3.0)
+            producer.flush(120)
+            expected = expected_online(events)
+            accounts = sorted(expected)
+            deadline = time.monotonic() + RECOVER_TIMEOUT_S
+            got = online(store, accounts)
+            while got != expected and time.monotonic() < deadline:
+                current.check_alive()
+                time.sleep(0.5)
+                got = online(store, accounts)
+            assert got == expected, f"{what}; the online features lag the events sent:\n{current.tail()}"
+            lag = current.metrics("streamscore_features_consumer_group_lag_offsets")
+            deadline = time.monotonic() + 60.0
+            while sum(lag.values()) != 0 and time.monotonic() < deadline:
+                time.sleep(0.5)
+                lag = current.metrics("streamscore_features_consumer_group_lag_offsets")
+            assert lag and sum(lag.values()) == 0, lag
+            assert answer(current, "/readyz")[0] == 200
+    print(f"feature processor: {what}; {len(events)} events, {len(accounts)} accounts equal to the offline replay")
+
+
+# --- the monitor ----------------------------------------------------------------------------------------------------
+
+
+def test_the_monitor_survives_a_broker_kill_and_restart(
+    private_stack: LocalStack,
+    registry_uri: str,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    kafka = private_stack.settings.kafka_settings()
+    topics = TopicRegistry.build(prefix=f"t.mr.{uuid.uuid4().hex[:6]}.", partitions=6)
+    ensure_topics(kafka, topics.all())
+    env = monitor_env(
+        kafka,
+        topics,
+        registry_uri,
+        tmp_path,
+        MONITOR_WINDOW_SECONDS="10",
+        MONITOR_LABEL_MATURITY_S="5",
+        MONITOR_EXPECTED_SPLIT='{"champion": 0.5, "challenger": 0.5}',
+        **{f"MONITOR_{k}": v for k, v in HEALTH.items()},
+    )
+    port = int(env["MONITOR_METRICS_PORT"])
+    log = tmp_path / "monitor.log"
+
+    def ready(health: dict[str, Any]) -> bool:
+        return health.get("status") == 200
+
+    t0 = timeline_start(10.0)
+    sender = Sender(kafka, topics)
+    lock = threading.Lock()
+    expected = {"champion": 0, "challenger": 0}
+
+    def send(i: int) -> None:
+        variant = "champion" if i % 2 == 0 else "challenger"
+        account = f"acct-{i % 300}"
+        at = t0 + i * 0.01
+        events: list[Score | Label] = [
+            score_event(f"m{i}", account, at, 0.1, variant=variant),
+            label_event(f"m{i}", account, at, i % 10 == 0, 1.0),
+        ]
+        with lock:
+            for event in events:
+                sender.send(event)
+            expected[variant] += 1
+
+    with ExitStack() as workers:
+
+        def start() -> WorkerProcess:
+            return workers.enter_context(worker_process("monitor", env, log, port, ready, READY_TIMEOUT_S))
+
+        worker = start()
+        with Traffic(send, per_second=100) as traffic:
+            time.sleep(3.0)
+            current, what = through_outage(private_stack, worker, "streamscore_monitor_consumer_lag_offsets", start)
+            time.sleep(3.0)
+        sent = traffic.sent
+        # Ticks on every partition, far ahead: every unit matures and the A/B counts are published.
+        end = t0 + sent * 0.01
+        for account in every_partition("tick"):
+            sender.send(score_event(f"tick-{account}", account, end + 100.0, 0.1, experiment="ticks"))
+            sender.send(label_event(f"tick-{account}", account, end + 100.0, False, 100.0))
+        sender.flush()
+
+        results = Results(kafka, topics)
+
+        def counted(r: Results) -> bool:
+            latest = {a.experiment_id: a for a in r.ab()}
+            look = latest.get("exp-1")
+            return look is not None and {v.variant: v.units for v in look.variants} == expected
+
+        results.wait(counted, RECOVER_TIMEOUT_S, f"every score counted once ({what})", current)
+        assert answer(current, "/readyz")[0] == 200
+    print(f"monitor: {what}; {sent} scores and labels, each counted once")
