@@ -136,14 +136,89 @@ def apply(store: FeatureStore, data_dir: Path) -> None:
 
 def materialize(store: FeatureStore, start: datetime, end: datetime, *, views: Sequence[str] = BATCH_VIEWS) -> None:
     """Load the newest row per entity with a timestamp in `[start, end]` of each view in `views` from its
-    offline file into the online store. Add `account_realtime` to bootstrap the online real-time state
-    from the history's log — before the stream processor runs: the last write wins, so materializing the
-    log later would replace newer pushed snapshots with the history's."""
+    offline file into the online store, and mark each view loaded (`OnlineMarks`). Add `account_realtime` to
+    bootstrap the online real-time state from the history's log — before the stream processor runs: the last
+    write wins, so materializing the log later would replace newer pushed snapshots with the history's (the
+    processor's restore re-pushes its snapshots after doing so)."""
     for moment in (start, end):
         if moment.tzinfo is None or moment.utcoffset() is None:
             raise ValueError(f"materialize needs timezone-aware instants, got {moment!r}")
     with _feast("materialize"):
         store.materialize(start_date=start, end_date=end, feature_views=list(views))
+    marks = OnlineMarks.of(store)
+    if marks is not None:
+        marks.put([view_mark(view) for view in views])
+
+
+MARK_PREFIX = "streamscore:mark:"
+
+
+def view_mark(view: str) -> str:
+    """The mark saying a view's rows were materialized into the online store."""
+    return f"view:{view}"
+
+
+def partition_mark(partition: int) -> str:
+    """The mark saying the real-time snapshots of a transactions partition were pushed since the store was empty."""
+    return f"realtime:{partition}"
+
+
+class OnlineMarks:
+    """Marks kept in the online store itself, beside Feast's rows, saying what was loaded into it.
+
+    An emptied store (Redis restarted without its data, FLUSHALL, a failover to an empty replica) loses its marks
+    with its rows: a missing mark is how the feature processor tells that the batch views or the real-time
+    snapshots must be loaded again. Keys `streamscore:mark:<project>:<name>` (Feast's keys are binary entity keys
+    ending in the project, so they never collide). Redis only: SQLite does not restart empty."""
+
+    def __init__(self, client: Any, project: str) -> None:
+        self.client = client
+        self.prefix = f"{MARK_PREFIX}{project}:"
+
+    @classmethod
+    def of(cls, store: FeatureStore, timeout_s: float = 5.0) -> OnlineMarks | None:
+        """The marks of `store`'s project in its Redis (None for another online store)."""
+        config = store.config.online_store
+        if getattr(config, "type", "") != "redis":
+            return None
+        import redis
+
+        host_port, *options = str(config.connection_string).split(",")
+        host, _, port = host_port.rpartition(":")
+        kwargs = dict(option.split("=", 1) for option in options if "=" in option)
+        client = redis.Redis(
+            host=host or "127.0.0.1",
+            port=int(port or 6379),
+            db=int(kwargs.get("db", 0)),
+            password=kwargs.get("password"),
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+        )
+        return cls(client, store.config.project)
+
+    def missing(self, names: Sequence[str]) -> list[str]:
+        """The marks among `names` that the store does not hold (one round trip)."""
+        if not names:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(self.prefix + name)
+        return [name for name, found in zip(names, pipe.execute(), strict=True) if not found]
+
+    def put(self, names: Sequence[str]) -> None:
+        if names:
+            self.client.mset({self.prefix + name: datetime.now(UTC).isoformat() for name in names})
+
+    def drop(self, names: Sequence[str]) -> None:
+        if names:
+            self.client.delete(*[self.prefix + name for name in names])
+
+    def lock(self, name: str, ttl_s: float) -> bool:
+        """Take a lock for `ttl_s` (one restorer among several workers); False when another one holds it."""
+        return bool(self.client.set(self.prefix + "lock:" + name, "1", nx=True, px=max(int(ttl_s * 1000), 1)))
+
+    def unlock(self, name: str) -> None:
+        self.client.delete(self.prefix + "lock:" + name)
 
 
 def _stamp(last_event_ts: float | None, now_us: int) -> int:

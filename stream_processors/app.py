@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_processors.accounts.agents import TABLE_NAME, Edge, install
 from stream_processors.accounts.pushing import FeastSink, FeatureSink, PushPolicy, SnapshotBatcher
+from stream_processors.accounts.restore import REALTIME_VIEW, Restorer
 from stream_processors.metrics import FeatureMetrics, default_metrics
 from stream_processors.settings import StreamProcessorSettings
 from streamscore.deadletters import DeadLetterWriter, faust_sender
@@ -73,6 +75,8 @@ class FeatureProcessor:
     exit_code: int | None = None
     """Set when the worker gave up on infrastructure; `run_worker` exits with it."""
     letters: DeadLetterWriter | None = field(default=None, repr=False)
+    restorer: Restorer | None = field(default=None, repr=False)
+    """Restores an emptied online store (Redis only); `restorer.restoring` says whether it is at it."""
 
     def give_up(self, reason: str) -> None:
         """Infrastructure stayed down past FEATURES_GIVE_UP_AFTER_S: stop like SIGTERM does, then exit with
@@ -173,6 +177,7 @@ def create_app(
     window = settings.contract.window()
     install(app, topic, Edge(app, table, batcher, metrics, letters, processor.give_up, window=window))
     _add_timers(processor)
+    _add_restorer(processor, sink, topic.get_topic_name(), partitions)
     _add_pages(processor)
     log.info(
         "feature processor app=%s topic=%s partitions=%d batch=%d delay_ms=%d web=%s:%d",
@@ -185,6 +190,46 @@ def create_app(
         settings.metrics_port,
     )
     return processor
+
+
+def _add_restorer(processor: FeatureProcessor, sink: FeatureSink, topic: str, partitions: int) -> None:
+    """The timer that finds an emptied online store (a Redis restart) and loads it again (accounts/restore.py)."""
+    if not isinstance(sink, FeastSink):
+        return
+    from feature_repo.batch import batch_range
+    from feature_repo.layout import MERCHANT_VIEW, PROFILE_VIEW
+    from feature_repo.store import OnlineMarks, materialize
+
+    marks = OnlineMarks.of(sink.store)
+    if marks is None:
+        return  # SQLite: it does not come back empty
+    settings, app = processor.settings, processor.app
+    store = sink.store
+
+    def load(views: Sequence[str]) -> None:
+        first, last = batch_range(settings.feast.data_dir)
+        materialize(store, first, last, views=views)
+
+    def assigned() -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+
+    restorer = Restorer(
+        marks,
+        processor.batcher,
+        processor.metrics,
+        partitions,
+        assigned,
+        lambda: processor.table.data,
+        materialize=load if settings.restore_views else None,
+        views=(PROFILE_VIEW, MERCHANT_VIEW, REALTIME_VIEW),
+    )
+    processor.restorer = restorer
+
+    @app.timer(interval=settings.restore_check_interval_s, name="restore-online-store")  # type: ignore[untyped-decorator]
+    async def restore_online_store() -> None:
+        # Only a recovered table knows every account of its partitions.
+        if app.tables.recovery.completed.is_set() and not app.rebalancing and not app.should_stop:
+            await restorer.check()
 
 
 def _add_timers(processor: FeatureProcessor) -> None:

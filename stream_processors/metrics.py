@@ -16,6 +16,8 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 FRESHNESS_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 """Event time to readable in the online store: the push delay (200 ms by default) plus the push itself."""
 
+RESTORE_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+"""Restoring an emptied online store: seconds to minutes (materializing the batch views, re-pushing every account)."""
 SKIP_REASONS = ("duplicate", "late", "invalid")
 DEAD_LETTER_REASONS = ("unwritable_features", "processing_failed")
 
@@ -73,6 +75,14 @@ class FeatureMetrics:
             "Account snapshots queued again by online-store restores",
             registry=registry,
         )
+        self.restore_seconds = Histogram(
+            f"{prefix}_online_store_restore_seconds",
+            "Duration of a restore step after the online store was found emptied: views (materializing them from"
+            " the offline files) or snapshots (re-pushing every account of the worker's partitions)",
+            ["step"],
+            buckets=RESTORE_BUCKETS_S,
+            registry=registry,
+        )
         self.push_batches = Counter(
             f"{prefix}_push_batches", "Batches written to the online store successfully", registry=registry
         )
@@ -108,7 +118,6 @@ class FeatureMetrics:
             "Consumed events whose offsets wait for the next successful push before they may be committed",
             registry=registry,
         )
-
         self.health = HealthGauges(
             lag_offsets=Gauge(
                 f"{prefix}_consumer_lag_offsets",

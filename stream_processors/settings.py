@@ -35,6 +35,14 @@ class StreamProcessorSettings(BaseSettings):
     give_up_after_s: float = Field(default=300.0, gt=0)
     """Infrastructure patience: when pushes to the online store (or dead letters to the broker) have failed for
     this long, the worker exits with status 3 so its supervisor restarts it (its unpushed events are replayed)."""
+    restore_check_interval_s: float = Field(default=5.0, gt=0)
+    """How often the worker looks for an emptied online store (a Redis restart without its data: the marks
+    `streamscore:mark:<project>:…` are gone) and restores it: the views (see FEATURES_RESTORE_VIEWS), then every
+    account snapshot of its partitions. Bounds how long scores stay `missing` after such a restart."""
+    restore_views: bool = True
+    """Also re-materialize the batch views (account_profile, merchant_risk) and the history's real-time log from the
+    offline files in FEAST_DATA_DIR when their marks are gone (one worker at a time). Off where the worker cannot
+    read those files: then run `streamscore features materialize --realtime` after a Redis restart."""
     shutdown_drain_s: float = Field(default=10.0, ge=0)
     """At shutdown, how long to keep trying to push the queued snapshots."""
     metrics_port: int = Field(default=6066, ge=1, le=65535)

@@ -234,6 +234,7 @@ class SnapshotBatcher:
         self._last_error: str | None = None
         self._newest_pushed: float | None = None
         self._task: asyncio.Task[bool] | None = None
+        self._in_flight: dict[str, _Pending] = {}
 
     # --- queueing (synchronous: called by the agent for every event) -----------------------------------
 
@@ -255,6 +256,16 @@ class SnapshotBatcher:
     @property
     def pending_rows(self) -> int:
         return len(self._rows)
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the latest add()."""
+        return self._seq
+
+    def written_through(self, seq: int) -> bool:
+        """Whether every snapshot added up to `seq` has been written (or superseded by one that was): nothing
+        queued or in flight is that old."""
+        return all(p.seq > seq for p in self._rows.values()) and all(p.seq > seq for p in self._in_flight.values())
 
     @property
     def pending_events(self) -> int:
@@ -310,6 +321,7 @@ class SnapshotBatcher:
     async def _push_once(self) -> bool:
         keys = list(self._rows)[: self.policy.batch_size]
         taken = {k: self._rows.pop(k) for k in keys}
+        self._in_flight = taken
         rows = [(k, p.snapshot) for k, p in taken.items()]
         started = self._clock()
         written: list[Row] = []
@@ -334,6 +346,7 @@ class SnapshotBatcher:
                     await self._release(key, taken[key].seq)
                 self._gauges()
             return False
+        self._in_flight = {}
         self._on_success(written, started)
         for key, _ in written:
             await self._release(key, taken[key].seq)
@@ -411,6 +424,7 @@ class SnapshotBatcher:
             self.on_give_up(reason)
 
     def _requeue(self, taken: dict[str, _Pending]) -> None:
+        self._in_flight = {}
         # The failed rows go back to the front. A row queued for the same account while the push ran is
         # newer: its snapshot wins, the older waiting time stays.
         merged: dict[str, _Pending] = {}

@@ -22,22 +22,27 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pandas as pd
 import pytest
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
 from feast import FeatureStore
 
+from feature_repo.layout import PROFILE_FILE
 from feature_repo.settings import FeastSettings
 from feature_repo.store import apply, open_store, read_online
 from producers.client import EventProducer
+from scorer.dlq import read_dead_letters
+from scorer.features.redis_client import redis_key
 from stream_processors.app import CHANGELOG_CONFIG, changelog_topic_name
 from stream_processors.settings import StreamProcessorSettings
-from streamscore.contracts import Transaction, headers_for
+from streamscore.contracts import DeadLetterReason, Transaction, headers_for
 from streamscore.features import RealtimeSnapshot, TransactionFacts, replay
 from streamscore.kafka import admin_client, delete_topics, producer_config
 from streamscore.settings import KafkaSettings, RedisSettings, TopicSettings
 from streamscore.topics import TopicRegistry
+from tests.support.scoring import DEFECT_KINDS, START, Record, defective
 from tests.support.workers import WorkerProcess, worker_process
 
 READY_TIMEOUT_S = 120.0
@@ -195,7 +200,7 @@ def expected_online(events: list[Transaction]) -> dict[str, RealtimeSnapshot]:
     (a sentinel far in the future), i.e. after all of the account's events."""
     facts = [TransactionFacts.of(e) for e in events]
     accounts = sorted({f.account_id for f in facts})
-    far = max(f.event_ts for f in facts) + 10 * 86_400.0
+    far = max(f.event_ts for f in facts) + 1.0  # after every event (the snapshot "before" it is the last state)
     sentinels = [
         TransactionFacts(f"sentinel-{a}", a, "m", "5411", 1.0, "EUR", "DE", "pos", None, far) for a in accounts
     ]
@@ -474,3 +479,166 @@ def test_snapshots_wait_while_redis_is_down_and_arrive_when_it_is_back(setup: Se
             metrics = features_metrics(worker)()
             assert metrics["streamscore_features_events_processed_total"] == len(events)
             assert metrics["streamscore_features_push_failures_total"] >= 2
+
+
+# --- poison, infrastructure patience, an emptied online store (issue 12) ---------------------------------------
+
+
+def recent_poison(now: datetime) -> list[Record]:
+    """The scorer's poison corpus (tests/support/scoring.py), dated an hour ago so only the defect makes it fail
+    (the contract refuses events far from the receiving clock), plus one dated 9999."""
+    hour = (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H").encode()
+    out = []
+    for i, kind in enumerate(DEFECT_KINDS):
+        record = defective(i, kind)
+        value = None if record.value is None else record.value.replace(START.strftime("%Y-%m-%dT%H").encode(), hour)
+        out.append(Record(record.key, value, record.headers, kind, record.event_id))
+    far = transaction("y9999", "acc-far-future", now, 5.0).to_json()
+    far = far.replace(now.strftime("%Y").encode(), b"9999", 1)
+    out.append(Record(b"acc-far-future", far, headers_for(transaction("y", "acc-far-future", now, 5.0)), "9999"))
+    return out
+
+
+def test_poison_never_wedges_the_processor_and_an_unwritable_row_is_dead_lettered(
+    setup: Setup, tmp_path: Path, redis_settings: RedisSettings
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    poison = recent_poison(now)
+    # A row Redis itself refuses: the account's key already holds a string, so Feast's HSET gets WRONGTYPE.
+    blocked = transaction("blocked-1", "acc-blocked", now - timedelta(minutes=2), 9.0)
+    client = redis.Redis(host=redis_settings.host, port=redis_settings.port)
+    client.set(redis_key(setup.feast.project, "account_id", "acc-blocked"), b"not a hash")
+    good = [transaction(f"ok-{i}", f"acc-ok-{i % 3}", now - timedelta(minutes=5 - i), 10.0 + i) for i in range(5)]
+    with feature_worker(setup.env, tmp_path / "worker.log", setup.port) as worker:
+        for record in poison:
+            send_raw(
+                setup.kafka, setup.topics.transactions.name, record.key or b"", record.value or b"", record.headers
+            )
+        with EventProducer(setup.kafka, setup.topics, client_id="test-features") as producer:
+            producer.send_transaction(blocked)
+            for event in good:
+                producer.send_transaction(event)
+        # Later good events are processed: their snapshots are readable online.
+        expected = expected_online(good)
+        got = poll(lambda: online(setup.store, sorted(expected)), equal_to(expected), CONVERGE_TIMEOUT_S, worker)
+        assert got == expected, worker.tail()
+        letters = poll(
+            lambda: read_dead_letters(setup.kafka, setup.topics.features_dlq.name, timeout_s=30),
+            lambda entries: len(entries) >= 1,
+            CONVERGE_TIMEOUT_S,
+            worker,
+        )
+        metrics = poll(
+            features_metrics(worker),
+            lambda m: m.get("streamscore_features_pending_events") == 0,
+            CONVERGE_TIMEOUT_S,
+            worker,
+        )
+        worker.check_alive()
+    # Only the row the store refused is the processor's to dead-letter, with its original bytes and reason;
+    # the contract's rejects are the scorer's (transactions.dlq), counted here by reason.
+    assert len(letters) == 1, letters
+    (entry,) = letters
+    assert entry.letter is not None and entry.value == blocked.to_json() and entry.key == b"acc-blocked"
+    assert (entry.letter.error_class, entry.letter.stage) == (DeadLetterReason.UNWRITABLE_FEATURES, "push")
+    assert "WRONGTYPE" in entry.letter.error_message
+    assert metrics['streamscore_features_dead_letters_total{reason="unwritable_features"}'] == 1
+    assert metrics['streamscore_features_events_skipped_total{reason="invalid"}'] == len(poison)
+    assert metrics['streamscore_features_invalid_events_total{reason="event_time_out_of_window"}'] >= 1
+    assert metrics["streamscore_features_events_processed_total"] == len(good) + 1
+    # Everything was acknowledged: the group commits to the end of the topic.
+    group = setup.env["TOPICS_PREFIX"] + setup.env["FEATURES_APP_ID"]
+    topic = setup.topics.transactions
+    assert uncommitted(setup.kafka, group, topic.name, topic.partitions) == 0
+
+
+def test_redis_down_longer_than_the_patience_makes_the_processor_exit_3(setup: Setup, tmp_path: Path) -> None:
+    env = {
+        **setup.env,
+        "REDIS_PORT": str(free_port()),
+        "FEATURES_GIVE_UP_AFTER_S": "3",
+        "FEATURES_PUSH_RETRY_MAX_MS": "500",
+    }
+    now = datetime.now(UTC).replace(microsecond=0)
+    with feature_worker(env, tmp_path / "worker.log", setup.port) as worker:
+        with EventProducer(setup.kafka, setup.topics, client_id="test-features") as producer:
+            producer.send_transaction(transaction("gu-1", "acc-give-up", now - timedelta(minutes=1), 7.0))
+        code = worker.process.wait(timeout=CONVERGE_TIMEOUT_S)
+    assert code == 3, worker.tail()
+    assert "giving up" in worker.tail()
+    # Nothing was committed: a restart replays the event.
+    group = env["TOPICS_PREFIX"] + env["FEATURES_APP_ID"]
+    topic = setup.topics.transactions
+    assert uncommitted(setup.kafka, group, topic.name, topic.partitions) == 1
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two days of generated history (200 accounts, 40 merchants) and the offline sources built from it."""
+    from feature_repo.batch import build_batch_sources
+    from producers.generator import GeneratorConfig, TransactionGenerator
+    from producers.history import write_history
+    from producers.world import build_world
+
+    root = tmp_path_factory.mktemp("restore-history")
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    generator = TransactionGenerator(build_world(5, accounts=200, merchants=40), GeneratorConfig(seed=5))
+    write_history(generator, 2, root / "history", end=end, rate_per_s=0.05, label_delay=timedelta(hours=2))
+    build_batch_sources(root / "history", root / "features", workers=1)
+    return root / "features"
+
+
+def test_an_emptied_online_store_gets_its_views_and_snapshots_back(setup: Setup, tmp_path: Path, offline: Path) -> None:
+    from feature_repo.batch import batch_range
+    from feature_repo.store import BATCH_VIEWS, materialize
+
+    port = free_port()
+    data_dir = tmp_path / "offline"
+    shutil.copytree(offline, data_dir)
+    feast = setup.feast.model_copy(update={"redis": RedisSettings(host="127.0.0.1", port=port), "data_dir": data_dir})
+    env = {
+        **setup.env,
+        "REDIS_PORT": str(port),
+        "FEAST_DATA_DIR": str(data_dir),
+        "FEATURES_RESTORE_CHECK_INTERVAL_S": "1",
+    }
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = [
+        transaction(f"rs-{i}", f"acc-restore-{i % 4}", now - timedelta(minutes=20 - i), 11.0 + i) for i in range(8)
+    ]
+    expected = expected_online(events)
+    with redis_server(port, tmp_path / "redis"):
+        store = open_store(feast)
+        apply(store, data_dir)
+        first, last = batch_range(data_dir)
+        started = time.monotonic()
+        materialize(store, first, last, views=[*BATCH_VIEWS, "account_realtime"])
+        print(f"\nmaterialize of the batch views and the real-time log: {time.monotonic() - started:.1f} s")
+        history_account = str(pd.read_parquet(data_dir / PROFILE_FILE, columns=["account_id"])["account_id"].iloc[-1])
+        client = redis.Redis(host="127.0.0.1", port=port)
+
+        def views_and_snapshots() -> tuple[bool, dict[str, RealtimeSnapshot | None]]:
+            (row,) = read_online(store, [(history_account, "m-none")])
+            return row[1] is not None, online(store, sorted(expected))
+
+        with feature_worker(env, tmp_path / "worker.log", setup.port) as worker:
+            with EventProducer(setup.kafka, setup.topics, client_id="test-features") as producer:
+                for event in events:
+                    producer.send_transaction(event)
+            want = (True, expected)
+            assert poll(views_and_snapshots, equal_to(want), CONVERGE_TIMEOUT_S, worker) == want
+            client.flushall()  # what a Redis restart without persistence leaves
+            assert views_and_snapshots() == (False, dict.fromkeys(expected))
+            flushed = time.monotonic()
+            got = poll(views_and_snapshots, equal_to(want), 3 * CONVERGE_TIMEOUT_S, worker)
+            print(f"online store restored {time.monotonic() - flushed:.1f} s after FLUSHALL")
+            assert got == want, worker.tail()
+            # The restore's metrics follow its last push (and the marks): poll for them.
+            metrics = poll(
+                features_metrics(worker),
+                lambda m: m.get("streamscore_features_online_store_restores_total", 0) >= 1,
+                CONVERGE_TIMEOUT_S,
+                worker,
+            )
+            assert metrics["streamscore_features_online_store_restores_total"] >= 1
+            assert metrics["streamscore_features_online_store_restored_rows_total"] >= len(expected)
