@@ -110,9 +110,6 @@ class ScorerMetrics:
             ["topic", "partition"],
             registry=registry,
         )
-        self.group_members = Gauge(
-            f"{p}_group_members", "Members of the scorer group, as its coordinator last said", registry=registry
-        )
         self.assigned_partitions = Gauge(
             f"{p}_assigned_partitions", "Partitions of the input topic this instance holds", registry=registry
         )

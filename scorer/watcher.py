@@ -9,6 +9,13 @@ revocations and rebalances (alert on `max by (topic, partition)`).
 
 Every call is bounded by the Kafka timeout; a failing measurement keeps the last gauges, marks the view unknown
 and counts how long the coordinator has been unreachable (`failing_for`), which the loop bounds.
+
+Committed offsets and log ends come from a consumer of the group that never subscribes (OffsetFetch and ListOffsets,
+read_committed), not from the admin client: librdkafka 2.16's admin requests routed to the group coordinator
+(DescribeConsumerGroups, ListConsumerGroupOffsets) aborted the process (`rd_kafka_enq_once_del_source_return:
+Assertion eonce->refcnt > 0`) when the broker was SIGKILLed while one waited. The group's members and owners —
+an admin coordinator request — are asked only while this instance holds no partitions, right after the broker
+answered the offset requests.
 """
 
 from __future__ import annotations
@@ -18,11 +25,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from scorer.metrics import ScorerMetrics
-from streamscore.kafka import admin_client
-from streamscore.lag import GroupLag, LagReader
+from streamscore.kafka import admin_client, consumer_config
+from streamscore.lag import GroupLag, LagReader, PartitionLag, partition_lag
 from streamscore.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
@@ -53,14 +63,17 @@ class GroupView:
     """Age of the oldest waiting record per partition (0 when none waits)."""
 
 
-def view_of(report: GroupLag, topic: str, partitions: int) -> GroupView:
+def view_of(report: GroupLag, topic: str, partitions: int, *, owners_known: bool = True) -> GroupView:
+    """The view of `topic` in a lag report; with `owners_known` False the rows' owners are not the coordinator's
+    (the report came from committed offsets alone) and `owners` stays empty."""
     owners: dict[int, str | None] = {}
     lag: dict[int, int] = {}
     seconds: dict[int, float] = {}
     for row in report.partitions:
         if row.topic != topic:
             continue
-        owners[row.partition] = row.consumer_id
+        if owners_known:
+            owners[row.partition] = row.consumer_id
         if row.lag is not None:
             lag[row.partition] = row.lag
         elif row.current_offset is None and row.log_end_offset is not None:
@@ -121,13 +134,14 @@ class GroupWatcher:
     def _run(self) -> None:
         reader = LagReader(self.kafka, timeout_s=self.timeout_s, peek_timeout_s=min(5.0, self.timeout_s))
         admin = admin_client(self.kafka, quiet=True)
+        # The group's committed offsets without joining it: a consumer of the group that never subscribes.
+        offsets = Consumer(
+            {**consumer_config(self.kafka, self.group, "scorer-watch"), "log_level": 3, "enable.auto.commit": False}
+        )
         try:
             while not self._stop.is_set():
                 try:
-                    report = reader.read(self.group, [self.topic])
-                    metadata = admin.list_topics(topic=self.topic, timeout=self.timeout_s).topics.get(self.topic)
-                    partitions = len(metadata.partitions) if metadata is not None and not metadata.error else 0
-                    self.update(view_of(report, self.topic, partitions))
+                    self.update(self._measure(offsets, reader, admin))
                 except Exception as exc:  # noqa: BLE001 - the watcher must outlive any failure; it is bounded
                     self.failed(exc)
                 if self.on_measure is not None:
@@ -137,10 +151,57 @@ class GroupWatcher:
                         logger.exception("publishing readiness")
                 self._stop.wait(self.interval_s)
         finally:
-            try:
-                reader.close()
-            except Exception as exc:  # noqa: BLE001
-                logger.debug("closing the lag reader: %s", exc)
+            for close in (reader.close, offsets.close):
+                try:
+                    close()
+                except Exception as exc:  # noqa: BLE001
+                    logger.debug("closing the watcher's clients: %s", exc)
+
+    def _measure(self, offsets: Consumer, reader: LagReader, admin: Any) -> GroupView:
+        metadata = offsets.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
+        if metadata is None or metadata.error is not None:
+            raise KafkaException(metadata.error if metadata is not None else "no metadata")
+        partitions = sorted(metadata.partitions)
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        committed = {
+            tp.partition: tp.offset if tp.offset >= 0 else None for tp in offsets.committed(tps, timeout=self.timeout_s)
+        }
+        ends = {
+            p: int(offsets.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)[1])
+            for p in partitions
+        }
+        behind = {(self.topic, p): offset for p, offset in committed.items() if offset is not None and offset < ends[p]}
+        peeks = reader.peek(behind)
+        now_ms = int(time.time() * 1000)
+        rows: list[PartitionLag] = [
+            partition_lag(
+                group=self.group,
+                topic=self.topic,
+                partition=p,
+                committed=committed.get(p),
+                log_end=ends[p],
+                peek=peeks.get((self.topic, p)),
+                now_ms=now_ms,
+            )
+            for p in partitions
+        ]
+        state, members, owners_known = "Unknown", 0, False
+        if not self.held():
+            # Only now ask the coordinator who owns what (an admin coordinator request, see the module docstring).
+            description = admin.describe_consumer_groups([self.group], request_timeout=self.timeout_s)[
+                self.group
+            ].result(timeout=self.timeout_s)
+            owner = {
+                tp.partition: m.member_id
+                for m in description.members
+                for tp in (m.assignment.topic_partitions if m.assignment else [])
+                if tp.topic == self.topic
+            }
+            rows = [replace(row, consumer_id=owner.get(row.partition)) for row in rows]
+            state = getattr(description.state, "name", str(description.state)).title().replace("_", "")
+            members, owners_known = len(description.members), True
+        report = GroupLag(self.group, state, members, rows)
+        return view_of(report, self.topic, len(partitions), owners_known=owners_known)
 
     def update(self, view: GroupView, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -152,12 +213,12 @@ class GroupWatcher:
             self.metrics.lag_offsets.labels(topic=self.topic, partition=str(partition)).set(records)
         for partition, age in view.seconds.items():
             self.metrics.lag_seconds.labels(topic=self.topic, partition=str(partition)).set(age)
-        self.metrics.group_members.set(view.members)
         held = self.held()
         pending = sum(view.lag.get(p, 0) for p in held)
         self.pending_since = (self.pending_since or now) if pending > 0 else None
         self.pending = pending
-        self.should_hold = should_hold(view.partitions, view.owners, self.member_id())
+        # Owners are asked only while we hold nothing (_measure); holding some, the question does not arise.
+        self.should_hold = should_hold(view.partitions, view.owners, self.member_id()) if not held else True
 
     def failed(self, exc: Exception, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

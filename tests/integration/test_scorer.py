@@ -287,8 +287,14 @@ def test_at_least_once_mode_scores_everything_and_health_answers(scorer_env: Sco
         reader.wait_until(lambda _: len(reader.on(scorer_env.topics.scores.name)) >= valid, 120, "scores")
         with urllib.request.urlopen(f"http://127.0.0.1:{scorer_env.metrics_port}/healthz", timeout=5) as response:
             health = json.loads(response.read())
-        time.sleep(1.5)  # a lag measurement after the last batch
-        metrics = scorer_env.metrics()
+        # The lag gauges are the group's view, measured every 0.5 s from the committed offsets: they reach 0.
+        deadline = time.monotonic() + 30
+        while True:
+            metrics = scorer_env.metrics()
+            lag = [line for line in metrics.splitlines() if line.startswith("streamscore_scorer_consumer_lag_offsets{")]
+            if (len(lag) == 6 and all(float(line.split()[-1]) == 0 for line in lag)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert scorer.terminate() == 0, scorer.tail()
         reader.poll_for(1)
     finally:
@@ -296,7 +302,6 @@ def test_at_least_once_mode_scores_everything_and_health_answers(scorer_env: Sco
     check_exactly_once(records, reader, scorer_env.topics)  # a clean run duplicates nothing either
     assert health["status"] == "ok" and health["delivery"] == "at_least_once"
     assert health["models"] == {"champion": "1", "challenger": "2", "shadow": "2"}
-    lag = [line for line in metrics.splitlines() if line.startswith("streamscore_scorer_consumer_lag_offsets{")]
     assert len(lag) == 6 and all(float(line.split()[-1]) == 0 for line in lag), lag
     assert "streamscore_scorer_model_info{" in metrics and 'model_version="1"' in metrics
 
