@@ -85,6 +85,7 @@ class Restorer:
     restoring: bool = field(default=False, init=False)
     """A restore step is running (a readiness signal: the store is being loaded again)."""
     _retry_at: float = field(default=0.0, init=False)
+    _views_retry_at: float = field(default=0.0, init=False)
 
     async def check(self) -> None:
         """One look at the marks, and the restore they call for. Never raises: Redis being down is the batcher's
@@ -107,7 +108,9 @@ class Restorer:
         return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
     async def _views_ready(self) -> bool:
-        """True when every view mark is there (materializing the missing ones if this worker gets the lock)."""
+        """False only while another worker materializes views (the lock is taken): a re-push now could be overwritten
+        by its real-time log. A failed materialization of our own (offline files missing) does not hold the
+        snapshots back: they are pushed, and a later successful one drops the partition marks to push them again."""
         if self.materialize is None or not self.views:
             return True
         missing = await self._blocking(self.marks.missing, [view_mark(v) for v in self.views])
@@ -117,6 +120,8 @@ class Restorer:
             return False  # another worker restores the views; wait for their marks
         views = [v for v in self.views if view_mark(v) in missing]
         try:
+            if self.clock() < self._views_retry_at:
+                return True
             started = self.clock()
             log.warning("online store: the views %s are gone (Redis restarted empty?); materializing them", views)
             if REALTIME_VIEW in views:
@@ -126,6 +131,16 @@ class Restorer:
             elapsed = self.clock() - started
             self.metrics.restore_seconds.labels(step="views").observe(elapsed)
             log.warning("online store: materialized %s in %.1f s", views, elapsed)
+        except Exception as exc:  # noqa: BLE001 — the offline files missing or unreadable: snapshots still go back
+            self._views_retry_at = self.clock() + self.retry_s
+            log.error(
+                "online store: materializing %s failed (%s: %s); next try in %.0f s (or run `streamscore features "
+                "materialize --realtime`)",
+                views,
+                type(exc).__name__,
+                exc,
+                self.retry_s,
+            )
         finally:
             await self._blocking(self.marks.unlock, LOCK)
         return True
