@@ -261,8 +261,9 @@ def _add_pages(processor: FeatureProcessor) -> None:
 
     def pushes() -> list[Check]:
         push = batcher.health()
-        # Not a stall for the watchdog: the processor gives up on the online store itself (FEATURES_GIVE_UP_AFTER_S).
-        return [Check("online store pushes", push.healthy, push.last_error or "", stalls=False)]
+        # Not a stall for the watchdog, nor are the commits it holds back: the processor gives up on the online store
+        # itself (FEATURES_GIVE_UP_AFTER_S).
+        return [Check("online store pushes", push.healthy, push.last_error or "", stalls=False, holds_offsets=True)]
 
     settings = processor.settings
     install_health(

@@ -96,6 +96,9 @@ class Check:
     ok: bool
     detail: str = ""
     stalls: bool = True
+    holds_offsets: bool = False
+    """A failure of this condition holds the offsets back (the feature processor's failing pushes): commits that do
+    not advance are then its consequence, and the watchdog leaves that to the service's own patience."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +221,10 @@ def readiness(progress: Progress, policy: HealthPolicy, now: float, extra: Itera
                 f"lag {progress.pending_lag} and committed offsets unchanged for {still:.1f} s",
             )
         )
-    checks.extend(extra)
+    own = list(extra)
+    if any(c.holds_offsets and not c.ok for c in own):
+        checks = [Check(c.name, c.ok, c.detail, stalls=False) if c.name == "commits" else c for c in checks]
+    checks.extend(own)
     return Verdict(all(c.ok for c in checks), tuple(checks))
 
 

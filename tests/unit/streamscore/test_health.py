@@ -146,6 +146,19 @@ def test_the_services_own_checks_count_but_do_not_stall() -> None:
     assert verdict.reasons() == ["online store pushes: ConnectionError"]
 
 
+def test_commits_held_back_by_the_services_own_failing_check_are_not_a_stall() -> None:
+    p = healthy()
+    p.on_group(view({("tx", 0): (10, 50), ("tx", 1): (5, 0)}), T0 + 30)
+    p.tick = T0 + 30
+    alone = readiness(p, POLICY, T0 + 30)
+    assert names(alone.failed) == ["commits"] and alone.stalled
+    pushes = Check("online store pushes", False, "ConnectionError", stalls=False, holds_offsets=True)
+    held = readiness(p, POLICY, T0 + 30, [pushes])
+    assert names(held.failed) == ["commits", "online store pushes"] and not held.stalled
+    checkpoints = Check("checkpoints", False, stalls=False)  # does not hold offsets back by itself: still a stall
+    assert readiness(p, POLICY, T0 + 30, [checkpoints]).stalled
+
+
 # --- the watchdog ---------------------------------------------------------------------------------------------------
 
 
