@@ -164,7 +164,7 @@ def _event_time(value: object, info: ValidationInfo) -> datetime:
         if not _EVENT_TIME_TEXT.match(value):
             raise PydanticCustomError(
                 "event_time_format",
-                "a time must be a string YYYY-MM-DDThh:mm:ss[.ffffff] with Z or ±hh:mm (RFC 3339)",
+                "a time must be a string YYYY-MM-DDThh:mm:ss[.ffffff] with a timezone, Z or ±hh:mm (RFC 3339)",
             )
         if not _YEARS[0] <= value[:4] <= _YEARS[1]:
             raise _outside_years(value)
@@ -525,6 +525,11 @@ def _classify(error: ValidationError) -> DeadLetterReason:
     return DeadLetterReason.SCHEMA_INVALID
 
 
+def classify(error: ValidationError) -> DeadLetterReason:
+    """The DeadLetterReason of a contract's ValidationError (a batch of transactions gets its reasons too)."""
+    return _classify(error)
+
+
 def describe(error: ValidationError) -> str:
     """A one-line, human message naming each offending field."""
     parts = []
@@ -587,7 +592,8 @@ def reject_duplicate_keys(text: str | bytes, parsed: BaseModel, commas: int | No
     comma) is parsed again, with the standard library's hook, to tell the two apart. `commas`: the count when the
     caller knows it (a flat model: its fields set, less one)."""
     expected = _fewest_commas(parsed) if commas is None else commas
-    if text.count("," if isinstance(text, str) else b",") <= expected:
+    found = text.count(",") if isinstance(text, str) else text.count(b",")
+    if found <= expected:
         return
     try:
         json.loads(text, object_pairs_hook=_refuse_duplicate)

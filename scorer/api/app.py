@@ -54,6 +54,7 @@ from streamscore.contracts import (
     Score,
     Transaction,
     check_content_type,
+    classify,
     describe,
     reject_duplicate_keys,
 )
@@ -418,7 +419,7 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
         except EventError as exc:
             raise ApiValidationError(exc.reason, exc.detail) from None
         except ValidationError as exc:
-            raise ApiValidationError("schema_invalid", describe(exc)) from None
+            raise ApiValidationError(classify(exc), describe(exc)) from None
         if not batch.instances:
             raise ApiValidationError("schema_invalid", "instances: at least one transaction is needed")
         if len(batch.instances) > settings.max_instances:

@@ -68,12 +68,14 @@ def parse_transaction(
     *,
     window: EventTimeWindow = DEFAULT_WINDOW,
     max_bytes: int = MAX_MESSAGE_BYTES,
+    now_s: float | None = None,
 ) -> Transaction:
     """The stream's own contract check, on the same bytes with the same content-type rule
     (`validate_transaction`): an event the scorer would dead-letter is refused with the same reason — 413
-    `oversize`, 415 `unsupported_content_type`, else 422. `window` and `max_bytes`: the scorer's settings."""
+    `oversize`, 415 `unsupported_content_type`, else 422. `window` and `max_bytes`: the scorer's settings; `now_s`:
+    the receiving clock (default: now)."""
     try:
-        return validate_transaction(body, content_type, max_bytes=max_bytes, window=window)
+        return validate_transaction(body, content_type, max_bytes=max_bytes, window=window, now_s=now_s)
     except EventError as exc:
         raise ApiValidationError(exc.reason, exc.detail) from None
 
