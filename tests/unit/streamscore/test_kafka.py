@@ -35,12 +35,13 @@ def test_partition_for_is_in_range_and_stable() -> None:
 def test_registry_prefix_and_partitions() -> None:
     registry = TopicSettings(prefix="t1.", partitions=3).registry()
     names = [spec.name for spec in registry.all()]
-    assert len(names) == len(set(names)) == 8
+    assert len(names) == len(set(names)) == 10
     assert all(name.startswith("t1.") for name in names)
     assert registry.transactions.name == "t1.transactions"
     assert {spec.partitions for spec in registry.all()} == {3}
     assert {s.partitions for s in TopicRegistry.build().with_partitions(12).all()} == {12}
     assert registry.dlq.config()["cleanup.policy"] == "delete"
+    assert {registry.features_dlq.name, registry.monitor_dlq.name} == {"t1.features.dlq", "t1.monitor.dlq"}
 
 
 def test_kafka_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
