@@ -21,6 +21,7 @@ from streamscore.errors import ConfigError
 from streamscore.health import (
     EXIT_INFRA,
     Check,
+    CommittedLagReader,
     GroupView,
     HealthGauges,
     HealthPolicy,
@@ -33,7 +34,7 @@ from streamscore.health import (
     readiness,
     verdict_body,
 )
-from streamscore.lag import GroupLag, LagReader
+from streamscore.lag import GroupLag
 from streamscore.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -237,15 +238,14 @@ class ServiceHealth:
     def start_threads(self) -> None:
         if self.watchdog is not None:
             return
-        reader: list[LagReader] = []
+        reader: list[CommittedLagReader] = []
 
         def read() -> GroupLag:
             if not reader:
-                reader.append(
-                    LagReader(self.kafka, timeout_s=self.policy.lag_timeout_s, peek_timeout_s=self.policy.lag_timeout_s)
-                )
+                reader.append(CommittedLagReader(self.kafka, self.group, self.topics, self.policy.lag_timeout_s))
             try:
-                return reader[0].read(self.group, self.topics)
+                # Owners (an admin request to the coordinator) only while this worker holds no input partition.
+                return reader[0].read(owners=not self.progress.assigned)
             except Exception:
                 # A fresh client after a failure: measured, a reader whose broker was SIGKILLed and restarted kept
                 # timing out after the broker was back (50 s, until the watchdog stopped the healthy worker).

@@ -28,11 +28,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import Gauge
 
-from streamscore.lag import GroupLag
+from streamscore.kafka import admin_client, consumer_config
+from streamscore.lag import GroupLag, LagReader, PartitionLag, partition_lag
+from streamscore.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,8 @@ class GroupView:
     owned_by_others: bool = False
     """Every input partition is assigned to a member of the group, none to this worker (an idle replica)."""
     state: str = "Unknown"
+    held: frozenset[tuple[str, int]] = frozenset()
+    """The partitions this worker held when the view was recorded (set by `Progress.on_group`)."""
 
 
 @dataclass
@@ -154,26 +159,34 @@ class Progress:
     lag_error: str | None = None
     pending_lag: int = 0
     """Offsets behind on the partitions this worker holds, at the last lag read (the broker's view)."""
-    committed_advanced: float = field(default_factory=time.monotonic)
-    """When the committed offsets of this worker's partitions last advanced (or they had no lag)."""
+    lagging: dict[tuple[str, int], int] = field(default_factory=dict)
+    """This worker's partitions with lag at the last read, and their lag."""
+    advanced_at: dict[tuple[str, int], float] = field(default_factory=dict)
+    """Per partition: when its committed offset last advanced, it had no lag, or it became this worker's."""
     stopping: str | None = None
     """Why the watchdog stopped the process (liveness fails from then on)."""
 
     def on_group(self, view: GroupView, now: float) -> None:
-        """Record a successful lag read. Progress: a committed offset of this worker's partitions advanced, or they
-        have no lag (only this worker's: another member's stall is that member's to report)."""
+        """Record a successful lag read. Progress is per partition: one partition's commits (the monitor's merge
+        topic moves all the time) must not hide another that is stuck. Only this worker's partitions count
+        (another member's stall is that member's to report), and a partition just assigned starts afresh."""
         before = self.group
-        mine = [key for key in view.committed if key in self.assigned]
-        advanced = before is None or any(
-            (new := view.committed.get(key)) is not None
-            and (old := before.committed.get(key)) is not None
-            and new > old
-            for key in mine
-        )
-        self.pending_lag = sum(view.lag_by_partition.get(key) or 0 for key in mine)
-        if advanced or self.pending_lag == 0:
-            self.committed_advanced = now
+        held_before = set(before.held) if before is not None else set()
+        for key, new in view.committed.items():
+            old = before.committed.get(key) if before is not None else None
+            moved = new is not None and (old is None or new > old)
+            fresh = key in self.assigned and key not in held_before
+            if moved or fresh or not view.lag_by_partition.get(key) or key not in self.advanced_at:
+                self.advanced_at[key] = now
+        view.held = frozenset(key for key in view.committed if key in self.assigned)
+        self.lagging = {key: lag for key in view.held if (lag := view.lag_by_partition.get(key) or 0) > 0}
+        self.pending_lag = sum(self.lagging.values())
         self.group, self.lag_read_ok, self.lag_error = view, now, None
+
+    def stuck(self, now: float, after_s: float) -> list[tuple[tuple[str, int], int, float]]:
+        """(partition, lag, seconds without progress) of this worker's lagging partitions stuck for `after_s`."""
+        out = [(key, lag, now - self.advanced_at.get(key, now)) for key, lag in self.lagging.items()]
+        return sorted((row for row in out if row[2] >= after_s), key=lambda row: -row[2])
 
 
 def liveness(progress: Progress, policy: HealthPolicy, now: float) -> Verdict:
@@ -212,15 +225,16 @@ def readiness(progress: Progress, policy: HealthPolicy, now: float, extra: Itera
             f"no lag read answered for {silent:.1f} s ({progress.lag_error or 'no answer yet'})",
         )
     )
-    if group is not None and progress.pending_lag > 0:
-        still = now - progress.committed_advanced
-        checks.append(
-            Check(
-                "commits",
-                still < policy.ready_commit_age_s,
-                f"lag {progress.pending_lag} and committed offsets unchanged for {still:.1f} s",
+    if group is not None and progress.lagging:
+        stuck = progress.stuck(now, policy.ready_commit_age_s)
+        detail = ""
+        if stuck:
+            (topic, partition), lag, still = stuck[0]
+            detail = (
+                f"{len(stuck)} partition(s) with lag and committed offsets unchanged for {policy.ready_commit_age_s:g}"
+                f" s or more (longest {topic}:{partition}, lag {lag}, {still:.1f} s)"
             )
-        )
+        checks.append(Check("commits", not stuck, detail))
     own = list(extra)
     if any(c.holds_offsets and not c.ok for c in own):
         checks = [Check(c.name, c.ok, c.detail, stalls=False) if c.name == "commits" else c for c in checks]
@@ -344,6 +358,84 @@ class Watchdog:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class CommittedLagReader:
+    """The group's lag on its input topics, read without the admin client's coordinator requests: committed offsets
+    through a consumer of the group that never subscribes (OffsetFetch), log ends read_committed (ListOffsets), the
+    oldest unconsumed record's timestamp by `streamscore.lag`'s peek. librdkafka 2.16 aborted the whole process
+    (`rd_kafka_enq_once_del_source_return: Assertion eonce->refcnt > 0`) when the broker was SIGKILLed while an
+    admin request to the group coordinator waited (found by the scorer's fault test); in a Faust worker that would
+    take the worker down. Who owns which partition is such a request: it is asked only when `owners` is True (the
+    worker holds no input partition, so it needs to know whether another member holds them all)."""
+
+    def __init__(self, kafka: KafkaSettings, group: str, topics: Iterable[str], timeout_s: float) -> None:
+        self.kafka = kafka
+        self.group = group
+        self.topics = tuple(topics)
+        self.timeout_s = timeout_s
+        self._offsets = Consumer(
+            {**consumer_config(kafka, group, "health-lag"), "log_level": 3, "enable.auto.commit": False}
+        )
+        self._peeks = LagReader(kafka, timeout_s=timeout_s, peek_timeout_s=timeout_s)
+        self._admin: Any = None
+
+    def read(self, owners: bool = False) -> GroupLag:
+        tps: list[TopicPartition] = []
+        for topic in self.topics:
+            metadata = self._offsets.list_topics(topic, timeout=self.timeout_s).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                raise KafkaException(metadata.error if metadata is not None else f"no metadata for {topic}")
+            tps.extend(TopicPartition(topic, p) for p in sorted(metadata.partitions))
+        committed = {
+            (tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None
+            for tp in self._offsets.committed(tps, timeout=self.timeout_s)
+        }
+        ends = {
+            (tp.topic, tp.partition): int(self._offsets.get_watermark_offsets(tp, timeout=self.timeout_s)[1])
+            for tp in tps
+        }
+        behind = {k: c for k, c in committed.items() if c is not None and c < ends[k]}
+        peeks = self._peeks.peek(behind)
+        now_ms = int(time.time() * 1000)
+        owner: dict[tuple[str, int], str] = {}
+        state, members = "Unknown", 0
+        if owners:
+            if self._admin is None:
+                self._admin = admin_client(self.kafka, quiet=True)
+            description = self._admin.describe_consumer_groups([self.group], request_timeout=self.timeout_s)[
+                self.group
+            ].result(timeout=self.timeout_s)
+            owner = {
+                (tp.topic, tp.partition): m.member_id
+                for m in description.members
+                for tp in (m.assignment.topic_partitions if m.assignment else [])
+            }
+            state = getattr(description.state, "name", str(description.state)).title().replace("_", "")
+            members = len(description.members)
+        rows: list[PartitionLag] = []
+        for tp in tps:
+            key = (tp.topic, tp.partition)
+            row = partition_lag(
+                group=self.group,
+                topic=tp.topic,
+                partition=tp.partition,
+                committed=committed.get(key),
+                log_end=ends[key],
+                peek=peeks.get(key),
+                now_ms=now_ms,
+            )
+            if key in owner:
+                row = PartitionLag(**{**row.to_dict(), "consumer_id": owner[key]})
+            rows.append(row)
+        return GroupLag(self.group, state, members, rows)
+
+    def close(self) -> None:
+        for close in (self._peeks.close, self._offsets.close):
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - closing after a failure; nothing to do about it
+                log.debug("closing the lag reader's clients: %s", exc)
 
 
 class LagPoller:

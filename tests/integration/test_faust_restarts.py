@@ -1,6 +1,6 @@
-"""The Faust services through a broker SIGKILL + restart, with traffic flowing: a private broker and Redis per test
-(the session's broker stays up for the other tests), the service as a subprocess (`python -m stream_processors`,
-`python -m monitor`).
+"""The Faust services through a broker SIGKILL + restart and a broker SIGSTOP of 25 s, with traffic flowing: a
+private broker and Redis per test (the session's broker stays up for the other tests), the service as a subprocess
+(`python -m stream_processors`, `python -m monitor`).
 
 What must hold (issue 12, points 3 and 4): while the broker is gone, `/readyz` (and `/healthz`) answer 503 while
 `/livez` answers 200 (the loop turns, the worker waits) and the lag gauges stay published; after the restart the
@@ -49,13 +49,16 @@ from tests.support.workers import WorkerProcess, worker_process
 READY_TIMEOUT_S = 180.0
 OUTAGE_S = 8.0
 """How long the broker stays dead before `up()` starts it again (its own start adds 10–30 s here)."""
+PAUSE_S = 25.0
+"""How long the broker stays stopped (SIGSTOP) before SIGCONT: longer than the monitor's 10 s session timeout."""
+FAULTS = ["kill", "stop"]
 RECOVER_TIMEOUT_S = 240.0
 HEALTH = {
     # Short bounds so the test sees every state; the watchdog's bound exceeds the outage, so recovering by itself
     # is what is expected, and exiting non-zero is accepted (the point of the bound).
     "LAG_INTERVAL_S": "1",
     "READY_COMMIT_AGE_S": "5",
-    "STALL_EXIT_S": "90",
+    "STALL_EXIT_S": "60",
     "LOOP_STALL_S": "30",
 }
 
@@ -81,13 +84,45 @@ def answer(worker: WorkerProcess, path: str) -> tuple[int | None, dict[str, Any]
         return status, {}
 
 
-def through_outage(
-    stack: LocalStack, worker: WorkerProcess, lag_metric: str, restart: Callable[[], WorkerProcess]
-) -> tuple[WorkerProcess, str]:
-    """SIGKILL the broker; see readiness fail while liveness holds and the lag gauges stay; start the broker again;
-    wait until the worker is ready again or has exited non-zero (then `restart()` it). Returns the ready worker and
-    what happened."""
-    stack.signal("kafka", signal.SIGKILL)
+class Supervised:
+    """The worker under its supervisor's rule: one that exits non-zero is started again (and the exit recorded); one
+    that exits 0 fails the test."""
+
+    def __init__(self, start: Callable[[], WorkerProcess]) -> None:
+        self.start = start
+        self.current = start()
+        self.exits: list[int] = []
+
+    def check(self) -> None:
+        code = self.current.process.poll()
+        if code is None:
+            return
+        assert code != 0, f"the worker exited with 0:\n{self.current.tail()}"
+        print(f"the worker exited with {code}; starting it again")
+        self.exits.append(code)
+        self.current = self.start()
+
+    def wait(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            self.check()
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}:\n{self.current.tail()}")
+            time.sleep(0.5)
+
+    def outcome(self, ready_after_s: float) -> str:
+        if self.exits:
+            return f"exited {self.exits} (restarted), ready {ready_after_s:.0f} s after the broker came back"
+        return f"recovered by itself, ready {ready_after_s:.0f} s after the broker came back"
+
+
+def through_outage(stack: LocalStack, supervised: Supervised, lag_metric: str, fault: str) -> str:
+    """SIGKILL (`fault="kill"`) or SIGSTOP (`"stop"`) the broker; see readiness fail while liveness holds and the lag
+    gauges stay; start (SIGCONT) the broker again; wait until the worker is ready again, restarting it when it exits
+    non-zero (its watchdog's way out). Returns what happened."""
+    began = time.monotonic()
+    worker = supervised.current
+    stack.signal("kafka", signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
     seen: dict[str, Any] = {}
     deadline = time.monotonic() + 60.0
     while time.monotonic() < deadline:
@@ -103,20 +138,15 @@ def through_outage(
     assert seen["healthz"] == 503, "/healthz answers as readiness"
     assert seen["lag"], "the lag gauges stay published while the broker is gone"
     print(f"broker gone: /readyz 503 {seen['reasons']}")
-    time.sleep(OUTAGE_S)
-    stack.up()
-    restarted = time.monotonic()
-    while time.monotonic() - restarted < RECOVER_TIMEOUT_S:
-        code = worker.process.poll()
-        if code is not None:
-            assert code != 0, f"the worker exited with 0 after the broker restart:\n{worker.tail()}"
-            print(f"the worker exited with {code} {time.monotonic() - restarted:.0f} s after the broker restart")
-            return restart(), f"exited {code}, restarted"
-        ready, body = answer(worker, "/readyz")
-        if ready == 200:
-            return worker, f"recovered by itself, ready {time.monotonic() - restarted:.0f} s after the broker restart"
-        time.sleep(0.5)
-    pytest.fail(f"neither ready nor exited {RECOVER_TIMEOUT_S:.0f} s after the broker restart:\n{worker.tail()}")
+    if fault == "kill":
+        time.sleep(OUTAGE_S)
+        stack.up()
+    else:
+        time.sleep(max(PAUSE_S - (time.monotonic() - began), 0.0))
+        stack.signal("kafka", signal.SIGCONT)
+    back = time.monotonic()
+    supervised.wait(lambda: answer(supervised.current, "/readyz")[0] == 200, RECOVER_TIMEOUT_S, "ready again")
+    return supervised.outcome(time.monotonic() - back)
 
 
 class Traffic:
@@ -147,7 +177,10 @@ class Traffic:
 # --- the feature processor ------------------------------------------------------------------------------------------
 
 
-def test_the_feature_processor_survives_a_broker_kill_and_restart(private_stack: LocalStack, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fault", FAULTS)
+def test_the_feature_processor_survives_a_broker_kill_or_pause(
+    private_stack: LocalStack, tmp_path: Path, fault: str
+) -> None:
     kafka, redis = private_stack.settings.kafka_settings(), private_stack.settings.redis_settings()
     topics = TopicRegistry.build(prefix=f"t.fr.{uuid.uuid4().hex[:6]}.", partitions=6)
     ensure_topics(kafka, topics.all())
@@ -186,40 +219,36 @@ def test_the_feature_processor_survives_a_broker_kill_and_restart(private_stack:
                     worker_process("stream_processors", env, log, port, ready, READY_TIMEOUT_S)
                 )
 
-            worker = start()
+            supervised = Supervised(start)
             with Traffic(send, per_second=100):
                 time.sleep(3.0)
-                current, what = through_outage(
-                    private_stack, worker, "streamscore_features_consumer_lag_offsets", start
-                )
+                what = through_outage(private_stack, supervised, "streamscore_features_consumer_lag_offsets", fault)
                 time.sleep(3.0)
             producer.flush(120)
             expected = expected_online(events)
             accounts = sorted(expected)
-            deadline = time.monotonic() + RECOVER_TIMEOUT_S
-            got = online(store, accounts)
-            while got != expected and time.monotonic() < deadline:
-                current.check_alive()
-                time.sleep(0.5)
-                got = online(store, accounts)
-            assert got == expected, f"{what}; the online features lag the events sent:\n{current.tail()}"
-            lag = current.metrics("streamscore_features_consumer_group_lag_offsets")
-            deadline = time.monotonic() + 60.0
-            while sum(lag.values()) != 0 and time.monotonic() < deadline:
-                time.sleep(0.5)
-                lag = current.metrics("streamscore_features_consumer_group_lag_offsets")
-            assert lag and sum(lag.values()) == 0, lag
-            assert answer(current, "/readyz")[0] == 200
-    print(f"feature processor: {what}; {len(events)} events, {len(accounts)} accounts equal to the offline replay")
+            supervised.wait(
+                lambda: online(store, accounts) == expected, RECOVER_TIMEOUT_S, f"the features of every event ({what})"
+            )
+
+            def caught_up() -> bool:
+                lag = supervised.current.metrics("streamscore_features_consumer_group_lag_offsets")
+                return bool(lag) and sum(lag.values()) == 0
+
+            supervised.wait(caught_up, 60.0, "the group's lag gauge at 0")
+            supervised.wait(lambda: answer(supervised.current, "/readyz")[0] == 200, 60.0, "ready at the end")
+    print(f"feature processor, broker {fault}: {what}; {len(events)} events, {len(accounts)} accounts as replayed")
 
 
 # --- the monitor ----------------------------------------------------------------------------------------------------
 
 
-def test_the_monitor_survives_a_broker_kill_and_restart(
+@pytest.mark.parametrize("fault", FAULTS)
+def test_the_monitor_survives_a_broker_kill_or_pause(
     private_stack: LocalStack,
     registry_uri: str,  # noqa: F811 - the fixture imported above
     tmp_path: Path,
+    fault: str,
 ) -> None:
     kafka = private_stack.settings.kafka_settings()
     topics = TopicRegistry.build(prefix=f"t.mr.{uuid.uuid4().hex[:6]}.", partitions=6)
@@ -263,10 +292,10 @@ def test_the_monitor_survives_a_broker_kill_and_restart(
         def start() -> WorkerProcess:
             return workers.enter_context(worker_process("monitor", env, log, port, ready, READY_TIMEOUT_S))
 
-        worker = start()
+        supervised = Supervised(start)
         with Traffic(send, per_second=100) as traffic:
             time.sleep(3.0)
-            current, what = through_outage(private_stack, worker, "streamscore_monitor_consumer_lag_offsets", start)
+            what = through_outage(private_stack, supervised, "streamscore_monitor_consumer_lag_offsets", fault)
             time.sleep(3.0)
         sent = traffic.sent
         # Ticks on every partition, far ahead: every unit matures and the A/B counts are published.
@@ -278,11 +307,12 @@ def test_the_monitor_survives_a_broker_kill_and_restart(
 
         results = Results(kafka, topics)
 
-        def counted(r: Results) -> bool:
-            latest = {a.experiment_id: a for a in r.ab()}
+        def counted() -> bool:
+            results.reader.poll_for(0.5)
+            latest = {a.experiment_id: a for a in results.ab()}
             look = latest.get("exp-1")
             return look is not None and {v.variant: v.units for v in look.variants} == expected
 
-        results.wait(counted, RECOVER_TIMEOUT_S, f"every score counted once ({what})", current)
-        assert answer(current, "/readyz")[0] == 200
-    print(f"monitor: {what}; {sent} scores and labels, each counted once")
+        supervised.wait(counted, RECOVER_TIMEOUT_S, f"every score counted once ({what})")
+        supervised.wait(lambda: answer(supervised.current, "/readyz")[0] == 200, 60.0, "ready at the end")
+    print(f"monitor, broker {fault}: {what}; {sent} scores and labels, each counted once")

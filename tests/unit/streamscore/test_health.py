@@ -110,16 +110,43 @@ def test_readiness_fails_when_there_is_lag_and_commits_stopped_advancing() -> No
     for k in range(1, 6):
         now = T0 + 10 * k
         p.tick = now
-        p.on_group(view({("tx", 0): (10 + k, 50), ("tx", 1): (5, 50)}), now)
+        p.on_group(view({("tx", 0): (10 + k, 50), ("tx", 1): (5 + k, 50)}), now)
         assert readiness(p, POLICY, now).ok
     # The same offsets for longer than ready_commit_age_s while lag remains: unready.
     stuck_at = T0 + 50
     for now in (stuck_at + 10, stuck_at + 19.9, stuck_at + 20):
         p.tick = now
-        p.on_group(view({("tx", 0): (15, 80), ("tx", 1): (5, 80)}), now)
+        p.on_group(view({("tx", 0): (15, 80), ("tx", 1): (10, 80)}), now)
     verdict = readiness(p, POLICY, stuck_at + 20)
     assert names(verdict.failed) == ["commits"] and verdict.stalled
-    assert "lag 160" in verdict.reasons()[0]
+    assert "2 partition(s)" in verdict.reasons()[0] and "lag 80" in verdict.reasons()[0]
+
+
+def test_one_partition_that_advances_does_not_hide_a_stuck_one() -> None:
+    """Measured: after a broker restart the monitor held scores:5 with lag 400 and never fetched it again, while its
+    merge topic's commits moved every second."""
+    p = healthy()
+    for k in range(1, 5):
+        now = T0 + 10 * k
+        p.tick = now
+        p.on_group(view({("tx", 0): (10 + k, 3), ("tx", 1): (5, 400)}), now)
+    verdict = readiness(p, POLICY, T0 + 40)
+    assert names(verdict.failed) == ["commits"]
+    assert "tx:1, lag 400, 40.0 s" in verdict.reasons()[0]
+
+
+def test_a_partition_just_assigned_starts_afresh() -> None:
+    p = healthy()
+    p.on_group(view({("tx", 0): (10, 0), ("tx", 1): (5, 0), ("tx", 2): (7, 90)}), T0)
+    # Nobody moved tx:2 for a minute (its owner was stuck); it becomes ours now.
+    p.on_group(view({("tx", 0): (10, 0), ("tx", 1): (5, 0), ("tx", 2): (7, 90)}), T0 + 60)
+    p.assigned = MINE | {("tx", 2)}
+    p.tick = T0 + 61
+    p.on_group(view({("tx", 0): (10, 0), ("tx", 1): (5, 0), ("tx", 2): (7, 90)}), T0 + 61)
+    assert readiness(p, POLICY, T0 + 61).ok
+    p.tick = T0 + 81
+    p.on_group(view({("tx", 0): (10, 0), ("tx", 1): (5, 0), ("tx", 2): (7, 90)}), T0 + 81)
+    assert names(readiness(p, POLICY, T0 + 81).failed) == ["commits"]
 
 
 def test_lag_on_partitions_of_other_members_does_not_make_this_worker_unready() -> None:
