@@ -47,6 +47,7 @@ from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    TIMESTAMP_LOG_APPEND_TIME,
     Consumer,
     KafkaError,
     KafkaException,
@@ -70,6 +71,7 @@ from streamscore.contracts import (
     header_value,
     headers_for,
     is_traceparent,
+    receiving_clock,
 )
 from streamscore.errors import EventError, StreamscoreError
 from streamscore.kafka import consumer_config, producer_config
@@ -599,11 +601,21 @@ class StreamScorer:
         max_bytes = self.settings.max_message_bytes
         window = self.settings.contract.window()
         # (topic, partition, record timestamp in s) of every record, read once: end-to-end latency and lag use it.
-        timestamps = [(m.topic() or "", m.partition() or 0, m.timestamp()[1] / 1000.0) for m in batch]
-        for message, (_, _, timestamp_s) in zip(batch, timestamps, strict=True):
+        stamps = [m.timestamp() for m in batch]
+        timestamps = [
+            (m.topic() or "", m.partition() or 0, ts / 1000.0) for m, (_, ts) in zip(batch, stamps, strict=True)
+        ]
+        for message, (_, _, timestamp_s), (kind, ts) in zip(batch, timestamps, stamps, strict=True):
             headers = message.headers()
             try:
-                tx = decode_transaction(message.key(), message.value(), headers, max_bytes=max_bytes, window=window)
+                tx = decode_transaction(
+                    message.key(),
+                    message.value(),
+                    headers,
+                    max_bytes=max_bytes,
+                    window=window,
+                    now_s=receiving_clock(ts, kind == TIMESTAMP_LOG_APPEND_TIME),
+                )
             except EventError as exc:
                 letters.append(self._letter(_record(message), exc.reason, exc.detail, "decode"))
                 continue

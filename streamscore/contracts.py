@@ -145,6 +145,17 @@ class EventTimeWindow:
 DEFAULT_WINDOW = EventTimeWindow()
 
 
+def receiving_clock(timestamp_ms: float | None, log_append_time: bool) -> float | None:
+    """The receiving clock (epoch seconds) of a Kafka record for the event-time window: the broker's append time when
+    the topic stamps records itself (LogAppendTime, as the transactions topic does), so the scorer, the feature
+    processor and any replay judge a record against the same instant, and a backlog scored after an outage is judged
+    by when it arrived, not by when it was read. None — the consumer's wall clock — when the timestamp is the
+    producer's own (CreateTime): a producer whose clock is wrong would move the window with its events."""
+    if log_append_time and timestamp_ms is not None and timestamp_ms > 0:
+        return timestamp_ms / 1000.0
+    return None
+
+
 class Received(NamedTuple):
     """Pydantic validation context of a received transaction: the bounds of its event time (epoch seconds). A named
     tuple: one is made per transaction received, and it is the cheapest to make."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 CleanupPolicy = Literal["delete", "compact", "compact,delete"]
+TimestampType = Literal["CreateTime", "LogAppendTime"]
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -23,9 +24,16 @@ class TopicSpec:
     partitions: int
     cleanup_policy: CleanupPolicy = "delete"
     retention_ms: int = 7 * DAY_MS
+    timestamp_type: TimestampType = "CreateTime"
+    """LogAppendTime: the broker stamps each record with the time it appended it (the producer's timestamp is
+    replaced)."""
 
     def config(self) -> dict[str, str]:
-        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+        return {
+            "cleanup.policy": self.cleanup_policy,
+            "retention.ms": str(self.retention_ms),
+            "message.timestamp.type": self.timestamp_type,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +57,9 @@ class TopicRegistry:
             return TopicSpec(prefix + name, key, value, partitions, **kw)  # type: ignore[arg-type]
 
         return cls(
-            transactions=spec("transactions", "account_id", "Transaction"),
+            # The broker's append time is the receiving clock of the event-time window (contracts.receiving_clock):
+            # every consumer, and every replay, judges a transaction against the same instant.
+            transactions=spec("transactions", "account_id", "Transaction", timestamp_type="LogAppendTime"),
             labels=spec("labels", "account_id", "Label", retention_ms=30 * DAY_MS),
             scores=spec("scores", "account_id", "Score"),
             scores_shadow=spec("scores.shadow", "account_id", "Score (variant=shadow)"),

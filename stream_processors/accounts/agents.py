@@ -32,6 +32,7 @@ from streamscore.contracts import (
     EventTimeWindow,
     HeadersIn,
     decode_transaction,
+    receiving_clock,
 )
 from streamscore.deadletters import DeadLetterGiveUpError, DeadLetterWriter, SourceRecord
 from streamscore.errors import EventError
@@ -44,17 +45,24 @@ TABLE_NAME = "account-state"
 AGENT_NAME = "accounts"
 
 SkipReason = Literal["duplicate", "late", "invalid"]
+LOG_APPEND_TIME = 1
+"""A record's timestamp type in Kafka's protocol (and aiokafka's ConsumerRecord): 0 CreateTime, 1 LogAppendTime."""
 
 
 # --- pure core ---------------------------------------------------------------------------------------
 
 
 def decode(
-    key: bytes | None, value: bytes | None, headers: HeadersIn | None, window: EventTimeWindow = DEFAULT_WINDOW
+    key: bytes | None,
+    value: bytes | None,
+    headers: HeadersIn | None,
+    window: EventTimeWindow = DEFAULT_WINDOW,
+    received_s: float | None = None,
 ) -> TransactionFacts:
     """The feature-relevant facts of one transactions record; raises EventError for a defective one (`window`:
-    the event-time window, CONTRACT_…, the scorer's too)."""
-    return TransactionFacts.of(decode_transaction(key, value, headers, window=window))
+    the event-time window, CONTRACT_…, the scorer's too; `received_s`: the receiving clock, see
+    `contracts.receiving_clock`)."""
+    return TransactionFacts.of(decode_transaction(key, value, headers, window=window, now_s=received_s))
 
 
 Problem = Callable[[RealtimeSnapshot], "str | None"]
@@ -171,7 +179,10 @@ async def on_event(edge: Edge, stream: Any, event: Any) -> None:
             await stream.ack(event)
 
     try:
-        tx = decode(message.key, message.value, message.headers, edge.window)
+        # Faust's timestamps are in seconds; aiokafka's timestamp type 1 is LogAppendTime (Kafka's protocol).
+        stamp = message.timestamp * 1000.0 if message.timestamp else None
+        received = receiving_clock(stamp, message.timestamp_type == LOG_APPEND_TIME)
+        tx = decode(message.key, message.value, message.headers, edge.window, received)
     except EventError as exc:
         # The contract rejects it: the scorer dead-letters it to transactions.dlq (same bytes, same reason);
         # a second letter here would only duplicate that one.

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+
 import pytest
 
+from streamscore.contracts import DeadLetterReason, EventTimeWindow, decode_transaction, receiving_clock
+from streamscore.errors import EventError
 from streamscore.kafka import murmur2, partition_for
 from streamscore.settings import KafkaSettings, TopicSettings
 from streamscore.topics import TopicRegistry
@@ -53,3 +58,34 @@ def test_kafka_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "  ")
     with pytest.raises(ValueError, match="KAFKA_BOOTSTRAP_SERVERS"):
         KafkaSettings()
+
+
+def test_the_transactions_topic_is_stamped_by_the_broker_and_its_time_is_the_receiving_clock() -> None:
+    registry = TopicSettings(prefix="t1.").registry()
+    assert registry.transactions.config()["message.timestamp.type"] == "LogAppendTime"
+    assert {s.config()["message.timestamp.type"] for s in registry.all() if s != registry.transactions} == {
+        "CreateTime"
+    }
+    # The broker's append time is the clock; a producer's own timestamp is not trusted (the wall clock is used).
+    assert receiving_clock(1_765_000_000_123, log_append_time=True) == 1_765_000_000.123
+    assert receiving_clock(1_765_000_000_123, log_append_time=False) is None
+    assert receiving_clock(-1, log_append_time=True) is None
+    window = EventTimeWindow(max_ahead_s=300, max_behind_s=7 * 86400)
+    arrived = datetime(2026, 1, 10, 12, tzinfo=UTC).timestamp()
+    body = {
+        "event_id": "e-1",
+        "account_id": "a-1",
+        "merchant_id": "m-1",
+        "merchant_category": "5411",
+        "amount": 12.5,
+        "currency": "EUR",
+        "country": "DE",
+        "channel": "pos",
+        "event_time": "2026-01-10T11:59:00+00:00",
+    }
+    value = json.dumps(body).encode()
+    # Judged at its arrival, an event of January is in its window whenever the record is read (a replay, a backlog).
+    assert decode_transaction(b"a-1", value, window=window, now_s=arrived).event_id == "e-1"
+    with pytest.raises(EventError) as refused:
+        decode_transaction(b"a-1", value, window=window, now_s=None)  # read "now", months later
+    assert refused.value.reason == DeadLetterReason.EVENT_TIME_OUT_OF_WINDOW
