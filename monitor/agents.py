@@ -227,10 +227,12 @@ class Runtime:
                 return
             self.consumed[kind] += 1
             try:
+                not_after = time.time() + self.settings.max_event_ahead_s
                 if kind == "labels":
-                    outcome: str = state.on_label(parse_event(Label, message.value or b""), message.offset)
+                    label = parse_event(Label, message.value or b"", not_after_s=not_after)
+                    outcome: str = state.on_label(label, message.offset)
                 else:
-                    score = parse_event(Score, message.value or b"")
+                    score = parse_event(Score, message.value or b"", not_after_s=not_after)
                     if self.book.needs(score.model_version):
                         await self.ensure_references({score.model_version})
                     outcome, note = state.on_score(score, kind, message.offset, time.time())

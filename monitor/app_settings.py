@@ -45,6 +45,10 @@ class MonitorAppSettings(BaseSettings):
     allowed_lateness_s: float = Field(default=30.0, ge=0)
     """A time window closes when the partition's clock has passed its end by this much; a score arriving for a
     closed window is counted as late and left out."""
+    max_event_ahead_s: float = Field(default=3600.0, gt=0)
+    """A score or label with a time (event, scored or labeled time) more than this far ahead of the worker's clock is
+    dead-lettered to `monitor.dlq` as `event_time_out_of_window`: the partitions' clocks follow event time, and one
+    record from the future would close every window and make all later records late."""
     idle_close_s: float = Field(default=30.0, gt=0)
     """Count windows (MONITOR_WINDOW=events): a caught-up partition closes its open window after this long
     without a new live score, so the merged window does not wait forever for a quiet partition."""

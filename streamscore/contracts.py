@@ -213,6 +213,8 @@ def _outside_years(written: str) -> PydanticCustomError:
 
 
 def _iso(epoch_s: float) -> str:
+    if not math.isfinite(epoch_s):  # an open end (parse_event bounds times from above only)
+        return "any time" if epoch_s < 0 else "no limit"
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds")
 
 
@@ -673,11 +675,16 @@ def decode_transaction(
     return event
 
 
-def parse_event(model: type[ContractT], value: bytes) -> ContractT:
-    """Decode a trusted event of a known type (labels, scores) — raises EventError on any defect. No event-time
-    window: these events' times were checked when their transaction was received."""
+def parse_event(model: type[ContractT], value: bytes, *, not_after_s: float | None = None) -> ContractT:
+    """Decode a trusted event of a known type (labels, scores) — raises EventError on any defect. No window behind
+    the clock: their transaction's time was checked when it was received, and a label may come weeks after it (a
+    chargeback). `not_after_s` (epoch seconds) bounds every time of the event from above: a reader whose clocks follow
+    event time (the monitor's windows) refuses an event from the future as `event_time_out_of_window`, so one bad
+    record cannot move its clock years ahead."""
     try:
-        event = model.model_validate_json(value)
+        event = model.model_validate_json(
+            value, context=None if not_after_s is None else Received(-math.inf, not_after_s)
+        )
     except ValidationError as exc:
         raise EventError(_classify(exc), describe(exc)) from None
     reject_duplicate_keys(value, event)

@@ -21,7 +21,7 @@ from monitor.partition import PartitionState
 from monitor.references import ReferenceBook, ReferenceUnavailableError
 from streamscore.contracts import DeadLetter
 from streamscore.deadletters import DeadLetterRecord, DeadLetterWriter
-from tests.support.monitoring import draw_features, model_scores, reference_document, score_event
+from tests.support.monitoring import draw_features, label_event, model_scores, reference_document, score_event
 
 
 def test_concurrent_requests_for_a_reference_load_it_once_and_one_at_a_time() -> None:
@@ -147,6 +147,37 @@ def test_a_score_or_label_that_does_not_parse_is_dead_lettered_with_its_bytes_an
     sample = runtime.metrics.registry.get_sample_value
     assert sample("streamscore_monitor_records_total", {"topic": "scores", "outcome": "counted"}) == 1
     assert sample("streamscore_monitor_dead_letters_total", {"reason": "not_json"}) == 3
+
+
+def test_a_score_or_label_from_the_future_is_dead_lettered_and_a_label_weeks_late_is_not() -> None:
+    """One record dated years ahead would move its partition's event-time clock past every open window; a chargeback
+    label about a transaction weeks old is ordinary."""
+    runtime, sent = poisoned_runtime(max_event_ahead_s=3600.0)
+    now = time.time()
+    future_score = score_event("ev-f", "acc-1", now + 80 * 365 * 86400, 0.3)
+    late_score = score_event("ev-s", "acc-1", now + 2 * 3600, 0.3)
+    future_label = label_event("ev-l", "acc-1", now - 60, fraud=False, delay_s=3 * 3600)
+    good = score_event("ev-1", "acc-1", now - 10, 0.3)
+    weeks_old_label = label_event("ev-old", "acc-1", now - 40 * 86400, fraud=True, delay_s=40 * 86400 - 60)
+    records = [
+        Event(Message("scores", 0, 0, future_score.to_json())),
+        Event(Message("scores", 0, 1, late_score.to_json())),
+        Event(Message("labels", 0, 0, future_label.to_json())),
+        Event(Message("scores", 0, 2, good.to_json())),
+        Event(Message("labels", 0, 1, weeks_old_label.to_json())),
+    ]
+
+    async def feed() -> None:
+        for event in records:
+            await runtime.on_record(event)
+
+    asyncio.run(feed())
+    reasons = [DeadLetter.from_headers(letter.headers).error_class.value for letter in sent]
+    assert [letter.value for letter in sent] == [r.message.value for r in records[:3]]
+    assert reasons == ["event_time_out_of_window"] * 3
+    sample = runtime.metrics.registry.get_sample_value
+    assert sample("streamscore_monitor_records_total", {"topic": "scores", "outcome": "counted"}) == 1
+    assert sample("streamscore_monitor_dead_letters_total", {"reason": "event_time_out_of_window"}) == 3
 
 
 def test_a_registry_that_never_answers_gives_up_after_the_patience() -> None:
