@@ -10,11 +10,9 @@ import logging
 import os
 import signal
 import ssl
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -89,12 +87,8 @@ def faust_app(
       arguments, so only our settings configure it;
     - replication factor 1, no leader-election topic, no standby replicas: the single-node local stack;
     - raw keys and values: the services decode the contracts themselves (dead letters, strict validation);
-    - Faust's web server (in the worker's event loop) serves the service's `/metrics` and `/healthz`;
-    - Faust's data folder (`datadir`, where a RocksDB table store would live) under the system's temporary folder,
-      not Faust's default `<app id>-data` in the working directory (every test run's app id left one in the
-      repository); a table is rebuilt from its changelog at start anyway.
+    - Faust's web server (in the worker's event loop) serves the service's `/metrics` and `/healthz`.
     """
-    options.setdefault("datadir", str(Path(tempfile.gettempdir()) / "streamscore-faust" / app_id))
     return faust.App(
         app_id,
         env={},
