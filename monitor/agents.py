@@ -183,6 +183,7 @@ class Runtime:
             allowed_lateness_s=s.allowed_lateness_s,
             unit_retention_s=s.unit_retention_s,
             idle_close_s=s.idle_close_s,
+            wall_clock=s.wall_clock,
         )
 
     # --- references ----------------------------------------------------------------------------------------------

@@ -49,6 +49,11 @@ class MonitorAppSettings(BaseSettings):
     """A score or label with a time (event, scored or labeled time) more than this far ahead of the worker's clock is
     dead-lettered to `monitor.dlq` as `event_time_out_of_window`: the partitions' clocks follow event time, and one
     record from the future would close every window and make all later records late."""
+    wall_clock: bool = True
+    """A partition that has read every score (or label) moves its clock on with the wall clock, so windows close and
+    labels mature on quiet traffic: right for live traffic, whose event times follow the wall clock. Off to replay
+    past traffic (a backfill of last week's scores, tests with a simulated timeline): windows then close on event
+    time alone — with the wall clock, every score of a past window would be late."""
     idle_close_s: float = Field(default=30.0, gt=0)
     """Count windows (MONITOR_WINDOW=events): a caught-up partition closes its open window after this long
     without a new live score, so the merged window does not wait forever for a quiet partition."""

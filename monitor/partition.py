@@ -354,6 +354,8 @@ class Policy:
     allowed_lateness_s: float = 30.0
     unit_retention_s: float = 600.0
     idle_close_s: float = 30.0
+    wall_clock: bool = True
+    """A caught-up partition's clocks advance with the wall clock (MONITOR_WALL_CLOCK)."""
 
 
 @dataclass
@@ -527,9 +529,9 @@ class PartitionState:
         self.seq += 1
         k = self.seq
         p = self.partition
-        if clocks.scores_caught_up:
+        if clocks.scores_caught_up and self.policy.wall_clock:
             self.score_clock = max(self.score_clock, clocks.now)
-        if clocks.labels_caught_up:
+        if clocks.labels_caught_up and self.policy.wall_clock:
             self.label_clock = max(self.label_clock, clocks.now)
         writes: list[Record] = []
         for window in self.windows.values():

@@ -159,6 +159,24 @@ def test_windows_close_on_the_partition_clock_and_a_late_score_is_left_out(book:
     assert (outcome_, note) == ("counted", "late")
 
 
+def test_a_caught_up_partition_follows_the_wall_clock_unless_told_to_close_on_event_time_alone(
+    book: ReferenceBook,
+) -> None:
+    """Live traffic: a quiet, caught-up partition closes its windows as the wall clock passes them. A replay of past
+    traffic (MONITOR_WALL_CLOCK=false): only event time closes windows, so a past window's scores are not late."""
+    week_ago = T0 - 7 * 86400
+    live, replay = fresh(book), fresh(book, policy=Policy(partitions=6, allowed_lateness_s=1.0, wall_clock=False))
+    for state in (live, replay):
+        state.on_score(score_event("e0", "a1", week_ago, 0.2), "scores", 0, T0)
+        state.checkpoint(clocks(T0, caught_up=True))
+    first = int(week_ago // 10)
+    assert live.due_windows() == [first], "the wall clock passed the window long ago"
+    assert replay.due_windows() == [], "event time has not passed the window's end"
+    live.close(live.due_windows())
+    assert live.on_score(score_event("e1", "a1", week_ago + 1, 0.2), "scores", 1, T0)[1] == "late"
+    assert replay.on_score(score_event("e1", "a1", week_ago + 1, 0.2), "scores", 1, T0)[1] is None
+
+
 def test_a_score_topic_read_ahead_does_not_close_a_window_the_other_still_feeds(book: ReferenceBook) -> None:
     """`scores` and `scores.shadow` of a partition are consumed independently: live scores of the next window can be
     read while shadow scores of this one are still unread. The window waits for the topic that is behind."""
