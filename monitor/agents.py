@@ -65,20 +65,6 @@ class InfraGiveUpError(StreamscoreError):
         super().__init__(f"{what} unavailable for {seconds:.0f} s (last error: {last}); exiting for a restart")
 
 
-def source_record(message: Any) -> SourceRecord:
-    """The dead-letter view of a Faust message (its timestamp is in seconds)."""
-    timestamp = message.timestamp
-    return SourceRecord(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        timestamp_ms=round(timestamp * 1000) if timestamp else 0,
-        key=message.key,
-        value=message.value,
-        headers=message.headers,
-    )
-
-
 async def write_changelog(table: Any, partition: int, records: list[Record]) -> None:
     """Write state records to partition `partition` of the table's changelog and wait until the broker has them.
 
@@ -275,7 +261,7 @@ class Runtime:
             )
             return
         try:
-            await self.letters.write([self.letters.letter(source_record(message), reason, why, stage)])
+            await self.letters.write([self.letters.letter(SourceRecord.of_faust(message), reason, why, stage)])
         except DeadLetterGiveUpError as exc:
             self.give_up(exc)
             raise

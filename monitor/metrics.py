@@ -157,35 +157,8 @@ class MonitorMetrics:
             registry=registry,
         )
         self.looks = Counter(f"{prefix}_ab_looks", "A/B looks published", ["experiment"], registry=registry)
-        self.health = HealthGauges(
-            lag_offsets=Gauge(
-                f"{prefix}_consumer_lag_offsets",
-                "The group's lag per input partition (scores, shadow scores, labels, the merge topic) as the broker"
-                " sees it (committed offset to log end; every partition, held by this worker or not)",
-                ["topic", "partition"],
-                registry=registry,
-            ),
-            lag_seconds=Gauge(
-                f"{prefix}_consumer_lag_seconds",
-                "Per input partition: now minus the timestamp of the oldest record not committed; 0 when caught up",
-                ["topic", "partition"],
-                registry=registry,
-            ),
-            group_lag_offsets=Gauge(
-                f"{prefix}_consumer_group_lag_offsets",
-                "The group's total lag per input topic (every replica reports the same: aggregate with max)",
-                ["topic"],
-                registry=registry,
-            ),
-            lag_read_timestamp=Gauge(
-                f"{prefix}_consumer_lag_read_timestamp_seconds",
-                "Wall time of the last successful lag read from the broker (the lag gauges are this old)",
-                registry=registry,
-            ),
-            assigned_partitions=Gauge(
-                f"{prefix}_assigned_partitions", "Input partitions this worker holds", registry=registry
-            ),
-            ready=Gauge(f"{prefix}_ready", "1 while readiness (/readyz) passes", registry=registry),
+        self.health = HealthGauges.define(
+            prefix, registry, "input partition (scores, shadow scores, labels, the merge topic)"
         )
 
     def observe_drift(self, records: list[DriftRecord]) -> None:

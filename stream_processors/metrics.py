@@ -118,37 +118,7 @@ class FeatureMetrics:
             "Consumed events whose offsets wait for the next successful push before they may be committed",
             registry=registry,
         )
-        self.health = HealthGauges(
-            lag_offsets=Gauge(
-                f"{prefix}_consumer_lag_offsets",
-                "The group's lag per transactions partition, as the broker sees it (committed offset to log end;"
-                " every partition, held by this worker or not, so a revoked one keeps its series)",
-                ["topic", "partition"],
-                registry=registry,
-            ),
-            lag_seconds=Gauge(
-                f"{prefix}_consumer_lag_seconds",
-                "Per transactions partition: now minus the timestamp of the oldest record not committed; 0 when"
-                " caught up",
-                ["topic", "partition"],
-                registry=registry,
-            ),
-            group_lag_offsets=Gauge(
-                f"{prefix}_consumer_group_lag_offsets",
-                "The group's total lag on the topic (every replica reports the same: aggregate with max)",
-                ["topic"],
-                registry=registry,
-            ),
-            lag_read_timestamp=Gauge(
-                f"{prefix}_consumer_lag_read_timestamp_seconds",
-                "Wall time of the last successful lag read from the broker (the lag gauges are this old)",
-                registry=registry,
-            ),
-            assigned_partitions=Gauge(
-                f"{prefix}_assigned_partitions", "Transactions partitions this worker holds", registry=registry
-            ),
-            ready=Gauge(f"{prefix}_ready", "1 while readiness (/readyz) passes", registry=registry),
-        )
+        self.health = HealthGauges.define(prefix, registry, "transactions partition")
 
 
 @cache

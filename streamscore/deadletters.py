@@ -38,6 +38,20 @@ class SourceRecord:
     value: bytes | None
     headers: HeadersIn | None
 
+    @classmethod
+    def of_faust(cls, message: Any) -> SourceRecord:
+        """The dead-letter view of a Faust message (its timestamp is in seconds)."""
+        timestamp = message.timestamp
+        return cls(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            timestamp_ms=round(timestamp * 1000) if timestamp else 0,
+            key=message.key,
+            value=message.value,
+            headers=message.headers,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterRecord:

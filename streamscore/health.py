@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from prometheus_client import Gauge
+from prometheus_client import CollectorRegistry, Gauge
 
 from streamscore.kafka import admin_client, consumer_config
 from streamscore.lag import GroupLag, LagReader, PartitionLag, partition_lag
@@ -89,6 +89,41 @@ class HealthGauges:
     """Input partitions this worker holds."""
     ready: Gauge
     """1 while readiness passes."""
+
+    @classmethod
+    def define(cls, prefix: str, registry: CollectorRegistry, partitions: str) -> HealthGauges:
+        """The gauges under a service's metric `prefix`; `partitions` names its input partitions in the help texts
+        (e.g. "transactions partition")."""
+        return cls(
+            lag_offsets=Gauge(
+                f"{prefix}_consumer_lag_offsets",
+                f"The group's lag per {partitions}, as the broker sees it (committed offset to log end; every"
+                " partition, held by this worker or not, so a revoked one keeps its series)",
+                ["topic", "partition"],
+                registry=registry,
+            ),
+            lag_seconds=Gauge(
+                f"{prefix}_consumer_lag_seconds",
+                f"Per {partitions}: now minus the timestamp of the oldest record not committed; 0 when caught up",
+                ["topic", "partition"],
+                registry=registry,
+            ),
+            group_lag_offsets=Gauge(
+                f"{prefix}_consumer_group_lag_offsets",
+                "The group's total lag per input topic (every replica reports the same: aggregate with max)",
+                ["topic"],
+                registry=registry,
+            ),
+            lag_read_timestamp=Gauge(
+                f"{prefix}_consumer_lag_read_timestamp_seconds",
+                "Wall time of the last successful lag read from the broker (the lag gauges are this old)",
+                registry=registry,
+            ),
+            assigned_partitions=Gauge(
+                f"{prefix}_assigned_partitions", "Input partitions this worker holds", registry=registry
+            ),
+            ready=Gauge(f"{prefix}_ready", "1 while readiness (/readyz) passes", registry=registry),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,20 +125,6 @@ def _refold(tx: TransactionFacts, problem: Problem) -> Folded:
     return Folded(state=None, snapshot=None, rejected=issue, reset=True)
 
 
-def source_record(message: Any) -> SourceRecord:
-    """The dead-letter view of a Faust message (its timestamp is in seconds)."""
-    timestamp = message.timestamp
-    return SourceRecord(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        timestamp_ms=round(timestamp * 1000) if timestamp else 0,
-        key=message.key,
-        value=message.value,
-        headers=message.headers,
-    )
-
-
 # --- Faust edge --------------------------------------------------------------------------------------
 
 
@@ -232,7 +218,9 @@ async def on_event(edge: Edge, stream: Any, event: Any) -> None:
     if folded.snapshot is None:
         await ack()
         return
-    batcher.add(tx.account_id, folded.snapshot, ack, source_record(message) if edge.letters is not None else None)
+    batcher.add(
+        tx.account_id, folded.snapshot, ack, SourceRecord.of_faust(message) if edge.letters is not None else None
+    )
     if batcher.has_room:
         batcher.kick()
     else:
@@ -249,7 +237,7 @@ async def _dead_letter(edge: Edge, message: Any, reason: DeadLetterReason, stage
         edge.metrics.dead_letters.labels(reason=reason.value).inc()
         return
     try:
-        await edge.letters.write([edge.letters.letter(source_record(message), reason, why, stage)])
+        await edge.letters.write([edge.letters.letter(SourceRecord.of_faust(message), reason, why, stage)])
     except DeadLetterGiveUpError as exc:
         if edge.on_give_up is not None:
             edge.on_give_up(exc.message)
