@@ -9,6 +9,7 @@ the same on every run, however loaded the machine. One test runs the real scorer
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -38,7 +39,7 @@ from monitor.references import score_series
 from producers.drift import DriftSpec
 from producers.generator import GeneratedEvent, GeneratorConfig, TransactionGenerator
 from producers.world import build_world
-from streamscore.contracts import Label, Score, headers_for
+from streamscore.contracts import DeadLetterReason, Label, Score, headers_for
 from streamscore.features import FEATURE_NAMES, TransactionFacts, transaction_features
 from streamscore.kafka import partition_for, producer_config
 from streamscore.registry import mlflow_client
@@ -46,7 +47,16 @@ from streamscore.settings import KafkaSettings, RedisSettings
 from streamscore.topics import TopicRegistry
 from tests.support.models import expected_scores, linear_weights, logistic_onnx, register
 from tests.support.monitoring import draw_features, label_event, model_scores, reference_document, score_event
-from tests.support.scoring import MODEL, OutputReader, ScorerProcess, free_port, make_scorer_env
+from tests.support.scoring import (
+    CASE,
+    DEFECT_KINDS,
+    MODEL,
+    OutputReader,
+    ScorerProcess,
+    defective,
+    free_port,
+    make_scorer_env,
+)
 from tests.support.workers import PROJECT_ROOT, WorkerProcess, worker_process
 
 READY_TIMEOUT_S = 120.0
@@ -595,3 +605,69 @@ def test_through_the_real_scorer_drift_is_caught_the_same_model_is_inconclusive_
     assert verdicts["shadow"].verdict == "worse"
     assert not any(look.srm.alarm for look in looks)
     assert [(a.kind, a.variant) for a in results.alerts() if a.kind != "drift"] == [("ab_verdict", "shadow")]
+
+
+# --- records the monitor cannot read ------------------------------------------------------------------------------
+
+
+def test_poison_scores_and_labels_are_dead_lettered_with_their_bytes_and_the_stream_goes_on(
+    kafka: KafkaSettings, topics: TopicRegistry, registry_uri: str, tmp_path: Path
+) -> None:
+    """The scorer's poison corpus (every defect kind, as values on `scores`, `scores.shadow` and `labels`), a score
+    and a label dated far ahead, then good records: each poison record lands once in `monitor.dlq` with its original
+    bytes and a reason of the fixed list, the future ones as event_time_out_of_window, and the good ones count."""
+    env = monitor_env(kafka, topics, registry_uri, tmp_path, MONITOR_MAX_EVENT_AHEAD_S="3600")
+    producer = Producer(producer_config(kafka, f"test-{uuid.uuid4().hex[:6]}", linger_ms=5))
+    poison: dict[str, tuple[str, bytes | None]] = {}
+    for topic in (topics.scores.name, topics.scores_shadow.name, topics.labels.name):
+        for n, kind in enumerate(DEFECT_KINDS):
+            record = defective(n, kind)
+            case = f"{topic}:{kind}"
+            headers = [(k, v) for k, v in record.headers if k != CASE] + [(CASE, case.encode())]
+            producer.produce(topic, record.value, record.key, headers=headers)
+            poison[case] = ("", record.value)
+    now = time.time()
+    future_score = score_event("ev-future", "acc-f", now + 80 * 365 * 86400, 0.3)
+    future_label = label_event("ev-future-l", "acc-f", now, False, 3 * 3600.0)
+    for case, topic, event in (
+        ("future-score", topics.scores.name, future_score),
+        ("future-label", topics.labels.name, future_label),
+    ):
+        value = event.to_json()
+        producer.produce(topic, value, event.account_id.encode(), headers=[(CASE, case.encode())])
+        poison[case] = ("event_time_out_of_window", value)
+    good = [score_event(f"ev-good-{i}", f"acc-{i}", now - 1, 0.2) for i in range(20)]
+    assert producer.flush(30) == 0
+    reader = OutputReader(kafka, [topics.monitor_dlq.name])
+    try:
+        with monitor_worker(env, tmp_path / "monitor.log") as worker:
+            sender = Sender(kafka, topics)
+            for score in good:
+                sender.send(score)
+            sender.flush()
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                worker.check_alive()
+                reader.poll_for(0.5)
+                counted = worker.metric('streamscore_monitor_records_total{outcome="counted",topic="scores"}')
+                if len(reader.on(topics.monitor_dlq.name)) >= len(poison) and counted >= len(good):
+                    break
+            letters = reader.on(topics.monitor_dlq.name)
+            counted = worker.metric('streamscore_monitor_records_total{outcome="counted",topic="scores"}')
+    finally:
+        reader.close()
+    by_case = Counter(o.headers[CASE].decode() for o in letters)
+    assert by_case == Counter(dict.fromkeys(poison, 1)), f"each poison record dead-lettered once: {by_case}"
+    reasons = {r.value for r in DeadLetterReason}
+    for o in letters:
+        letter = o.dead_letter()
+        expected_reason, original = poison[o.headers[CASE].decode()]
+        if letter.truncated:  # an oversize payload: its head, with the whole one's size and SHA-256
+            assert original is not None and o.value is not None and original.startswith(o.value)
+            assert (letter.payload_size, letter.payload_sha256) == (len(original), hashlib.sha256(original).hexdigest())
+        else:
+            assert o.value == original, "the original bytes"
+        assert letter.error_class.value in reasons and letter.consumer_group.endswith(env["MONITOR_APP_ID"])
+        if expected_reason:
+            assert letter.error_class.value == expected_reason
+    assert counted == len(good), "the stream went on: every good score counted"
