@@ -302,10 +302,12 @@ def replay_record(entry: DeadLetterEntry, default_topic: str) -> ReplayRecord:
     )
 
 
-def event_identity(entry: DeadLetterEntry) -> tuple[bytes | None, str, int] | None:
-    """What stays the same when an event is replayed and dead-lettered again: key, payload digest, timestamp."""
+def event_identity(entry: DeadLetterEntry) -> tuple[bytes | None, str] | None:
+    """What stays the same when an event is replayed and dead-lettered again: its key and payload digest (the payload
+    carries the event id). Not the record timestamp: on `transactions` the broker stamps each append, a replay
+    included (LogAppendTime, the receiving clock of the event-time window)."""
     letter = entry.letter
-    return None if letter is None else (entry.key, letter.payload_sha256, letter.original_timestamp_ms)
+    return None if letter is None else (entry.key, letter.payload_sha256)
 
 
 def plan_replay(
@@ -322,7 +324,7 @@ def plan_replay(
     reason twice does not send that event twice. (A replay that succeeded leaves no trace here: choose
     letters by --offset or --since to avoid replaying it again.)
     """
-    newest: dict[tuple[bytes | None, str, int], DeadLetterEntry] = {}
+    newest: dict[tuple[bytes | None, str], DeadLetterEntry] = {}
     for entry in entries:
         identity = event_identity(entry)
         if identity is not None:
