@@ -39,9 +39,10 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,8 @@ EXIT_CRASH = 1
 EXIT_INFRA = 3
 EXIT_FATAL = 4
 EXIT_STALLED = 5
+CALL_MARGIN_S = 10.0
+"""How long past its own timeout a broker call on the committer thread may take before the loop gives up on it."""
 
 
 class ScorerExitError(StreamscoreError):
@@ -298,6 +301,8 @@ class StreamScorer:
         self._carry: list[Message] = []
         self._committer = Committer("scorer-commit")
         self._pending: Future[Delivery] | None = None
+        self._call_since: float | None = None
+        """When the committer thread's current broker call began (None between calls)."""
         self._rewind_needed = False
         self._deferred: ScorerExitError | None = None
         """An exit decided inside a rebalance callback, raised by the loop once poll() has returned."""
@@ -665,15 +670,26 @@ class StreamScorer:
 
     # --- delivery (the committer thread) -----------------------------------------------------------------
 
+    @contextmanager
+    def _client_call(self) -> Iterator[None]:
+        """Marks one broker call of the committer thread, so `_wait` can tell one that outlives its own timeout."""
+        self._call_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._call_since = None
+
     def _commit(self, delivery: Delivery) -> Delivery:
         """On the committer thread (the calls wait on the broker with the GIL released): commit the produced
         outputs with the offsets. Never raises — the outcome is on the delivery, for `_settle`."""
         try:
             if self.exactly_once:
-                self.producer.send_offsets_to_transaction(delivery.offsets, delivery.metadata, self._timeout_s)
+                with self._client_call():
+                    self.producer.send_offsets_to_transaction(delivery.offsets, delivery.metadata, self._timeout_s)
                 self._commit_transaction()
             else:
-                remaining = self.producer.flush(self._timeout_s)
+                with self._client_call():
+                    remaining = self.producer.flush(self._timeout_s)
                 if delivery.failures or remaining:
                     delivery.error = f"{delivery.failures[:1]}, {remaining} undelivered"
                     return delivery
@@ -719,6 +735,14 @@ class StreamScorer:
                 if time.monotonic() >= deadline:
                     raise StalledError(
                         f"the committer thread has not returned from the broker in {limit:.0f} s"
+                    ) from None
+                # One call past its own timeout is stuck inside librdkafka: measured, send_offsets_to_transaction
+                # with a 30 s timeout did not return for minutes after a broker SIGKILL + restart (fault campaign).
+                since = self._call_since
+                if since is not None and time.monotonic() - since > self._timeout_s + CALL_MARGIN_S:
+                    raise StalledError(
+                        f"a broker call of the committer thread has not returned in "
+                        f"{time.monotonic() - since:.0f} s, past its own {self._timeout_s:.0f} s timeout"
                     ) from None
                 self._beat()  # waiting, bounded: the loop is not stuck (yet)
 
@@ -867,7 +891,8 @@ class StreamScorer:
         backoff = Backoff(0.1, 2.0)
         while True:
             try:
-                self.producer.commit_transaction(self._timeout_s)
+                with self._client_call():
+                    self.producer.commit_transaction(self._timeout_s)
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]

@@ -9,14 +9,18 @@ import time
 import pytest
 from confluent_kafka import KafkaError
 
+from scorer.settings import ScorerSettings
 from scorer.stream import (
+    CALL_MARGIN_S,
     EXIT_FATAL,
     EXIT_INFRA,
     EXIT_STALLED,
     Committer,
+    Delivery,
     FatalClientError,
     InfraGiveUpError,
     StalledError,
+    StreamScorer,
     bounded,
     is_fatal,
 )
@@ -96,3 +100,28 @@ def test_bounded_gives_up_on_a_call_that_does_not_return() -> None:
     release.set()
     assert bounded("a quick call", lambda: None, 5)
     assert bounded("a failing call", lambda: 1 / 0, 5)  # logged, not raised
+
+
+def test_waiting_on_a_committer_call_stuck_past_its_own_timeout_ends_in_a_stall_exit() -> None:
+    """librdkafka's send_offsets_to_transaction, given 30 s, did not return for minutes after a broker SIGKILL +
+    restart (the fault campaign): the loop must not wait the whole give-up patience on it."""
+    scorer = object.__new__(StreamScorer)  # the waiting logic alone: no clients
+    scorer.settings = ScorerSettings(kafka_timeout_s=0.2, give_up_after_s=600.0)
+    scorer._timeout_s = 0.2
+    scorer.last_iteration = 0.0
+    release = threading.Event()
+    committer = Committer("test-stuck-call")
+
+    def stuck_call() -> Delivery:
+        with scorer._client_call():
+            release.wait(30)
+        raise AssertionError("released")
+
+    scorer._call_since = None
+    future = committer.submit(stuck_call)
+    started = time.monotonic()
+    with pytest.raises(StalledError, match="past its own"):
+        scorer._wait(future)
+    assert time.monotonic() - started < 0.2 + CALL_MARGIN_S + 3, "bounded by the call's timeout, not the patience"
+    assert scorer.last_iteration > 0, "the loop beat while it waited"
+    release.set()
