@@ -30,6 +30,7 @@ from typing import Any
 
 from tests.faults.ledger import OutcomeReader, Traffic, Verdict, verdict
 from tests.faults.world import World, fault_world
+from tests.support.scoring import DEFECT_KINDS
 
 log = logging.getLogger("faults")
 
@@ -163,14 +164,14 @@ FULL = [
     Fault("rebalance 1 → 3 → 1 scorers", rebalance),
     Fault("feature processor SIGKILL", process_sigkill("feature-processor")),
     Fault("monitor SIGKILL", process_sigkill("monitor")),
-    Fault("poison corpus (12 kinds ×2)", poison),
+    Fault(f"poison corpus ({len(DEFECT_KINDS)} kinds ×2)", poison),
 ]
 QUICK = [
     Fault("scorer SIGKILL ×2", repeated(scorer_sigkill, 2)),
     Fault("broker SIGKILL + restart", broker_sigkill),
     Fault("Redis SIGKILL + restart", redis_kill),
     Fault("feature processor SIGKILL", process_sigkill("feature-processor")),
-    Fault("poison corpus (12 kinds ×2)", poison),
+    Fault(f"poison corpus ({len(DEFECT_KINDS)} kinds ×2)", poison),
 ]
 
 
