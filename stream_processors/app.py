@@ -116,6 +116,8 @@ def faust_app(settings: StreamProcessorSettings, partitions: int) -> Any:
         web_port=settings.metrics_port,
         web_bind=settings.metrics_bind,
         broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 5.0,
         broker_commit_every=settings.commit_every,
         stream_processing_timeout=settings.stream_processing_timeout_s,
         store=settings.store,

@@ -59,6 +59,9 @@ class StreamProcessorSettings(BaseSettings):
     """How often the worker commits the offsets of processed (and pushed) events."""
     commit_every: int = Field(default=10_000, ge=1)
     """Also commit after this many processed events."""
+    session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)
+    """Consumer group session timeout: how long a crashed worker keeps its partitions before the group moves them
+    (Faust's default is 60 s: a restarted worker then waited a minute with every account's features stale)."""
     stream_processing_timeout_s: float = Field(default=60.0, gt=0)
     """Faust logs an error when one event takes longer than this (e.g. waiting for room while Redis is down)."""
     lag_interval_s: float = Field(default=5.0, gt=0, le=300)
