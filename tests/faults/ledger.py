@@ -168,6 +168,7 @@ class OutcomeReader:
         self.bootstrap = kafka.bootstrap_servers
         self.scores_topic = topics.scores.name
         self.dlq_topic = topics.dlq.name
+        self.partitions = {topics.scores.name: topics.scores.partitions, topics.dlq.name: topics.dlq.partitions}
         self.scores: Counter[str] = Counter()
         self.letters: Counter[str] = Counter()
         """event id (valid records wrongly dead-lettered) or poison id → dead letters seen."""
@@ -194,11 +195,8 @@ class OutcomeReader:
         )
         try:
             await consumer.start()
-            partitions = [
-                TopicPartition(topic, p)
-                for topic in (self.scores_topic, self.dlq_topic)
-                for p in sorted(await _partitions(consumer, topic))
-            ]
+            # The registry states the partition counts (the campaign created the topics from it).
+            partitions = [TopicPartition(topic, p) for topic, count in self.partitions.items() for p in range(count)]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             while not self._stop.is_set():
@@ -241,16 +239,6 @@ class OutcomeReader:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(30)
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    for _ in range(100):
-        found = consumer.partitions_for_topic(topic)
-        if found:
-            return set(found)
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic} has no partitions")
 
 
 @dataclass
