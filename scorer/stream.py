@@ -693,10 +693,9 @@ class StreamScorer:
                 if delivery.failures or remaining:
                     delivery.error = f"{delivery.failures[:1]}, {remaining} undelivered"
                     return delivery
-                offsets = delivery.offsets
-                self._retry_infra(
-                    "broker", lambda: self.consumer.commit(offsets=offsets, asynchronous=False), beat=False
-                )
+                # The offsets are committed by the batch loop (`_settle`): a synchronous commit from this thread
+                # while the loop sits in poll() did not return (reproduced: test_at_least_once, 2 runs of 5).
+                return delivery
             delivery.committed_at = time.time()
         except KafkaException as exc:
             delivery.error = exc.args[0]
@@ -716,6 +715,14 @@ class StreamScorer:
         delivery = self._wait(future)
         if delivery.crash is not None:
             raise delivery.crash
+        if delivery.error is None and not self.exactly_once:
+            # At-least-once: the outputs are flushed; now the offsets, on the consumer's own thread.
+            offsets = delivery.offsets
+            try:
+                self._retry_infra("broker", lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
+                delivery.committed_at = time.time()
+            except KafkaException as exc:
+                delivery.error = exc.args[0]
         if delivery.error is None:
             self._account(delivery)
             return True
