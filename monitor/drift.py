@@ -1,18 +1,25 @@
-"""Drift of the model inputs and scores in tumbling windows: PSI on the frozen bins, KS against the reference
-sample, χ² for categorical features, with multiple-testing control across the series of a window.
+"""Drift of the model inputs and scores in tumbling windows: two-sample tests of each series against the
+reference sample — KS for continuous series, Fisher's exact test (χ² of homogeneity for many well-filled
+categories) for categorical ones — with the reference re-drawn to the window's own hours of day, PSI on the frozen
+bins or on the categories, and multiple-testing control across the series of a window.
 
-State. A window is kept per series as counts, never as values: counts in the frozen bins (PSI, χ²) and counts in
-the cells below, at and between the reference sample's distinct values (KS). The two-sample KS statistic against
-a fixed sample depends on the window only through those cell counts — between two consecutive reference values
-the reference ECDF is flat, so the largest gap there sits at the ends of the interval — so the counts give
-exactly `scipy.stats.ks_2samp`'s statistic and p-value. Memory is O(reference sample) per series whatever the
+State. A window is kept per series as counts, never as values: counts in the frozen bins, in the cells below, at
+and between the reference sample's distinct values (KS; a categorical series' categories), and per time-of-day
+stratum of the event times. Values are first rounded to the model's precision (float32), as the scorer's cast
+does: the reference holds float32 values, and a float64 value float32 cannot represent would fall between two
+reference points and look like drift. The two-sample KS statistic against any subset of the reference sample
+depends on the window only through the cell counts — between two consecutive reference values the reference ECDF
+is flat, so the largest gap there sits at the ends of the interval — so the counts give exactly
+`scipy.stats.ks_2samp`'s statistic and p-value. Memory is O(reference sample + strata) per series whatever the
 window's size, and states of the same window merge by adding counts: six partitions' states merged equal one
 pass over the whole window.
 
-Testing. A window tests each series with at least `min_window_events` values: KS for continuous series, χ² for
-categorical ones (an exact binomial test for a two-category feature whose expected counts are below 5, where
-χ² would overstate the evidence). The p-values of a window share the level α = 1 / `false_alarm_windows` through
-Benjamini–Hochberg or Bonferroni. PSI grades the size of a shift; it does not decide whether the shift is real.
+Testing. The reference is a sample, not the truth: every test is two-sample, so its size holds for a 2 000-row
+reference and a 10 000-row window alike. Inputs that follow the daily rhythm are compared with the same hours: the
+reference rows are re-drawn (a fixed subsample per stratum) in the proportions of the window's own strata
+(`mixed_rows`). A window tests each series with at least `min_window_events` values; the p-values of a window
+share the level α = 1 / `false_alarm_windows` through Benjamini–Hochberg or Bonferroni. PSI grades the size of a
+shift; it does not decide whether the shift is real.
 """
 
 from __future__ import annotations
@@ -30,10 +37,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
 from monitor.correction import Correction, threshold
-from monitor.reference import SCORE_PREFIX, DriftReference, Kind, SeriesReference, bin_index
+from monitor.reference import (
+    SCORE_PREFIX,
+    DriftReference,
+    Kind,
+    SeriesReference,
+    bin_index,
+    model_precision,
+    model_precision_one,
+    stratum_of,
+    stratum_of_one,
+)
 from monitor.settings import MonitorSettings
 
-Test = Literal["ks", "chi2", "binomial"]
+Test = Literal["ks", "fisher", "chi2", "binomial"]
+"""binomial: the one-sample test of earlier versions, kept so their records still parse."""
 MIN_EXPECTED = 5.0
 """Cochran's rule: χ²'s approximation needs every expected count at 5 or more."""
 
@@ -77,21 +95,28 @@ class DriftWindow:
         self.bins = [np.zeros(s.bins, dtype=np.int64) for s in reference.series]
         self.cells = [np.zeros(s.cells, dtype=np.int64) for s in reference.series]
         self.missing = np.zeros(len(reference.series), dtype=np.int64)
+        self.strata = [np.zeros(s.strata, dtype=np.int64) for s in reference.series]
         self.first_event_time = math.inf
         self.last_event_time = -math.inf
 
     def add(self, name: str, values: ArrayLike, event_times: ArrayLike = ()) -> None:
-        """Count `values` of series `name` (feature name or `score:<variant>`); `event_times` widen the window's
-        observed time span."""
+        """Count `values` of series `name` (feature name or `score:<variant>`) at the model's precision.
+        `event_times` (epoch seconds, one per value) widen the window's observed time span and give each value's
+        time-of-day stratum; without them the window is compared with the whole reference sample."""
         i = self.reference.index(name)
         ref = self.reference.series[i]
-        v = np.atleast_1d(np.asarray(values, dtype=np.float64))
-        finite = v[np.isfinite(v)]
+        v = model_precision(np.atleast_1d(np.asarray(values, dtype=np.float64)))
+        ok = np.isfinite(v)
+        finite = v[ok]
         self.missing[i] += len(v) - len(finite)
         self.bins[i] += np.bincount(bin_index(ref.edges, v), minlength=ref.bins)
         if len(ref.points):
             self.cells[i] += np.bincount(_cell_index(ref.points, finite), minlength=ref.cells)
         times = np.atleast_1d(np.asarray(event_times, dtype=np.float64))
+        if ref.strata and times.size:
+            if times.shape != v.shape:
+                raise ValueError(f"{len(times)} event times for {len(v)} values of {name!r}")
+            self.strata[i] += np.bincount(stratum_of(times[ok], ref.strata), minlength=ref.strata)
         if times.size:
             self.first_event_time = min(self.first_event_time, float(times.min()))
             self.last_event_time = max(self.last_event_time, float(times.max()))
@@ -101,20 +126,21 @@ class DriftWindow:
         event's features once: from its `scores` record, not again from a shadow score of the same event."""
         for name, value in features.items():
             if name in self.reference:
-                self._add_one(self.reference.index(name), value)
+                self._add_one(self.reference.index(name), value, event_time)
         self._saw(event_time)
 
     def add_score(self, variant: str, score: float, event_time: float) -> None:
         """One score of `variant` (from `scores` or `scores.shadow`); variants without a reference are ignored."""
         name = SCORE_PREFIX + variant
         if name in self.reference:
-            self._add_one(self.reference.index(name), score)
+            self._add_one(self.reference.index(name), score, event_time)
         self._saw(event_time)
 
-    def _add_one(self, i: int, value: float) -> None:
+    def _add_one(self, i: int, value: float, event_time: float) -> None:
         # One value in plain Python (bisect on lists): a Faust agent calls this per event and series, where
         # numpy's per-call overhead would cost ~20x more. Same rules as `add` (tested equal).
         ref = self.reference.series[i]
+        value = model_precision_one(value)
         if not math.isfinite(value):
             self.missing[i] += 1
             self.bins[i][len(ref.edges) if math.isnan(value) else bisect.bisect_left(ref.edge_list, value)] += 1
@@ -123,6 +149,8 @@ class DriftWindow:
         if ref.point_list:
             k = bisect.bisect_left(ref.point_list, value)
             self.cells[i][2 * k + (k < len(ref.point_list) and ref.point_list[k] == value)] += 1
+        if ref.strata:
+            self.strata[i][stratum_of_one(event_time, ref.strata)] += 1
 
     def _saw(self, event_time: float) -> None:
         self.first_event_time = min(self.first_event_time, event_time)
@@ -135,6 +163,7 @@ class DriftWindow:
         for i in range(len(self.bins)):
             self.bins[i] += other.bins[i]
             self.cells[i] += other.cells[i]
+            self.strata[i] += other.strata[i]
         self.missing += other.missing
         self.first_event_time = min(self.first_event_time, other.first_event_time)
         self.last_event_time = max(self.last_event_time, other.last_event_time)
@@ -156,6 +185,7 @@ class DriftWindow:
             "bins": [sparse(b) for b in self.bins],
             "cells": [sparse(c) for c in self.cells],
             "missing": self.missing.tolist(),
+            "strata": [sparse(h) for h in self.strata],
             "first_event_time": None if math.isinf(self.first_event_time) else self.first_event_time,
             "last_event_time": None if math.isinf(self.last_event_time) else self.last_event_time,
         }
@@ -169,6 +199,10 @@ class DriftWindow:
             window.bins[i][np.asarray(bi, dtype=np.intp)] = bc
             window.cells[i][np.asarray(ci, dtype=np.intp)] = cc
         window.missing[:] = state["missing"]
+        # A state written before the strata were kept has none: its series are compared with the whole sample.
+        for i, (hi, hc) in enumerate(state.get("strata") or ()):
+            if len(window.strata[i]):
+                window.strata[i][np.asarray(hi, dtype=np.intp)] = hc
         if state["first_event_time"] is not None:
             window.first_event_time = float(state["first_event_time"])
             window.last_event_time = float(state["last_event_time"])
@@ -200,21 +234,25 @@ def psi(counts: ArrayLike, shares: ArrayLike, epsilon: float = 1e-4) -> float:
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def ks_statistic(ref: SeriesReference, cells: ArrayLike) -> NDArray[np.float64]:
-    """Two-sample KS statistic of windows given as cell counts (shape (..., cells)) against the reference
-    sample: the largest ECDF gap, bit for bit as `scipy.stats.ks_2samp` computes it on the window's values before
-    its exact method rounds it to a multiple of 1 / lcm(n, m).
+def ks_statistic(ref: SeriesReference, cells: ArrayLike, counts: ArrayLike | None = None) -> NDArray[np.float64]:
+    """Two-sample KS statistic of windows given as cell counts (shape (..., cells)) against the reference sample —
+    or against the rows of it whose per-point counts are `counts` (a window's hour mix, `mixed_rows`): the largest
+    ECDF gap, bit for bit as `scipy.stats.ks_2samp` computes it on the values before its exact method rounds it
+    to a multiple of 1 / lcm(n, m).
 
     scipy takes the largest gap between the two ECDFs over every data point. At reference point i the window's
     ECDF is (#values ≤ pᵢ)/n; in the open cell just below pᵢ the largest window value has (#values < pᵢ)/n
     against the reference's (#sample < pᵢ)/m; every other window value's gap is no larger (the same
-    reference ECDF, a smaller or equal window ECDF for the upper gap, a larger one for the lower gap). So the
-    gaps at those points, computed with the same divisions, give scipy's maximum exactly."""
+    reference ECDF, a smaller or equal window ECDF for the upper gap, a larger one for the lower gap). A point
+    no row of the subset holds leaves the reference ECDF flat, so its gaps are bounded by the next point's. So
+    the gaps at those points, computed with the same divisions, give scipy's maximum exactly."""
     c = np.asarray(cells, dtype=np.int64)
+    r = ref.sample_counts if counts is None else np.asarray(counts, dtype=np.int64)
     n = c.sum(axis=-1, keepdims=True)
     cum = np.cumsum(c, axis=-1)
-    m = len(ref.sample)
-    at_or_below = np.searchsorted(ref.sample, ref.points, side="right") / m
+    ref_cum = np.cumsum(r)
+    m = int(ref_cum[-1]) if len(ref_cum) else 0
+    at_or_below = ref_cum / m
     below = np.concatenate(([0.0], at_or_below[:-1]))
     with np.errstate(invalid="ignore", divide="ignore"):
         at_point = cum[..., 1::2] / n - at_or_below
@@ -251,44 +289,96 @@ def ks_result(statistic: float, n1: int, n2: int) -> tuple[float, float]:
     return _ks_result(n1, n2, round(statistic * lcm))
 
 
-def ks(ref: SeriesReference, cells: ArrayLike) -> tuple[float, float]:
-    """Two-sample KS statistic and p-value of one window (as cell counts) against the reference sample: equal to
-    `scipy.stats.ks_2samp(window_values, reference_sample)`, two-sided, method auto."""
+def ks(ref: SeriesReference, cells: ArrayLike, counts: ArrayLike | None = None) -> tuple[float, float]:
+    """Two-sample KS statistic and p-value of one window (as cell counts) against the reference sample (or the
+    rows of it counted by `counts`): equal to `scipy.stats.ks_2samp(window_values, reference_rows)`, two-sided,
+    method auto."""
     c = np.asarray(cells, dtype=np.int64)
-    return ks_result(float(ks_statistic(ref, c)), int(c.sum()), len(ref.sample))
+    m = len(ref.sample) if counts is None else int(np.sum(counts))
+    return ks_result(float(ks_statistic(ref, c, counts)), int(c.sum()), m)
 
 
-def categorical_counts(
-    ref: SeriesReference, bins: NDArray[np.int64], cells: NDArray[np.int64], epsilon: float
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Observed counts and expected shares per category. Categories are the frozen bins when they separate the
-    values (shares from the whole training set), else the reference sample's distinct values plus one "other"
-    (shares from the sample). Categories empty on both sides are dropped; a category unseen in the reference
-    but present in the window gets share `epsilon`, and the shares are renormalised."""
-    if ref.categories_from_bins:
-        observed = bins.astype(np.float64)
-        shares = ref.shares.astype(np.float64)
-    else:
-        observed = np.append(cells[1::2], cells[0::2].sum()).astype(np.float64)
-        _, at = np.unique(ref.sample, return_counts=True)
-        shares = np.append(at / len(ref.sample), 0.0)
-    keep = (observed > 0) | (shares > 0)
-    observed, shares = observed[keep], np.where(shares[keep] > 0, shares[keep], epsilon)
-    return observed, shares / shares.sum()
+def apportion(total: int, weights: NDArray[np.int64]) -> NDArray[np.int64]:
+    """`total` split in proportion to integer `weights` by largest remainders (ties to the lower index), in exact
+    integer arithmetic: each part is the floor or the ceiling of its quota."""
+    w = np.asarray(weights, dtype=np.int64)
+    whole = int(w.sum())
+    if whole == 0 or total == 0:
+        return np.zeros(len(w), dtype=np.int64)
+    parts, rest = np.divmod(total * w, whole)
+    short = total - int(parts.sum())
+    parts[np.argsort(-rest, kind="stable")[:short]] += 1
+    return parts.astype(np.int64)
 
 
-def categorical_test(observed: NDArray[np.float64], shares: NDArray[np.float64]) -> tuple[Test, float, float]:
-    """χ² goodness of fit (`scipy.stats.chisquare`) of the counts against the shares; for two categories with an
-    expected count below 5, the exact binomial test on the second category (statistic: its observed share)."""
-    n = observed.sum()
-    if len(observed) < 2:
-        return "chi2", 0.0, 1.0
-    expected = shares * n
-    if len(observed) == 2 and expected.min() < MIN_EXPECTED:
-        k = round(float(observed[1]))
-        return "binomial", k / n, float(stats.binomtest(k, round(float(n)), float(shares[1])).pvalue)
-    result = stats.chisquare(observed, expected)
-    return "chi2", float(result.statistic), float(result.pvalue)
+def mixed_rows(ref: SeriesReference, strata: NDArray[np.int64], values: int) -> NDArray[np.bool_] | None:
+    """The reference rows (a mask over `ref.sample`) re-drawn to a window's time-of-day mix: per stratum h, the
+    first k_h rows of the stratum's fixed random order, with k_h ∝ the window's values in h and the largest total
+    the sample can give (k_h ≤ the sample's rows in h). None — compare with the whole sample — when the document
+    has no times or the window's strata do not account for all its `values` (events added without times, a state
+    from before the strata were kept). An empty mask when the window has values in a stratum the sample has no
+    row of: that window cannot be compared with the same hours.
+
+    Why a subsample and not weights: the rows drawn are a sample of the reference's distribution for the window's
+    hours, so the two-sample tests keep their exact size (up to the rounding of the k_h, a share below 1/k per
+    stratum); weighting the whole sample would need an approximate null distribution whose error grows exactly
+    where the weights are uneven."""
+    if not ref.strata or values == 0 or int(strata.sum()) != values:
+        return None
+    rows = ref.stratum_rows
+    present = strata > 0
+    if np.any(rows[present] == 0):
+        return np.zeros(len(ref.sample), dtype=bool)
+    total = int(np.min(rows[present] * values // strata[present]))
+    take = apportion(total, strata)
+    return np.asarray(ref.sample_draw < take[ref.sample_stratum], dtype=bool)
+
+
+def category_counts(ref: SeriesReference, cells: NDArray[np.int64]) -> NDArray[np.int64]:
+    """A categorical window's count per reference point (category) and, last, of values at no point."""
+    return np.append(cells[1::2], cells[0::2].sum()).astype(np.int64)
+
+
+def categorical_test(window: NDArray[np.int64], reference: NDArray[np.int64]) -> tuple[Test, float, float]:
+    """Two-sample test of a window's category counts against the reference rows' counts (a 2×K table).
+
+    Two categories (a flag): Fisher's exact test (`scipy.stats.fisher_exact`). Conditional on the margins its
+    p-value is exact, so its size is at most α whatever the flag's share, the reference's size (2 000 rows: 8 ones
+    for a 0.4 % flag) or the window's (100 to 10 000+) — where the χ² approximation, or the earlier one-sample tests
+    that took the reference shares as exact, overstate the evidence. It is conservative for rare flags (its
+    discrete p-values rarely reach α exactly): the price of a guaranteed size; Barnard's and Boschloo's
+    unconditional tests are less conservative but cost O(n·m) per window. More categories: Pearson's χ² of
+    homogeneity when every expected count is at least 5, else the smallest of the one-against-the-rest Fisher
+    p-values times the number of categories (Bonferroni: valid, conservative). Statistic: the largest difference
+    in a category's share between the window and the reference rows (χ²: its statistic)."""
+    keep = (window + reference) > 0
+    w, r = window[keep].astype(np.int64), reference[keep].astype(np.int64)
+    n, m = int(w.sum()), int(r.sum())
+    if len(w) < 2 or n == 0 or m == 0:
+        return "fisher", 0.0, 1.0
+    gap = float(np.max(np.abs(w / n - r / m)))
+    if len(w) == 2:
+        return "fisher", gap, float(stats.fisher_exact([[w[0], w[1]], [r[0], r[1]]]).pvalue)
+    table = np.stack([w, r])
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / (n + m)
+    if expected.min() >= MIN_EXPECTED:
+        result = stats.chi2_contingency(table, correction=False)
+        return "chi2", float(result.statistic), float(result.pvalue)
+    p = min(float(stats.fisher_exact([[w[j], n - w[j]], [r[j], m - r[j]]]).pvalue) for j in range(len(w)))
+    return "fisher", gap, min(1.0, p * len(w))
+
+
+def mixed_shares(
+    shares: NDArray[np.float64], by_stratum: NDArray[np.float64] | None, strata: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """Training's shares for a window's time-of-day mix: Σ_h π_h · shares_h with π the window's strata shares
+    (renormalized, so a stratum training never saw does not shrink the total); `shares` when there is no mix."""
+    total = int(strata.sum()) if len(strata) else 0
+    if by_stratum is None or total == 0:
+        return shares
+    mix = (strata / total) @ by_stratum
+    s = float(mix.sum())
+    return mix / s if s > 0 else shares
 
 
 # --- records ---------------------------------------------------------------------------------------------
@@ -306,36 +396,60 @@ class DriftRecord(BaseModel):
     feature: str = Field(description="Feature name, or score:<variant>")
     kind: Kind
     events: int = Field(ge=0, description="Values of this series in the window (missing ones included)")
-    missing: int = Field(ge=0, description="Values that were not finite: binned like training, not in KS or χ²")
+    missing: int = Field(ge=0, description="Values that were not finite: binned like training, not tested")
     psi: float = Field(ge=0, description="Population stability index on the frozen bins")
     psi_threshold: float
     psi_exceeded: bool = Field(description="PSI at or above the threshold: a shift big enough to act on")
-    test: Test | None = Field(description="ks, chi2 or binomial; None when the window had too few values")
-    statistic: float | None = Field(description="KS: largest ECDF gap; χ²: the statistic; binomial: the share")
+    test: Test | None = Field(description="ks, fisher or chi2; None when the window had too few values")
+    statistic: float | None = Field(
+        description="KS: largest ECDF gap; fisher: largest difference in a category's share; χ²: the statistic"
+    )
     p_value: float | None
     threshold: float | None = Field(description="p-value at or below which this window declares drift")
     alpha: float = Field(description="Family-wise level of the window (1 / false-alarm budget in windows)")
     correction: Correction
     tested: int = Field(ge=0, description="Series tested in this window (the multiple-testing family)")
-    reference_rows: int = Field(ge=0, description="Size of the KS reference sample")
+    reference_rows: int = Field(ge=0, description="Reference rows the window was compared with (its hours' mix)")
+    hour_mixed: bool = Field(
+        default=False, description="The reference rows were re-drawn to the window's time-of-day mix"
+    )
     drifted: bool = Field(description="p-value at or below the threshold")
+
+
+def _series_result(
+    ref: SeriesReference, window: DriftWindow, i: int, settings: MonitorSettings
+) -> tuple[tuple[Test, float, float] | None, float, int, bool]:
+    """(test, statistic, p-value) or None when untested, PSI, reference rows compared with, mixed by hours."""
+    cells = window.cells[i]
+    finite = int(cells.sum())
+    strata = window.strata[i]
+    rows = mixed_rows(ref, strata, finite)
+    mixed = rows is not None
+    counts = ref.sample_counts if rows is None else np.bincount(ref.sample_point[rows], minlength=len(ref.points))
+    m = int(counts.sum())
+    usable = strata if mixed else np.zeros(0, dtype=np.int64)
+    if ref.kind == "categorical" and ref.category_shares is not None:
+        observed = category_counts(ref, cells)
+        if ref.category_strata_shares is None and mixed and m:
+            expected = np.append(counts / m, 0.0)
+        else:
+            expected = mixed_shares(ref.category_shares, ref.category_strata_shares, usable)
+        value = psi(observed, expected, settings.psi_epsilon)
+    else:
+        value = psi(window.bins[i], mixed_shares(ref.shares, ref.strata_shares, usable), settings.psi_epsilon)
+    if finite < settings.min_window_events or m == 0:
+        return None, value, m, mixed
+    if ref.kind == "continuous":
+        return ("ks", *ks(ref, cells, counts)), value, m, mixed
+    return categorical_test(category_counts(ref, cells), np.append(counts, 0)), value, m, mixed
 
 
 def evaluate(window: DriftWindow, settings: MonitorSettings) -> list[DriftRecord]:
     """The records of a closed window, one per series of its reference, in the reference's order."""
     reference = window.reference
     alpha = settings.drift_alpha
-    results: list[tuple[Test, float, float] | None] = []
-    for i, ref in enumerate(reference.series):
-        finite = int(window.cells[i].sum())
-        if finite < settings.min_window_events or (ref.kind == "continuous" and len(ref.sample) == 0):
-            results.append(None)
-        elif ref.kind == "continuous":
-            results.append(("ks", *ks(ref, window.cells[i])))
-        else:
-            observed, shares = categorical_counts(ref, window.bins[i], window.cells[i], settings.psi_epsilon)
-            results.append(categorical_test(observed, shares))
-    p_values = [r[2] for r in results if r is not None]
+    parts = [_series_result(ref, window, i, settings) for i, ref in enumerate(reference.series)]
+    p_values = [r[0][2] for r in parts if r[0] is not None]
     cut = threshold(p_values, alpha, settings.correction)
     bounds = window_bounds(settings, window.key)
     if bounds is None:
@@ -343,8 +457,7 @@ def evaluate(window: DriftWindow, settings: MonitorSettings) -> list[DriftRecord
         last = window.last_event_time if math.isfinite(window.last_event_time) else first
         bounds = _utc(first), _utc(last)
     records = []
-    for i, (ref, result) in enumerate(zip(reference.series, results, strict=True)):
-        value = psi(window.bins[i], ref.shares, settings.psi_epsilon)
+    for i, (ref, (result, value, rows, mixed)) in enumerate(zip(reference.series, parts, strict=True)):
         records.append(
             DriftRecord(
                 window=window.key,
@@ -364,7 +477,8 @@ def evaluate(window: DriftWindow, settings: MonitorSettings) -> list[DriftRecord
                 alpha=alpha,
                 correction=settings.correction,
                 tested=len(p_values),
-                reference_rows=len(ref.sample),
+                reference_rows=rows,
+                hour_mixed=mixed,
                 drifted=result is not None and result[2] <= cut,
             )
         )

@@ -168,6 +168,7 @@ class Merger:
             "bins": [b for p in parts for b in p["bins"]],
             "cells": [c for p in parts for c in p["cells"]],
             "missing": [m for p in parts for m in p["missing"]],
+            "strata": [h for p in parts for h in p.get("strata") or [[[], []]] * len(p["series"])],
             "first_event_time": min(firsts) if firsts else None,
             "last_event_time": max(lasts) if lasts else None,
         }

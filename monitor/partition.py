@@ -138,7 +138,7 @@ def merge_state(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError("only states of the same window and series merge")
     times = [t for t in (a["first_event_time"], b["first_event_time"]) if t is not None]
     lasts = [t for t in (a["last_event_time"], b["last_event_time"]) if t is not None]
-    return {
+    merged = {
         "key": a["key"],
         "series": list(a["series"]),
         "bins": [add_sparse(x, y) for x, y in zip(a["bins"], b["bins"], strict=True)],
@@ -147,6 +147,11 @@ def merge_state(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         "first_event_time": min(times) if times else None,
         "last_event_time": max(lasts) if lasts else None,
     }
+    # A state from before the time-of-day strata were kept has none: the merged window then has none either, and
+    # is compared with the whole reference sample (partial strata would misstate the window's hours).
+    if "strata" in a and "strata" in b:
+        merged["strata"] = [add_sparse(x, y) for x, y in zip(a["strata"], b["strata"], strict=True)]
+    return merged
 
 
 @dataclass

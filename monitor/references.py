@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from monitor.reference import SCORE_PREFIX, DriftReference, drift_reference, series_reference
+from monitor.reference import SCORE_PREFIX, DriftReference, drift_reference, score_reference
 from streamscore.errors import StreamscoreError
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,7 @@ class ReferenceBook:
             document = self._documents.get(version)
             if document is None:
                 return None
-            series = series_reference(
-                score_series(variant, version), "continuous", document["score"], document["sample"]["scores"]
-            )
-            self._scores[key] = DriftReference((series,))
+            self._scores[key] = DriftReference((score_reference(score_series(variant, version), document),))
         return self._scores[key]
 
 

@@ -12,11 +12,13 @@ from scipy import stats
 
 from monitor.drift import (
     DriftWindow,
-    categorical_counts,
+    apportion,
     categorical_test,
+    category_counts,
     evaluate,
     ks,
     ks_statistic,
+    mixed_rows,
     psi,
     window_bounds,
     window_key,
@@ -106,47 +108,151 @@ def test_psi_known_answer_and_floors() -> None:
 # --- χ² ----------------------------------------------------------------------------------------------------
 
 
-def test_chi2_equals_scipy_and_binomial_for_small_expected_counts() -> None:
-    shares = np.array([0.2, 0.5, 0.3])
-    observed = np.array([30.0, 40.0, 30.0])
-    test, statistic, p = categorical_test(observed, shares)
-    expected = stats.chisquare(observed, shares * 100)
+def test_categorical_tests_are_two_sample_and_equal_scipys() -> None:
+    # A flag: Fisher's exact test of the window's counts against the reference rows' counts.
+    test, gap, p = categorical_test(np.array([990, 10]), np.array([1994, 6]))
+    assert test == "fisher"
+    assert gap == pytest.approx(abs(10 / 1000 - 6 / 2000))
+    assert p == float(stats.fisher_exact([[990, 10], [1994, 6]]).pvalue)
+    # Three well-filled categories: χ² of homogeneity (no continuity correction).
+    window, reference = np.array([300, 400, 300]), np.array([500, 1000, 500])
+    test, statistic, p = categorical_test(window, reference)
+    expected = stats.chi2_contingency(np.stack([window, reference]), correction=False)
     assert (test, statistic, p) == ("chi2", float(expected.statistic), float(expected.pvalue))
-    # Two categories, 1 000 values, a 0.3 % flag: expected count 3 < 5 → exact binomial test.
-    test, statistic, p = categorical_test(np.array([990.0, 10.0]), np.array([0.997, 0.003]))
-    assert test == "binomial"
-    assert statistic == 0.01
-    assert p == float(stats.binomtest(10, 1000, 0.003).pvalue)
+    # A category the reference never had, few values: Bonferroni over the one-against-the-rest Fisher tests.
+    test, _, p = categorical_test(np.array([900, 97, 3]), np.array([1800, 200, 0]))
+    assert test == "fisher"
+    assert p == pytest.approx(min(1.0, 3 * float(stats.fisher_exact([[3, 997], [0, 2000]]).pvalue)))
+    # Empty categories on both sides are dropped; one category left: nothing to test.
+    assert categorical_test(np.array([0, 100, 0]), np.array([0, 2000, 0])) == ("fisher", 0.0, 1.0)
 
 
-def test_categorical_series_from_frozen_bins() -> None:
-    rng = np.random.default_rng(3)
-    flag = (rng.random(50_000) < 0.3).astype(float)
-    ref = one_series(flag[:2000], "categorical", edges=[0.0])
-    assert ref.categories_from_bins
-    window = counted(ref, (rng.random(1000) < 0.3).astype(float))
-    observed, shares = categorical_counts(ref, window.bins[0], window.cells[0], 1e-4)
-    assert observed.sum() == 1000
-    assert shares.tolist() == pytest.approx(ref.shares.tolist())
+@pytest.mark.parametrize("share", [0.004, 0.3, 0.95])
+def test_a_flags_psi_is_on_its_categories_whatever_its_share(share: float) -> None:
+    """A flag that is 1 in 95 % of rows has training deciles all 1 (edges [1.0], one bin holding both values): its
+    PSI was always 0. Its categories are its PSI bins, from training's shares when the document lists them, else
+    from the sample's."""
+    rng = np.random.default_rng(4)
+    sample = (rng.random(2000) < share).astype(float)
+    edges = sorted({float(v) for v in np.quantile(sample, np.linspace(0, 1, 11)[1:-1])})
+    shares = np.bincount(np.searchsorted(edges, sample, side="left"), minlength=len(edges) + 1) / len(sample)
+    old = {"edges": edges, "shares": shares.tolist()}
+    new = {**old, "categories": {"values": [0.0, 1.0], "shares": [1 - share, share]}}
+    settings = MonitorSettings(window="events", window_events=1000, false_alarm_windows=20)
+    for block in (old, new):
+        ref = series_reference("flag", "categorical", block, sample.tolist())
+        assert ref.points.tolist() == [0.0, 1.0]
+        assert ref.category_shares is not None
+        gone = evaluate(counted(ref, np.zeros(1000)), settings)[0]
+        # The flag gone: large for a common flag; for a 0.4 % one, PSI's own scale calls it small, but not 0.
+        assert gone.psi > (settings.psi_threshold if share > 0.1 else 0.01)
+        assert gone.test == "fisher"
+        assert gone.drifted or share < 0.1
+    shares_new = series_reference("flag", "categorical", new, sample.tolist()).category_shares
+    assert shares_new is not None
+    assert shares_new.tolist() == pytest.approx([1 - share, share, 0.0])
 
 
-def test_a_flag_mostly_one_falls_back_to_the_sample_categories() -> None:
-    # 95 % ones: every training decile is 1, edges = [1.0] and bin 0 holds both 0 and 1.
+def test_a_flag_mostly_one_and_a_new_value() -> None:
     rng = np.random.default_rng(4)
     sample = (rng.random(2000) < 0.95).astype(float)
     ref = one_series(sample, "categorical", edges=[1.0])
-    assert not ref.categories_from_bins
     settings = MonitorSettings(window="events", window_events=1000, false_alarm_windows=20)
     same = evaluate(counted(ref, (rng.random(1000) < 0.95).astype(float)), settings)[0]
     moved = evaluate(counted(ref, (rng.random(1000) < 0.85).astype(float)), settings)[0]
-    assert same.test == "chi2"
+    assert same.test == "fisher"
     assert not same.drifted
     assert moved.drifted
-    # A value never seen in the reference is an extra category with a floored share: drift, finite numbers.
-    new_value = evaluate(counted(ref, np.r_[np.ones(900), np.full(100, 2.0)]), settings)[0]
+    assert moved.psi > same.psi
+    # A value never seen in the reference is a category of its own (the cells between reference points).
+    values = np.r_[np.ones(900), np.full(100, 2.0)]
+    assert category_counts(ref, counted(ref, values).cells[0]).tolist() == [0, 900, 100]
+    new_value = evaluate(counted(ref, values), settings)[0]
     assert new_value.drifted
     assert new_value.statistic is not None
     assert math.isfinite(new_value.statistic)
+    assert math.isfinite(new_value.psi)
+
+
+# --- precision -----------------------------------------------------------------------------------------------
+
+
+def test_window_values_are_compared_at_the_models_precision() -> None:
+    """The reference holds float32 values (training's matrices); the scorer attaches float64 ones. log1p of a
+    count is not a float32: unrounded, every tied value fell between two reference points."""
+    counts = np.random.default_rng(12).poisson(0.5, size=3000).astype(float)
+    values = np.log1p(counts)
+    ref = one_series(values[:2000].astype(np.float32).astype(np.float64))
+    live = values[2000:]
+    vectorized = counted(ref, live)
+    one_by_one = DriftWindow(DriftReference((ref,)), 0)
+    for v in live:
+        one_by_one.add_features({"x": float(v)}, 0.0)
+    assert vectorized.cells[0].tolist() == one_by_one.cells[0].tolist()
+    assert vectorized.bins[0].tolist() == one_by_one.bins[0].tolist()
+    assert int(vectorized.cells[0][0::2].sum()) == 0  # every value at a reference point
+    record = evaluate(vectorized, MonitorSettings(window="events", window_events=1000))[0]
+    assert record.statistic is not None
+    assert record.statistic < 0.1
+    assert not record.drifted
+    # Beyond float32's range: ±inf, as the scorer's cast, so missing on both paths.
+    one_by_one.add_features({"x": 1e300}, 0.0)
+    assert int(one_by_one.missing[0]) == 1
+
+
+# --- time of day -----------------------------------------------------------------------------------------------
+
+
+def test_apportion_is_proportional_and_exact() -> None:
+    assert apportion(10, np.array([1, 1, 1])).tolist() == [4, 3, 3]
+    assert apportion(7, np.array([0, 5, 2])).tolist() == [0, 5, 2]
+    weights = np.array([130, 270, 301, 299])
+    parts = apportion(83, weights)
+    assert int(parts.sum()) == 83
+    assert np.all(np.abs(parts - 83 * weights / 1000) < 1)
+    assert apportion(0, np.array([3, 4])).tolist() == [0, 0]
+
+
+def test_the_reference_rows_are_redrawn_to_the_windows_hours() -> None:
+    rng = np.random.default_rng(13)
+    times = rng.uniform(0, 86_400, size=2000)
+    hour = (times // 3600).astype(int)
+    sample = hour + rng.random(2000)  # the value says the hour: a daily rhythm at its strongest
+    edges = [float(v) for v in np.quantile(sample, np.linspace(0, 1, 11)[1:-1])]
+    block = {"edges": edges, "shares": [0.1] * 10}
+    ref = series_reference("x", "continuous", block, sample.tolist(), times=times.tolist(), strata=24)
+    # A window in hours 13 and 14, twice as many values in 14.
+    strata = np.zeros(24, dtype=np.int64)
+    strata[13], strata[14] = 100, 200
+    rows = mixed_rows(ref, strata, 300)
+    assert rows is not None
+    drawn = np.floor(ref.sample[rows]).astype(int)
+    n13, n14 = int((drawn == 13).sum()), int((drawn == 14).sum())
+    assert n13 + n14 == int(rows.sum())
+    assert abs(n14 - 2 * n13) <= 1
+    assert n14 == int((hour == 14).sum()) or n13 == int((hour == 13).sum())  # as many as the sample can give
+    # Values not all accounted for by strata (events added without times): the whole sample.
+    assert mixed_rows(ref, strata, 301) is None
+    # Values in an hour the sample has no row of: no rows to compare with (the series is reported untested).
+    night = series_reference("x", "continuous", block, sample.tolist(), times=(times % 3600).tolist(), strata=24)
+    empty = mixed_rows(night, strata, 300)
+    assert empty is not None
+    assert not empty.any()
+    # A window of hours 13-14 is not drift against the same hours; against the whole sample it is.
+    window = DriftWindow(DriftReference((ref,)), 0)
+    t = np.r_[rng.uniform(13 * 3600, 14 * 3600, 500), rng.uniform(14 * 3600, 15 * 3600, 1000)] + 86_400 * 20_000
+    window.add("x", (t % 86_400) // 3600 + rng.random(1500), t)
+    assert window.strata[0][13] == 500
+    settings = MonitorSettings(window="events", window_events=1500)
+    record = evaluate(window, settings)[0]
+    assert record.hour_mixed
+    assert not record.drifted
+    assert 100 < record.reference_rows < 2000
+    window.strata[0][:] = 0
+    unmixed = evaluate(window, settings)[0]
+    assert not unmixed.hour_mixed
+    assert unmixed.reference_rows == 2000
+    assert unmixed.drifted
 
 
 # --- windows, evaluation -----------------------------------------------------------------------------------
@@ -269,7 +375,7 @@ def test_reference_from_trainings_document() -> None:
     assert reference.names == (*FEATURE_NAMES, "score:champion")
     kinds = {s.name: s.kind for s in reference.series}
     assert {n for n, k in kinds.items() if k == "categorical"} == set(CATEGORICAL_FEATURES)
-    assert all(s.categories_from_bins for s in reference.series if s.kind == "categorical")
+    assert all(s.category_shares is not None for s in reference.series if s.kind == "categorical")
     assert all(len(s.sample) == 1000 for s in reference.series)
     with pytest.raises(ValueError, match="not in the reference"):
         drift_reference(document, {}, categorical=["no_such_feature"])
