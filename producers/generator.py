@@ -57,6 +57,7 @@ from producers.world import (
     DAILY_RHYTHM,
     HOME_COUNTRIES,
     RISK_COUNTRIES,
+    TYPICAL_AMOUNT_EUR,
     Account,
     Merchant,
     World,
@@ -75,13 +76,28 @@ PATTERN_SHARES: dict[str, float] = {CARD_TESTING: 0.40, ACCOUNT_TAKEOVER: 0.35, 
 
 # Legitimate behaviour.
 USUAL_MERCHANT_SHARE = 0.85
-TRAVEL_SHARE = 0.015
+TRAVEL_SHARE = 0.03
 """Baseline share of legitimate transactions made abroad, so that 'foreign' alone is not fraud."""
+NEW_DEVICE_SHARE = 0.03
+"""Share of legitimate e-commerce payments from a device the account never used (a new phone, a new browser), so
+that 'unseen device' alone is not fraud."""
+SPLURGE_SHARE = 0.01
+"""Share of legitimate transactions that are a rare large purchase (a laptop, a flight, jewellery): many times the
+account's usual amount at a merchant it does not usually visit — what an account takeover looks like, by its owner."""
+SPLURGE_MULTIPLIER = (3.0, 15.0)
+SPLURGE_MCCS = ("5732", "5944", "4511", "7011", "5311")
 CONTACTLESS_LIMIT_EUR = 50.0
 CONTACTLESS_SHARE = 0.7
 """Share of card-present payments under the limit that are contactless."""
 WALLET_SHARE = 0.4
 """Share of contactless payments made with a phone wallet, which carries the account's device id."""
+
+# Labels.
+REPORTED_SHARE = 0.85
+"""Share of fraud incidents ever reported; the rest stay labelled legitimate for good (unreported fraud)."""
+REPORT_DELAY_FACTOR = (1.0, 2.0)
+"""A reported fraud's label comes this many label delays after the event (uniform): later than a legitimate
+event's 'no chargeback' label, within twice the delay — the monitor's maturity window should cover it."""
 
 # Card testing.
 CARD_TESTING_DELAY_S = (1.0, 60.0)
@@ -103,6 +119,10 @@ TAKEOVER_WINDOW_S = 3600.0
 TAKEOVER_MULTIPLIER = (6.0, 25.0)
 TAKEOVER_MCCS = ("5732", "5944", "7995")
 TAKEOVER_RISK_COUNTRY_SHARE = 0.6
+TAKEOVER_QUIET_SHARE = 0.5
+"""Share of takeovers by a fraudster who imitates the account's habits: from one of its own devices (a stolen
+phone, a hijacked session) in its home country, at amounts only a few times its usual."""
+TAKEOVER_QUIET_MULTIPLIER = (1.5, 5.0)
 
 # Compromised merchant.
 COMPROMISE_WINDOW_S = (4 * 3600.0, 12 * 3600.0)
@@ -111,7 +131,7 @@ COMPROMISE_MIN_CUSTOMERS = 5
 CASHOUT_EVENTS = (1, 3)
 CASHOUT_DELAY_S = (600.0, 3 * 3600.0)
 CASHOUT_GAP_S = (60.0, 900.0)
-CASHOUT_MULTIPLIER = (3.0, 12.0)
+CASHOUT_MULTIPLIER = (1.5, 10.0)
 CASHOUT_MCCS = ("5732", "5816", "5311", "5967", "5691")
 
 _EXPECTED_EVENTS: dict[str, float] = {
@@ -167,7 +187,19 @@ class GeneratedEvent:
 
     transaction: Transaction
     is_fraud: bool
+    """The truth: the event belongs to a fraud incident."""
     pattern: str | None
+    reported: bool = True
+    """Whether the fraud is ever reported (a chargeback, the cardholder's call). Unreported fraud is labelled
+    legitimate: the bank never learns of it, so neither do its models or its monitor."""
+    label_delay_factor: float = 1.0
+    """The label arrives `label_delay x this` after the event: 1 for legitimate events (no chargeback by the
+    maturity delay), uniform in `REPORT_DELAY_FACTOR` for reported fraud."""
+
+    @property
+    def labeled_fraud(self) -> bool:
+        """What the label says: fraud only when the fraud is reported."""
+        return self.is_fraud and self.reported
 
 
 class TransactionGenerator:
@@ -198,6 +230,11 @@ class TransactionGenerator:
             for merchant in extra:
                 self.drift_merchants.setdefault(merchant.country, ())
                 self.drift_merchants[merchant.country] += (merchant,)
+        self.splurge_merchants = {
+            c.code: _indices(merchants, SPLURGE_MCCS, list(world.merchants_by_country.get(c.code, ())))
+            or self.takeover_merchants
+            for c in HOME_COUNTRIES
+        }
         self.other_countries = {
             c.code: tuple(o.code for o in HOME_COUNTRIES if o.code != c.code) for c in HOME_COUNTRIES
         }
@@ -303,8 +340,8 @@ _OFFSETS = {
 
 # --- one stream ---------------------------------------------------------------------------------------
 
-_Payload = tuple[Account, Merchant, float, str, Channel, str | None, str | None]
-"""account, merchant, amount, country, channel, device_id, pattern"""
+_Payload = tuple[Account, Merchant, float, str, Channel, str | None, str | None, bool]
+"""account, merchant, amount, country, channel, device_id, pattern, reported"""
 
 
 @dataclass(slots=True)
@@ -325,7 +362,10 @@ class _Stream:
         config = generator.config
         self.gen = generator
         self.world = generator.world
-        seeds = np.random.SeedSequence([config.seed, 0x6E4E])
+        # The start is part of the seed: a live stream that continues a history from the same seed must not
+        # repeat the history's first draws.
+        start_us = round(start.timestamp() * 1e6)
+        seeds = np.random.SeedSequence([config.seed, 0x6E4E, start_us & (2**63 - 1)])
         self.rng = np.random.default_rng(seeds)
         self.rand = random.Random(int(seeds.generate_state(1, np.uint64)[0]))
         self.incident_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x1AC1]))
@@ -402,6 +442,7 @@ class _Stream:
         channel: Channel,
         device: str | None,
         pattern: str | None,
+        reported: bool,
     ) -> GeneratedEvent:
         number = self.emitted
         self.emitted = number + 1
@@ -417,7 +458,10 @@ class _Stream:
             device_id=device,
             event_time=self.start + timedelta(seconds=t),
         )
-        return GeneratedEvent(transaction, pattern is not None, pattern)
+        if pattern is None:
+            return GeneratedEvent(transaction, False, None)
+        delay = self.rand.uniform(*REPORT_DELAY_FACTOR) if reported else 1.0
+        return GeneratedEvent(transaction, True, pattern, reported=reported, label_delay_factor=delay)
 
     def push(self, t: float, item: _Payload | _Incident) -> None:
         self.scheduled += 1
@@ -514,6 +558,9 @@ class _Stream:
         drift = self.drift
         merchant: Merchant | None = None
         travel = rand.random() < TRAVEL_SHARE
+        if rand.random() < SPLURGE_SHARE:
+            merchant = world.merchants[rand.choice(self.gen.splurge_merchants[home])]
+            factor *= rand.uniform(*SPLURGE_MULTIPLIER) * TYPICAL_AMOUNT_EUR / merchant.amount_scale
         if drift is not None and self.emitted >= self.drift_from:
             scale = drift.amount_scale
             if drift.new_category_share and rand.random() < drift.new_category_share:
@@ -532,12 +579,15 @@ class _Stream:
         channel = choose_channel(merchant.online_share, amount / account.units_per_eur, rand.random(), rand.random())
         device: str | None = None
         if channel == "ecommerce":
-            device = account.devices[int(rand.random() * len(account.devices))]
+            if rand.random() < NEW_DEVICE_SHARE:
+                device = self.new_device()
+            else:
+                device = account.devices[int(rand.random() * len(account.devices))]
         else:
             country = merchant.country
             if channel == "contactless" and rand.random() < WALLET_SHARE:
                 device = account.devices[0]
-        return self.event(t, account, merchant, amount, country, channel, device, None)
+        return self.event(t, account, merchant, amount, country, channel, device, None, True)
 
     # --- fraud --------------------------------------------------------------------------------------
 
@@ -562,32 +612,45 @@ class _Stream:
         country = account.country if rand.random() < 0.4 else rand.choice(RISK_COUNTRIES)
         preferred = rand.random() < CARD_TESTING_PREFERRED_SHARE
         merchant = world.merchants[rand.choice(gen.card_testing_merchants if preferred else gen.online_merchants)]
+        reported = rand.random() < REPORTED_SHARE
         events: list[tuple[float, _Payload]] = []
         for k, when in enumerate(incident.times):
             if when < 0.0:
                 continue
             if k < incident.count:
                 amount = round(rand.uniform(*CARD_TESTING_AMOUNT), 2)
-                events.append((when, (account, merchant, amount, country, "ecommerce", device, CARD_TESTING)))
+                events.append((when, (account, merchant, amount, country, "ecommerce", device, CARD_TESTING, reported)))
             else:
                 target = world.merchants[rand.choice(gen.takeover_merchants)]
                 amount = self.large_amount(account, TAKEOVER_MULTIPLIER, 150.0)
-                events.append((when, (account, target, amount, country, "ecommerce", device, CARD_TESTING)))
+                events.append((when, (account, target, amount, country, "ecommerce", device, CARD_TESTING, reported)))
         return events
 
     def account_takeover(self, incident: _Incident) -> list[tuple[float, _Payload]]:
         """Large purchases at electronics, jewelry or gambling merchants from a new device abroad."""
         rand, world, gen = self.rand, self.world, self.gen
         account = world.accounts[world.account_by_activity(rand.random())]
-        device = self.new_device()
-        country = self.fraud_country(account.country, TAKEOVER_RISK_COUNTRY_SHARE)
+        quiet = rand.random() < TAKEOVER_QUIET_SHARE
+        if quiet:
+            device = rand.choice(account.devices)
+            country = account.country
+            merchants = gen.online_merchants
+        else:
+            device = self.new_device()
+            country = self.fraud_country(account.country, TAKEOVER_RISK_COUNTRY_SHARE)
+            merchants = gen.takeover_merchants
+        reported = rand.random() < REPORTED_SHARE
         events: list[tuple[float, _Payload]] = []
         for when in incident.times:
             if when < 0.0:
                 continue
-            merchant = world.merchants[rand.choice(gen.takeover_merchants)]
-            amount = self.large_amount(account, TAKEOVER_MULTIPLIER, 150.0)
-            events.append((when, (account, merchant, amount, country, "ecommerce", device, ACCOUNT_TAKEOVER)))
+            merchant = world.merchants[rand.choice(merchants)]
+            if quiet:
+                factor = math.exp(account.amount_mu + account.amount_sigma * rand.gauss(0.0, 1.0))
+                amount = clean_amount(factor * merchant.amount_scale * rand.uniform(*TAKEOVER_QUIET_MULTIPLIER))
+            else:
+                amount = self.large_amount(account, TAKEOVER_MULTIPLIER, 150.0)
+            events.append((when, (account, merchant, amount, country, "ecommerce", device, ACCOUNT_TAKEOVER, reported)))
         return events
 
     def compromised_merchant(self, incident: _Incident) -> list[tuple[float, _Payload]]:
@@ -596,12 +659,13 @@ class _Stream:
         rand, world, gen = self.rand, self.world, self.gen
         skim = incident.start
         account, merchant = self.victim(skim)
+        reported = rand.random() < REPORTED_SHARE
         events: list[tuple[float, _Payload]] = []
         if skim >= 0.0:
             factor = math.exp(account.amount_mu + account.amount_sigma * rand.gauss(0.0, 1.0))
             amount = clean_amount(factor * merchant.amount_scale)
             channel = choose_channel(0.0, amount / account.units_per_eur, 1.0, rand.random())
-            events.append((skim, (account, merchant, amount, merchant.country, channel, None, None)))
+            events.append((skim, (account, merchant, amount, merchant.country, channel, None, None, True)))
         device = self.new_device()
         country = account.country if rand.random() < 0.5 else rand.choice(RISK_COUNTRIES)
         for when in incident.times:
@@ -609,7 +673,8 @@ class _Stream:
                 continue
             target = world.merchants[rand.choice(gen.cashout_merchants)]
             amount = self.large_amount(account, CASHOUT_MULTIPLIER, 50.0)
-            events.append((when, (account, target, amount, country, "ecommerce", device, COMPROMISED_MERCHANT)))
+            payload: _Payload = (account, target, amount, country, "ecommerce", device, COMPROMISED_MERCHANT, reported)
+            events.append((when, payload))
         return events
 
     def new_compromise(self) -> int:

@@ -4,8 +4,10 @@ Training needs weeks of past traffic with ground truth; the live stream only giv
 history is the same generator run over `[end - days, end)`, written as two files:
 
 - `transactions.parquet`: every `Transaction` field as a column (event_time as a UTC timestamp), plus
-  the label columns `is_fraud` and `fraud_pattern` for convenience;
-- `labels.parquet`: what the `labels` topic would carry, `labeled_at = event_time + label_delay`.
+  the label columns for convenience: `is_fraud`, what the label says (fraud that is never reported is labelled
+  legitimate, as the bank would know it), and `fraud_pattern`, the truth (set for every fraud, reported or not);
+- `labels.parquet`: what the `labels` topic would carry, `labeled_at = event_time + label_delay x` the event's
+  delay factor (1 for legitimate events, later for reported fraud: `producers.generator.REPORT_DELAY_FACTOR`).
 
 Rows are flushed in row groups of `FLUSH_ROWS` so memory stays bounded whatever the number of days.
 Files are written under a temporary name and renamed at the end, so a crash never leaves a truncated
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -119,7 +121,8 @@ def write_history(
         def flush() -> None:
             transactions = transactions_table(batch)
             transactions_writer.write_table(transactions, row_group_size=len(batch))
-            labels_writer.write_table(labels_table(transactions, label_delay), row_group_size=len(batch))
+            delays = [label_delay * e.label_delay_factor for e in batch]
+            labels_writer.write_table(labels_table(transactions, delays), row_group_size=len(batch))
             batch.clear()
             if progress is not None:
                 progress(events)
@@ -159,14 +162,19 @@ def transactions_table(events: list[GeneratedEvent]) -> pa.Table:
     """One row per event: the transaction's fields and its label columns."""
     transactions = [e.transaction for e in events]
     columns: dict[str, list[Any]] = {name: [getattr(t, name) for t in transactions] for name in _TRANSACTION_FIELDS}
-    columns["is_fraud"] = [e.is_fraud for e in events]
+    columns["is_fraud"] = [e.labeled_fraud for e in events]
     columns["fraud_pattern"] = [e.pattern for e in events]
     return pa.Table.from_pydict(columns, schema=TRANSACTIONS_SCHEMA)
 
 
-def labels_table(transactions: pa.Table, label_delay: timedelta) -> pa.Table:
-    """The labels of a transactions table, each known `label_delay` after its event."""
+def labels_table(transactions: pa.Table, label_delay: timedelta | Sequence[timedelta]) -> pa.Table:
+    """The labels of a transactions table, each known `label_delay` (one for all, or one per row) after its event."""
     event_time = transactions.column("event_time")
+    delays = (
+        pa.scalar(label_delay, type=pa.duration("us"))
+        if isinstance(label_delay, timedelta)
+        else pa.array(label_delay, type=pa.duration("us"))
+    )
     return pa.Table.from_arrays(
         [
             transactions.column("event_id"),
@@ -174,7 +182,7 @@ def labels_table(transactions: pa.Table, label_delay: timedelta) -> pa.Table:
             transactions.column("is_fraud"),
             transactions.column("fraud_pattern"),
             event_time,
-            pc.add(event_time, pa.scalar(label_delay, type=pa.duration("us"))),
+            pc.add(event_time, delays),
         ],
         schema=LABELS_SCHEMA,
     )
