@@ -170,6 +170,7 @@ class Runtime:
             unit_retention_s=s.unit_retention_s,
             idle_close_s=s.idle_close_s,
             wall_clock=s.wall_clock,
+            clock_speed=s.clock_speed,
         )
 
     # --- references ----------------------------------------------------------------------------------------------

@@ -54,6 +54,11 @@ class MonitorAppSettings(BaseSettings):
     labels mature on quiet traffic: right for live traffic, whose event times follow the wall clock. Off to replay
     past traffic (a backfill of last week's scores, tests with a simulated timeline): windows then close on event
     time alone — with the wall clock, every score of a past window would be late."""
+    clock_speed: float = Field(default=1.0, ge=1.0, le=1e6)
+    """Event-time seconds per wall-clock second of the traffic: 1 for real traffic. A simulated world played faster
+    than real time (the demo plays the world's next hours in a minute, `streamscore produce --speed`) sets its speed
+    here: a caught-up partition's clocks then run on from the newest record at this speed (with the wall clock they
+    would jump hours ahead and make every score late). Allowed lateness and label maturity stay in event time."""
     idle_close_s: float = Field(default=30.0, gt=0)
     """Count windows (MONITOR_WINDOW=events): a caught-up partition closes its open window after this long
     without a new live score, so the merged window does not wait forever for a quiet partition."""

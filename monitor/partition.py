@@ -361,6 +361,9 @@ class Policy:
     idle_close_s: float = 30.0
     wall_clock: bool = True
     """A caught-up partition's clocks advance with the wall clock (MONITOR_WALL_CLOCK)."""
+    clock_speed: float = 1.0
+    """Event-time seconds per wall-clock second (MONITOR_CLOCK_SPEED): above 1, a caught-up partition's clocks
+    advance from where records last left them at this speed, instead of jumping to the wall clock."""
 
 
 @dataclass
@@ -399,6 +402,9 @@ class PartitionState:
         self.topic_clocks: dict[str, float] = {}
         """Topic code ("s", "h") → the newest score event time read from it."""
         self.label_clock = -math.inf
+        self._anchors: dict[str, tuple[float, float, float]] = {}
+        """Clock ("s" scores, "l" labels) → (its value and the wall time when records last moved it, the value it was
+        last advanced to)."""
         self.last_live_at = -math.inf
         """Wall time of the last new live score (count windows' idle close)."""
         self.processed: dict[str, int] = {}
@@ -527,6 +533,21 @@ class PartitionState:
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
 
+    def _advanced(self, code: str, clock: float, now: float) -> float:
+        """A caught-up clock moved on with the wall clock. At speed 1 event time is wall time: the clock is now. On a
+        simulated clock that runs `clock_speed` times faster (and behind the wall clock), it runs on from where the
+        records last left it, at that speed — so the last windows close and labels mature after the traffic stops."""
+        speed = self.policy.clock_speed
+        if speed == 1.0:
+            return max(clock, now)
+        anchor = self._anchors.get(code)
+        if anchor is None or clock > anchor[2]:  # records moved it since: run on from there
+            self._anchors[code] = (clock, now, clock)
+            return clock
+        advanced = max(clock, anchor[0] + speed * (now - anchor[1]))
+        self._anchors[code] = (anchor[0], anchor[1], advanced)
+        return advanced
+
     def checkpoint(self, clocks: Clocks) -> list[Record]:
         """The records to write now, in the order recovery relies on (module docstring); afterwards the offsets of
         every record consumed so far may be committed. Also decides which windows are due to close
@@ -535,9 +556,9 @@ class PartitionState:
         k = self.seq
         p = self.partition
         if clocks.scores_caught_up and self.policy.wall_clock:
-            self.score_clock = max(self.score_clock, clocks.now)
+            self.score_clock = self._advanced("s", self.score_clock, clocks.now)
         if clocks.labels_caught_up and self.policy.wall_clock:
-            self.label_clock = max(self.label_clock, clocks.now)
+            self.label_clock = self._advanced("l", self.label_clock, clocks.now)
         writes: list[Record] = []
         for window in self.windows.values():
             if window.dirty:

@@ -1,13 +1,26 @@
-"""Live traffic: generated transactions sent at a target rate, labels sent after their maturity delay.
+"""Live traffic: generated transactions sent at a target rate, labels sent when they are due.
 
-Event times are the wall-clock time at sending, like a payment switch stamping a swipe; the
-generator's simulated clock only orders and paces the events. A label is produced `label_delay`
-after its transaction (wall clock), carrying `labeled_at = event_time + label_delay`.
+One world, one clock. The live stream is the history's process continued: the same world, the same per-account
+rates, the same daily rhythm and fraud patterns. It plays the world's simulated time from `LiveRun.start` (where
+the history ended) at `LiveRun.speed` simulated seconds per wall second: an event of simulated time `t` is sent at
+`started + (t - start) / speed` on the wall clock and carries `t` as its event time. So a demo can play the world's
+next hours in a minute while every account behaves as it did in the history (a busier live stream than the history
+would put every velocity feature outside what the model learned). Whatever reads event time (feature windows, TTLs,
+the monitor's windows and label maturity) works on the simulated clock; latency is measured from a record's arrival
+(the broker's log-append time), never from its event time. The start must be far enough back that no event time
+passes the wall clock: `start + speed x duration <= now`; a run that would pass it stops there.
+
+A label is due at its `labeled_at = event_time + label_delay x` the event's delay factor (simulated clock), and is
+sent when the simulated clock reaches it. Unreported fraud is labelled legitimate (`GeneratedEvent.labeled_fraud`).
+
+Without a start (`start=None`) the run plays from now at speed 1: event times follow the wall clock. `rate=0`
+sends as fast as possible and stamps each event with the wall-clock time at sending (benchmarks).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +32,8 @@ from producers.generator import TransactionGenerator
 from streamscore.contracts import Label
 
 _POLL_EVERY = 500
+_CLOCK_SLACK = timedelta(milliseconds=500)
+"""Tolerance between the monotonic pacing clock and the wall clock before a run counts as passing it."""
 
 
 @dataclass
@@ -58,13 +73,34 @@ class LiveRun:
     rate: float = 0.0
     """Events per second; 0 = as fast as possible."""
     label_delay_s: float = 30.0
+    """Simulated seconds from a transaction to its label (legitimate events; reported fraud comes later)."""
     send_labels: bool = True
     wait_for_labels: bool = True
     """After the last transaction, keep running until every label has matured and been sent."""
+    start: datetime | None = None
+    """Simulated time of the first event (where the history ended); None = now, at speed 1."""
+    speed: float = 1.0
+    """Simulated seconds per wall-clock second: `rate / speed` events per simulated second."""
 
     def __post_init__(self) -> None:
         if self.events is None and self.duration_s is None:
             raise ValueError("a live run needs a number of events or a duration")
+        if not math.isfinite(self.speed) or self.speed < 1.0:
+            raise ValueError(f"speed must be a finite number >= 1, got {self.speed}")
+        if self.start is None and self.speed != 1.0:
+            raise ValueError("a live run faster than real time needs its simulated start")
+        if self.start is not None and self.duration_s is not None:
+            end = self.start + timedelta(seconds=self.duration_s * self.speed)
+            if end > datetime.now(UTC):
+                raise ValueError(
+                    f"a run from {self.start:%Y-%m-%d %H:%M:%S} UTC at {self.speed:g}x for {self.duration_s:g} s "
+                    f"would reach {end:%Y-%m-%d %H:%M:%S} UTC, past the wall clock"
+                )
+
+    @property
+    def simulated_rate(self) -> float:
+        """Events per simulated second."""
+        return self.rate / self.speed
 
 
 def run_live(
@@ -77,8 +113,15 @@ def run_live(
     summary = LiveSummary()
     pending: list[tuple[float, int, Label]] = []
     delay = timedelta(seconds=run.label_delay_s)
-    started = time.monotonic()
+    paced = run.rate > 0
+    sim_start = run.start or datetime.now(UTC)
+    sim_epoch = sim_start.timestamp()
+    started = time.monotonic()  # after sim_start: at speed 1 from now, an event is never due before its time
     last_report = started
+
+    def wall_due(sim: datetime) -> float:
+        """The monotonic time at which simulated time `sim` is reached."""
+        return started + (sim.timestamp() - sim_epoch) / run.speed
 
     def send_due_labels(now: float) -> None:
         while pending and pending[0][0] <= now:
@@ -92,41 +135,45 @@ def run_live(
             last_report = now
             on_progress(LiveProgress(summary.events, summary.labels_sent, len(pending), now - started))
 
-    stream = generator.stream(datetime.now(UTC), rate_per_s=run.rate if run.rate > 0 else 1000.0)
+    stream = generator.stream(sim_start, rate_per_s=run.simulated_rate if paced else 1000.0)
     for generated in stream:
         now = time.monotonic()
-        # Pace against the schedule, not the previous event, so short stalls are caught up.
-        due = started + summary.events / run.rate if run.rate > 0 else now
+        tx = generated.transaction
+        # Pace against the simulated schedule, not the previous event, so short stalls are caught up.
+        due = wall_due(tx.event_time) if paced else now
         if (
             (run.events is not None and summary.events >= run.events)
             or (run.duration_s is not None and max(now, due) - started >= run.duration_s)
             or should_stop()
         ):
             break
-        if run.rate > 0:
+        if paced:
             while now < due:
                 send_due_labels(now)
                 time.sleep(min(due - now, 0.05))
                 now = time.monotonic()
-        stamped = datetime.now(UTC)
-        # Taken after the stamp: the label is due no earlier than labeled_at on the wall clock.
-        stamped_mono = time.monotonic()
-        tx = generated.transaction.model_copy(update={"event_time": stamped})
+        else:
+            tx = tx.model_copy(update={"event_time": datetime.now(UTC)})
+        if tx.event_time > datetime.now(UTC) + _CLOCK_SLACK:  # the simulated clock never passes the wall clock
+            break
         producer.send_transaction(tx)
         summary.events += 1
         if generated.is_fraud:
             summary.frauds += 1
             summary.by_pattern[generated.pattern or "unknown"] += 1
         if run.send_labels:
+            labeled_at = tx.event_time + delay * generated.label_delay_factor
             label = Label(
                 event_id=tx.event_id,
                 account_id=tx.account_id,
-                is_fraud=generated.is_fraud,
+                is_fraud=generated.labeled_fraud,
                 fraud_pattern=generated.pattern,
-                event_time=stamped,
-                labeled_at=stamped + delay,
+                event_time=tx.event_time,
+                labeled_at=labeled_at,
             )
-            heapq.heappush(pending, (stamped_mono + run.label_delay_s, summary.events, label))
+            # Sent no earlier than labeled_at on the run's clock (after the event's own send when not paced).
+            label_due = wall_due(labeled_at) if paced else now + (labeled_at - tx.event_time).total_seconds()
+            heapq.heappush(pending, (label_due, summary.events, label))
         if summary.events % _POLL_EVERY == 0:
             producer.poll(0)
             send_due_labels(now)

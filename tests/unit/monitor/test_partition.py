@@ -177,6 +177,31 @@ def test_a_caught_up_partition_follows_the_wall_clock_unless_told_to_close_on_ev
     assert replay.on_score(score_event("e1", "a1", week_ago + 1, 0.2), "scores", 1, T0)[1] is None
 
 
+def test_on_a_simulated_clock_a_caught_up_partition_runs_on_from_its_newest_record_at_the_clock_speed(
+    book: ReferenceBook,
+) -> None:
+    """The demo plays the world's hours in a minute, hours behind the wall clock (MONITOR_CLOCK_SPEED=750): jumping to
+    the wall clock would make every later score late; standing still would never close the last window."""
+    hours_ago = T0 - 12 * 3600
+    sim = fresh(book, policy=Policy(partitions=6, allowed_lateness_s=1.0, clock_speed=100.0))
+    sim.on_score(score_event("e0", "a1", hours_ago, 0.2), "scores", 0, T0)
+    sim.checkpoint(clocks(T0, caught_up=True))
+    first = int(hours_ago // 10)
+    assert sim.due_windows() == [], "the clock stands at the newest record"
+    assert sim.score_clock == hours_ago
+    sim.checkpoint(clocks(T0 + 0.05, caught_up=True))
+    assert sim.score_clock == pytest.approx(hours_ago + 5.0), "0.05 wall seconds at 100x"
+    sim.checkpoint(clocks(T0 + 0.2, caught_up=True))
+    assert sim.due_windows() == [first], "20 simulated seconds later the window is past its end and lateness"
+    assert sim.score_clock < T0 - 11 * 3600, "nowhere near the wall clock"
+    # A record that moves the clock on re-anchors it there.
+    sim.on_score(score_event("e1", "a1", hours_ago + 100, 0.2), "scores", 1, T0)
+    sim.checkpoint(clocks(T0 + 0.3, caught_up=True))
+    assert sim.score_clock == hours_ago + 100
+    sim.checkpoint(clocks(T0 + 0.31, caught_up=True))
+    assert sim.score_clock == pytest.approx(hours_ago + 101)
+
+
 def test_a_score_topic_read_ahead_does_not_close_a_window_the_other_still_feeds(book: ReferenceBook) -> None:
     """`scores` and `scores.shadow` of a partition are consumed independently: live scores of the next window can be
     read while shadow scores of this one are still unread. The window waits for the topic that is behind."""
