@@ -127,6 +127,7 @@ def train(
         feature_service=settings.feature_service,
         seed=settings.seed,
         sample_size=settings.reference_sample_size,
+        event_ts=train_split.event_ts,
     )
     lap("export")
 

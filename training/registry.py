@@ -49,7 +49,7 @@ from training.settings import TrainingSettings
 logger = logging.getLogger(__name__)
 
 REFERENCE_BINS = 10
-REFERENCE_SCHEMA_VERSION = 1
+REFERENCE_SCHEMA_VERSION = 2
 
 
 # --- what a run records ----------------------------------------------------------------------------------
@@ -114,6 +114,16 @@ def bin_shares(values: NDArray[np.floating], edges: Sequence[float]) -> list[flo
     return [float(c) for c in counts / max(len(values), 1)]
 
 
+DAY_STRATA = 24
+"""Time-of-day strata of the reference (the hour of day, UTC): the monitor compares a window with the sample rows
+re-drawn to the window's own hours, so inputs that follow the daily rhythm are compared with the same hours."""
+MAX_CATEGORIES = 64
+"""A feature with at most this many distinct training values gets its categories and their shares (PSI bins of
+the features the monitor treats as categorical)."""
+POINT_MASS = 0.5 / REFERENCE_BINS
+"""A value holding this share of the training rows at an edge gets a bin of its own (see `build_reference`)."""
+
+
 def build_reference(
     x_train: NDArray[np.floating],
     scores_train: NDArray[np.floating],
@@ -122,34 +132,97 @@ def build_reference(
     feature_service: str,
     seed: int,
     sample_size: int,
+    event_ts: NDArray[np.floating] | None = None,
 ) -> dict[str, Any]:
-    """The monitor's frozen reference: quantile bin edges (10 bins, training set) of every feature and of the
-    score, the training shares of each bin, and a seeded sample of training rows with their scores."""
+    """The monitor's frozen reference (reference.json, schema 2): quantile bin edges (10 bins, training set) of
+    every feature and of the score, the training shares of each bin, and a seeded sample of training rows with
+    their scores — the values as the model sees them (`x_train` is the float32 model input).
+
+    With `event_ts` (epoch seconds of the training rows) it also holds each sample row's time of day
+    (`sample.time_of_day_s`, seconds since UTC midnight), `day_strata`, and per block the bin shares per
+    stratum (`strata_shares`): the monitor re-draws the sample to a window's hours and grades PSI against the
+    same mix. Features with at most `MAX_CATEGORIES` distinct values also get `categories` (values, shares and
+    per-stratum shares): a flag's PSI bins, since the deciles of a flag that is 1 in 95 % of rows are all 1 and
+    collapse its two values into one bin. For the same reason an edge value holding `POINT_MASS` of the rows with
+    rows below it down to the previous edge is given a bin of its own (an edge just below it)."""
     if x_train.shape != (len(scores_train), len(feature_names)):
         raise ValueError(f"x_train {x_train.shape} does not match {len(scores_train)} scores x {len(feature_names)}")
+    if event_ts is not None and len(event_ts) != len(scores_train):
+        raise ValueError(f"{len(event_ts)} event times for {len(scores_train)} training rows")
+    strata = (
+        None
+        if event_ts is None
+        else np.minimum(
+            (np.asarray(event_ts, dtype=np.float64) % 86_400.0 * (DAY_STRATA / 86_400.0)).astype(np.intp),
+            DAY_STRATA - 1,
+        )
+    )
 
-    def block(values: NDArray[np.floating]) -> dict[str, list[float]]:
+    def edges_of(values: NDArray[np.float64]) -> list[float]:
         edges = quantile_edges(values)
-        return {"edges": edges, "shares": bin_shares(values, edges)}
+        finite = values[np.isfinite(values)]
+        isolated = set(edges)
+        for i, e in enumerate(edges):
+            below = edges[i - 1] if i else -np.inf
+            if np.mean(finite == e) >= POINT_MASS and np.any((finite > below) & (finite < e)):
+                isolated.add(float(np.nextafter(e, -np.inf)))
+        return sorted(isolated)
 
+    groups = [] if strata is None else [np.flatnonzero(strata == h) for h in range(DAY_STRATA)]
+
+    def per_stratum(values: NDArray[np.float64], share: Any) -> list[list[float]]:
+        return [share(values[rows]) for rows in groups]
+
+    def block(raw: NDArray[np.floating], categorical: bool) -> dict[str, Any]:
+        values = np.asarray(raw, dtype=np.float64)
+        edges = edges_of(values)
+        out: dict[str, Any] = {"edges": edges, "shares": bin_shares(values, edges)}
+        if strata is not None:
+            out["strata_shares"] = per_stratum(
+                values, lambda v: bin_shares(v, edges) if len(v) else [0.0] * len(out["shares"])
+            )
+        finite = values[np.isfinite(values)]
+        distinct = np.unique(finite)
+        if categorical and 0 < len(distinct) <= MAX_CATEGORIES:
+
+            def category_shares(v: NDArray[np.float64]) -> list[float]:
+                f = v[np.isfinite(v)]
+                counts = np.bincount(np.searchsorted(distinct, f), minlength=len(distinct))
+                return [float(c) for c in counts / max(len(f), 1)]
+
+            out["categories"] = {"values": [float(v) for v in distinct], "shares": category_shares(values)}
+            if strata is not None:
+                out["categories"]["strata_shares"] = per_stratum(values, category_shares)
+        return out
+
+    # The model's input tensor and its output are float32 (features.json): the reference holds those values.
+    x = np.asarray(x_train, dtype=np.float32)
+    scores = np.asarray(scores_train, dtype=np.float32)
     rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(len(scores_train), size=min(sample_size, len(scores_train)), replace=False))
-    sample = np.asarray(x_train[rows], dtype=np.float64)
-    return {
+    rows = np.sort(rng.choice(len(scores), size=min(sample_size, len(scores)), replace=False))
+    sample = np.asarray(x[rows], dtype=np.float64)
+    document: dict[str, Any] = {
         "schema_version": REFERENCE_SCHEMA_VERSION,
         "feature_service": feature_service,
         "feature_names": list(feature_names),
         "bins": REFERENCE_BINS,
         "binning": "bin i of edges e: (-inf, e0], (e0, e1], ..., (e_last, +inf) = searchsorted(e, v, side='left')",
-        "features": {name: block(x_train[:, j]) for j, name in enumerate(feature_names)},
-        "score": block(scores_train),
+        "precision": "float32",
+        "features": {name: block(x[:, j], True) for j, name in enumerate(feature_names)},
+        "score": block(scores, False),
         "sample": {
             "seed": seed,
             "rows": len(rows),
             "features": [[None if np.isnan(v) else float(v) for v in row] for row in sample],
-            "scores": [float(v) for v in np.asarray(scores_train)[rows]],
+            "scores": [float(v) for v in scores[rows]],
         },
     }
+    if event_ts is not None:
+        document["day_strata"] = DAY_STRATA
+        document["sample"]["time_of_day_s"] = [
+            float(t) for t in np.asarray(event_ts, dtype=np.float64)[rows] % 86_400.0
+        ]
+    return document
 
 
 def features_document(feature_service: str, feature_names: Sequence[str] = FEATURE_NAMES) -> dict[str, Any]:

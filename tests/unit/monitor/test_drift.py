@@ -368,14 +368,23 @@ def test_reference_from_trainings_document() -> None:
     x = rng.normal(size=(n, len(FEATURE_NAMES)))
     for name in CATEGORICAL_FEATURES:
         x[:, FEATURE_NAMES.index(name)] = rng.random(n) < 0.2
+    ts = rng.uniform(1.7e9, 1.7e9 + 10 * 86_400, size=n)
     document = json.loads(
-        json.dumps(build_reference(x, rng.random(n), feature_service="svc", seed=1, sample_size=1000))
+        json.dumps(build_reference(x, rng.random(n), feature_service="svc", seed=1, sample_size=1000, event_ts=ts))
     )
     reference = drift_reference(document, {"champion": document}, categorical=CATEGORICAL_FEATURES)
     assert reference.names == (*FEATURE_NAMES, "score:champion")
     kinds = {s.name: s.kind for s in reference.series}
     assert {n for n, k in kinds.items() if k == "categorical"} == set(CATEGORICAL_FEATURES)
-    assert all(s.category_shares is not None for s in reference.series if s.kind == "categorical")
-    assert all(len(s.sample) == 1000 for s in reference.series)
+    assert all(s.category_strata_shares is not None for s in reference.series if s.kind == "categorical")
+    assert all(len(s.sample) == 1000 and s.strata == 24 and s.strata_shares is not None for s in reference.series)
+    # The sample holds float32 values: a float64 input rounds onto them.
+    amount = reference.series[0]
+    assert np.array_equal(amount.sample, amount.sample.astype(np.float32).astype(np.float64))
+    # A document without times (schema 1, or built without event_ts) is read as before: no strata, no mixing.
+    old = json.loads(json.dumps(build_reference(x, rng.random(n), feature_service="svc", seed=1, sample_size=1000)))
+    del old["precision"]
+    old["schema_version"] = 1
+    assert all(s.strata == 0 for s in drift_reference(old, {"champion": old}, categorical=CATEGORICAL_FEATURES).series)
     with pytest.raises(ValueError, match="not in the reference"):
         drift_reference(document, {}, categorical=["no_such_feature"])
