@@ -28,7 +28,7 @@ import numpy as np
 
 from bench._data import Record, transactions
 from feature_repo.layout import MERCHANT_VIEW, SERVICES
-from scorer.engine import Request, ScoringEngine, Thresholds, feature_status
+from scorer.engine import Request, ScoringEngine, feature_status
 from scorer.features import make_feature_client
 from scorer.service import load_serving
 from scorer.settings import ScorerSettings
@@ -60,7 +60,6 @@ def stage_costs(
     `engine.score` (whole) is timed separately, as a check that the stages in between add up."""
     serving = engine.serving
     features = engine.features
-    thresholds = engine.thresholds
     clock = Stopwatch()
     events = 0
     for _ in range(rounds):
@@ -81,6 +80,7 @@ def stage_costs(
             with clock("routing"):
                 routes = [serving.router.route(f.account_id) for f in facts]
             model = serving.models[routes[0].live]
+            thresholds = serving.thresholds_of(routes[0].live)
             use_merchant = MERCHANT_VIEW in SERVICES[model.feature_service]
             with clock("transaction_features"):
                 feature_rows = [
@@ -111,6 +111,9 @@ def stage_costs(
                             latency_ms=0.0,
                             source="stream",
                             features=fr.as_dict() if settings.attach_features else None,
+                            review_threshold=thresholds.review,
+                            decline_threshold=thresholds.decline,
+                            thresholds=thresholds.source,
                         )
                     )
             with clock("Score JSON + headers"):
@@ -142,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _, serving = load_serving(settings)
     features = make_feature_client(settings.feature_client, settings.feast)
-    thresholds = Thresholds(settings.review_threshold, settings.decline_threshold)
-    engine = ScoringEngine(serving, features, thresholds, attach_features=settings.attach_features)
+    engine = ScoringEngine(serving, features, attach_features=settings.attach_features)
     results: dict[str, dict[str, float]] = {}
     try:
         stage_costs(settings, engine, records[:1024], 256, rounds=1)  # warm-up: caches, memos, first runs

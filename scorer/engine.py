@@ -4,9 +4,10 @@ Both transports call it — the Kafka loop (`scorer.stream`) and the HTTP API �
 features, the same variant and the same model whichever way it came in. The engine knows nothing of Kafka
 or HTTP: decoding and dead-lettering happen in the transport, delivery too.
 
-What serves is one immutable `Serving` (experiment, router, a loaded model per variant). The transport swaps
-it between batches (`engine.serving = new`) when an alias moves, so a batch is never scored by two versions
-of the same variant.
+What serves is one immutable `Serving` (experiment, router, a loaded model and its thresholds per variant). The
+transport swaps it between batches (`engine.serving = new`) when an alias moves or a version's operating point is
+re-tagged, so a batch is never scored by two versions, or two operating points, of the same variant. Each variant
+decides with its own version's thresholds (`streamscore.thresholds`), and every score says which.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from feature_repo.layout import MERCHANT_VIEW, PROFILE_VIEW, REALTIME_VIEW, SERV
 from scorer.features.base import FeatureClient, OnlineRow
 from scorer.models import LoadedModel
 from scorer.routing import Router
-from streamscore.contracts import Decision, FeatureStatus, Score, ScoreSource, Transaction
+from streamscore.contracts import FeatureStatus, Score, ScoreSource, Transaction
 from streamscore.errors import StreamscoreError
 from streamscore.features import TransactionFacts, transaction_features
+from streamscore.thresholds import DEFAULT_THRESHOLDS, Thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -40,25 +42,6 @@ class UnknownVariantError(StreamscoreError):
 
     def __init__(self, variant: str, known: tuple[str, ...]) -> None:
         super().__init__(f"unknown variant {variant!r}; this deployment serves {', '.join(known)}")
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    """Decision from the score: decline ≥ `decline`, review ≥ `review`, approve below."""
-
-    review: float
-    decline: float
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.review <= self.decline <= 1.0:
-            raise ValueError(f"thresholds must satisfy 0 <= review <= decline <= 1, got {self.review}, {self.decline}")
-
-    def decide(self, score: float) -> Decision:
-        if score >= self.decline:
-            return "decline"
-        if score >= self.review:
-            return "review"
-        return "approve"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +63,15 @@ class Serving:
     variants: tuple[Variant, ...]
     models: dict[str, LoadedModel]
     """Variant name → the loaded version it serves."""
+    thresholds: dict[str, Thresholds] = field(default_factory=dict)
+    """Variant name → the thresholds it decides with (its version's operating point, or the override). The builder
+    fills it for every variant; a variant absent here decides with the documented defaults (source `default`)."""
 
     def versions(self) -> dict[str, str]:
         return {name: model.version for name, model in self.models.items()}
+
+    def thresholds_of(self, variant: str) -> Thresholds:
+        return self.thresholds.get(variant, DEFAULT_THRESHOLDS)
 
     def live(self) -> tuple[Variant, ...]:
         return tuple(v for v in self.variants if not v.shadow)
@@ -135,13 +124,11 @@ class ScoringEngine:
         self,
         serving: Serving,
         features: FeatureClient,
-        thresholds: Thresholds,
         *,
         attach_features: bool = True,
     ) -> None:
         self.serving = serving
         self.features = features
-        self.thresholds = thresholds
         self.attach_features = attach_features
 
     def score(
@@ -151,9 +138,11 @@ class ScoringEngine:
         source: ScoreSource = "stream",
         variant: str | None = None,
         model: LoadedModel | None = None,
+        thresholds: Thresholds | None = None,
     ) -> BatchResult:
         """Score a batch. `variant` forces one variant for every request (no shadows) instead of the
-        router's choice; `model` scores every request with that version instead (variant `explicit`). Raises
+        router's choice; `model` scores every request with that version instead (variant `explicit`), deciding with
+        `thresholds` (its own operating point, `ServingBuilder.thresholds`; None: the documented defaults). Raises
         FeatureStoreUnavailableError when the online store cannot be read: the caller retries the whole batch;
         nothing is half-scored."""
         result = BatchResult()
@@ -161,8 +150,11 @@ class ScoringEngine:
             return result
         serving = self.serving
         models = serving.models if model is None else {**serving.models, EXPLICIT: model}
+        decides_with = serving.thresholds
         if model is not None:
             variant = EXPLICIT
+            decides_with = {**decides_with, EXPLICIT: thresholds or DEFAULT_THRESHOLDS}
+
         started = time.perf_counter()
         facts = [TransactionFacts.of(r.tx) for r in requests]
         rows = self.features.read([(f.account_id, f.merchant_id) for f in facts], [f.event_ts for f in facts])
@@ -186,7 +178,6 @@ class ScoringEngine:
         infer_started = time.perf_counter()
         scored_at = datetime.now(UTC)
         now = scored_at.timestamp()
-        decide = self.thresholds.decide
         attach = self.attach_features
         trusted = Score.trusted
         scored = result.scored
@@ -206,6 +197,8 @@ class ScoringEngine:
             x = np.asarray([fr.values for fr in feature_rows], dtype=np.float32)
             values, errors = _predict(model, x)
             shadow = shadow_of[name]
+            applied = decides_with.get(name, DEFAULT_THRESHOLDS)
+            decide, review, decline, source_of = applied.decide, applied.review, applied.decline, applied.source
             for j, i in enumerate(indices):
                 if errors[j] is not None:
                     if shadow:
@@ -236,6 +229,9 @@ class ScoringEngine:
                             latency_ms=max(now - request.arrived, 0.0) * 1000.0,
                             source=source,
                             features=feature_rows[j].as_dict() if attach else None,
+                            review_threshold=review,
+                            decline_threshold=decline,
+                            thresholds=source_of,
                         ),
                         shadow,
                     )

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any
 
-from scorer.engine import ScoringEngine, Serving, Thresholds, Variant
+from scorer.engine import ScoringEngine, Serving, Variant
 from scorer.features import make_feature_client
 from scorer.features.base import FeatureClient, FeatureStoreUnavailableError
 from scorer.health import MetricsServer, details, liveness, readiness
@@ -118,9 +118,16 @@ def publish_models(metrics: ScorerMetrics, serving: Serving) -> None:
                 "experiment_id": serving.experiment_id,
                 "providers": ",".join(model.providers),
                 "sha256": model.sha256[:16],
+                "review_threshold": _threshold_label(serving.thresholds_of(variant.name).review),
+                "decline_threshold": _threshold_label(serving.thresholds_of(variant.name).decline),
+                "thresholds": serving.thresholds_of(variant.name).source,
             }
         )
         metrics.model_load_seconds.labels(variant=variant.name).set(model.load_seconds)
+
+
+def _threshold_label(value: float | None) -> str:
+    return "off" if value is None else f"{value:.6g}"
 
 
 def stop_on_signals() -> threading.Event:
@@ -160,12 +167,7 @@ def run(settings: ScorerSettings | None = None, *, startup_timeout_s: float = 30
         return EXIT_OK
     metrics = ScorerMetrics()
     publish_models(metrics, serving)
-    engine = ScoringEngine(
-        serving,
-        features,
-        Thresholds(settings.review_threshold, settings.decline_threshold),
-        attach_features=settings.attach_features,
-    )
+    engine = ScoringEngine(serving, features, attach_features=settings.attach_features)
     reloader = Reloader(builder, serving, metrics, settings.reload_interval_s)
     try:
         scorer = StreamScorer(

@@ -1,10 +1,17 @@
-"""What serves: variants resolved from MLflow aliases to loaded versions, and the hot reload when aliases move.
+"""What serves: variants resolved from MLflow aliases to loaded versions with their thresholds, and the hot reload
+when aliases move or a version's operating point is re-tagged.
 
-`ServingBuilder.build` turns the configured variants and the registry's current aliases into a `Serving`.
+`ServingBuilder.build` turns the configured variants and the registry's current aliases into a `Serving`: each
+variant's version and the thresholds it decides with (`ServingBuilder.thresholds`: the SCORER_REVIEW_THRESHOLD /
+SCORER_DECLINE_THRESHOLD override when set, else the version's own operating point from its registry tags, else the
+documented defaults). The API's explicit `?version=` asks the same method, so an explicit call and a variant serving
+the same version decide alike.
 `Reloader` runs in a background thread: every `reload_interval_s` it reads the aliases, loads and warms any
 new version *off the scoring thread*, and leaves the new `Serving` in a slot that the transport picks up
-between two batches. A version that fails to load is counted (`model_reload_failures`) and skipped until its
-alias moves again; the variant keeps serving its previous version.
+between two batches. It also re-reads the served versions' operating points, so re-tagging a version (a promotion
+step setting its thresholds) changes its decisions between two batches, like a model swap. A version that fails to
+load, or whose threshold tags cannot be read, is counted (`model_reload_failures`) and skipped until its alias moves
+again; the variant keeps serving its previous version and thresholds.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from scorer.engine import Serving, Variant
 from scorer.metrics import ScorerMetrics
@@ -20,6 +28,7 @@ from scorer.routing import Router
 from scorer.settings import ScorerSettings
 from streamscore.errors import StreamscoreError
 from streamscore.registry import ModelIntegrityError, Registry
+from streamscore.thresholds import Thresholds, ThresholdTagError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +54,12 @@ class ServingBuilder:
         self.registry = registry
         self.cache = cache
         self.variants = configured_variants(settings)
+        self.override = settings.override_thresholds()
+
+    def thresholds(self, version: str) -> Thresholds:
+        """What `version` decides with: the override when set, else its operating point as the registry's tags say
+        now (ThresholdTagError when they cannot be read: not served with guessed thresholds)."""
+        return self.override if self.override is not None else self.registry.thresholds(version)
 
     def build(
         self,
@@ -56,19 +71,23 @@ class ServingBuilder:
         """A Serving for `aliases` (alias → version). A variant whose alias is unset is left out; one whose
         new version fails to load keeps `previous`'s model (or is left out at start, via `on_failure`)."""
         models: dict[str, LoadedModel] = {}
+        thresholds: dict[str, Thresholds] = {}
         for variant in self.variants:
             version = aliases.get(variant.alias)
             if version is None:
                 logger.warning("variant %s: alias %r has no version; not serving it", variant.name, variant.alias)
                 continue
             try:
-                models[variant.name] = self.cache.get(version)
-            except (ModelLoadError, ModelIntegrityError, OSError) as exc:
+                model = self.cache.get(version)
+                thresholds[variant.name] = self.thresholds(version)
+                models[variant.name] = model
+            except (ModelLoadError, ModelIntegrityError, ThresholdTagError, OSError) as exc:
                 if on_failure is not None:
                     on_failure(variant, version, exc)
                 old = previous.models.get(variant.name) if previous else None
-                if old is not None:
+                if previous is not None and old is not None:
                     models[variant.name] = old
+                    thresholds[variant.name] = previous.thresholds_of(variant.name)
         live = [v for v in self.variants if not v.shadow and v.name in models]
         if not live:
             raise NoModelError(
@@ -88,6 +107,7 @@ class ServingBuilder:
             router=router,
             variants=tuple(live + shadows),
             models=models,
+            thresholds={name: t for name, t in thresholds.items() if name in models},
         )
 
 
@@ -102,6 +122,8 @@ class Reloader:
         self._aliases = {v.alias: m.version for v in current.variants for m in [current.models[v.name]]}
         self._failed: dict[str, str] = {}
         """variant → version that failed to load (not retried until the alias moves elsewhere)."""
+        self._bad_tags: dict[str, str] = {}
+        """variant → served version whose re-tagged operating point cannot be read (its thresholds stay)."""
         self._pending: Serving | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -133,7 +155,7 @@ class Reloader:
             return False
         wanted = {v.alias: aliases.get(v.alias) for v in self.builder.variants}
         if wanted == {alias: self._aliases.get(alias) for alias in wanted}:
-            return False
+            return self._check_thresholds()
         failures: list[str] = []
 
         def on_failure(variant: Variant, version: str, exc: Exception) -> None:
@@ -164,11 +186,46 @@ class Reloader:
         for variant in self.builder.variants:
             if variant.name not in failures and aliases.get(variant.alias) != self._failed.get(variant.name):
                 self._failed.pop(variant.name, None)
-        if serving.versions() == self._current.versions():
+        if serving.versions() == self._current.versions() and serving.thresholds == self._current.thresholds:
             return False
+        self._prepare(serving)
+        logger.info("hot reload: new versions prepared %s (was %s)", serving.versions(), self._current.versions())
+        return True
+
+    def _prepare(self, serving: Serving) -> None:
         with self._lock:
             self._pending = serving
-        logger.info("hot reload: new versions prepared %s (was %s)", serving.versions(), self._current.versions())
+
+    def _check_thresholds(self) -> bool:
+        """With the aliases where they were: whether a served version's operating point was re-tagged; if so, the same
+        models with the new thresholds are prepared. An unreadable tag keeps the variant's current thresholds."""
+        if self.builder.override is not None:
+            return False
+        current = self._pending or self._current
+        fresh: dict[str, Thresholds] = {}
+        for name, model in current.models.items():
+            try:
+                fresh[name] = self.builder.thresholds(model.version)
+                self._bad_tags.pop(name, None)
+            except ThresholdTagError as exc:
+                if self._bad_tags.get(name) != model.version:  # counted and logged once per version
+                    self.metrics.model_reload_failures.labels(variant=name).inc()
+                    logger.error(
+                        "hot reload: variant %s keeps its thresholds: version %s: %s", name, model.version, exc
+                    )
+                self._bad_tags[name] = model.version
+                fresh[name] = current.thresholds_of(name)
+            except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unreachable store
+                logger.warning("hot reload: cannot read the operating point of version %s: %s", model.version, exc)
+                return False
+        if fresh == current.thresholds:
+            return False
+        self._prepare(replace(current, thresholds=fresh))
+        logger.info(
+            "hot reload: operating points changed %s (was %s)",
+            {n: (t.review, t.decline) for n, t in fresh.items()},
+            {n: (t.review, t.decline) for n, t in current.thresholds.items()},
+        )
         return True
 
     def _run(self) -> None:

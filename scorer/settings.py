@@ -18,6 +18,7 @@ from feature_repo.settings import FeastSettings
 from streamscore.lag import DEFAULT_SCORER_GROUP
 from streamscore.registry import RegistrySettings
 from streamscore.settings import ContractSettings, KafkaSettings, TopicSettings
+from streamscore.thresholds import Thresholds
 
 DEFAULT_GROUP = DEFAULT_SCORER_GROUP
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -81,10 +82,13 @@ class ScorerSettings(BaseSettings):
     """Carried by every score; the monitor groups A/B statistics by it."""
     experiment_salt: str = Field(default="streamscore-exp-1", min_length=1, max_length=64)
     """Salt of the routing hash: keep it to keep accounts on their variant, change it for a new experiment."""
-    review_threshold: float = Field(default=0.3, ge=0.0, le=1.0)
-    """Scores at or above this are `review` (below `decline_threshold`)."""
-    decline_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
-    """Scores at or above this are `decline`."""
+    review_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Override: scores at or above this are `review` (below the decline threshold) for every version. Unset (the
+    default): each version decides with its own operating point, chosen by training and recorded in the registry
+    (a version registered without one: 0.3 / 0.7). Set together with SCORER_DECLINE_THRESHOLD."""
+    decline_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Override: scores at or above this are `decline` for every version; unset: each version's own. Set together
+    with SCORER_REVIEW_THRESHOLD."""
     attach_features: bool = True
     """Put the exact feature values the model scored with into each score (the monitor's drift input)."""
     feature_client: Literal["redis", "feast"] = "redis"
@@ -160,7 +164,16 @@ class ScorerSettings(BaseSettings):
             raise ValueError(f"SCORER_VARIANTS and SCORER_SHADOWS must have unique names, got {names}")
         if sum(v.weight for v in self.variants) <= 0:
             raise ValueError("SCORER_VARIANTS weights must sum to more than 0")
-        if self.review_threshold > self.decline_threshold:
+        if (self.review_threshold is None) != (self.decline_threshold is None):
+            raise ValueError(
+                "SCORER_REVIEW_THRESHOLD and SCORER_DECLINE_THRESHOLD override every version's operating point "
+                "together: set both or neither"
+            )
+        if (
+            self.review_threshold is not None
+            and self.decline_threshold is not None
+            and self.review_threshold > self.decline_threshold
+        ):
             raise ValueError(
                 "SCORER_REVIEW_THRESHOLD must not exceed SCORER_DECLINE_THRESHOLD, got "
                 f"{self.review_threshold} > {self.decline_threshold}"
@@ -173,6 +186,13 @@ class ScorerSettings(BaseSettings):
                 "(not ready first, then exit)"
             )
         return self
+
+    def override_thresholds(self) -> Thresholds | None:
+        """The thresholds every version decides with when the override is set (source `override`); None: each
+        version's own."""
+        if self.review_threshold is None or self.decline_threshold is None:
+            return None
+        return Thresholds(self.review_threshold, self.decline_threshold, "override")
 
     @property
     def group(self) -> str:

@@ -333,6 +333,11 @@ FeatureStatus = Literal["ok", "missing", "default"]
 """ok: all features found; missing: the entity has no features (documented defaults used);
 default: some features were absent and took their defaults."""
 ScoreSource = Literal["stream", "api"]
+ThresholdSource = Literal["model", "override", "default"]
+"""Where the thresholds that decided a score came from: model = the version's own operating point (chosen by training
+on its validation split, recorded with the version in the registry); override = SCORER_REVIEW_THRESHOLD /
+SCORER_DECLINE_THRESHOLD; default = the documented defaults (0.3 / 0.7) for a version registered without one."""
+Threshold = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class Score(Contract):
@@ -357,6 +362,22 @@ class Score(Contract):
     features: dict[str, float] | None = Field(
         default=None, description="The exact feature values the model scored with (for drift monitoring)"
     )
+    review_threshold: Threshold | None = Field(
+        default=None,
+        description="`review` from this score up (below `decline_threshold`); null with `thresholds` set: no score "
+        "is reviewed (no threshold met the version's review objective)",
+    )
+    decline_threshold: Threshold | None = Field(
+        default=None,
+        description="`decline` from this score up; null with `thresholds` set: no score is declined (no threshold "
+        "met the version's decline objective)",
+    )
+    thresholds: ThresholdSource | None = Field(
+        default=None,
+        description="Which thresholds decided: model (the version's own operating point), override (the scorer's "
+        "SCORER_REVIEW_THRESHOLD / SCORER_DECLINE_THRESHOLD) or default (a version without a recorded operating "
+        "point: 0.3 / 0.7). Null only on scores written before thresholds were recorded.",
+    )
 
     @classmethod
     def trusted(
@@ -378,11 +399,15 @@ class Score(Contract):
         latency_ms: float,
         source: ScoreSource,
         features: dict[str, float] | None,
+        review_threshold: float | None,
+        decline_threshold: float | None,
+        thresholds: ThresholdSource | None,
     ) -> Score:
         """A Score from values that already meet the contract, without validating them again: the engine's
         (ids and amounts from a validated Transaction, the score checked to be a probability, names from validated
-        settings), for less than half the validating constructor's cost — a score is made per transaction scored
-        (`python -m timeit` on both, docs/benchmarks.md). The result is equal, field for field
+        settings, thresholds from a checked `streamscore.thresholds.Thresholds`), for less than half the validating
+        constructor's cost — a score is made per transaction scored (`python -m timeit` on both,
+        docs/benchmarks.md). The result is equal, field for field
         and byte for byte, to `Score(...)` with the same values (a test holds it). Feature values are the one input
         not checked upstream: any NaN or infinity among them (their sum is then not finite) takes the validating
         constructor, which refuses it exactly as before."""
@@ -410,6 +435,9 @@ class Score(Contract):
                 "latency_ms": latency_ms,
                 "source": source,
                 "features": features,
+                "review_threshold": review_threshold,
+                "decline_threshold": decline_threshold,
+                "thresholds": thresholds,
             },
         )
         _set_attribute(obj, "__pydantic_fields_set__", set(_SCORE_ARGUMENTS))

@@ -3,7 +3,8 @@
 Training writes versions (training/registry.py); the scorer and the API read them through this module, so
 no service imports another. A version's artifact folder holds `model.onnx`, `features.json` (the ordered
 inputs and the feature service) and `reference.json` (the drift reference); the version's `sha256` tag is
-the checksum of `model.onnx`. Files are cached per version on local disk and re-verified on every use.
+the checksum of `model.onnx`, its `review_threshold` / `decline_threshold` tags its operating point
+(`streamscore.thresholds`). Files are cached per version on local disk and re-verified on every use.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamscore.errors import StreamscoreError
 from streamscore.infra.settings import PROJECT_ROOT
+from streamscore.thresholds import Thresholds, from_tags
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -189,6 +191,15 @@ class Registry:
             feature_names=tuple(document["feature_names"]),
             run_id=str(mv.run_id or ""),
         )
+
+    def tags(self, version: str) -> dict[str, str]:
+        """The version's tags now (its checksum, feature service, metrics, operating point...)."""
+        return dict(self.client.get_model_version(self.name, version).tags or {})
+
+    def thresholds(self, version: str) -> Thresholds:
+        """The version's operating point as its tags say now (`streamscore.thresholds.from_tags`): read at every
+        alias resolution and hot-reload check, so a re-tagged version changes its decisions like a model swap."""
+        return from_tags(self.tags(version))
 
     def reference(self, version: str, dst: Path | None = None) -> dict[str, Any]:
         """reference.json of a version (frozen drift bins and a reference sample)."""

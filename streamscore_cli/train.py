@@ -54,6 +54,7 @@ def result_table(result: TrainResult) -> Table:
         table.add_row(label, f"{result.validation.as_dict()[key]:.4f}", f"{result.test.as_dict()[key]:.4f}")
     table.add_row(f"baseline PR-AUC ({escape(result.baseline.rule)})", "", f"{result.baseline.pr_auc:.4f}")
     table.add_row("lift over baseline", "", f"{result.lift:.2f}x")
+    _operating_point_rows(table, result)
     table.add_section()
     rows = result.rows
     table.add_row(
@@ -79,6 +80,35 @@ def result_table(result: TrainResult) -> Table:
     table.add_row("sha256", "", result.sha256[:16] + "…")
     table.add_row("wall time", "", f"{result.seconds.get('total', 0.0):.0f} s")
     return table
+
+
+def _threshold(value: float | None) -> str:
+    return "off (no threshold met the objective)" if value is None else f"score ≥ {value:.4g}"
+
+
+def _operating_point_rows(table: Table, result: TrainResult) -> None:
+    """The operating point chosen on validation, and what it does on each split (the model card's figures)."""
+    point, val, test = result.operating_point, result.decisions_validation, result.decisions_test
+    if point is None or val is None or test is None:
+        return
+    table.add_section()
+    table.add_row(
+        "operating point",
+        "",
+        f"good customers declined ≤ {100 * point.decline_max_fpr:g} %, reviewed ≤ {100 * point.review_max_fpr:g} %",
+    )
+    table.add_row("decline at", "", _threshold(point.decline))
+    table.add_row("review at", "", _threshold(point.review))
+    for label, key in (
+        ("declined (share of transactions)", "decline_rate"),
+        ("precision of declines", "decline_precision"),
+        ("recall: fraud declined", "decline_recall"),
+        ("good customers declined (FPR)", "decline_fpr"),
+        ("fraud amount declined", "decline_amount_recall"),
+        ("sent to review", "review_rate"),
+        ("fraud reviewed or declined", "flagged_recall"),
+    ):
+        table.add_row(label, f"{100 * val.as_dict()[key]:.2f} %", f"{100 * test.as_dict()[key]:.2f} %")
 
 
 def train(

@@ -7,6 +7,7 @@ treated as sklearn does: all rows sharing a score enter the decision at the same
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -158,3 +159,124 @@ def best_single_rule(x: NDArray[np.floating], y: ArrayLike, names: Sequence[str]
             if ap > best.pr_auc:
                 best = RuleBaseline(rule=rule, pr_auc=ap)
     return best
+
+
+# --- operating point -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OperatingPoint:
+    """A version's decision thresholds, chosen on the validation split: decline at `score >= decline`, review at
+    `score >= review` below that. None: no threshold meets that band's objective, the band is off (sklearn's
+    `roc_curve` threshold +inf: nothing flagged, false-positive rate 0)."""
+
+    review: float | None
+    decline: float | None
+    review_max_fpr: float
+    decline_max_fpr: float
+
+    @property
+    def objective(self) -> str:
+        """In words, for the version tag and the model card."""
+        return (
+            f"decline: largest recall with FPR <= {self.decline_max_fpr:g}; review: largest recall with FPR <= "
+            f"{self.review_max_fpr:g} (validation split; ties decide together)"
+        )
+
+
+def choose_operating_point(
+    y: ArrayLike, s: ArrayLike, *, decline_max_fpr: float, review_max_fpr: float
+) -> OperatingPoint:
+    """Each band's threshold: the lowest score `t` whose rule `score >= t` flags at most that share of the legitimate
+    rows (`recall_at_fpr`: the most fraud for the allowed false positives). Rows sharing a score enter together, so a
+    tie that would cross the limit keeps the whole run out; when even the top score's run crosses it, the band is off
+    (None). Review's limit is at least decline's, so its threshold is at most decline's: review is the next band."""
+    if not 0.0 <= decline_max_fpr <= review_max_fpr <= 1.0:
+        raise ValueError(f"need 0 <= decline_max_fpr <= review_max_fpr <= 1, got {decline_max_fpr}, {review_max_fpr}")
+
+    def threshold(target: float) -> float | None:
+        t = recall_at_fpr(y, s, target).threshold
+        return None if math.isinf(t) else t
+
+    return OperatingPoint(
+        review=threshold(review_max_fpr),
+        decline=threshold(decline_max_fpr),
+        review_max_fpr=review_max_fpr,
+        decline_max_fpr=decline_max_fpr,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionMetrics:
+    """What an operating point does on a split: the model card's figures."""
+
+    decline_rate: float
+    """Share of all transactions declined."""
+    decline_precision: float
+    """Share of declines that were fraud; 0 when nothing is declined (sklearn's zero_division=0)."""
+    decline_recall: float
+    """Share of fraud declined."""
+    decline_fpr: float
+    """Share of legitimate transactions declined: good customers declined."""
+    decline_amount_recall: float
+    """Share of the fraud amount declined (amounts summed as they come, as the monitor does)."""
+    review_rate: float
+    """Share of all transactions sent to review (review band only, declines excluded)."""
+    flagged_recall: float
+    """Share of fraud reviewed or declined."""
+    flagged_fpr: float
+    """Share of legitimate transactions reviewed or declined."""
+    declined: int
+    rows: int
+    positives: int
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        return {
+            f"{prefix}{name}": float(getattr(self, name))
+            for name in (
+                "decline_rate",
+                "decline_precision",
+                "decline_recall",
+                "decline_fpr",
+                "decline_amount_recall",
+                "review_rate",
+                "flagged_recall",
+                "flagged_fpr",
+            )
+        }
+
+
+def decision_metrics(
+    y: ArrayLike, s: ArrayLike, amount: ArrayLike, *, review: float | None, decline: float | None
+) -> DecisionMetrics:
+    """The figures of the decisions `score >= decline` (decline) and `score >= review` (review or decline) on a split.
+    A rate over an empty class is 0."""
+    labels, scores = _inputs(y, s)
+    amounts = np.asarray(amount, dtype=np.float64).ravel()
+    if amounts.shape != labels.shape:
+        raise ValueError(f"amounts and labels differ in length: {amounts.shape[0]} vs {labels.shape[0]}")
+    fraud = labels == 1
+    legit = ~fraud
+    declined = scores >= decline if decline is not None else np.zeros_like(fraud)
+    flagged = scores >= review if review is not None else np.zeros_like(fraud)
+    flagged |= declined
+
+    def share(part: NDArray[np.bool_], whole: NDArray[np.bool_]) -> float:
+        n = int(whole.sum())
+        return float((part & whole).sum() / n) if n else 0.0
+
+    fraud_amount = float(amounts[fraud].sum())
+    everyone = np.ones_like(fraud)
+    return DecisionMetrics(
+        decline_rate=share(declined, everyone),
+        decline_precision=share(fraud, declined),
+        decline_recall=share(declined, fraud),
+        decline_fpr=share(declined, legit),
+        decline_amount_recall=float(amounts[fraud & declined].sum() / fraud_amount) if fraud_amount > 0 else 0.0,
+        review_rate=share(flagged & ~declined, everyone),
+        flagged_recall=share(flagged, fraud),
+        flagged_fpr=share(flagged, legit),
+        declined=int(declined.sum()),
+        rows=int(labels.size),
+        positives=int(fraud.sum()),
+    )

@@ -9,8 +9,17 @@ from typing import Protocol
 
 from streamscore.features import FEATURE_NAMES
 from training.dataset import TrainingData, build_dataset
-from training.export import export_model
-from training.metrics import RuleBaseline, ScoreMetrics, best_single_rule, evaluate
+from training.export import export_model, run_onnx, session
+from training.metrics import (
+    DecisionMetrics,
+    OperatingPoint,
+    RuleBaseline,
+    ScoreMetrics,
+    best_single_rule,
+    choose_operating_point,
+    decision_metrics,
+    evaluate,
+)
 from training.model import EpochReport, FitConfig, fit, predict
 from training.registry import Candidate, RegistrationResult, build_reference, log_and_register
 from training.settings import TrainingSettings
@@ -48,6 +57,11 @@ class TrainResult:
     device: str
     rows: dict[str, int]
     """rows and positives of each split, rows with missing / partial features."""
+    operating_point: OperatingPoint | None = None
+    """The version's thresholds, chosen on the validation split (recorded with the version)."""
+    decisions_validation: DecisionMetrics | None = None
+    decisions_test: DecisionMetrics | None = None
+    """What the operating point does on the test split: the model card."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time per stage: load history, join, model inputs (the parts of features; absent when the data was
     given), features, training, export, registry, total."""
@@ -121,6 +135,19 @@ def train(
     test = evaluate(test_split.y, predict(model, test_split.x))
     baseline = best_single_rule(test_split.x, test_split.y, FEATURE_NAMES)
     exported = export_model(model, test_split.x)
+    # The operating point is chosen and measured on ONNX Runtime's scores, the numbers the scorer compares with the
+    # thresholds (torch's differ by up to 1e-5: enough to move a tie across a threshold).
+    onnx_session = session(exported.onnx_bytes, threads=settings.threads)
+    val_scores, test_scores = run_onnx(onnx_session, val_split.x), run_onnx(onnx_session, test_split.x)
+    point = choose_operating_point(
+        val_split.y, val_scores, decline_max_fpr=settings.decline_max_fpr, review_max_fpr=settings.review_max_fpr
+    )
+    decisions_validation = decision_metrics(
+        val_split.y, val_scores, val_split.amount, review=point.review, decline=point.decline
+    )
+    decisions_test = decision_metrics(
+        test_split.y, test_scores, test_split.amount, review=point.review, decline=point.decline
+    )
     reference = build_reference(
         train_split.x,
         predict(model, train_split.x),
@@ -157,6 +184,8 @@ def train(
         "rows_validation": len(val_split),
         "rows_test": len(test_split),
         "onnx_max_abs_diff": f"{exported.max_diff:.3g}",
+        "decline_max_fpr": settings.decline_max_fpr,
+        "review_max_fpr": settings.review_max_fpr,
     }
     candidate = Candidate(
         exported=exported,
@@ -169,6 +198,9 @@ def train(
         x_test=test_split.x,
         y_test=test_split.y,
         history=fitted.history,
+        operating_point=point,
+        decisions_validation=decisions_validation,
+        decisions_test=decisions_test,
     )
     registration = log_and_register(candidate, settings, promote=promote)
     lap("registry")
@@ -193,5 +225,8 @@ def train(
         best_epoch=fitted.best_epoch,
         device=fitted.device,
         rows=rows,
+        operating_point=point,
+        decisions_validation=decisions_validation,
+        decisions_test=decisions_test,
         seconds=seconds,
     )

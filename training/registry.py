@@ -41,8 +41,9 @@ from streamscore.registry import (
     mlflow_client,
 )
 from streamscore.registry import aliases as current_aliases
+from streamscore.thresholds import OPERATING_POINT_FILE, format_threshold, threshold_tags
 from training.export import ExportedModel, run_onnx, sha256_hex
-from training.metrics import RuleBaseline, ScoreMetrics, average_precision
+from training.metrics import DecisionMetrics, OperatingPoint, RuleBaseline, ScoreMetrics, average_precision
 from training.model import EpochReport
 from training.settings import TrainingSettings
 
@@ -73,6 +74,11 @@ class Candidate:
     y_test: NDArray[np.float32] | None = None
     history: Sequence[EpochReport] = ()
     feature_names: tuple[str, ...] = FEATURE_NAMES
+    operating_point: OperatingPoint | None = None
+    """The thresholds chosen on the validation split; None: none recorded (the scorer then uses its defaults)."""
+    decisions_validation: DecisionMetrics | None = None
+    decisions_test: DecisionMetrics | None = None
+    """The operating point's figures on each split (metrics `val_decline_rate`, `test_decline_recall`, ...)."""
 
 
 @dataclass(frozen=True)
@@ -386,11 +392,50 @@ def _metrics(candidate: Candidate) -> dict[str, float]:
         **candidate.test.as_dict("test_"),
         "baseline_test_pr_auc": candidate.baseline.pr_auc,
         "test_pr_auc_lift": candidate.test.pr_auc / candidate.baseline.pr_auc if candidate.baseline.pr_auc > 0 else 0.0,
+        **(candidate.decisions_validation.as_dict("val_") if candidate.decisions_validation else {}),
+        **(candidate.decisions_test.as_dict("test_") if candidate.decisions_test else {}),
+    }
+
+
+def operating_point_document(candidate: Candidate) -> dict[str, Any] | None:
+    """operating_point.json: the thresholds, the objective they were chosen for, and their figures on the validation
+    and test splits (None when the candidate has no operating point)."""
+    point = candidate.operating_point
+    if point is None:
+        return None
+
+    def figures(decisions: DecisionMetrics | None) -> dict[str, float | int] | None:
+        if decisions is None:
+            return None
+        return {
+            **decisions.as_dict(),
+            "declined": decisions.declined,
+            "rows": decisions.rows,
+            "fraud": decisions.positives,
+        }
+
+    return {
+        "schema_version": 1,
+        "review_threshold": point.review,
+        "decline_threshold": point.decline,
+        "rule": "decline when score >= decline_threshold, review when score >= review_threshold, approve below; "
+        "null: the band is off (no threshold met its objective)",
+        "objective": {
+            "split": "validation",
+            "decline_max_fpr": point.decline_max_fpr,
+            "review_max_fpr": point.review_max_fpr,
+            "text": point.objective,
+        },
+        "validation": figures(candidate.decisions_validation),
+        "test": figures(candidate.decisions_test),
     }
 
 
 def _version_tags(candidate: Candidate, passed: bool, reasons: Sequence[str]) -> dict[str, str]:
     tags = {key: f"{value:.6f}" for key, value in _metrics(candidate).items()}
+    if candidate.operating_point is not None:  # exact values: the scorer decides with them (streamscore.thresholds)
+        point = candidate.operating_point
+        tags.update(threshold_tags(point.review, point.decline, point.objective))
     tags.update(
         feature_service=candidate.feature_service,
         features=",".join(candidate.feature_names),
@@ -412,6 +457,9 @@ def _log_run(mlflow: MlflowClient, run_id: str, candidate: Candidate) -> None:
         "baseline_rule": candidate.baseline.rule,
         "sha256": candidate.exported.sha256,
     }
+    if candidate.operating_point is not None:
+        params["review_threshold"] = format_threshold(candidate.operating_point.review)
+        params["decline_threshold"] = format_threshold(candidate.operating_point.decline)
     metrics = [Metric(key, float(value), 0, 0) for key, value in _metrics(candidate).items()]
     for report in candidate.history:
         metrics.append(Metric("epoch_train_loss", report.loss, 0, report.epoch))
@@ -425,6 +473,9 @@ def _log_run(mlflow: MlflowClient, run_id: str, candidate: Candidate) -> None:
         (folder / MODEL_FILE).write_bytes(candidate.exported.onnx_bytes)
         _write_json(folder / FEATURES_FILE, features_document(candidate.feature_service, candidate.feature_names))
         _write_json(folder / REFERENCE_FILE, candidate.reference)
+        point = operating_point_document(candidate)
+        if point is not None:
+            _write_json(folder / OPERATING_POINT_FILE, point)
         mlflow.log_artifacts(run_id, str(folder), artifact_path=MODEL_DIR)
 
 

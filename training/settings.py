@@ -76,6 +76,12 @@ class TrainingSettings(BaseSettings):
     """Gate: largest test expected calibration error (10 bins) a candidate may have."""
     champion_tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
     """Gate: how much lower than the champion's test PR-AUC a challenger's may be."""
+    decline_max_fpr: float = Field(default=0.005, ge=0.0, le=1.0)
+    """Operating point: the decline threshold is the lowest score that declines at most this share of the legitimate
+    transactions of the validation split (0.005: one good customer in 200)."""
+    review_max_fpr: float = Field(default=0.02, ge=0.0, le=1.0)
+    """Operating point: the review threshold is the lowest score that reviews or declines at most this share of the
+    legitimate transactions of the validation split; at least TRAIN_DECLINE_MAX_FPR."""
 
     @field_validator("hidden_sizes")
     @classmethod
@@ -88,6 +94,11 @@ class TrainingSettings(BaseSettings):
     def _splits_leave_training_data(self) -> TrainingSettings:
         if self.validation_fraction + self.test_fraction >= 0.8:
             raise ValueError("TRAIN_VALIDATION_FRACTION + TRAIN_TEST_FRACTION must leave at least 20 % for training")
+        if self.review_max_fpr < self.decline_max_fpr:
+            raise ValueError(
+                "TRAIN_REVIEW_MAX_FPR must be at least TRAIN_DECLINE_MAX_FPR (review is the band below decline), got "
+                f"{self.review_max_fpr} < {self.decline_max_fpr}"
+            )
         return self
 
     def architecture(self) -> str:

@@ -41,7 +41,7 @@ from scorer.api.metrics import ApiMetrics
 from scorer.api.security import KEY_HEADER, KeyChecker, RateLimiter
 from scorer.api.settings import ApiSettings
 from scorer.engine import Request as ScoreRequest
-from scorer.engine import Scored, ScoringEngine, Serving, Thresholds
+from scorer.engine import Scored, ScoringEngine, Serving
 from scorer.features import make_feature_client
 from scorer.features.base import FeatureClient
 from scorer.metrics import ScorerMetrics
@@ -52,6 +52,7 @@ from streamscore import __version__
 from streamscore.contracts import (
     CONTENT_TYPE_JSON,
     Score,
+    ThresholdSource,
     Transaction,
     check_content_type,
     classify,
@@ -59,6 +60,7 @@ from streamscore.contracts import (
     reject_duplicate_keys,
 )
 from streamscore.errors import EventError, StreamscoreError
+from streamscore.thresholds import Thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,9 @@ class VariantInfo(BaseModel):
     model_version: str
     providers: list[str]
     loaded_at: float = Field(description="Epoch seconds when this version was loaded and warmed up")
+    review_threshold: float | None = Field(description="`review` from this score up; null: no review band")
+    decline_threshold: float | None = Field(description="`decline` from this score up; null: declines nothing")
+    thresholds: ThresholdSource = Field(description="model (the version's operating point), override or default")
 
 
 class ModelsResponse(BaseModel):
@@ -145,10 +150,15 @@ class Runtime:
     and with batching off requests are scored one engine call at a time, the honest baseline."""
 
     def score_batch(
-        self, requests: Sequence[ScoreRequest], *, variant: str | None = None, model: LoadedModel | None = None
+        self,
+        requests: Sequence[ScoreRequest],
+        *,
+        variant: str | None = None,
+        model: LoadedModel | None = None,
+        thresholds: Thresholds | None = None,
     ) -> list[Scored | BaseException]:
         """One engine call; per request its live score (or why it failed). Shadows are audited, not returned."""
-        result = self.engine.score(requests, source="api", variant=variant, model=model)
+        result = self.engine.score(requests, source="api", variant=variant, model=model, thresholds=thresholds)
         self.metrics.batch_size.observe(len(requests))
         self.metrics.feature_latency.observe(result.feature_seconds)
         self.metrics.inference_latency.observe(result.inference_seconds)
@@ -171,12 +181,7 @@ def build_runtime(settings: ApiSettings) -> Runtime:
     scorer_settings = settings.scorer
     builder, serving = load_serving(scorer_settings)
     features = make_feature_client(scorer_settings.feature_client, scorer_settings.feast)
-    engine = ScoringEngine(
-        serving,
-        features,
-        Thresholds(scorer_settings.review_threshold, scorer_settings.decline_threshold),
-        attach_features=True,
-    )
+    engine = ScoringEngine(serving, features, attach_features=True)
     reloader = Reloader(
         builder, serving, ScorerMetrics(registry=_throwaway_registry()), scorer_settings.reload_interval_s
     )
@@ -239,14 +244,17 @@ async def score_requests(
     rest in one engine call on the engine thread."""
     _swap_if_reloaded(rt)
     loop = asyncio.get_running_loop()
-    model = None
+    model: LoadedModel | None = None
+    thresholds: Thresholds | None = None
     if version is not None:
-        model = await loop.run_in_executor(None, _load_version, rt, version)
+        model, thresholds = await loop.run_in_executor(None, _load_version, rt, version)
     if variant == "auto":
         variant = None
     if rt.batcher is not None and len(requests) == 1 and variant is None and model is None:
         return [await rt.batcher.submit(requests[0])]
-    results = await loop.run_in_executor(rt.executor, lambda: rt.score_batch(requests, variant=variant, model=model))
+    results = await loop.run_in_executor(
+        rt.executor, lambda: rt.score_batch(requests, variant=variant, model=model, thresholds=thresholds)
+    )
     out: list[Scored] = []
     for result in results:
         if isinstance(result, BaseException):
@@ -452,6 +460,9 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
                     model_version=serving.models[v.name].version,
                     providers=list(serving.models[v.name].providers),
                     loaded_at=serving.models[v.name].loaded_at,
+                    review_threshold=serving.thresholds_of(v.name).review,
+                    decline_threshold=serving.thresholds_of(v.name).decline,
+                    thresholds=serving.thresholds_of(v.name).source,
                 )
                 for v in serving.variants
             ],
@@ -544,11 +555,13 @@ class ObserveMiddleware:
                 runtime.metrics.latency.labels(route=path).observe(time.perf_counter() - started)
 
 
-def _load_version(rt: Runtime, version: str) -> LoadedModel:
+def _load_version(rt: Runtime, version: str) -> tuple[LoadedModel, Thresholds]:
+    """The version's model and the thresholds it decides with, as a variant serving it would
+    (`ServingBuilder.thresholds`: its own operating point, read now, or the override)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return rt.builder.cache.get(version)
+        return rt.builder.cache.get(version), rt.builder.thresholds(version)
     except MlflowException as exc:
         raise VersionNotFoundError(rt.builder.registry.name, version) from exc
 

@@ -30,9 +30,12 @@ from scorer.api.settings import ApiKey, ApiSettings
 from streamscore.contracts import DEFAULT_WINDOW, Score
 from streamscore.features import RealtimeSnapshot
 from streamscore.settings import KafkaSettings, RedisSettings
+from streamscore.thresholds import DEFAULT_THRESHOLDS, Thresholds, threshold_tags
 from streamscore.topics import TopicRegistry
 from tests.support.scoring import OutputReader, Record, ScorerEnv, free_port, make_scorer_env, produce, valid
 
+CHAMPION_THRESHOLDS = Thresholds(0.45, 0.55)
+CHAMPION_OPERATING_POINT = threshold_tags(CHAMPION_THRESHOLDS.review, CHAMPION_THRESHOLDS.decline, "test")
 KEY, OTHER, REVOKED = "k-" + uuid.uuid4().hex, "o-" + uuid.uuid4().hex, "r-" + uuid.uuid4().hex
 
 
@@ -44,7 +47,8 @@ def scorer_env(
     topics: TopicRegistry,
     monkeypatch: pytest.MonkeyPatch,
 ) -> ScorerEnv:
-    env = make_scorer_env(tmp_path, kafka, redis_settings, topics)
+    # The champion has its own operating point, the challenger none (the defaults): every score must say which.
+    env = make_scorer_env(tmp_path, kafka, redis_settings, topics, champion_tags=CHAMPION_OPERATING_POINT)
     for name, value in env.env.items():
         monkeypatch.setenv(name, value)
     return env
@@ -137,6 +141,15 @@ def test_the_api_gives_the_scores_the_stream_gave(scorer_env: ScorerEnv) -> None
         )
         assert a.features == pytest.approx(s.features)
         assert (a.source, s.source) == ("api", "stream")
+        # Both transports decide with the variant's own version's thresholds, and say which.
+        applied = CHAMPION_THRESHOLDS if s.model_version == "1" else DEFAULT_THRESHOLDS
+        for scored in (a, s):
+            assert (scored.review_threshold, scored.decline_threshold, scored.thresholds) == (
+                applied.review,
+                applied.decline,
+                applied.source,
+            )
+            assert scored.decision == applied.decide(scored.score)
         statuses.add(s.feature_status)
     assert {"missing", "default"} <= statuses  # features really came from Redis for half of the accounts
     # Audit: the API's predictions are on `scores`, marked as coming from the API.
@@ -180,6 +193,14 @@ def test_explicit_variant_and_version(client: TestClient) -> None:
     assert {(p["variant"], p["model_version"]) for p in challenger.json()["predictions"]} == {("challenger", "2")}
     explicit = client.post("/v1/score?version=1", json=body(3), headers=h).json()
     assert (explicit["variant"], explicit["model_version"]) == ("explicit", "1")
+    # An explicit version decides with its own operating point, as a variant serving it does.
+    assert (explicit["review_threshold"], explicit["decline_threshold"], explicit["thresholds"]) == (
+        0.45,
+        0.55,
+        "model",
+    )
+    old = client.post("/v1/score?version=2", json=body(3), headers=h).json()
+    assert (old["review_threshold"], old["decline_threshold"], old["thresholds"]) == (0.3, 0.7, "default")
     assert client.post("/v1/score?variant=nobody", json=body(3), headers=h).status_code == 404
     assert client.post("/v1/score?version=999", json=body(3), headers=h).status_code == 404
 

@@ -19,7 +19,7 @@ from producers.generator import GeneratorConfig, TransactionGenerator
 from producers.history import write_history
 from producers.world import build_world
 from streamscore.features import FEATURE_NAMES
-from streamscore.registry import CHALLENGER, CHAMPION, AliasNotFoundError
+from streamscore.registry import CHALLENGER, CHAMPION, AliasNotFoundError, Registry, RegistrySettings
 from streamscore_cli import train as train_cli
 from training.export import export_model, run_onnx
 from training.metrics import best_single_rule, evaluate
@@ -88,6 +88,10 @@ def candidate(
         x_test=x_test,
         y_test=y_test,
     )
+
+
+def run_params(client: MlflowClient, run_id: str) -> dict[str, str]:
+    return dict(client.get_run(run_id).data.params)
 
 
 def aliases(settings: TrainingSettings) -> dict[str, str]:
@@ -204,6 +208,7 @@ def test_streamscore_train_end_to_end(small_history: Path, tmp_path: Path) -> No
     result = runner.invoke(app, ["train", "--join", "local", "--epochs", "2"], env=env)
     assert result.exit_code == 0, result.output
     assert "champion" in result.output and "baseline PR-AUC" in result.output
+    assert "decline at" in result.output and "good customers declined (FPR)" in result.output
 
     # The lite preset, with a gate it cannot pass: registered, no alias, exit 1 with the reason.
     result = runner.invoke(
@@ -226,6 +231,23 @@ def test_streamscore_train_end_to_end(small_history: Path, tmp_path: Path) -> No
         Path(client.download_artifacts(lite.run_id, "model/features.json", str(tmp_path))).read_text()
     )
     assert features["feature_names"] == list(FEATURE_NAMES) and features["feature_service"] == "fraud_v1_lite"
+
+    # The operating point: chosen on validation, recorded as exact version tags (what the scorer reads), as run
+    # params, as test_* metrics at that point and in operating_point.json; `train` prints it.
+    champion = client.get_model_version(settings.registered_model, "1")
+    assert champion.run_id is not None
+    thresholds = Registry(RegistrySettings(tracking_uri=settings.mlflow_tracking_uri)).thresholds("1")
+    assert thresholds.source == "model"
+    assert champion.tags["review_threshold"] == run_params(client, champion.run_id)["review_threshold"]
+    point = json.loads(
+        Path(client.download_artifacts(champion.run_id, "model/operating_point.json", str(tmp_path))).read_text()
+    )
+    assert (point["review_threshold"], point["decline_threshold"]) == (thresholds.review, thresholds.decline)
+    assert point["objective"]["decline_max_fpr"] == 0.005 and point["validation"]["decline_fpr"] <= 0.005
+    metrics = client.get_run(champion.run_id).data.metrics
+    for key in ("decline_rate", "decline_precision", "decline_recall", "decline_fpr", "decline_amount_recall"):
+        assert metrics[f"test_{key}"] == pytest.approx(point["test"][key])
+        assert float(champion.tags[f"test_{key}"]) == pytest.approx(point["test"][key], abs=1e-6)
 
     result = runner.invoke(app, ["train", "--config", "nope"], env=env)
     assert result.exit_code == 1 and "unknown preset" in result.output

@@ -88,9 +88,11 @@ def register(
     feature_names: tuple[str, ...] = FEATURE_NAMES,
     artifact_dir: Path | None = None,
     sha256: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Log `onnx_bytes` as a run's model folder, register it as a version of `name`, set `alias`; the version.
-    `sha256` overrides the recorded checksum (to simulate a tampered file)."""
+    `sha256` overrides the recorded checksum (to simulate a tampered file); `tags`: more version tags (an operating
+    point: `streamscore.thresholds.threshold_tags`)."""
     client: MlflowClient = mlflow_client(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
@@ -113,7 +115,10 @@ def register(
         client.create_registered_model(name)
     version = str(
         client.create_model_version(
-            name, source=f"{run.info.artifact_uri}/{MODEL_DIR}", run_id=run.info.run_id, tags={"sha256": checksum}
+            name,
+            source=f"{run.info.artifact_uri}/{MODEL_DIR}",
+            run_id=run.info.run_id,
+            tags={"sha256": checksum, **(tags or {})},
         ).version
     )
     if alias:

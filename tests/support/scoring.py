@@ -303,13 +303,26 @@ class ScorerEnv:
 
 
 def make_scorer_env(
-    tmp_path: Path, kafka: KafkaSettings, redis_settings: RedisSettings, topics: TopicRegistry
+    tmp_path: Path,
+    kafka: KafkaSettings,
+    redis_settings: RedisSettings,
+    topics: TopicRegistry,
+    *,
+    champion_tags: dict[str, str] | None = None,
 ) -> ScorerEnv:
     """Two registered versions (champion 1, challenger 2) in a private MLflow, and the environment of a scorer
-    reading this test's topics and Redis with a 80/20 split plus a 30 % shadow of the challenger."""
+    reading this test's topics and Redis with a 80/20 split plus a 30 % shadow of the challenger. `champion_tags`:
+    more tags of version 1 (e.g. its operating point; without, both versions decide with the defaults)."""
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     artifacts = tmp_path / "artifacts"
-    register(tracking_uri, MODEL, logistic_onnx(*linear_weights(1)), alias="champion", artifact_dir=artifacts)
+    register(
+        tracking_uri,
+        MODEL,
+        logistic_onnx(*linear_weights(1)),
+        alias="champion",
+        artifact_dir=artifacts,
+        tags=champion_tags,
+    )
     register(tracking_uri, MODEL, logistic_onnx(*linear_weights(2)), alias="challenger", artifact_dir=artifacts)
     port = free_port()
     env = {

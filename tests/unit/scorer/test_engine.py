@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scorer.engine import Request, ScoringEngine, Serving, Thresholds, Variant, feature_status
+from scorer.engine import Request, ScoringEngine, Serving, Variant, feature_status
 from scorer.features.base import FeatureClient, FeatureStoreUnavailableError, OnlineRow
 from scorer.models import LoadedModel, ModelLoadError, RuntimeOptions, load_model
 from scorer.routing import Router
@@ -22,6 +22,7 @@ from streamscore.features import (
     transaction_features,
 )
 from streamscore.registry import ModelFiles
+from streamscore.thresholds import Thresholds
 from tests.support.models import expected_scores, linear_weights, logistic_onnx
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -81,10 +82,13 @@ def _names() -> tuple[str, ...]:
 
 
 def serving(
-    models: dict[str, LoadedModel], weights: list[tuple[str, float]], shadows: list[tuple[str, float]]
+    models: dict[str, LoadedModel],
+    weights: list[tuple[str, float]],
+    shadows: list[tuple[str, float]],
+    thresholds: dict[str, Thresholds] | None = None,
 ) -> Serving:
     variants = tuple(Variant(n, n, w) for n, w in weights) + tuple(Variant(n, n, s, shadow=True) for n, s in shadows)
-    return Serving("exp-1", Router("salt", weights, shadows), variants, models)
+    return Serving("exp-1", Router("salt", weights, shadows), variants, models, thresholds or {})
 
 
 @pytest.fixture
@@ -99,9 +103,7 @@ def test_scores_equal_the_model_on_the_features_the_shared_code_computes(
     tmp_path: Path, rows: dict[tuple[str, str], OnlineRow]
 ) -> None:
     champion = model(tmp_path, "1", seed=1)
-    engine = ScoringEngine(
-        serving({"champion": champion}, [("champion", 1.0)], []), FakeFeatureClient(rows), Thresholds(0.3, 0.7)
-    )
+    engine = ScoringEngine(serving({"champion": champion}, [("champion", 1.0)], []), FakeFeatureClient(rows))
     txs = [tx(i) for i in range(200)]
     result = engine.score([Request(t, NOW.timestamp()) for t in txs])
 
@@ -118,16 +120,17 @@ def test_scores_equal_the_model_on_the_features_the_shared_code_computes(
         assert item.score.feature_status == ("ok" if realtime else "missing")
         assert item.score.model_version == "1" and item.score.variant == "champion"
         assert item.score.experiment_id == "exp-1"
+        # A Serving without thresholds for the variant decides with the documented defaults, and says so.
         assert item.score.decision == Thresholds(0.3, 0.7).decide(item.score.score)
+        assert (item.score.review_threshold, item.score.decline_threshold) == (0.3, 0.7)
+        assert item.score.thresholds == "default"
         # The score is a valid wire event.
         assert Score.model_validate_json(item.score.to_json()) == item.score
 
 
 def test_one_feature_read_per_batch_and_missing_entities_get_defaults(tmp_path: Path) -> None:
     client = FakeFeatureClient({})
-    engine = ScoringEngine(
-        serving({"champion": model(tmp_path, "1", 1)}, [("champion", 1.0)], []), client, Thresholds(0.3, 0.7)
-    )
+    engine = ScoringEngine(serving({"champion": model(tmp_path, "1", 1)}, [("champion", 1.0)], []), client)
     result = engine.score([Request(tx(i), NOW.timestamp()) for i in range(64)])
     assert client.reads == [64]
     assert {s.score.feature_status for s in result.scored} == {"missing"}
@@ -144,7 +147,6 @@ def test_split_is_sticky_and_shadows_score_on_top_without_replacing_the_live_sco
     engine = ScoringEngine(
         serving(models, [("champion", 0.8), ("challenger", 0.2)], [("shadow", 0.5)]),
         FakeFeatureClient(),
-        Thresholds(0.3, 0.7),
     )
     txs = [tx(i, account=f"acct-{i % 400}") for i in range(4000)]
     result = engine.score([Request(t, NOW.timestamp()) for t in txs])
@@ -168,9 +170,7 @@ def test_split_is_sticky_and_shadows_score_on_top_without_replacing_the_live_sco
 
 def test_forced_variant_scores_every_request_with_it(tmp_path: Path) -> None:
     models = {"champion": model(tmp_path, "1", 1), "challenger": model(tmp_path, "2", 2)}
-    engine = ScoringEngine(
-        serving(models, [("champion", 0.5), ("challenger", 0.5)], []), FakeFeatureClient(), Thresholds(0.3, 0.7)
-    )
+    engine = ScoringEngine(serving(models, [("champion", 0.5), ("challenger", 0.5)], []), FakeFeatureClient())
     result = engine.score([Request(tx(i), NOW.timestamp()) for i in range(50)], variant="challenger", source="api")
     assert {(s.score.variant, s.score.source, s.shadow) for s in result.scored} == {("challenger", "api", False)}
 
@@ -186,7 +186,6 @@ def test_a_model_returning_nan_fails_those_rows_only_and_a_nan_model_never_loads
     engine = ScoringEngine(
         serving({"champion": load_model(files, RuntimeOptions(warmup_batch=8))}, [("champion", 1.0)], []),
         FakeFeatureClient(),
-        Thresholds(0.3, 0.7),
     )
     txs = [tx(i, device_id=None if i % 10 == 0 else f"d{i}") for i in range(100)]
     result = engine.score([Request(t, NOW.timestamp()) for t in txs])
@@ -198,9 +197,7 @@ def test_a_model_returning_nan_fails_those_rows_only_and_a_nan_model_never_loads
 def test_feature_store_down_raises_for_the_transport_to_retry(tmp_path: Path) -> None:
     client = FakeFeatureClient()
     client.down = True
-    engine = ScoringEngine(
-        serving({"champion": model(tmp_path, "1", 1)}, [("champion", 1.0)], []), client, Thresholds(0.3, 0.7)
-    )
+    engine = ScoringEngine(serving({"champion": model(tmp_path, "1", 1)}, [("champion", 1.0)], []), client)
     with pytest.raises(FeatureStoreUnavailableError):
         engine.score([Request(tx(1), NOW.timestamp())])
 
@@ -227,6 +224,65 @@ def test_thresholds() -> None:
     ]
     with pytest.raises(ValueError, match="review <= decline"):
         Thresholds(0.8, 0.5)
+    # None: that band is off (no threshold met its objective in training).
+    assert [Thresholds(0.5, None).decide(s) for s in (0.49, 0.5, 1.0)] == ["approve", "review", "review"]
+    assert Thresholds(None, None).decide(1.0) == "approve"
+    with pytest.raises(ValueError, match="review <= decline"):
+        Thresholds(None, 0.5)  # a decline band with no review band below it would need review = decline
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError):
+            Thresholds(bad, 1.0)
+
+
+def test_each_variant_decides_with_its_own_thresholds_and_says_which(tmp_path: Path) -> None:
+    models = {
+        "champion": model(tmp_path, "1", 1),
+        "challenger": model(tmp_path, "2", 2),
+        "shadow": model(tmp_path, "3", 3),
+    }
+    split = ([("champion", 0.5), ("challenger", 0.5)], [("shadow", 1.0)])
+    txs = [tx(i, account=f"acct-{i % 300}") for i in range(3000)]
+    requests = [Request(t, NOW.timestamp()) for t in txs]
+    # Each variant's thresholds at its own score quantiles: champion's low, challenger's high.
+    first = ScoringEngine(serving(models, *split), FakeFeatureClient()).score(requests)
+    values = {n: np.asarray([i.score.score for i in first.scored if i.score.variant == n]) for n in models}
+
+    def at(name: str, review: float, decline: float | None) -> Thresholds:
+        q = float(np.quantile(values[name], review))
+        return Thresholds(q, None if decline is None else float(np.quantile(values[name], decline)), "model")
+
+    own = {
+        "champion": at("champion", 0.2, 0.5),
+        "challenger": at("challenger", 0.6, 0.9),
+        "shadow": at("shadow", 0.5, None),
+    }
+    engine = ScoringEngine(serving(models, *split, own), FakeFeatureClient())
+    result = engine.score(requests)
+    seen: dict[str, set[str]] = {}
+    for item in result.scored:
+        s = item.score
+        applied = own[s.variant]
+        assert s.decision == applied.decide(s.score)
+        assert (s.review_threshold, s.decline_threshold, s.thresholds) == (applied.review, applied.decline, "model")
+        seen.setdefault(s.variant, set()).add(s.decision)
+        assert Score.model_validate_json(s.to_json()) == s
+    # The same scores under one global pair would decide differently: the variants' own pairs really applied.
+    assert seen["shadow"] <= {"approve", "review"} and "review" in seen["shadow"]
+    assert len(seen["champion"]) > 1 and len(seen["challenger"]) > 1
+    assert any(
+        own["champion"].decide(i.score.score) != own["challenger"].decide(i.score.score) for i in result.scored
+    ), "the two variants' thresholds disagree on some score"
+
+    # An explicit version decides with the thresholds it is given (its own), else with the defaults.
+    explicit = engine.score(
+        [Request(t, NOW.timestamp()) for t in txs[:50]], model=models["challenger"], thresholds=own["challenger"]
+    )
+    assert {(s.score.variant, s.score.decline_threshold) for s in explicit.scored} == {
+        ("explicit", own["challenger"].decline)
+    }
+    assert all(s.score.decision == own["challenger"].decide(s.score.score) for s in explicit.scored)
+    fallback = engine.score([Request(tx(1), NOW.timestamp())], model=models["challenger"])
+    assert fallback.scored[0].score.thresholds == "default"
 
 
 class CountingSession:

@@ -268,6 +268,9 @@ def test_score_json_is_byte_for_byte_what_pydantic_writes() -> None:
             latency_ms=rng.uniform(0, 5_000),
             source=rng.choice(["stream", "api"]),
             features=None if i % 10 == 0 else {name: number() for name in names},
+            review_threshold=None if i % 7 == 0 else rng.choice([0.3, rng.random() / 2, 0.0]),
+            decline_threshold=None if i % 5 == 0 else rng.choice([0.7, 0.5 + rng.random() / 2, 1.0]),
+            thresholds=rng.choice(["model", "override", "default", None]),
         )
         assert score.to_json() == score.model_dump_json().encode()
         fields = {name: getattr(score, name) for name in Score.model_fields if name != "schema_version"}
@@ -295,6 +298,9 @@ def test_a_trusted_score_with_a_non_finite_feature_is_refused_as_before() -> Non
         "scored_time": now,
         "latency_ms": 1.0,
         "source": "stream",
+        "review_threshold": 0.3,
+        "decline_threshold": 0.7,
+        "thresholds": "default",
     }
     for bad in (math.nan, math.inf, -math.inf):
         with pytest.raises(ValidationError, match="finite"):

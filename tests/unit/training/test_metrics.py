@@ -10,6 +10,8 @@ import pytest
 from training.metrics import (
     average_precision,
     best_single_rule,
+    choose_operating_point,
+    decision_metrics,
     evaluate,
     expected_calibration_error,
     recall_at_fpr,
@@ -114,3 +116,54 @@ def test_equal_to_scikit_learn(seed: int) -> None:
         if inside.any():
             expected += inside.mean() * abs(y[inside].mean() - s[inside].mean())
     assert expected_calibration_error(y, s) == pytest.approx(expected, abs=1e-12)
+
+
+def test_operating_point_by_hand_ties_decide_together() -> None:
+    # 10 legitimate rows, 4 fraud. Decline may take 1 legitimate row (FPR <= 0.1), review 3 (<= 0.3).
+    y = [1, 1, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
+    s = [0.99, 0.9, 0.9, 0.8, 0.7, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.05]
+    point = choose_operating_point(y, s, decline_max_fpr=0.1, review_max_fpr=0.3)
+    # >= 0.8 declines one legitimate row (0.9); 0.7 would add two more at once (a tie): not allowed for decline,
+    # allowed for review (3 of 10); 0.6 adds a fraud only: still 3 of 10, the lowest allowed threshold.
+    assert (point.decline, point.review) == (0.8, 0.6)
+    m = decision_metrics(y, s, [100, 50, 1, 10, 1, 1, 40, 1, 1, 1, 1, 1, 1, 1], review=0.6, decline=0.8)
+    assert m.declined == 4 and m.decline_rate == pytest.approx(4 / 14)
+    assert m.decline_precision == pytest.approx(3 / 4) and m.decline_recall == pytest.approx(3 / 4)
+    assert m.decline_fpr == pytest.approx(0.1)
+    assert m.decline_amount_recall == pytest.approx(160 / 200)
+    assert m.review_rate == pytest.approx(3 / 14)
+    assert m.flagged_recall == 1.0 and m.flagged_fpr == pytest.approx(0.3)
+
+
+def test_no_threshold_meets_the_objective_turns_the_band_off() -> None:
+    # The top score is shared by half of the legitimate rows: every threshold declines at least 50 % of them.
+    y, s = [1, 0, 0, 1, 0, 0], [1.0, 1.0, 1.0, 0.2, 0.1, 0.1]
+    point = choose_operating_point(y, s, decline_max_fpr=0.1, review_max_fpr=0.5)
+    # Review may take half of them: the top run, and 0.2 (a fraud only) on top of it.
+    assert point.decline is None and point.review == 0.2
+    m = decision_metrics(y, s, [1.0] * 6, review=None, decline=None)
+    assert (m.declined, m.decline_rate, m.decline_precision, m.decline_recall, m.flagged_fpr) == (0, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="decline_max_fpr <= review_max_fpr"):
+        choose_operating_point(y, s, decline_max_fpr=0.2, review_max_fpr=0.1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_operating_point_equals_scikit_learns_roc_curve(seed: int) -> None:
+    """The decline threshold is sklearn's lowest `roc_curve` threshold with FPR <= target, and applying it gives
+    sklearn's own precision and recall (ties: rounded scores)."""
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(seed)
+    y = (rng.random(20_000) < 0.02).astype(int)
+    s = np.round(np.clip(0.3 * y + rng.normal(0.3, 0.12, 20_000), 0, 1), 3)
+    point = choose_operating_point(y, s, decline_max_fpr=0.005, review_max_fpr=0.02)
+    fpr, _, thresholds = sklearn_metrics.roc_curve(y, s, drop_intermediate=False)
+    for target, chosen in ((0.005, point.decline), (0.02, point.review)):
+        assert chosen == thresholds[fpr <= target].min()
+    amounts = rng.uniform(1, 500, y.size)
+    m = decision_metrics(y, s, amounts, review=point.review, decline=point.decline)
+    assert point.decline is not None
+    declined = (s >= point.decline).astype(int)
+    assert m.decline_precision == pytest.approx(sklearn_metrics.precision_score(y, declined), abs=1e-12)
+    assert m.decline_recall == pytest.approx(sklearn_metrics.recall_score(y, declined), abs=1e-12)
+    assert m.decline_fpr <= 0.005
+    assert m.decline_amount_recall == pytest.approx(amounts[(y == 1) & (declined == 1)].sum() / amounts[y == 1].sum())
