@@ -3,13 +3,16 @@
 `monitor.drift` holds one record per series and closed window (key: the series), `monitor.ab` one record per look
 (key: the experiment). Both are read from the tail of each partition up to the log end at the time of the call;
 a window evaluated twice (a restart of the merging agent between publishing and committing) appears twice and is
-deduplicated here by (window, series), the latest copy winning.
+deduplicated here by (window, series), the latest copy winning. `read_latest_scores` reads the tail of `scores` and
+`scores.shadow` for the operating point each variant decides with now.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
@@ -17,6 +20,9 @@ from pydantic import ValidationError
 
 from monitor.ab import ABRecord
 from monitor.drift import DriftRecord
+from monitor.operating import latest_by_variant
+from streamscore.contracts import Score, parse_event
+from streamscore.errors import EventError
 from streamscore.kafka import consumer_config, missing_topic
 from streamscore.settings import KafkaSettings
 from streamscore.topics import TopicRegistry
@@ -33,21 +39,18 @@ class Results:
     unreadable: int = 0
 
 
-def read_latest(
-    kafka: KafkaSettings, topics: TopicRegistry, *, windows: int = 1, tail: int = 5000, timeout_s: float = 15.0
-) -> Results:
-    """The latest `windows` drift windows and the latest look per experiment, from the last `tail` records of each
-    partition of `monitor.drift` and `monitor.ab`."""
+def _read_tails(
+    kafka: KafkaSettings, names: Sequence[str], *, tail: int, timeout_s: float, on_message: Callable[[str, bytes], None]
+) -> None:
+    """Hand every record of the last `tail` of each partition of the topics `names`, up to their log end at the time
+    of the call, to `on_message(topic, value)`."""
     config = consumer_config(kafka, f"streamscore-report-{uuid.uuid4().hex[:8]}", "report")
     consumer = Consumer(config)
-    results = Results()
-    drift: dict[tuple[int, str], DriftRecord] = {}
-    looks: dict[str, ABRecord] = {}
     try:
         metadata = consumer.list_topics(timeout=timeout_s)
         assignment: list[TopicPartition] = []
         ends: dict[tuple[str, int], int] = {}
-        for name in (topics.monitor_drift.name, topics.monitor_ab.name):
+        for name in names:
             topic = metadata.topics.get(name)
             if topic is None:
                 raise missing_topic(kafka, name)
@@ -66,17 +69,7 @@ def read_latest(
                 offset = message.offset() or 0
                 if offset + 1 >= ends.get(where, 0):
                     ends.pop(where, None)
-                try:
-                    if where[0] == topics.monitor_drift.name:
-                        record = DriftRecord.model_validate_json(message.value() or b"")
-                        drift[(record.window, record.feature)] = record
-                    else:
-                        look = ABRecord.model_validate_json(message.value() or b"")
-                        results.looks_seen += 1
-                        if look.experiment_id not in looks or look.at >= looks[look.experiment_id].at:
-                            looks[look.experiment_id] = look
-                except ValidationError:
-                    results.unreadable += 1
+                on_message(where[0], message.value() or b"")
             # Transaction markers or compaction can leave an end offset that no record reaches.
             for where, end in list(ends.items()):
                 position = consumer.position([TopicPartition(where[0], where[1])])[0].offset
@@ -84,9 +77,58 @@ def read_latest(
                     ends.pop(where)
     finally:
         consumer.close()
+
+
+def read_latest(
+    kafka: KafkaSettings, topics: TopicRegistry, *, windows: int = 1, tail: int = 5000, timeout_s: float = 15.0
+) -> Results:
+    """The latest `windows` drift windows and the latest look per experiment, from the last `tail` records of each
+    partition of `monitor.drift` and `monitor.ab`."""
+    results = Results()
+    drift: dict[tuple[int, str], DriftRecord] = {}
+    looks: dict[str, ABRecord] = {}
+
+    def on_message(topic: str, value: bytes) -> None:
+        try:
+            if topic == topics.monitor_drift.name:
+                record = DriftRecord.model_validate_json(value)
+                drift[(record.window, record.feature)] = record
+            else:
+                look = ABRecord.model_validate_json(value)
+                results.looks_seen += 1
+                if look.experiment_id not in looks or look.at >= looks[look.experiment_id].at:
+                    looks[look.experiment_id] = look
+        except ValidationError:
+            results.unreadable += 1
+
+    _read_tails(
+        kafka,
+        (topics.monitor_drift.name, topics.monitor_ab.name),
+        tail=tail,
+        timeout_s=timeout_s,
+        on_message=on_message,
+    )
     indices = sorted({window for window, _ in drift})
     results.windows_seen = len(indices)
     keep = set(indices[-windows:]) if windows > 0 else set()
     results.drift = [r for (window, _), r in sorted(drift.items()) if window in keep]
     results.ab = sorted(looks.values(), key=lambda r: r.experiment_id)
     return results
+
+
+def read_latest_scores(
+    kafka: KafkaSettings, topics: TopicRegistry, *, tail: int = 200, timeout_s: float = 15.0
+) -> dict[str, tuple[Score, bool]]:
+    """The latest score of each variant (with whether it is a shadow's) in the last `tail` records of each partition
+    of `scores` and `scores.shadow`: what model version and thresholds decide for each variant now (a Score carries
+    its thresholds). Unreadable records are skipped: this is a report, the monitor dead-letters them."""
+    seen: list[tuple[Score, bool]] = []
+
+    def on_message(topic: str, value: bytes) -> None:
+        with contextlib.suppress(EventError):
+            seen.append((parse_event(Score, value), topic == topics.scores_shadow.name))
+
+    _read_tails(
+        kafka, (topics.scores.name, topics.scores_shadow.name), tail=tail, timeout_s=timeout_s, on_message=on_message
+    )
+    return latest_by_variant(seen)

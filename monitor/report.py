@@ -12,6 +12,7 @@ from rich.text import Text
 
 from monitor.ab import ABRecord, Comparison, VariantMetrics
 from monitor.drift import DriftRecord
+from monitor.operating import OperatingPointView
 from monitor.reference import SCORE_PREFIX
 
 METRIC_WORDS = {
@@ -240,6 +241,113 @@ def render_ab(records: Sequence[ABRecord]) -> RenderableType:
     return Group(*parts) if parts else Text("No A/B looks yet.")
 
 
-def render(drift: Sequence[DriftRecord], ab: Sequence[ABRecord], *, detailed: int | None = None) -> RenderableType:
-    """Everything `streamscore report` shows: drift windows (`detailed`: see render_drift), then experiments."""
-    return Group(render_drift(drift, detailed=detailed), render_ab(ab))
+# --- operating points ------------------------------------------------------------------------------------
+
+_SOURCE_WORDS = {
+    "model": "its version's own operating point (chosen by training on the validation split)",
+    "override": "the scorer's override (SCORER_REVIEW_THRESHOLD / SCORER_DECLINE_THRESHOLD), not its version's own",
+    "default": "the defaults 0.3 / 0.7: its version was registered without an operating point",
+}
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2g} %" if value < 0.01 else f"{100 * value:.1f} %" if value < 0.1 else f"{100 * value:.0f} %"
+
+
+def _bands(review: float | None, decline: float | None) -> str:
+    declines = "declines nothing" if decline is None else f"declines at score ≥ {decline:.4g}"
+    reviews = "reviews nothing" if review is None else f"reviews from {review:.4g}"
+    return f"{declines}, {reviews}"
+
+
+def operating_point_words(view: OperatingPointView) -> str:
+    """E.g. `champion (v3) declines at score ≥ 0.83, reviews from 0.41 — its version's own operating point ...`."""
+    who = f"{view.variant} (v{view.version}{', shadow' if view.shadow else ''})"
+    if view.source is None:
+        return f"{who}: its scores do not say which thresholds decided them (written before thresholds were recorded)."
+    return f"{who} {_bands(view.review, view.decline)} — {_SOURCE_WORDS[view.source]}."
+
+
+def test_split_words(view: OperatingPointView) -> str:
+    """What the version's own operating point did on its test split, from its registry tags."""
+    if view.problem:
+        return f"Unknown: {view.problem}"
+    t = view.test
+    if not {"decline_fpr", "decline_recall"} <= set(t):
+        return "Not recorded: the version was registered before training measured its operating point."
+    own = view.own
+    if own is not None and (own.review, own.decline) != (view.review, view.decline):
+        prefix = f"Its own point ({_bands(own.review, own.decline)}) — not what decides now —"
+    else:
+        prefix = "That"
+    words = (
+        f"{prefix} declines {_pct(t['decline_fpr'])} of good customers and stops {_pct(t['decline_recall'])} of fraud"
+    )
+    if "decline_amount_recall" in t:
+        words += f" ({_pct(t['decline_amount_recall'])} of the fraud amount)"
+    if "decline_rate" in t:
+        words += f"; {_pct(t['decline_rate'])} of all transactions declined"
+    if "decline_precision" in t and t.get("decline_rate", 1.0) > 0:
+        words += f", {_pct(t['decline_precision'])} of them fraud"
+    return words + "."
+
+
+def traffic_words(metrics: VariantMetrics | None, maturity_s: float | None) -> str:
+    """What the variant did in the traffic, from the monitor's latest A/B look (matured labels only)."""
+    if metrics is None or metrics.units == 0 or metrics.decline_rate is None:
+        return "No matured transactions of this variant in the latest A/B look yet."
+    words = f"Declined {_pct(metrics.decline_rate)} of {metrics.units:,} transactions"
+    if maturity_s is not None:
+        words += f" at least {maturity_s:,.0f} s old"
+    if metrics.false_decline_rate is None or metrics.recall is None:
+        return words + "; precision and recall need the outcomes of declined transactions, which are not observed."
+    words += f": {_pct(metrics.false_decline_rate)} of good customers declined, {_pct(metrics.recall)} of fraud stopped"
+    if metrics.precision is not None:
+        words += f", {_pct(metrics.precision)} of declines were fraud"
+    return words + "."
+
+
+def operating_points_table(views: Sequence[OperatingPointView], ab: Sequence[ABRecord] = ()) -> RenderableType:
+    """Per variant: the thresholds that decide its scores, what they did on its version's test split (training),
+    and what the traffic shows (the latest A/B look that has the variant)."""
+    if not views:
+        return Text("No scores read: the operating points are unknown.")
+    latest: dict[str, tuple[VariantMetrics, ABRecord]] = {}
+    for record in sorted(ab, key=lambda r: r.at):
+        for metrics in record.variants:
+            latest[metrics.variant] = (metrics, record)
+    table = Table(
+        title="Operating points: when each variant declines, and what that costs",
+        caption=(
+            "Test split: the version's own figures, measured by training on data it never saw. Traffic: the monitor's "
+            "latest A/B look; with few matured frauds these move a lot."
+        ),
+        title_justify="left",
+        caption_justify="left",
+    )
+    for column in ("Variant", "Decides with", "On the test split", "In the traffic"):
+        table.add_column(column)
+    for view in views:
+        seen = latest.get(view.variant)
+        table.add_row(
+            f"{view.variant} v{view.version}" + (" (shadow)" if view.shadow else ""),
+            operating_point_words(view),
+            test_split_words(view),
+            traffic_words(seen[0] if seen else None, seen[1].label_maturity_s if seen else None),
+        )
+    return table
+
+
+def render(
+    drift: Sequence[DriftRecord],
+    ab: Sequence[ABRecord],
+    *,
+    detailed: int | None = None,
+    operating_points: Sequence[OperatingPointView] | None = None,
+) -> RenderableType:
+    """Everything `streamscore report` shows: drift windows (`detailed`: see render_drift), then experiments, then
+    (when given) each variant's operating point."""
+    parts = [render_drift(drift, detailed=detailed), render_ab(ab)]
+    if operating_points is not None:
+        parts.append(operating_points_table(operating_points, ab))
+    return Group(*parts)

@@ -9,11 +9,12 @@ from rich.console import Console
 
 from monitor.app import create_app, preflight, run_worker
 from monitor.app_settings import MonitorAppSettings
-from monitor.reader import Results, read_latest
+from monitor.operating import OperatingPointView, operating_points
+from monitor.reader import Results, read_latest, read_latest_scores
 from monitor.report import render
 from monitor.settings import MonitorSettings
 from streamscore.kafka import wait_for_broker
-from streamscore.registry import RegistrySettings
+from streamscore.registry import Registry, RegistrySettings
 from streamscore.settings import KafkaSettings, TopicSettings
 from streamscore.topics import TopicRegistry
 from streamscore_cli.console import console, friendly_errors, load_settings
@@ -62,19 +63,41 @@ def report(
     ),
     tail: int = typer.Option(5000, "--tail", min=1, help="Records read from the end of each partition."),
     timeout: float = typer.Option(15.0, "--timeout", min=1.0, help="Seconds to wait for the broker."),
+    scores_tail: int = typer.Option(
+        200, "--scores-tail", min=1, help="Records read from the end of each partition of scores and scores.shadow."
+    ),
 ) -> None:
-    """The latest drift windows and A/B looks, read from monitor.drift and monitor.ab, in plain words."""
+    """The latest drift windows and A/B looks, read from monitor.drift and monitor.ab, and each variant's operating
+    point (from its latest scores and its version's registry tags), in plain words."""
     with friendly_errors():
         kafka = load_settings(KafkaSettings, {})
         topics = load_settings(TopicSettings, {}).registry()
+        registry = Registry(load_settings(RegistrySettings, {}))
         wait_for_broker(kafka, timeout)
         results = read_latest(kafka, topics, windows=windows, tail=tail, timeout_s=timeout)
-    show(console, results, topics, tail)
+        points = read_operating_points(kafka, topics, registry, tail=scores_tail, timeout_s=timeout)
+    show(console, results, topics, tail, points)
 
 
-def show(out: Console, results: Results, topics: TopicRegistry, tail: int) -> None:
+def read_operating_points(
+    kafka: KafkaSettings, topics: TopicRegistry, registry: Registry | None, *, tail: int = 200, timeout_s: float = 15.0
+) -> list[OperatingPointView]:
+    """Each variant's operating point: the thresholds its latest score carries, with its version's own point and test
+    figures from `registry` (None: without them). The demo's summary can pass the same to `show`."""
+    latest = read_latest_scores(kafka, topics, tail=tail, timeout_s=timeout_s)
+    return operating_points(latest, registry.tags if registry is not None else None)
+
+
+def show(
+    out: Console,
+    results: Results,
+    topics: TopicRegistry,
+    tail: int,
+    points: list[OperatingPointView] | None = None,
+) -> None:
     """What `streamscore report` prints (the demo's summary prints the same): where the records came from, then the
-    drift windows (a line each, the latest in detail) and the A/B tables, in plain words."""
+    drift windows (a line each, the latest in detail), the A/B tables and, when given, each variant's operating point,
+    in plain words."""
     shown = len({r.window for r in results.drift})
     unreadable = f"; {results.unreadable} unreadable record(s)" if results.unreadable else ""
     out.print(
@@ -83,4 +106,4 @@ def show(out: Console, results: Results, topics: TopicRegistry, tail: int) -> No
         f"experiment{unreadable}[/]",
         highlight=False,
     )
-    out.print(render(results.drift, results.ab, detailed=1))
+    out.print(render(results.drift, results.ab, detailed=1, operating_points=points))
