@@ -11,6 +11,9 @@ harnesses (`monitor.simulation`) with 10–20× the runs, plus the scan that cho
    configured split at one look and when checked at 100 looks.
 6. Drift: stationary windows (30 features, 1 000 rows), any alarm per window with BH, Bonferroni and no
    correction, at α = 0.05 and 0.01 per window; detection of 0.1, 0.15, 0.2 and 0.3 standard-deviation shifts.
+7. Realistic drift: mixed inputs (counts with 70–95 % zeros, log1p of a count, a rate k/m, flags at 0.4–95 %,
+   heavy tails, the hour) with a daily rhythm against a float32 reference of 2 000 rows, windows of 100, 1 000
+   and 10 000 rows over 1 or 4 hours: any alarm per window at α = 0.01 and 0.05, and the three negative controls.
 
 Results: a rich table per section on the terminal and a JSON file (`--out`); docs/monitor.md quotes them.
 """
@@ -34,6 +37,7 @@ from monitor.settings import MonitorSettings
 from monitor.simulation import (
     delayed_labels,
     peeking,
+    realistic_drift,
     shift_detection,
     standard_error,
     stationary_drift,
@@ -43,7 +47,7 @@ from monitor.srm import srm
 TAUS = (0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.01, 0.02, 0.05)
 CHOSEN_TAU = MonitorSettings.model_fields["msprt_tau"].default
 ALPHA = 0.05
-SECTIONS = ["tau_scan", "aa", "power", "delayed_labels", "sample_ratio", "drift"]
+SECTIONS = ["tau_scan", "aa", "power", "delayed_labels", "sample_ratio", "drift", "realistic"]
 
 
 def timed(console: Console, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -183,6 +187,31 @@ def drift(references: int, windows: int, detection_runs: int) -> dict[str, Any]:
     return {"stationary": rows, "detection": detection}
 
 
+def realistic(references: int, windows: int) -> dict[str, Any]:
+    runs = realistic_drift(
+        [MonitorSettings(window="events", false_alarm_windows=w) for w in (100, 20)],
+        references=references,
+        windows_per_reference=windows,
+        seed=9100,
+    )
+    rows = []
+    for run, alpha in zip(runs, (0.01, 0.05), strict=True):
+        rows.append(
+            {
+                "alpha": alpha,
+                "windows": run.windows,
+                "production": run.production,
+                **{f"rows_{n}": rate for n, rate in run.by_rows.items()},
+                "one_sample": run.one_sample,
+                "one_sample_training": run.one_sample_training,
+                "unrounded": run.unrounded,
+                "no_mix": run.no_mix,
+                "bound": alpha + 2 * standard_error(alpha, run.windows),
+            }
+        )
+    return {"rows": rows, "series": [run.series for run in runs]}
+
+
 def table(title: str, rows: Sequence[dict[str, Any]]) -> Table:
     t = Table(title=title, title_justify="left")
     for key in rows[0]:
@@ -199,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--references", type=int, default=1_000, help="references of the stationary drift run")
     parser.add_argument("--windows", type=int, default=5, help="windows per reference (few: they share a sample)")
     parser.add_argument("--detection-runs", type=int, default=1_000, help="runs of the 0.2 SD detection")
+    parser.add_argument("--realistic-references", type=int, default=200, help="references of the realistic run")
+    parser.add_argument("--realistic-windows", type=int, default=6, help="windows per reference (realistic run)")
     parser.add_argument("--only", nargs="*", choices=SECTIONS, default=SECTIONS, help="sections to run")
     parser.add_argument("--out", type=Path, default=Path("bench/results/statistics.json"))
     args = parser.parse_args(argv)
@@ -211,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "delayed_labels": lambda: labels(args.runs),
         "sample_ratio": lambda: sample_ratio(args.runs),
         "drift": lambda: drift(args.references, args.windows, args.detection_runs),
+        "realistic": lambda: realistic(args.realistic_references, args.realistic_windows),
     }
     results: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "numpy": np.__version__, "cpu": platform.processor()},
@@ -229,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "drift" in results:
         console.print(table("drift: stationary windows, any alarm", results["drift"]["stationary"]))
         console.print(table("drift: detection of a shift in one of 30 features", results["drift"]["detection"]))
+    if "realistic" in results:
+        console.print(table("drift: realistic inputs, daily rhythm, any alarm", results["realistic"]["rows"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     console.log(f"wrote {args.out} ({results['seconds']} s)")

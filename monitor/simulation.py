@@ -9,13 +9,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy import stats
 
 from monitor.ab import is_mature
-from monitor.drift import DriftWindow, evaluate
-from monitor.reference import DriftReference, series_reference
+from monitor.correction import threshold
+from monitor.drift import DriftWindow, category_counts, evaluate, mixed_rows, mixed_shares
+from monitor.reference import DriftReference, drift_reference, series_reference
 from monitor.sequential import ClusterSums, cluster_difference, difference, half_width, log_mixture_ratio
 from monitor.settings import MonitorSettings
 
@@ -436,4 +439,231 @@ def shift_detection(
             other_alarms=float(o) / (runs * windows),
         )
         for f, o in zip(first_caught, other, strict=True)
+    ]
+
+
+# --- drift: realistic mixed inputs, a daily rhythm, float32 references -----------------------------------------
+
+
+def activity(hour: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The daily rhythm: relative traffic by hour of day (UTC), peak at 15:00, trough at 03:00 (ratio ~5.7)."""
+    return np.asarray(1.0 + 0.7 * np.cos(2 * np.pi * (hour - 15.0) / 24.0), dtype=np.float64)
+
+
+def rhythm_times(rng: np.random.Generator, n: int, start: float, span_s: float) -> NDArray[np.float64]:
+    """`n` event times in [start, start + span) with the daily rhythm's intensity (rejection sampling), sorted."""
+    out: list[NDArray[np.float64]] = []
+    have = 0
+    while have < n:
+        t = rng.uniform(start, start + span_s, size=2 * (n - have) + 16)
+        keep = t[rng.random(len(t)) * 1.7 < activity(t % 86_400 / 3600)]
+        out.append(keep)
+        have += len(keep)
+    return np.sort(np.concatenate(out)[:n])
+
+
+REALISTIC_FLAGS = ("flag_0_4", "flag_2", "flag_30", "flag_95")
+
+
+def realistic_features(rng: np.random.Generator, times: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
+    """Model inputs shaped like ours, computed in float64 as the scorer attaches them: counts with 70–95 % zeros
+    (two follow the rhythm), log1p of a count and a rate k/m (ties float32 cannot represent exactly), a log amount
+    and a heavy-tailed input, the hour as sine and cosine, and 0/1 flags at 0.4 %, 2 %, 30 % (more at night) and
+    95 %. Amount, the counts of 5 minutes and 24 hours, the hour and the 30 % flag follow the daily rhythm."""
+    n = len(times)
+    hour = times % 86_400 / 3600
+    act = activity(hour)
+    angle = 2 * np.pi * hour / 24
+    trials = 1 + rng.poisson(20, size=n)
+    return {
+        "count_5m": rng.poisson(0.05 * act).astype(np.float64),
+        "count_24h": rng.poisson(0.36 * act).astype(np.float64),
+        "count_1h_log": np.log1p(rng.poisson(0.16, size=n).astype(np.float64)),
+        "rate": rng.binomial(trials, 0.03) / trials,
+        "amount_log": np.log1p(rng.lognormal(3.0 + 0.3 * (act - 1), 1.2)),
+        "heavy": rng.standard_t(2.5, size=n),
+        "hour_sin": np.sin(angle),
+        "hour_cos": np.cos(angle),
+        "flag_0_4": (rng.random(n) < 0.004).astype(np.float64),
+        "flag_2": (rng.random(n) < 0.02).astype(np.float64),
+        "flag_30": (rng.random(n) < 0.3 * (1.3 - 0.3 * act)).astype(np.float64),
+        "flag_95": (rng.random(n) < 0.95).astype(np.float64),
+    }
+
+
+def _frozen_edges(values: NDArray[np.float64], bins: int = 10) -> list[float]:
+    # training.registry.build_reference's edges, restated (the monitor never imports training): deciles, and an
+    # edge just below an edge value that holds ≥ 5 % of the rows with rows below it down to the previous edge.
+    edges = _quantile_edges(values, bins)
+    isolated = set(edges)
+    for i, e in enumerate(edges):
+        below = edges[i - 1] if i else -np.inf
+        if np.mean(values == e) >= 0.5 / bins and np.any((values > below) & (values < e)):
+            isolated.add(float(np.nextafter(e, -np.inf)))
+    return sorted(isolated)
+
+
+def realistic_document(
+    rng: np.random.Generator, *, train_rows: int = 20_000, sample_rows: int = 2_000, days: int = 28, strata: int = 24
+) -> dict[str, Any]:
+    """A reference.json (schema 2) as training writes it: a training set over `days` days with the daily rhythm,
+    stored as float32 (the model's input), 10 frozen bins per feature with per-hour shares, categories of the
+    flags, a sample of `sample_rows` rows with their times of day."""
+    times = rhythm_times(rng, train_rows, 1_700_006_400.0, days * 86_400.0)
+    columns = {k: v.astype(np.float32).astype(np.float64) for k, v in realistic_features(rng, times).items()}
+    stratum = np.minimum((times % 86_400 * (strata / 86_400)).astype(np.intp), strata - 1)
+    groups = [np.flatnonzero(stratum == h) for h in range(strata)]
+
+    def shares(v: NDArray[np.float64], edges: list[float]) -> list[float]:
+        counts = np.bincount(np.searchsorted(edges, v, side="left"), minlength=len(edges) + 1)
+        return [float(c) for c in counts / max(len(v), 1)]
+
+    def block(name: str, v: NDArray[np.float64]) -> dict[str, Any]:
+        edges = _frozen_edges(v)
+        out: dict[str, Any] = {
+            "edges": edges,
+            "shares": shares(v, edges),
+            "strata_shares": [shares(v[g], edges) for g in groups],
+        }
+        if name in REALISTIC_FLAGS:
+            values = np.unique(v)
+            cut = [float(x) for x in values[:-1]]
+            out["categories"] = {
+                "values": [float(x) for x in values],
+                "shares": shares(v, cut),
+                "strata_shares": [shares(v[g], cut) for g in groups],
+            }
+        return out
+
+    rows = np.sort(rng.choice(train_rows, size=sample_rows, replace=False))
+    names = list(columns)
+    return {
+        "schema_version": 2,
+        "feature_names": names,
+        "precision": "float32",
+        "day_strata": strata,
+        "features": {k: block(k, v) for k, v in columns.items()},
+        "sample": {
+            "rows": sample_rows,
+            "features": [[float(columns[k][r]) for k in names] for r in rows],
+            "time_of_day_s": [float(t) for t in times[rows] % 86_400],
+        },
+    }
+
+
+@dataclass(frozen=True)
+class RealisticRun:
+    """Share of windows with at least one drifted series, nothing having changed (every alarm is false)."""
+
+    windows: int
+    production: float
+    """The monitor as it is: two-sample tests, float32 values, the reference mixed to the window's hours."""
+    one_sample: float
+    """Negative control: the flags tested one-sample (the earlier χ²/binomial) against the shares of the reference
+    rows compared (the sample re-drawn to the window's hours)."""
+    one_sample_training: float
+    """Negative control: the same against training's shares for the window's hours (20 000 training rows)."""
+    unrounded: float
+    """Negative control: log1p count and rate compared with scipy's KS on the float64 values, unrounded."""
+    no_mix: float
+    """Negative control: the whole reference sample, whatever the window's hours."""
+    series: dict[str, float]
+    """Production: share of windows in which each series was declared drifted."""
+    by_rows: dict[int, float]
+    """Production: share of windows with an alarm, per window size."""
+
+
+def _one_sample_p(observed: NDArray[np.int64], shares: NDArray[np.float64]) -> float:
+    # The test the monitor used before (one sample, the shares taken as exact), restated for the negative control.
+    keep = (observed > 0) | (shares > 0)
+    o, p = observed[keep].astype(np.float64), np.where(shares[keep] > 0, shares[keep], 1e-4)
+    p = p / p.sum()
+    n = o.sum()
+    if len(o) < 2:
+        return 1.0
+    if len(o) == 2 and (p * n).min() < 5:
+        return float(stats.binomtest(round(o[1]), round(n), float(p[1])).pvalue)
+    return float(stats.chisquare(o, p * n).pvalue)
+
+
+def realistic_drift(
+    settings: Sequence[MonitorSettings],
+    *,
+    references: int,
+    windows_per_reference: int,
+    rows: Sequence[int] = (100, 1_000, 10_000),
+    span_hours: Sequence[int] = (1, 4),
+    train_rows: int = 20_000,
+    sample_rows: int = 2_000,
+    seed: int,
+) -> list[RealisticRun]:
+    """Stationary windows of `realistic_features` (nothing changes: every alarm is false), window w of a reference
+    with rows[w % len(rows)] values over span_hours[(w // len(rows)) % len(span_hours)] hours starting at a random
+    hour of a later day, evaluated under each of `settings` by the production functions and by the three negative
+    controls, each of which changes one thing."""
+    rng = np.random.default_rng(seed)
+    alarms = np.zeros((len(settings), 5))
+    per_series: list[dict[str, int]] = [{} for _ in settings]
+    per_rows: list[dict[int, list[int]]] = [{n: [0, 0] for n in rows} for _ in settings]
+    total = references * windows_per_reference
+    for _ in range(references):
+        document = realistic_document(rng, train_rows=train_rows, sample_rows=sample_rows)
+        flags = list(REALISTIC_FLAGS)
+        mixed = drift_reference(document, {}, categorical=flags)
+        whole = drift_reference({**document, "day_strata": 0}, {}, categorical=flags)
+        for w in range(windows_per_reference):
+            n = rows[w % len(rows)]
+            span = span_hours[(w // len(rows)) % len(span_hours)]
+            start = 1_700_006_400.0 + 86_400.0 * int(rng.integers(30, 400)) + 3600.0 * int(rng.integers(0, 24))
+            times = rhythm_times(rng, n, start, span * 3600.0)
+            values = realistic_features(rng, times)
+            window, unmixed = DriftWindow(mixed, w), DriftWindow(whole, w)
+            for name, v in values.items():
+                window.add(name, v, times)
+                unmixed.add(name, v, times)
+            for j, s in enumerate(settings):
+                records = evaluate(window, s)
+                p = [r.p_value for r in records]
+                one, trained, raw = list(p), list(p), list(p)
+                for i, ref in enumerate(mixed.series):
+                    if p[i] is None:
+                        continue
+                    if ref.kind == "categorical":
+                        take = mixed_rows(ref, window.strata[i], int(window.cells[i].sum()))
+                        counts = (
+                            ref.sample_counts
+                            if take is None
+                            else np.bincount(ref.sample_point[take], minlength=len(ref.points))
+                        )
+                        expected = np.append(counts / counts.sum(), 0.0)
+                        observed = category_counts(ref, window.cells[i])
+                        one[i] = _one_sample_p(observed, expected)
+                        assert ref.category_shares is not None
+                        shares = mixed_shares(ref.category_shares, ref.category_strata_shares, window.strata[i])
+                        trained[i] = _one_sample_p(observed, shares)
+                    elif ref.name in ("count_1h_log", "rate"):
+                        raw[i] = float(stats.ks_2samp(values[ref.name], ref.sample).pvalue)
+                for k, family in enumerate((one, trained, raw)):
+                    tested = [x for x in family if x is not None]
+                    cut = threshold(tested, s.drift_alpha, s.correction)
+                    alarms[j, 1 + k] += any(x <= cut for x in tested)
+                alarm = any(r.drifted for r in records)
+                alarms[j, 0] += alarm
+                per_rows[j][n][0] += alarm
+                per_rows[j][n][1] += 1
+                alarms[j, 4] += any(r.drifted for r in evaluate(unmixed, s))
+                for r in records:
+                    per_series[j][r.feature] = per_series[j].get(r.feature, 0) + r.drifted
+    return [
+        RealisticRun(
+            windows=total,
+            production=float(a[0]) / total,
+            one_sample=float(a[1]) / total,
+            one_sample_training=float(a[2]) / total,
+            unrounded=float(a[3]) / total,
+            no_mix=float(a[4]) / total,
+            series={k: v / total for k, v in c.items()},
+            by_rows={n: hit / max(seen, 1) for n, (hit, seen) in b.items()},
+        )
+        for a, c, b in zip(alarms, per_series, per_rows, strict=True)
     ]

@@ -321,8 +321,18 @@ def test_partition_states_merge_into_the_one_pass_result() -> None:
     specs = synthetic_features(6)
     features = synthetic_reference(specs, rng, train_rows=5000, sample_rows=800)
     score_sample = rng.beta(0.5, 8, size=800)
-    score_ref = one_series(score_sample)
-    reference = DriftReference((*features.series, SeriesReference(**{**vars(score_ref), "name": "score:champion"})))
+    # The score's reference knows its rows' times of day: the windows' strata merge and mix it by their hours.
+    e = [float(np.median(score_sample))]
+    block = {"edges": e, "shares": (np.bincount(np.searchsorted(e, score_sample), minlength=2) / 800).tolist()}
+    score_ref = series_reference(
+        "score:champion",
+        "continuous",
+        block,
+        score_sample.tolist(),
+        times=rng.uniform(0, 86_400, 800).tolist(),
+        strata=24,
+    )
+    reference = DriftReference((*features.series, score_ref))
     n = 4000
     times = np.sort(rng.uniform(1_700_000_000, 1_700_000_000 + 3 * 3600, size=n))
     columns = {s.name: s.draw(rng, n) for s in specs}
@@ -340,7 +350,7 @@ def test_partition_states_merge_into_the_one_pass_result() -> None:
             rows = keys == k
             for name, values in columns.items():
                 w.add(name, values[rows], times[rows])
-            w.add("score:champion", scores[rows])
+            w.add("score:champion", scores[rows], times[rows])
         merged: dict[int, DriftWindow] = {}
         for p in range(6):
             states: dict[int, DriftWindow] = {}
@@ -356,7 +366,10 @@ def test_partition_states_merge_into_the_one_pass_result() -> None:
         assert merged.keys() == single.keys()
         assert len(single) >= 3
         for k in single:
-            assert evaluate(merged[k], settings) == evaluate(single[k], settings)
+            records = evaluate(merged[k], settings)
+            assert records == evaluate(single[k], settings)
+            assert records[-1].hour_mixed
+            assert records[-1].reference_rows < 800
 
 
 def test_reference_from_trainings_document() -> None:
