@@ -92,6 +92,13 @@ CONTACTLESS_SHARE = 0.7
 WALLET_SHARE = 0.4
 """Share of contactless payments made with a phone wallet, which carries the account's device id."""
 
+# Where fraud spends.
+WEAK_MERCHANT_SHARE = 0.05
+"""Share of online merchants with weak controls (no 3-D Secure, lax checks): fixed per world."""
+FRAUD_AT_WEAK_MERCHANT = 0.35
+"""Chance that a fraudulent online purchase goes to a weak merchant instead of the pattern's usual pool: fraud
+concentrates where it works, which only a merchant's own fraud history (the merchant risk view) can tell."""
+
 # Labels.
 REPORTED_SHARE = 0.85
 """Share of fraud incidents ever reported; the rest stay labelled legitimate for good (unreported fraud)."""
@@ -217,6 +224,9 @@ class TransactionGenerator:
         self.online_merchants = tuple(online) or tuple(range(len(merchants)))
         self.takeover_merchants = _indices(merchants, TAKEOVER_MCCS) or self.online_merchants
         self.cashout_merchants = _indices(merchants, CASHOUT_MCCS, online) or self.online_merchants
+        weak_rng = np.random.default_rng(np.random.SeedSequence([world.seed, 0x3EA4]))
+        weak = weak_rng.choice(self.online_merchants, max(1, round(WEAK_MERCHANT_SHARE * len(self.online_merchants))))
+        self.weak_merchants = tuple(sorted({int(i) for i in weak}))
         candidates = [
             m
             for m in _indices(merchants, COMPROMISE_MCCS)
@@ -591,6 +601,11 @@ class _Stream:
 
     # --- fraud --------------------------------------------------------------------------------------
 
+    def fraud_merchant(self, pool: tuple[int, ...]) -> int:
+        """A merchant of `pool` for a fraudulent purchase, or one with weak controls (FRAUD_AT_WEAK_MERCHANT)."""
+        rand = self.rand
+        return rand.choice(self.gen.weak_merchants if rand.random() < FRAUD_AT_WEAK_MERCHANT else pool)
+
     def new_device(self) -> str:
         return f"dev-x{self.rand.getrandbits(48):012x}"
 
@@ -611,7 +626,9 @@ class _Stream:
         device = self.new_device()
         country = account.country if rand.random() < 0.4 else rand.choice(RISK_COUNTRIES)
         preferred = rand.random() < CARD_TESTING_PREFERRED_SHARE
-        merchant = world.merchants[rand.choice(gen.card_testing_merchants if preferred else gen.online_merchants)]
+        merchant = world.merchants[
+            self.fraud_merchant(gen.card_testing_merchants if preferred else gen.online_merchants)
+        ]
         reported = rand.random() < REPORTED_SHARE
         events: list[tuple[float, _Payload]] = []
         for k, when in enumerate(incident.times):
@@ -621,7 +638,7 @@ class _Stream:
                 amount = round(rand.uniform(*CARD_TESTING_AMOUNT), 2)
                 events.append((when, (account, merchant, amount, country, "ecommerce", device, CARD_TESTING, reported)))
             else:
-                target = world.merchants[rand.choice(gen.takeover_merchants)]
+                target = world.merchants[self.fraud_merchant(gen.takeover_merchants)]
                 amount = self.large_amount(account, TAKEOVER_MULTIPLIER, 150.0)
                 events.append((when, (account, target, amount, country, "ecommerce", device, CARD_TESTING, reported)))
         return events
@@ -644,7 +661,7 @@ class _Stream:
         for when in incident.times:
             if when < 0.0:
                 continue
-            merchant = world.merchants[rand.choice(merchants)]
+            merchant = world.merchants[self.fraud_merchant(merchants)]
             if quiet:
                 factor = math.exp(account.amount_mu + account.amount_sigma * rand.gauss(0.0, 1.0))
                 amount = clean_amount(factor * merchant.amount_scale * rand.uniform(*TAKEOVER_QUIET_MULTIPLIER))
@@ -671,7 +688,7 @@ class _Stream:
         for when in incident.times:
             if when < 0.0:
                 continue
-            target = world.merchants[rand.choice(gen.cashout_merchants)]
+            target = world.merchants[self.fraud_merchant(gen.cashout_merchants)]
             amount = self.large_amount(account, CASHOUT_MULTIPLIER, 50.0)
             payload: _Payload = (account, target, amount, country, "ecommerce", device, COMPROMISED_MERCHANT, reported)
             events.append((when, payload))

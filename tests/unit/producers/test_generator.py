@@ -21,6 +21,7 @@ from producers.generator import (
     CARD_TESTING_BURST,
     COMPROMISE_MCCS,
     COMPROMISED_MERCHANT,
+    FRAUD_AT_WEAK_MERCHANT,
     NEW_DEVICE_SHARE,
     PATTERN_SHARES,
     PATTERNS,
@@ -30,6 +31,7 @@ from producers.generator import (
     TAKEOVER_EVENTS,
     TAKEOVER_MCCS,
     TAKEOVER_QUIET_SHARE,
+    WEAK_MERCHANT_SHARE,
     GeneratedEvent,
     GeneratorConfig,
     TransactionGenerator,
@@ -211,6 +213,7 @@ def test_account_takeover_is_loud_from_a_new_device_abroad_or_quiet_from_the_acc
     loud = {k: v for k, v in incidents.items() if k[1] not in world.accounts[account_index(k[0])].devices}
     assert len(whole(loud, ACCOUNT_TAKEOVER)) > 25
     assert all(TAKEOVER_EVENTS[0] <= len(events) <= TAKEOVER_EVENTS[1] for events in whole(loud, ACCOUNT_TAKEOVER))
+    weak = {world.merchants[i].merchant_id for i in TransactionGenerator(world).weak_merchants}
     kinds: Counter[str] = Counter()
     for (account_id, device), events in incidents.items():
         account = world.accounts[account_index(account_id)]
@@ -224,7 +227,7 @@ def test_account_takeover_is_loud_from_a_new_device_abroad_or_quiet_from_the_acc
             assert events[-1].event_time - events[0].event_time <= timedelta(hours=1)
             assert all(t.country != account.country for t in events)
             assert all(t.amount >= 5 * account.typical_amount for t in events)
-            assert all(t.merchant_category in TAKEOVER_MCCS for t in events)
+            assert all(t.merchant_category in TAKEOVER_MCCS or t.merchant_id in weak for t in events)
     share = kinds["quiet"] / sum(kinds.values())
     assert abs(share - TAKEOVER_QUIET_SHARE) < 0.15, kinds
 
@@ -238,6 +241,17 @@ def test_some_fraud_is_never_reported_and_reports_come_late(sample: list[Generat
     assert min(reported) >= REPORT_DELAY_FACTOR[0] and max(reported) <= REPORT_DELAY_FACTOR[1]
     assert max(reported) - min(reported) > 0.5
     assert all(e.reported and e.label_delay_factor == 1.0 and not e.labeled_fraud for e in sample if not e.is_fraud)
+
+
+def test_fraud_concentrates_at_merchants_with_weak_controls(world: World, sample: list[GeneratedEvent]) -> None:
+    generator = TransactionGenerator(world)
+    weak = {world.merchants[i].merchant_id for i in generator.weak_merchants}
+    assert 0 < len(weak) <= 2 * WEAK_MERCHANT_SHARE * len(generator.online_merchants)
+    fraud = [e.transaction for e in sample if e.is_fraud]
+    legit = [e.transaction for e in sample if not e.is_fraud]
+    at_weak = sum(t.merchant_id in weak for t in fraud) / len(fraud)
+    assert FRAUD_AT_WEAK_MERCHANT - 0.1 < at_weak < FRAUD_AT_WEAK_MERCHANT + 0.1
+    assert sum(t.merchant_id in weak for t in legit) / len(legit) < 0.05
 
 
 def test_legitimate_events_include_new_devices_and_large_purchases(world: World, sample: list[GeneratedEvent]) -> None:
