@@ -23,6 +23,7 @@ processing entities in blocks of at most `_CELLS` (entity, snapshot) cells.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -41,6 +42,7 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from feature_repo.layout import (
+    ACCOUNT_STATE_FILE,
     CREATED_FIELD,
     LABELS_FILE,
     MERCHANT_FILE,
@@ -108,6 +110,9 @@ MERCHANT_SCHEMA = pa.schema(
         pa.field(TIMESTAMP_FIELD, _TIMESTAMP, nullable=False),
         pa.field(CREATED_FIELD, _TIMESTAMP, nullable=False),
     ]
+)
+ACCOUNT_STATE_SCHEMA = pa.schema(
+    [pa.field("account_id", pa.string(), nullable=False), pa.field("state", pa.string(), nullable=False)]
 )
 REALTIME_COLUMNS: tuple[str, ...] = tuple(REALTIME_SCHEMA.names)
 PROFILE_COLUMNS: tuple[str, ...] = tuple(PROFILE_SCHEMA.names)
@@ -400,6 +405,8 @@ class _LogPart:
     numeric: dict[str, NDArray[Any]]
     known_devices: list[list[str]]
     known_countries: list[list[str]]
+    states: dict[str, str]
+    """Each account's final state (AccountState.as_dict() as JSON)."""
 
 
 def _replay_part(rows: list[tuple[Any, ...]], positions: list[int]) -> _LogPart:
@@ -421,11 +428,16 @@ def _replay_part(rows: list[tuple[Any, ...]], positions: list[int]) -> _LogPart:
         numeric={name: np.array([getattr(s, name) for s in snapshots], dtype=dtype) for name, dtype in _NUMERIC_FIELDS},
         known_devices=[list(s.known_devices) for s in snapshots],
         known_countries=[list(s.known_countries) for s in snapshots],
+        states={account: json.dumps(state.as_dict(), separators=(",", ":")) for account, state in states.items()},
     )
 
 
 def realtime_log(
-    transactions: pd.DataFrame, progress: Callable[[int], None] | None = None, *, workers: int = 1
+    transactions: pd.DataFrame,
+    progress: Callable[[int], None] | None = None,
+    *,
+    workers: int = 1,
+    final_states: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """For every transaction, in (event time, event id) order like `streamscore.features.replay`, the
     account's snapshot after applying it, stamped with the transaction's event time. Transactions the state
@@ -433,7 +445,8 @@ def realtime_log(
     only the last snapshot is kept (one row per account and timestamp, as the online store would hold).
 
     Accounts are independent, so with `workers > 1` they are split between worker processes by account;
-    the result is the same row for row. `progress` gets the number of transactions replayed so far."""
+    the result is the same row for row. `progress` gets the number of transactions replayed so far.
+    `final_states`, when given, receives each account's state after its last transaction (as JSON)."""
     event_us = _utc_micros(transactions["event_time"])
     event_ids = transactions["event_id"].astype(str).to_numpy()
     order = np.lexsort((event_ids, event_us))
@@ -462,6 +475,9 @@ def realtime_log(
             progress(n)
     else:
         parts = _replay_parallel(rows, account_ids, workers, progress)
+    if final_states is not None:
+        for part in parts:
+            final_states.update(part.states)
     positions = np.concatenate([p.positions for p in parts])
     back = np.argsort(positions, kind="stable")
     positions = positions[back]
@@ -597,7 +613,10 @@ def build_batch_sources(
     n = len(transactions)
     if workers is None:
         workers = min(os.cpu_count() or 1, 8)
-    realtime = realtime_log(transactions, progress=lambda done: report("realtime", done, n), workers=workers)
+    states: dict[str, str] = {}
+    realtime = realtime_log(
+        transactions, progress=lambda done: report("realtime", done, n), workers=workers, final_states=states
+    )
     lap("realtime")
     report("profiles", 0, 1)
     profiles = account_profiles(transactions, days)
@@ -613,6 +632,7 @@ def build_batch_sources(
         "account_realtime": data_dir / REALTIME_FILE,
         "account_profile": data_dir / PROFILE_FILE,
         "merchant_risk": data_dir / MERCHANT_FILE,
+        "account_state": data_dir / ACCOUNT_STATE_FILE,
     }
     report("write", 0, 3)
     _write(realtime, REALTIME_SCHEMA, paths["account_realtime"])
@@ -620,6 +640,12 @@ def build_batch_sources(
     _write(profiles, PROFILE_SCHEMA, paths["account_profile"])
     report("write", 2, 3)
     _write(merchants, MERCHANT_SCHEMA, paths["merchant_risk"])
+    accounts = sorted(states)
+    _write(
+        pd.DataFrame({"account_id": accounts, "state": [states[a] for a in accounts]}),
+        ACCOUNT_STATE_SCHEMA,
+        paths["account_state"],
+    )
     report("write", 3, 3)
     lap("write")
     seconds["total"] = time.perf_counter() - started

@@ -55,6 +55,8 @@ class LiveSummary:
     failed: int = 0
     elapsed_s: float = 0.0
     send_elapsed_s: float = 0.0
+    labels: dict[str, bool] = field(default_factory=dict)
+    """Event id → what its label says (fraud reported), when `LiveRun.keep_labels`."""
 
     @property
     def events_per_s(self) -> float:
@@ -81,6 +83,8 @@ class LiveRun:
     """Simulated time of the first event (where the history ended); None = now, at speed 1."""
     speed: float = 1.0
     """Simulated seconds per wall-clock second: `rate / speed` events per simulated second."""
+    keep_labels: bool = False
+    """Keep every event's label in the summary (the demo judges its decisions by them)."""
 
     def __post_init__(self) -> None:
         if self.events is None and self.duration_s is None:
@@ -158,6 +162,8 @@ def run_live(
             break
         producer.send_transaction(tx)
         summary.events += 1
+        if run.keep_labels:
+            summary.labels[tx.event_id] = generated.labeled_fraud
         if generated.is_fraud:
             summary.frauds += 1
             summary.by_pattern[generated.pattern or "unknown"] += 1

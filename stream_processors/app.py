@@ -38,7 +38,7 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stream_processors.accounts.agents import TABLE_NAME, Edge, install
+from stream_processors.accounts.agents import TABLE_NAME, Edge, SeedStates, install
 from stream_processors.accounts.pushing import FeastSink, FeatureSink, PushPolicy, SnapshotBatcher
 from stream_processors.accounts.restore import REALTIME_VIEW, Restorer
 from stream_processors.metrics import FeatureMetrics, default_metrics
@@ -121,6 +121,7 @@ def faust_app(settings: StreamProcessorSettings, partitions: int) -> Any:
         broker_commit_every=settings.commit_every,
         stream_processing_timeout=settings.stream_processing_timeout_s,
         store=settings.store,
+        offset_reset=settings.auto_offset_reset,
     )
 
 
@@ -177,7 +178,8 @@ def create_app(
     )
     batcher.on_give_up = processor.give_up
     window = settings.contract.window()
-    install(app, topic, Edge(app, table, batcher, metrics, letters, processor.give_up, window=window))
+    seed = SeedStates.read(settings.seed_path) if settings.seed_path is not None else SeedStates()
+    install(app, topic, Edge(app, table, batcher, metrics, letters, processor.give_up, window=window, seed=seed))
     _add_timers(processor)
     _add_restorer(processor, sink, topic.get_topic_name(), partitions)
     _add_pages(processor)

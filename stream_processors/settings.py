@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -52,6 +55,16 @@ class StreamProcessorSettings(BaseSettings):
     table_partitions: int | None = Field(default=None, ge=1)
     """Partitions of the account-state table's changelog; must equal the transactions topic's. Empty: read
     the transactions topic's partition count from the broker at start."""
+    seed_path: Path | None = None
+    """Parquet of each account's state after a history (`account_state.parquet`, written by `streamscore features
+    batch`): an account the table does not hold yet starts from its seeded state instead of empty, so its live
+    windows, seconds since the last transaction and known devices continue the history the models learned from.
+    Empty: every new account starts empty. Seed only a processor whose table is new to the live traffic that follows
+    that history (the table wins once it holds the account)."""
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a new consumer group starts on the transactions topic: earliest (every record the topic holds) or latest
+    (only what is produced from now on: a processor seeded from a history continues from that history, not from the
+    records earlier runs left on the topic)."""
     store: str = "memory://"
     """Faust table store. `memory://` (RocksDB is not installed): the table lives in memory and is rebuilt
     from its changelog topic at every start."""

@@ -42,12 +42,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from feature_repo.batch import build_batch_sources
-from feature_repo.layout import MERCHANT_FILE, PROFILE_FILE, REALTIME_FILE
+from feature_repo.layout import ACCOUNT_STATE_FILE, MERCHANT_FILE, PROFILE_FILE, REALTIME_FILE
 from feature_repo.settings import FeastSettings
 from monitor.app_settings import MonitorAppSettings
 from monitor.reader import Results, read_latest
 from producers.client import EventProducer
 from producers.drift import DriftSpec
+from producers.generator import REPORT_DELAY_FACTOR
 from producers.history import LABELS_FILE, TRANSACTIONS_FILE, write_history
 from producers.live import LiveProgress, LiveRun, LiveSummary, run_live
 from producers.settings import ProducerSettings
@@ -80,22 +81,43 @@ if TYPE_CHECKING:  # torch, onnx, mlflow and feast take seconds to import: only 
     from training.model import EpochReport
 
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "demo"
-HISTORY_MAX_AGE = timedelta(hours=24)
-"""An older history is regenerated: the batch views' TTL is 2 days, and live accounts must still join them."""
+LABEL_DELAY_S = 1800.0
+"""Simulated seconds from a transaction to its label: 30 minutes, so that labels mature within a minute's demo."""
+HISTORY_LEAD = timedelta(hours=36)
+"""A new history ends this long before now (or the live traffic's simulated span, if longer): the live traffic plays
+the world's following hours faster than real time and must never pass the wall clock, and room for a few runs lets a
+rerun continue where the last one stopped without regenerating everything."""
+SIMULATED_HORIZON = timedelta(days=2) - timedelta(hours=1)
+"""Live traffic stays within this of the history's end: the batch views (profiles, merchant risk) are written once,
+from the history, and their 2-day TTL would expire behind a longer live run."""
 CHALLENGER_EPOCHS = 20
 """`v1_lite` trains 8 epochs on the 30-day history; the demo's 7 days give 4x fewer steps per epoch, and with 8
 epochs it misses the gate's champion tolerance (PR-AUC 0.970 vs 0.991). 20 epochs: 0.980, inside it."""
+WARMUP_DAYS = 30.0
+"""Days of history before the days the models train on: the account profile and merchant risk views aggregate 30
+days, and rows whose windows are not full yet look like nothing the scorer serves (training.dataset.build_dataset)."""
+CHALLENGER_TOLERANCE = 0.1
+"""The gate's champion tolerance for the demo's challenger: the lite model is measurably weaker on the test split
+(PR-AUC about 0.05 below the champion's, docs/models.md) and the demo's A/B test is there to show it on live traffic;
+the default tolerance (0.02) would keep it out of the experiment."""
 DEFAULT_SHADOWS = '[{"name":"shadow","alias":"challenger","share":0.25}]'
 """The demo's shadow variant when SCORER_SHADOWS is not set: the challenger also scores a quarter of all traffic."""
 API_PORT = 8080
 """Where the demo's API listens (`streamscore api`'s default port)."""
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
-MONITOR_WINDOW_S = 20.0
-"""The demo's drift windows: a minute of traffic gives three (the monitor's default is an hour)."""
+MONITOR_WINDOW_S = 3600.0
+"""The demo's drift windows, in simulated time: an hour, the monitor's default (a minute at 300/s plays ~12)."""
+MONITOR_LATENESS_S = 1800.0
+"""Simulated seconds a window waits for late scores: at ~750x, 2.4 s of wall-clock jitter in the scorer's latency."""
 DEMO_MONITOR_ID = "streamscore-demo-monitor-"
 """Each demo's monitor is a new Faust app (this prefix and the run's time: its own group and state topics) that
 starts at the end of the topics, so it judges the demo's traffic, not what earlier runs and benchmarks left there;
 the state topics of earlier demos' monitors are deleted when the next demo starts its own."""
+DEMO_FEATURES_ID = "streamscore-demo-features-"
+"""The feature processor's Faust app for a history: this prefix and the history's identity. A new history is a new
+world timeline, so its processor starts a new table seeded from the history's final account states
+(FEATURES_SEED_PATH) and reads only the traffic that follows (latest); the state topics of processors of earlier
+histories are deleted. Runs on the same history continue the same table, as the world continues."""
 MONITOR_TAIL = 20_000
 """Records read back from the end of each monitor topic partition for the summary."""
 
@@ -133,6 +155,12 @@ class DemoPaths:
     @property
     def processes(self) -> Path:
         return self.root / "processes.json"
+
+    @property
+    def clock(self) -> Path:
+        """Where the last run's live traffic stopped on the simulated clock (the next run continues from there);
+        kept with the history it continues."""
+        return self.history / "live-clock.json"
 
     def generated(self) -> list[Path]:
         """What `--fresh` removes: every output of the steps (not the logs)."""
@@ -198,6 +226,11 @@ def _log_to_file(path: Path) -> IO[str]:
     return sink
 
 
+def _history_end(last_event: datetime) -> datetime:
+    """The end a history was written with: the hour after its last event (histories end on the hour)."""
+    return last_event.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+
+
 def history_span(history: Path) -> tuple[datetime, datetime, int] | None:
     """First and last event time and the number of transactions of a history; None without a complete one."""
     if not ((history / TRANSACTIONS_FILE).is_file() and (history / LABELS_FILE).is_file()):
@@ -211,7 +244,7 @@ def history_span(history: Path) -> tuple[datetime, datetime, int] | None:
 
 
 def _features_current(paths: DemoPaths) -> bool:
-    files = [paths.features / name for name in (REALTIME_FILE, PROFILE_FILE, MERCHANT_FILE)]
+    files = [paths.features / name for name in (REALTIME_FILE, PROFILE_FILE, MERCHANT_FILE, ACCOUNT_STATE_FILE)]
     history = paths.history / TRANSACTIONS_FILE
     return all(f.is_file() for f in files) and min(f.stat().st_mtime for f in files) >= history.stat().st_mtime
 
@@ -289,16 +322,29 @@ class Traffic:
     undelivered_defects: int
     started_at: datetime
     ended_at: datetime
+    """Wall clock."""
+    simulated_start: datetime
+    simulated_end: datetime
+    """The simulated clock: the event times the traffic covered."""
 
 
 class Demo:
     """One run of the pipeline; each method is a step."""
 
     def __init__(
-        self, paths: DemoPaths, out: Console, *, fresh: bool, keep: bool, join: str | None, label_delay: float = 5.0
+        self,
+        paths: DemoPaths,
+        out: Console,
+        *,
+        fresh: bool,
+        keep: bool,
+        join: str | None,
+        label_delay: float = LABEL_DELAY_S,
+        speed: float = 1.0,
     ) -> None:
         self.paths = paths
         self.label_delay = label_delay
+        self.speed = speed
         self.run_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
         self.out = out
         self.fresh = fresh
@@ -392,24 +438,38 @@ class Demo:
             time.monotonic() - started,
         )
 
-    def history(self, days: float) -> None:
-        span = history_span(self.paths.history)
+    def history(self, days: float, span: timedelta) -> datetime:
+        """The history the live traffic continues; returns where the live traffic starts on the simulated clock: the
+        history's end, or where the previous run's traffic stopped. A history is regenerated when the next `span` of
+        simulated time from there would pass the wall clock or leave the batch views' reach (SIMULATED_HORIZON)."""
+        span_info = history_span(self.paths.history)
         now = datetime.now(UTC)
-        if span is not None:
-            first, last, rows = span
-            if now - last >= HISTORY_MAX_AGE:
+        if span_info is not None:
+            first, last, rows = span_info
+            end = _history_end(last)
+            start = max(end, self.live_clock() or end)
+            if start + span > now:
                 self.out.print(
-                    f"the history ends {last:%Y-%m-%d %H:%M} UTC, more than {HISTORY_MAX_AGE} ago: regenerating"
+                    f"the live traffic would continue from {start:%Y-%m-%d %H:%M} UTC and pass the wall clock within "
+                    f"its {span.total_seconds() / 3600:.1f} simulated hours: regenerating the history"
+                )
+            elif start + span > end + SIMULATED_HORIZON:
+                self.out.print(
+                    f"earlier runs played the history's world on to {start:%Y-%m-%d %H:%M} UTC, too far from its end "
+                    f"({end:%Y-%m-%d %H:%M} UTC) for the daily batch views: regenerating the history"
                 )
             elif abs((last - first) - timedelta(days=days)) > timedelta(days=1):
                 self.out.print(f"the history covers {(last - first).days + 1} days, not {days:g}: regenerating")
             else:
                 where = f"{first:%Y-%m-%d} → {last:%Y-%m-%d %H:%M} UTC in {self.paths.history}"
-                self.steps.skipped("history", f"{rows:,} transactions {where}")
-                return
+                then = f"live traffic continues from {start:%Y-%m-%d %H:%M} UTC"
+                self.steps.skipped("history", f"{rows:,} transactions {where}; {then}")
+                return start
+        self.paths.clock.unlink(missing_ok=True)
         settings = ProducerSettings()
         generator = make_generator(settings, None, rhythm=True)
         expected = int(days * 86400 * HISTORY_RATE)
+        end = (now - max(span, HISTORY_LEAD)).replace(minute=0, second=0, microsecond=0)
         started = time.monotonic()
         with _bar(self.out) as progress, self.step("history"):
             task = progress.add_task(f"history: {days:g} days", total=expected)
@@ -417,9 +477,9 @@ class Demo:
                 generator,
                 days,
                 self.paths.history,
-                end=now.replace(minute=0, second=0, microsecond=0),
+                end=end,
                 rate_per_s=HISTORY_RATE,
-                label_delay=timedelta(seconds=settings.label_delay_s),
+                label_delay=timedelta(seconds=self.label_delay),
                 progress=lambda n: progress.update(task, completed=n),
             )
         self.steps.done(
@@ -428,6 +488,14 @@ class Demo:
             f"{summary.end:%Y-%m-%d %H:%M} UTC → {self.paths.history}",
             time.monotonic() - started,
         )
+        return end
+
+    def live_clock(self) -> datetime | None:
+        """Where the previous run's live traffic stopped on the simulated clock; None without one."""
+        try:
+            return datetime.fromisoformat(json.loads(self.paths.clock.read_text())["live_until"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def offline_features(self) -> None:
         if _features_current(self.paths):
@@ -500,6 +568,7 @@ class Demo:
             mlflow_tracking_uri=self.paths.tracking_uri,
             mlflow_artifact_dir=self.paths.mlflow / "artifacts",
             epochs=CHALLENGER_EPOCHS if preset == "v1_lite" else None,
+            champion_tolerance=CHALLENGER_TOLERANCE if preset == "v1_lite" else None,
         )
         started = time.monotonic()
         step = f"train {alias}"
@@ -513,6 +582,7 @@ class Demo:
                 test_fraction=settings.test_fraction,
                 feast_settings=self.feast,
                 on_stage=bar.on_stage,
+                warmup_days=WARMUP_DAYS,
             )
             result = train(settings, bar, data=data)
         registration = result.registration
@@ -552,19 +622,31 @@ class Demo:
         env["API_KEYS"] = json.dumps([{"name": "demo", "sha256": digest(self.api_key)}])
         env["API_PORT"] = str(API_PORT)
         env.update({k: v for k, v in self.monitor_env().items() if k not in os.environ})
+        env.update({k: v for k, v in self.features_env().items() if k not in os.environ})
         return env
 
+    def features_env(self) -> dict[str, str]:
+        """The feature processor continues the history's world: its own table for this history, seeded from the
+        history's final account states, reading only the traffic that follows (DEMO_FEATURES_ID)."""
+        return {
+            "FEATURES_APP_ID": self.features_app_id(),
+            "FEATURES_SEED_PATH": str(self.paths.features / ACCOUNT_STATE_FILE),
+            "FEATURES_AUTO_OFFSET_RESET": "latest",
+        }
+
     def monitor_env(self) -> dict[str, str]:
-        """The monitor's settings for a minute of traffic: short windows, labels maturing shortly after the
-        producer sends them, frequent looks; the expected split is the scorer's, without a variant whose alias has
-        no version (the scorer drops it)."""
+        """The monitor's settings for the demo's simulated clock: hour windows, its speed, labels maturing once every
+        reported fraud's label can have come (twice the delay), frequent looks; the expected split is the scorer's,
+        without a variant whose alias has no version (the scorer drops it)."""
         split = {name: weight for name, alias, weight in self.live_variants if alias in self.aliases}
         return {
             "MONITOR_APP_ID": DEMO_MONITOR_ID + self.run_id,
             "MONITOR_AUTO_OFFSET_RESET": "latest",
             "MONITOR_WINDOW_SECONDS": f"{MONITOR_WINDOW_S:g}",
-            "MONITOR_ALLOWED_LATENESS_S": "5",
-            "MONITOR_LABEL_MATURITY_S": f"{self.label_delay + 5.0:g}",
+            "MONITOR_CLOCK_SPEED": f"{self.speed:g}",
+            "MONITOR_ALLOWED_LATENESS_S": f"{MONITOR_LATENESS_S:g}",
+            "MONITOR_LABEL_MATURITY_S": f"{REPORT_DELAY_FACTOR[1] * self.label_delay + 60.0:g}",
+            "MONITOR_UNIT_RETENTION_S": f"{MONITOR_WINDOW_S:g}",
             "MONITOR_LOOK_INTERVAL_S": "5",
             "MONITOR_CHECKPOINT_INTERVAL_S": "1",
             "MONITOR_EXPECTED_SPLIT": json.dumps(split or {"champion": 1.0}),
@@ -592,6 +674,7 @@ class Demo:
         }
         self.services.ensure_free([spec for spec, _ in checks])
         self.drop_earlier_monitors()
+        self.drop_earlier_feature_processors()
         records = self.services.start([spec for spec, _ in checks], env)
         pids = ", ".join(f"{name} pid {record.pid}" for name, record in records.items())
         with self.out.status(f"starting {pids}; waiting for /healthz") as status:
@@ -616,6 +699,24 @@ class Demo:
                 )
         self.print_api()
         self.catch_up(timeout_s)
+
+    def features_app_id(self) -> str:
+        """The feature processor's app for the current history (DEMO_FEATURES_ID)."""
+        written = (self.paths.history / TRANSACTIONS_FILE).stat().st_mtime_ns
+        return f"{DEMO_FEATURES_ID}{written // 1_000_000}"
+
+    def drop_earlier_feature_processors(self) -> None:
+        """Delete the state topics of the feature processors of earlier histories (DEMO_FEATURES_ID)."""
+        prefix = TopicSettings().prefix + DEMO_FEATURES_ID
+        current = TopicSettings().prefix + self.features_app_id()
+        names = [
+            name
+            for name in admin_client(self.kafka).list_topics(timeout=10.0).topics
+            if name.startswith(prefix) and not name.startswith(current + "-")
+        ]
+        if names:
+            delete_topics(self.kafka, names)
+            log.info("deleted %d state topics of feature processors of earlier histories: %s", len(names), names)
 
     def drop_earlier_monitors(self) -> None:
         """Delete the state topics of earlier demos' monitors (DEMO_MONITOR_ID)."""
@@ -676,14 +777,17 @@ class Demo:
     # --- traffic and outputs -----------------------------------------------------------------------------------
 
     def traffic(
-        self, duration: float, rate: float, label_delay: float, defect_share: float, drift: str | None = None
+        self, duration: float, rate: float, start: datetime, defect_share: float, drift: str | None = None
     ) -> Traffic:
-        settings = ProducerSettings(rate=rate, label_delay_s=label_delay, kafka=self.kafka)
-        generator = make_generator(settings, drift, rhythm=False)
+        """Play the world on from `start` (simulated clock) at the demo's speed for `duration` wall seconds."""
+        settings = ProducerSettings(rate=rate, label_delay_s=self.label_delay, kafka=self.kafka)
+        generator = make_generator(settings, drift, rhythm=True)
         producer = EventProducer(self.kafka, self.topics, client_id="demo-producer", linger_ms=settings.linger_ms)
         injector = DefectInjector(self.kafka, self.topics.transactions.name, defect_share)
         started_at = datetime.now(UTC)
-        self.tally = OutputTally(since_ms=int(started_at.timestamp() * 1000) - 1)
+        self.tally = OutputTally(
+            since_ms=int(started_at.timestamp() * 1000) - 1, events_since_ms=int(start.timestamp() * 1000) - 1
+        )
         reader = self.reader = OutputReader(self.kafka, self.topics, self.tally)
         stop = self.stop = stop_on_signal()
         latest: list[LiveProgress] = [LiveProgress(0, 0, 0, 0.0)]
@@ -697,7 +801,14 @@ class Demo:
 
         def produce() -> None:
             try:
-                run = LiveRun(duration_s=duration, rate=rate, label_delay_s=label_delay)
+                run = LiveRun(
+                    duration_s=duration,
+                    rate=rate,
+                    label_delay_s=self.label_delay,
+                    start=start,
+                    speed=self.speed,
+                    keep_labels=True,
+                )
                 result.append(run_live(generator, producer, run, on_progress=on_progress, should_stop=stop.is_set))
                 injector.top_up(result[0].events)
             except BaseException as exc:  # noqa: BLE001 - reported by the main thread
@@ -707,7 +818,11 @@ class Demo:
         begun = time.monotonic()
         worker.start()
         with _bar(self.out, TextColumn("{task.fields[info]}")) as progress:
-            task = progress.add_task(f"live traffic: {rate:g}/s for {duration:g} s", total=duration, info="")
+            task = progress.add_task(
+                f"live traffic: {rate:g}/s for {duration:g} s (the world from {start:%H:%M} UTC, {self.speed:,.0f}x)",
+                total=duration,
+                info="",
+            )
             while worker.is_alive():
                 reader.poll(0.25)
                 p = latest[-1]
@@ -721,13 +836,24 @@ class Demo:
             raise DemoStepError("live traffic", f"{type(failure[0]).__name__}: {failure[0]}", self.log_file)
         undelivered = injector.flush()
         summary = result[0]
+        simulated_end = start + timedelta(seconds=summary.send_elapsed_s * self.speed)
+        self.paths.clock.write_text(json.dumps({"live_until": simulated_end.isoformat()}))
         self.steps.done(
             "live traffic",
             f"{summary.events:,} transactions at {summary.events_per_s:,.0f}/s, {injector.total:,} defective, "
             f"{summary.labels_sent:,} labels",
             time.monotonic() - begun,
         )
-        return Traffic(summary, dict(injector.sent), injector.total, undelivered, started_at, datetime.now(UTC))
+        return Traffic(
+            summary,
+            dict(injector.sent),
+            injector.total,
+            undelivered,
+            started_at,
+            datetime.now(UTC),
+            start,
+            simulated_end,
+        )
 
     def drain(self, traffic: Traffic, timeout_s: float) -> bool:
         """Read outputs until every record sent has a score or a dead letter; False on timeout."""
@@ -770,7 +896,7 @@ class Demo:
                     return None
                 units = self.live_units(results, traffic.started_at)
                 window_end = max((r.window_end for r in results.drift), default=None)
-                judged = window_end is not None and window_end >= traffic.ended_at
+                judged = window_end is not None and window_end >= traffic.simulated_end
                 counted = units >= expected
                 waited = time.monotonic() - started
                 if (judged and counted) or waited > timeout_s or self.stop.is_set():
@@ -781,7 +907,7 @@ class Demo:
                     f"the A/B looks · {waited:.0f} s"
                 )
                 time.sleep(2.0)
-        ours = [r for r in results.drift if r.window_end > traffic.started_at]
+        ours = [r for r in results.drift if r.window_end > traffic.simulated_start]
         detail = (
             f"{len({r.window for r in ours})} drift window(s) of this traffic judged, "
             f"{units:,} of {expected:,} scored transactions counted in the A/B looks"
@@ -936,8 +1062,14 @@ def demo(
     defects: float = typer.Option(
         0.005, min=0.0, max=0.4, help="Share of deliberately defective records (dead letters)."
     ),
-    label_delay: float = typer.Option(5.0, min=0.0, help="Seconds until a transaction's label is produced."),
-    history_days: float = typer.Option(7.0, min=1.0, help="Days of history to generate and train on."),
+    label_delay: float = typer.Option(
+        LABEL_DELAY_S,
+        min=0.0,
+        help="Simulated seconds until a transaction's label is produced (a reported fraud's up to twice as late).",
+    ),
+    history_days: float = typer.Option(
+        7.0, min=1.0, help="Days of history to train on (after a 30-day warm-up that only feeds their features)."
+    ),
     join: str | None = typer.Option(
         None, help="Training's feature join: feast (historical retrieval) or local (in process). [TRAIN_FEATURE_JOIN]"
     ),
@@ -975,17 +1107,20 @@ def demo(
     paths = DemoPaths(data_dir.resolve())
     out = Console(file=sys.stdout)  # the terminal of this call, whatever a step redirects
     with friendly_errors():
-        run = Demo(paths, out, fresh=fresh, keep=keep, join=join, label_delay=label_delay)
+        # One world, one clock: the live traffic plays the history's world on at the speed that keeps every account's
+        # rate what it was in the history (docs/producers.md).
+        speed = rate / HISTORY_RATE
+        run = Demo(paths, out, fresh=fresh, keep=keep, join=join, label_delay=label_delay, speed=speed)
         out.print(f"[bold]streamscore demo[/] · data in {paths.root} · logs in {paths.logs}", highlight=False)
         try:
             run.clean()
             run.stack_up()
-            run.history(history_days)
+            start = run.history(WARMUP_DAYS + history_days, timedelta(seconds=duration * speed))
             run.offline_features()
             run.online_store()
             run.models()
             run.start_services(start_timeout)
-            traffic = run.traffic(duration, rate, label_delay, defects, drift)
+            traffic = run.traffic(duration, rate, start, defects, drift)
             drained = run.drain(traffic, drain_timeout)
             monitor = run.monitor_results(traffic, monitor_timeout)
             lag, figures = run.lag()

@@ -44,15 +44,21 @@ class OutputTally:
     """Everything read back from `scores`, `scores.shadow` and the dead-letter topic for one demo run.
 
     Records that belong to earlier traffic (a backlog the scorer caught up on) are counted apart: a score whose
-    transaction's event time, or a dead letter whose original record's timestamp, is before `since_ms`."""
+    transaction's event time is before `events_since_ms` (the simulated clock: each run continues the world where the
+    last one stopped), or a dead letter whose original record's timestamp (the broker's, wall clock) is before
+    `since_ms`."""
 
     since_ms: int
+    events_since_ms: int | None = None
+    """Default: `since_ms` (event times on the wall clock)."""
     live: dict[tuple[str, str], VariantTally] = field(default_factory=dict)
     shadow: dict[tuple[str, str], VariantTally] = field(default_factory=dict)
     dead_letters: Counter[str] = field(default_factory=Counter)
     injected: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(defect the demo injected, reason the scorer gave) → dead letters."""
     live_event_ids: set[str] = field(default_factory=set)
+    decisions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    """Live scores: event id → (variant, model version, decision), to judge against the labels."""
     earlier: int = 0
     unreadable: int = 0
 
@@ -62,7 +68,8 @@ class OutputTally:
         except EventError:
             self.unreadable += 1
             return
-        if score.event_time.timestamp() * 1000 < self.since_ms:
+        since = self.since_ms if self.events_since_ms is None else self.events_since_ms
+        if score.event_time.timestamp() * 1000 < since:
             self.earlier += 1
             return
         tallies = self.shadow if shadow else self.live
@@ -73,6 +80,7 @@ class OutputTally:
         tally.latencies_ms.append(score.latency_ms)
         if not shadow:
             self.live_event_ids.add(score.event_id)
+            self.decisions[score.event_id] = (score.variant, score.model_version, score.decision)
 
     def add_dead_letter(self, headers: HeadersIn | None) -> None:
         try:

@@ -87,6 +87,18 @@ def produce(
     history: float | None = typer.Option(None, help="Instead of live traffic: write this many past days to Parquet."),
     out: Path = typer.Option(Path("data/history"), help="Output folder of --history."),
     history_rate: float = typer.Option(HISTORY_RATE, help="Average events per simulated second in --history."),
+    speed: float = typer.Option(
+        1.0,
+        min=1.0,
+        help="Live: simulated seconds per wall second; event times follow the simulated clock (docs/producers.md). "
+        "With the history's rate: --speed = --rate / --history-rate keeps each account as busy as in the history.",
+    ),
+    start: datetime | None = typer.Option(
+        None,
+        formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"],
+        help="Live with --speed: simulated time of the first event (UTC when no offset; e.g. where a history ended). "
+        "Default: now - speed x duration, so no event time passes the wall clock.",
+    ),
     connect_timeout: float = typer.Option(10.0, help="Seconds to wait for the broker before giving up."),
 ) -> None:
     """Synthetic card traffic: habits, daily rhythm, card testing, account takeover, compromised merchants."""
@@ -109,23 +121,46 @@ def produce(
             return
         if events is None and duration is None:
             duration = 60.0
-        generator = make_generator(settings, drift, rhythm=False)
+        begin = _simulated_start(start, speed, duration, events, settings.rate)
+        # On the simulated clock the live stream is the history's process continued, daily rhythm included.
+        generator = make_generator(settings, drift, rhythm=speed > 1.0)
         registry = settings.topics.registry()
         wait_for_broker(settings.kafka, timeout_s=connect_timeout)
         producer = EventProducer(settings.kafka, registry, linger_ms=settings.linger_ms)
-        run = LiveRun(
-            events=events,
-            duration_s=duration,
-            rate=settings.rate,
-            label_delay_s=settings.label_delay_s,
-            send_labels=labels,
-            wait_for_labels=wait_labels,
-        )
+        try:
+            run = LiveRun(
+                events=events,
+                duration_s=duration,
+                rate=settings.rate,
+                label_delay_s=settings.label_delay_s,
+                send_labels=labels,
+                wait_for_labels=wait_labels,
+                start=begin,
+                speed=speed,
+            )
+        except ValueError as exc:
+            raise ConfigError("--start", str(exc)) from None
         stop = stop_on_signal()
         summary = live_with_progress(generator, producer, run, stop)
     console.print(summary_table(summary, registry.transactions.name))
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _simulated_start(
+    start: datetime | None, speed: float, duration: float | None, events: int | None, rate: float
+) -> datetime | None:
+    """Where a run at `speed` starts on the simulated clock: `start`, or far enough back that it never passes the
+    wall clock. None at speed 1 without a start: event times follow the wall clock."""
+    if start is not None:
+        return start if start.tzinfo is not None else start.replace(tzinfo=UTC)
+    if speed == 1.0:
+        return None
+    if duration is None:
+        if events is None or rate <= 0:
+            raise ConfigError("--speed", "a run faster than real time needs --duration, or --events with a --rate")
+        duration = events / rate
+    return datetime.now(UTC) - timedelta(seconds=speed * duration + 1.0)
 
 
 def live_with_progress(

@@ -413,8 +413,12 @@ def build_dataset(
     feast_settings: FeastSettings | None = None,
     feast_chunk_rows: int = FEAST_CHUNK_ROWS,
     on_stage: Callable[[str], None] | None = None,
+    warmup_days: float = 0.0,
 ) -> TrainingData:
-    """The whole training set of a history folder for a feature service."""
+    """The whole training set of a history folder for a feature service. The first `warmup_days` of the history
+    only feed the features of later rows: a 30-day profile or merchant window computed in a history's first days
+    covers only those days, unlike anything the model meets when serving, so rows from then would teach it
+    distributions it never sees live (and the drift reference would hold them)."""
     if service not in SERVICE_VIEWS:
         raise ValueError(f"unknown feature service {service!r}")
     stage = on_stage or (lambda _: None)
@@ -428,17 +432,25 @@ def build_dataset(
         clock = now
 
     stage("loading history")
-    history = load_history(history_dir)
+    full = load_history(history_dir)
+    history = full
+    if warmup_days > 0:
+        begin = full["event_time"].iloc[0] + pd.Timedelta(days=warmup_days)
+        history = full[full["event_time"] >= begin].reset_index(drop=True)
+        if history.empty:
+            raise HistoryError(
+                history_dir, f"no transactions after the {warmup_days:g}-day warm-up: generate a longer history"
+            )
     lap("load history")
     stage(f"joining features ({join}, {service})")
     if join == "feast":
         feast_settings = feast_settings or FeastSettings()
-        check_offline_sources(history, feast_settings.data_dir, history_dir)
+        check_offline_sources(full, feast_settings.data_dir, history_dir)
         joined = joined_frame(
             entity_frame(history), service, feast_settings=feast_settings, chunk_rows=feast_chunk_rows
         )
     elif join == "local":
-        joined = local_joined_frame(history, service)
+        joined = local_joined_frame(history, service, offline_sources(full))
     else:
         raise ValueError(f"unknown join {join!r}")
     lap("join")
@@ -453,7 +465,12 @@ def build_dataset(
         validation_fraction,
         test_fraction,
     )
-    stats = {"rows": len(history), "missing": matrix.missing, "partial": matrix.partial}
+    stats = {
+        "rows": len(history),
+        "missing": matrix.missing,
+        "partial": matrix.partial,
+        "warmup_rows": len(full) - len(history),
+    }
     lap("model inputs")
     logger.info(
         "training set rows=%d missing=%d partial=%d join=%s", len(history), matrix.missing, matrix.partial, join

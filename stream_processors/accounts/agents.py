@@ -18,10 +18,15 @@ the crash hit between the changelog write and the push. Net effect: effectively-
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from stream_processors.accounts.pushing import GiveUp, SnapshotBatcher
 from stream_processors.metrics import FeatureMetrics
@@ -35,7 +40,7 @@ from streamscore.contracts import (
     receiving_clock,
 )
 from streamscore.deadletters import DeadLetterGiveUpError, DeadLetterWriter, SourceRecord
-from streamscore.errors import EventError
+from streamscore.errors import ConfigError, EventError
 from streamscore.features import AccountState, RealtimeSnapshot, TransactionFacts, apply_transaction
 
 log = logging.getLogger(__name__)
@@ -125,6 +130,31 @@ def _refold(tx: TransactionFacts, problem: Problem) -> Folded:
     return Folded(state=None, snapshot=None, rejected=issue, reset=True)
 
 
+class SeedStates:
+    """Each account's state after a history (feature_repo.batch writes them, FEATURES_SEED_PATH): kept as JSON and
+    parsed on first use, as most accounts may never transact during a run."""
+
+    def __init__(self, states: Mapping[str, str] | None = None) -> None:
+        self._states = dict(states or {})
+
+    @classmethod
+    def read(cls, path: Path) -> SeedStates:
+        try:
+            table = pq.read_table(path, columns=["account_id", "state"])
+        except (OSError, pa.ArrowInvalid, KeyError) as exc:
+            raise ConfigError("FEATURES_SEED_PATH", f"cannot read the seed states {path}: {exc}") from None
+        seed = cls(dict(zip(table.column("account_id").to_pylist(), table.column("state").to_pylist(), strict=True)))
+        log.info("seed states accounts=%d path=%s", len(seed), path)
+        return seed
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, account_id: str) -> dict[str, object] | None:
+        raw = self._states.get(account_id)
+        return None if raw is None else dict(json.loads(raw))
+
+
 # --- Faust edge --------------------------------------------------------------------------------------
 
 
@@ -140,6 +170,8 @@ class Edge:
     on_give_up: GiveUp | None = None
     window: EventTimeWindow = DEFAULT_WINDOW
     """The event-time window (ContractSettings): the scorer's, so both refuse the same events."""
+    seed: SeedStates = field(default_factory=lambda: SeedStates())
+    """States an account starts from when the table does not hold it (FEATURES_SEED_PATH)."""
 
 
 def install(app: Any, topic: Any, edge: Edge) -> Any:
@@ -185,7 +217,8 @@ async def on_event(edge: Edge, stream: Any, event: Any) -> None:
         return
 
     try:
-        folded = fold(table.get(tx.account_id), tx, batcher.sink.problem)
+        stored = table.get(tx.account_id)
+        folded = fold(edge.seed.get(tx.account_id) if stored is None else stored, tx, batcher.sink.problem)
     except Exception as exc:  # the pure fold failing on one event must not stop the stream
         log.exception(
             "applying event %s topic=%s partition=%d offset=%d failed",

@@ -4,6 +4,7 @@ exactly the stream processor's own state code replayed over the history."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,7 +35,9 @@ from streamscore.features import (
     RealtimeSnapshot,
     TransactionFacts,
     apply_transaction,
+    replay,
 )
+from streamscore.frames import transaction_facts
 
 T = datetime(2026, 3, 10, tzinfo=UTC)
 """A snapshot instant."""
@@ -395,6 +398,8 @@ def test_build_batch_sources_writes_the_three_files(tmp_path: Path) -> None:
     labels_for(transactions.drop_duplicates("event_id"), timedelta(seconds=30)).to_parquet(history / "labels.parquet")
     steps: list[str] = []
     summary = build_batch_sources(history, tmp_path / "features", lambda step, done, total: steps.append(step))
+    states = pq.read_table(summary.paths["account_state"]).to_pydict()
+    assert states["account_id"] == sorted(set(transactions["account_id"]))
     assert summary.transactions == len(transactions)
     assert summary.realtime_rows == 7
     assert summary.snapshots == len(snapshot_days(transactions))
@@ -414,3 +419,27 @@ def test_missing_history_is_a_clear_error(tmp_path: Path) -> None:
         build_batch_sources(tmp_path, tmp_path / "features")
     with pytest.raises(batch.BatchSourcesMissingError, match="features batch"):
         batch_range(tmp_path)
+
+
+def test_final_states_are_each_accounts_state_after_the_history_and_continue_it_like_the_processor() -> None:
+    """The seed of the feature processor (FEATURES_SEED_PATH): folding a later transaction into an account's final
+    state gives the snapshot a replay of the history plus that transaction gives."""
+    transactions = scripted()
+    states: dict[str, str] = {}
+    log = realtime_log(transactions, final_states=states)
+    assert set(states) == set(log["account_id"])
+    for account, raw in states.items():
+        state = AccountState.from_dict(json.loads(raw))
+        mine = log[log["account_id"] == account]
+        assert state.snapshot() == snapshot_of(mine.iloc[-1])
+    later = TransactionFacts("later", "a", "m9", "5411", 5.0, "EUR", "DE", "ecommerce", "d9", T.timestamp() + 60.0)
+    seeded = AccountState.from_dict(json.loads(states["a"]))
+    # What the online store held just before `later`, replaying the history offline, is the seed's snapshot...
+    assert replay([*transaction_facts(transactions), later])[-1] == seeded.snapshot()
+    # ... and folding `later` into the seed gives what folding the whole history and `later` gives.
+    whole = AccountState()
+    for facts in sorted(transaction_facts(transactions), key=lambda f: (f.event_ts, f.event_id)):
+        if facts.account_id == "a":
+            apply_transaction(whole, facts)
+    assert apply_transaction(seeded, later) and apply_transaction(whole, later)
+    assert seeded.snapshot() == whole.snapshot()

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from stream_processors.accounts.agents import decode, fold
+from stream_processors.accounts.agents import SeedStates, decode, fold
 from streamscore.contracts import DeadLetterReason, Transaction, headers_for
-from streamscore.errors import EventError
+from streamscore.errors import ConfigError, EventError
 from streamscore.features import AccountState, RealtimeSnapshot, TransactionFacts, apply_transaction, replay
 
 T0 = 1_790_000_000.0
@@ -168,3 +171,23 @@ def test_a_stored_state_that_cannot_be_written_is_reset_by_the_next_event() -> N
 def test_without_a_check_everything_is_writable() -> None:
     folded = fold(None, tx(1, 20 * 86_400.0))
     assert folded.rejected is None and folded.state is not None
+
+
+def test_an_account_new_to_the_table_continues_from_its_seeded_history_state(tmp_path: Path) -> None:
+    """FEATURES_SEED_PATH: the history's final state of an account is where its live folding starts, so the 24 h
+    window and the known devices include the history; an account without a seed starts empty."""
+    history = [tx(1, 1_000.0), tx(2, 1_100.0, amount=5.0)]
+    path = tmp_path / "account_state.parquet"
+    pq.write_table(pa.table({"account_id": ["a1"], "state": [json.dumps(stored_after(*history))]}), path)
+    seed = SeedStates.read(path)
+    assert len(seed) == 1 and seed.get("nobody") is None
+    live = tx(3, 1_200.0, amount=2.0)
+    folded = fold(seed.get("a1"), live)
+    assert folded.snapshot is not None and folded.snapshot.tx_count_5m == 3
+    assert folded.snapshot == replay([*history, tx(3, 1_200.0, amount=2.0), tx(4, 1_201.0)])[-1]
+
+
+def test_an_unreadable_seed_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ConfigError, match="FEATURES_SEED_PATH"):
+        SeedStates.read(tmp_path / "bad.parquet")
