@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -45,6 +46,7 @@ from feature_repo.batch import build_batch_sources
 from feature_repo.layout import ACCOUNT_STATE_FILE, MERCHANT_FILE, PROFILE_FILE, REALTIME_FILE
 from feature_repo.settings import FeastSettings
 from monitor.app_settings import MonitorAppSettings
+from monitor.operating import OperatingPointView
 from monitor.reader import Results, read_latest
 from producers.client import EventProducer
 from producers.drift import DriftSpec
@@ -65,13 +67,19 @@ from streamscore_cli.console import friendly_errors
 from streamscore_cli.demo_defects import DefectInjector
 from streamscore_cli.demo_processes import DemoStepError, Readiness, Services, ServiceSpec
 from streamscore_cli.demo_summary import (
+    Check,
+    Expectation,
     OutputTally,
     caught_up,
     dead_letters_table,
+    expectation_checks,
+    expectations_table,
     latency_percentiles,
     metric_sum,
     scores_table,
+    seen_by_variant,
 )
+from streamscore_cli.monitor import read_operating_points
 from streamscore_cli.monitor import show as show_monitor
 from streamscore_cli.produce import HISTORY_RATE, make_generator, stop_on_signal
 from streamscore_cli.score import settings_from as scorer_settings
@@ -103,7 +111,7 @@ the default tolerance (0.02) would keep it out of the experiment."""
 DEFAULT_SHADOWS = '[{"name":"shadow","alias":"challenger","share":0.25}]'
 """The demo's shadow variant when SCORER_SHADOWS is not set: the challenger also scores a quarter of all traffic."""
 API_PORT = 8080
-"""Where the demo's API listens (`streamscore api`'s default port)."""
+"""Where the demo's API listens (`streamscore api`'s default port) unless API_PORT is set."""
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 MONITOR_WINDOW_S = 3600.0
 """The demo's drift windows, in simulated time: an hour, the monitor's default (a minute at 300/s plays ~12)."""
@@ -155,6 +163,11 @@ class DemoPaths:
     @property
     def processes(self) -> Path:
         return self.root / "processes.json"
+
+    @property
+    def summary(self) -> Path:
+        """The last run's figures (JSON): drift windows and alarms, expected next to seen, A/B verdicts."""
+        return self.root / "summary.json"
 
     @property
     def clock(self) -> Path:
@@ -224,6 +237,73 @@ def _log_to_file(path: Path) -> IO[str]:
     root.addHandler(handler)
     root.setLevel(min(root.level, logging.INFO))
     return sink
+
+
+def _window_boundary(when: datetime) -> datetime:
+    """The first drift window boundary at or after `when`: a run starts on one (see whole_windows)."""
+    seconds = math.ceil(when.timestamp() / MONITOR_WINDOW_S - 1e-9) * MONITOR_WINDOW_S
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def whole_windows(duration: float, speed: float) -> float:
+    """The traffic's duration rounded up to whole drift windows of simulated time. A window the traffic fills only
+    in part holds only part of its hours' times of day, and the monitor compares it with the whole hours'
+    reference (docs/monitor.md): the hour of day itself would look drifted."""
+    windows = math.ceil(duration * speed / MONITOR_WINDOW_S - 1e-9)
+    return max(windows, 1) * MONITOR_WINDOW_S / speed
+
+
+def run_figures(
+    traffic: Traffic,
+    tally: OutputTally,
+    checks: list[Check],
+    expected: dict[str, Expectation | None],
+    monitor: Results | None,
+) -> dict[str, Any]:
+    """The run's figures as plain data: what the summary prints, for tests and scripts."""
+    windows: dict[int, list[str]] = {}
+    for record in monitor.drift if monitor is not None else []:
+        windows.setdefault(record.window, [])
+        if record.drifted:
+            windows[record.window].append(record.feature)
+    versions = dict(tally.live.keys())
+    comparisons = []
+    looks = sorted(monitor.ab, key=lambda look: look.at) if monitor is not None else []
+    for comparison in looks[-1].comparisons if looks else []:
+        ours, theirs = (
+            expected.get(versions.get(comparison.variant, "")),
+            expected.get(versions.get(comparison.baseline, "")),
+        )
+        comparisons.append(
+            {
+                "variant": comparison.variant,
+                "baseline": comparison.baseline,
+                "difference": comparison.difference,
+                "ci": [comparison.ci_low, comparison.ci_high],
+                "verdict": comparison.verdict,
+                "expected_difference": None
+                if ours is None or theirs is None
+                else ours.caught_per_1000 - theirs.caught_per_1000,
+            }
+        )
+    percentiles = latency_percentiles(tally.all_latencies())
+    return {
+        "transactions": traffic.summary.events,
+        "frauds": traffic.summary.frauds,
+        "scored": len(tally.live_event_ids),
+        "duplicates": tally.duplicates,
+        "dead_letters": tally.dead_lettered,
+        "defects": traffic.defects,
+        "simulated": [traffic.simulated_start.isoformat(), traffic.simulated_end.isoformat()],
+        "latency_ms": None if percentiles is None else {"p50": percentiles[0], "p99": percentiles[1]},
+        "drift": {
+            "windows": len(windows),
+            "windows_with_alarm": sum(bool(drifted) for drifted in windows.values()),
+            "drifted": {str(window): drifted for window, drifted in sorted(windows.items())},
+        },
+        "checks": [c.as_dict() for c in checks],
+        "ab": comparisons,
+    }
 
 
 def _history_end(last_event: datetime) -> datetime:
@@ -374,13 +454,15 @@ class Demo:
         self.scorer_spec = ServiceSpec("scorer", "scorer", scorer.metrics_port, "SCORER_METRICS_PORT")
         # The investigators' API over the same engine, with a key made for this run (only its digest is passed).
         self.api_key = new_key()
-        self.api_spec = ServiceSpec("api", "scorer.api", API_PORT, "API_PORT")
+        self.api_spec = ServiceSpec("api", "scorer.api", int(os.environ.get("API_PORT", API_PORT)), "API_PORT")
         self.scorer_group = scorer.group
         self.live_variants = [(v.name, v.alias, v.weight) for v in scorer.variants]
         self.aliases: dict[str, str] = {}
         monitor = MonitorAppSettings()
         self.monitor_spec = ServiceSpec("monitor", "monitor", monitor.metrics_port, "MONITOR_METRICS_PORT")
         self._lag_reader: LagReader | None = None
+        self.checks: list[Check] = []
+        self.operating_points: list[OperatingPointView] | None = None
 
     @contextmanager
     def step(self, name: str, log_path: Path | None = None) -> Iterator[None]:
@@ -447,7 +529,7 @@ class Demo:
         if span_info is not None:
             first, last, rows = span_info
             end = _history_end(last)
-            start = max(end, self.live_clock() or end)
+            start = _window_boundary(max(end, self.live_clock() or end))
             if start + span > now:
                 self.out.print(
                     f"the live traffic would continue from {start:%Y-%m-%d %H:%M} UTC and pass the wall clock within "
@@ -620,7 +702,7 @@ class Demo:
         if "SCORER_SHADOWS" not in os.environ:
             env["SCORER_SHADOWS"] = DEFAULT_SHADOWS
         env["API_KEYS"] = json.dumps([{"name": "demo", "sha256": digest(self.api_key)}])
-        env["API_PORT"] = str(API_PORT)
+        env["API_PORT"] = str(self.api_spec.port)
         env.update({k: v for k, v in self.monitor_env().items() if k not in os.environ})
         env.update({k: v for k, v in self.features_env().items() if k not in os.environ})
         return env
@@ -836,7 +918,8 @@ class Demo:
             raise DemoStepError("live traffic", f"{type(failure[0]).__name__}: {failure[0]}", self.log_file)
         undelivered = injector.flush()
         summary = result[0]
-        simulated_end = start + timedelta(seconds=summary.send_elapsed_s * self.speed)
+        # The planned end (whole drift windows, see whole_windows), so the next run starts on a window boundary too.
+        simulated_end = start + timedelta(seconds=min(summary.send_elapsed_s, duration) * self.speed)
         self.paths.clock.write_text(json.dumps({"live_until": simulated_end.isoformat()}))
         self.steps.done(
             "live traffic",
@@ -929,6 +1012,25 @@ class Demo:
         monitor starts afresh, see DEMO_MONITOR_ID; earlier monitors' looks are older)."""
         live = {name for name, _, _ in self.live_variants}
         return sum(v.units for look in results.ab if look.at >= since for v in look.variants if v.variant in live)
+
+    def judge(self, traffic: Traffic, monitor: Results | None) -> None:
+        """Set what the summary judges the run by, while the stack still runs: each live variant's decisions against
+        its version's test split (registry tags), each variant's operating point (`streamscore report`'s), and the
+        run's figures as JSON (DemoPaths.summary) for tests and scripts."""
+        registry = Registry(self.registry_settings)
+        expected: dict[str, Expectation | None] = {}
+        for _, version in self.tally.live:
+            try:
+                expected[version] = Expectation.from_tags(registry.tags(version))
+            except StreamscoreError as exc:
+                self.out.print(f"[yellow]![/] version {version}'s figures not readable: {escape(exc.message)}")
+        seen = seen_by_variant(self.tally.decisions, traffic.summary.labels)
+        self.checks = expectation_checks(seen, expected)
+        try:
+            self.operating_points = read_operating_points(self.kafka, self.topics, registry)
+        except StreamscoreError as exc:
+            self.out.print(f"[yellow]![/] operating points not readable: {escape(exc.message)}", highlight=False)
+        self.paths.summary.write_text(json.dumps(run_figures(traffic, self.tally, self.checks, expected, monitor)))
 
     def lag(self) -> tuple[GroupLag | None, dict[str, float | None]]:
         """The scorer group's lag (streamscore.lag), plus the feature processor's counts from its /metrics."""
@@ -1047,9 +1149,12 @@ class Demo:
                 scores_table(tally.shadow, "shadow scores (scores.shadow), share of all transactions", valid)
             )
         self.out.print(dead_letters_table(tally, traffic.injected))
+        if self.checks:
+            self.out.print(expectations_table(self.checks))
         if monitor is not None:
             self.out.print("[bold]monitor[/] (what `streamscore report` prints)", highlight=False)
-            show_monitor(self.out, monitor, self.topics, MONITOR_TAIL)
+            show_monitor(self.out, monitor, self.topics, MONITOR_TAIL, self.operating_points)
+        self.out.print(f"[dim]figures of this run: {self.paths.summary}[/]", highlight=False)
         durations = Table(title="steps", show_header=False)
         for step, _, seconds in self.steps.rows:
             durations.add_row(step, "skipped" if seconds is None else f"{seconds:.1f} s")
@@ -1110,6 +1215,7 @@ def demo(
         # One world, one clock: the live traffic plays the history's world on at the speed that keeps every account's
         # rate what it was in the history (docs/producers.md).
         speed = rate / HISTORY_RATE
+        duration = whole_windows(duration, speed)
         run = Demo(paths, out, fresh=fresh, keep=keep, join=join, label_delay=label_delay, speed=speed)
         out.print(f"[bold]streamscore demo[/] · data in {paths.root} · logs in {paths.logs}", highlight=False)
         try:
@@ -1124,6 +1230,7 @@ def demo(
             drained = run.drain(traffic, drain_timeout)
             monitor = run.monitor_results(traffic, monitor_timeout)
             lag, figures = run.lag()
+            run.judge(traffic, monitor)
         except BaseException:
             run.close()
             run.stop_everything()

@@ -200,3 +200,144 @@ def caught_up(lag: GroupLag, topic: str, partitions: int) -> bool:
     return len({p.partition for p in rows}) == partitions and all(
         p.lag == 0 or (p.current_offset is None and not p.log_end_offset) for p in rows
     )
+
+
+# --- expected (the test split at the operating point) next to seen (the live traffic) ----------------------------
+
+Z_95 = 1.959963984540054
+"""Two-sided 95 % normal quantile."""
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a model version's test split predicts at its operating point (training's version tags): its decline
+    rate, precision and recall, and the counts they were measured on."""
+
+    decline_rate: float
+    precision: float
+    recall: float
+    rows: int
+    fraud: int
+    declined: int
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> Expectation | None:
+        """None for a version registered without the figures (before operating points were recorded)."""
+        try:
+            return cls(
+                decline_rate=float(tags["test_decline_rate"]),
+                precision=float(tags["test_decline_precision"]),
+                recall=float(tags["test_decline_recall"]),
+                rows=int(tags["test_rows"]),
+                fraud=int(tags["test_fraud"]),
+                declined=int(tags["test_declined"]),
+            )
+        except (KeyError, ValueError):
+            return None
+
+    @property
+    def caught_per_1000(self) -> float:
+        """Fraud declined per 1 000 transactions: the A/B test's metric."""
+        return 1000.0 * self.decline_rate * self.precision
+
+
+@dataclass
+class Seen:
+    """What one (variant, version) did on the live traffic, judged by the labels the traffic came with."""
+
+    transactions: int = 0
+    declined: int = 0
+    fraud: int = 0
+    fraud_declined: int = 0
+
+
+def seen_by_variant(
+    decisions: Mapping[str, tuple[str, str, str]], labels: Mapping[str, bool]
+) -> dict[tuple[str, str], Seen]:
+    """Live decisions (event id → variant, version, decision) against the labels (event id → fraud as reported);
+    a transaction without a label is left out."""
+    seen: dict[tuple[str, str], Seen] = {}
+    for event_id, (variant, version, decision) in decisions.items():
+        fraud = labels.get(event_id)
+        if fraud is None:
+            continue
+        s = seen.setdefault((variant, version), Seen())
+        declined = decision == "decline"
+        s.transactions += 1
+        s.declined += declined
+        s.fraud += fraud
+        s.fraud_declined += fraud and declined
+    return seen
+
+
+def band(p: float, n_live: int, n_test: int) -> tuple[float, float]:
+    """The 95 % interval a proportion seen on `n_live` units should fall in when the test split measured `p` on
+    `n_test`: both are samples of the same process, so the difference of the two proportions has variance
+    p(1 − p)(1/n_live + 1/n_test) (normal approximation, clipped to [0, 1])."""
+    if n_live <= 0 or n_test <= 0:
+        return 0.0, 1.0
+    half = Z_95 * float(np.sqrt(p * (1.0 - p) * (1.0 / n_live + 1.0 / n_test)))
+    return max(0.0, p - half), min(1.0, p + half)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One figure of one live variant: what the test split predicts (with its 95 % interval) and what was seen."""
+
+    variant: str
+    version: str
+    figure: str
+    expected: float
+    low: float
+    high: float
+    seen: float | None
+    """None: nothing to measure it on (no declines for precision, no fraud for recall)."""
+    n: int
+    n_test: int
+    """The test split's count the expectation was measured on (a test can widen the interval from it)."""
+
+    @property
+    def within(self) -> bool | None:
+        return None if self.seen is None else self.low <= self.seen <= self.high
+
+    def as_dict(self) -> dict[str, object]:
+        return {**self.__dict__, "within": self.within}
+
+
+def expectation_checks(seen: Mapping[tuple[str, str], Seen], expected: Mapping[str, Expectation | None]) -> list[Check]:
+    """Decline rate, precision and recall of each live (variant, version) against its version's test split."""
+    checks: list[Check] = []
+    for (variant, version), s in sorted(seen.items()):
+        e = expected.get(version)
+        if e is None:
+            continue
+        for figure, p, n_test, hits, n in (
+            ("decline rate", e.decline_rate, e.rows, s.declined, s.transactions),
+            ("precision", e.precision, e.declined, s.fraud_declined, s.declined),
+            ("recall", e.recall, e.fraud, s.fraud_declined, s.fraud),
+        ):
+            low, high = band(p, n, n_test)
+            checks.append(Check(variant, version, figure, p, low, high, hits / n if n else None, n, n_test))
+    return checks
+
+
+def expectations_table(checks: Iterable[Check]) -> Table:
+    table = Table(
+        title="each live variant at its operating point: expected (test split) next to seen (labels of this traffic)",
+        box=box.SIMPLE,
+    )
+    for name in ("variant", "version", "figure", "expected", "95 % interval", "seen", "on", ""):
+        table.add_column(name, justify="left" if name in ("variant", "version", "figure", "") else "right")
+    for c in checks:
+        verdict = {True: "[green]within[/]", False: "[red]outside[/]", None: "[dim]n/a[/]"}[c.within]
+        table.add_row(
+            c.variant,
+            f"v{c.version}",
+            c.figure,
+            f"{c.expected:.2%}",
+            f"{c.low:.2%} – {c.high:.2%}",
+            "—" if c.seen is None else f"{c.seen:.2%}",
+            f"{c.n:,}",
+            verdict,
+        )
+    return table

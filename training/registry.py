@@ -433,6 +433,9 @@ def operating_point_document(candidate: Candidate) -> dict[str, Any] | None:
 
 def _version_tags(candidate: Candidate, passed: bool, reasons: Sequence[str]) -> dict[str, str]:
     tags = {key: f"{value:.6f}" for key, value in _metrics(candidate).items()}
+    if candidate.decisions_test is not None:  # the counts behind the rates: how sure a comparison with them can be
+        test = candidate.decisions_test
+        tags.update(test_rows=str(test.rows), test_fraud=str(test.positives), test_declined=str(test.declined))
     if candidate.operating_point is not None:  # exact values: the scorer decides with them (streamscore.thresholds)
         point = candidate.operating_point
         tags.update(threshold_tags(point.review, point.decline, point.objective))

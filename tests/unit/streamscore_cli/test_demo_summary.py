@@ -14,12 +14,17 @@ from streamscore.errors import EventError
 from streamscore.lag import GroupLag, PartitionLag
 from streamscore_cli.demo_defects import DEFECT_HEADER, DEFECT_KINDS, defective_record, defects_due
 from streamscore_cli.demo_summary import (
+    Expectation,
     OutputTally,
+    Seen,
+    band,
     caught_up,
     dead_letters_table,
+    expectation_checks,
     latency_percentiles,
     metric_sum,
     scores_table,
+    seen_by_variant,
 )
 
 RUN_START = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
@@ -181,3 +186,68 @@ def test_the_scorer_has_caught_up_only_when_every_partition_is_consumed_or_empty
     assert not caught_up(report(*consumed[:2], _row(2, None, 10, None)), "transactions", 3)
     assert not caught_up(report(*consumed[:2]), "transactions", 3)
     assert not caught_up(report(), "transactions", 3)
+
+
+# --- expected (test split) next to seen (live labels) ------------------------------------------------------------
+
+
+TAGS = {
+    "test_decline_rate": "0.010000",
+    "test_decline_precision": "0.600000",
+    "test_decline_recall": "0.550000",
+    "test_rows": "20000",
+    "test_fraud": "220",
+    "test_declined": "200",
+}
+
+
+def test_expectation_reads_the_versions_test_split_figures_and_counts() -> None:
+    e = Expectation.from_tags(TAGS)
+    assert e == Expectation(0.01, 0.6, 0.55, 20_000, 220, 200)
+    assert e.caught_per_1000 == pytest.approx(6.0)
+    assert Expectation.from_tags({k: v for k, v in TAGS.items() if k != "test_rows"}) is None
+
+
+def test_decisions_are_judged_by_the_labels_of_the_traffic() -> None:
+    decisions = {
+        "e1": ("champion", "1", "decline"),
+        "e2": ("champion", "1", "decline"),
+        "e3": ("champion", "1", "approve"),
+        "e4": ("champion", "1", "review"),
+        "e5": ("challenger", "2", "approve"),
+        "e6": ("challenger", "2", "decline"),
+    }
+    labels = {"e1": True, "e2": False, "e3": True, "e4": False, "e5": True}
+    seen = seen_by_variant(decisions, labels)
+    assert seen[("champion", "1")] == Seen(transactions=4, declined=2, fraud=2, fraud_declined=1)
+    assert seen[("challenger", "2")] == Seen(transactions=1, declined=0, fraud=1, fraud_declined=0), "e6 unlabelled"
+
+
+def test_the_band_is_where_a_live_share_of_the_same_process_falls_95_percent_of_the_time() -> None:
+    rng = np.random.default_rng(5)
+    p, n_live, n_test = 0.3, 400, 2_000
+    low, high = band(p, n_live, n_test)
+    tested = rng.binomial(n_test, p, 4_000) / n_test
+    live = rng.binomial(n_live, p, 4_000) / n_live
+    # The test split's own estimate moves too: the band is around the truth's estimate, both samples drawn.
+    bands = [band(t, n_live, n_test) for t in tested]
+    inside = np.mean([lo <= s <= hi for (lo, hi), s in zip(bands, live, strict=True)])
+    assert 0.93 < inside < 0.97
+    assert 0.0 <= low < p < high <= 1.0
+    assert band(p, 0, n_test) == (0.0, 1.0)
+
+
+def test_checks_put_each_live_figure_next_to_its_expectation() -> None:
+    seen = {("champion", "1"): Seen(transactions=10_000, declined=100, fraud=110, fraud_declined=60)}
+    checks = expectation_checks(seen, {"1": Expectation.from_tags(TAGS)})
+    by_figure = {c.figure: c for c in checks}
+    assert set(by_figure) == {"decline rate", "precision", "recall"}
+    assert by_figure["decline rate"].seen == pytest.approx(0.01) and by_figure["decline rate"].within
+    assert by_figure["precision"].n == 100 and by_figure["precision"].n_test == 200
+    far = expectation_checks(
+        {("champion", "1"): Seen(transactions=10_000, declined=620, fraud=110, fraud_declined=60)},
+        {"1": Expectation.from_tags(TAGS)},
+    )
+    assert next(c for c in far if c.figure == "decline rate").within is False
+    none = expectation_checks({("champion", "1"): Seen(transactions=10, declined=0, fraud=0)}, {"1": None})
+    assert none == []
