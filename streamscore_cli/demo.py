@@ -283,7 +283,7 @@ def run_figures(
                 "verdict": comparison.verdict,
                 "expected_difference": None
                 if ours is None or theirs is None
-                else ours.caught_per_1000 - theirs.caught_per_1000,
+                else ours.caught_share - theirs.caught_share,
             }
         )
     percentiles = latency_percentiles(tally.all_latencies())
@@ -651,6 +651,7 @@ class Demo:
             mlflow_artifact_dir=self.paths.mlflow / "artifacts",
             epochs=CHALLENGER_EPOCHS if preset == "v1_lite" else None,
             champion_tolerance=CHALLENGER_TOLERANCE if preset == "v1_lite" else None,
+            warmup_days=WARMUP_DAYS,
         )
         started = time.monotonic()
         step = f"train {alias}"
@@ -664,7 +665,7 @@ class Demo:
                 test_fraction=settings.test_fraction,
                 feast_settings=self.feast,
                 on_stage=bar.on_stage,
-                warmup_days=WARMUP_DAYS,
+                warmup_days=settings.warmup_days,
             )
             result = train(settings, bar, data=data)
         registration = result.registration
@@ -781,6 +782,7 @@ class Demo:
                 )
         self.print_api()
         self.catch_up(timeout_s)
+        self.features_restored(timeout_s)
 
     def features_app_id(self) -> str:
         """The feature processor's app for the current history (DEMO_FEATURES_ID)."""
@@ -854,6 +856,34 @@ class Demo:
         self.out.print(
             f"[yellow]![/] the scorer still lags ({lag}) after {timeout_s:.0f} s: latency includes the backlog",
             highlight=False,
+        )
+
+    def features_restored(self, timeout_s: float) -> None:
+        """Wait until the feature processor has pushed its table's snapshots into the online store (its partition
+        marks, stream_processors/accounts/restore.py). The demo's Redis starts empty and is loaded with the
+        history's snapshots; on a run that continues the world, the accounts of earlier runs are newer in the
+        processor's table, and traffic scored before the re-push would see them as idle since the history."""
+        import redis
+
+        from feature_repo.store import OnlineMarks, partition_mark  # imports Feast: seconds
+
+        marks = OnlineMarks(
+            redis.Redis(host=self.redis.host, port=self.redis.port, socket_timeout=5.0), self.feast.project
+        )
+        names = [partition_mark(p) for p in range(self.topics.transactions.partitions)]
+        started = time.monotonic()
+        with self.out.status("feature processor: pushing its accounts' snapshots into the online store"):
+            while (missing := marks.missing(names)) and time.monotonic() - started < timeout_s:
+                time.sleep(0.5)
+        if missing:
+            self.out.print(
+                f"[yellow]![/] the feature processor has not pushed its snapshots of {len(missing)} partition(s) after "
+                f"{timeout_s:.0f} s: the first scores may see accounts as idle",
+                highlight=False,
+            )
+            return
+        self.steps.done(
+            "features restored", "the processor's snapshots are in the online store", time.monotonic() - started
         )
 
     # --- traffic and outputs -----------------------------------------------------------------------------------

@@ -236,9 +236,9 @@ class Expectation:
             return None
 
     @property
-    def caught_per_1000(self) -> float:
-        """Fraud declined per 1 000 transactions: the A/B test's metric."""
-        return 1000.0 * self.decline_rate * self.precision
+    def caught_share(self) -> float:
+        """Fraud declined per transaction: the A/B test's metric (the monitor shows it per 1 000)."""
+        return self.decline_rate * self.precision
 
 
 @dataclass

@@ -116,6 +116,7 @@ def train(
             join=settings.feature_join,
             validation_fraction=settings.validation_fraction,
             test_fraction=settings.test_fraction,
+            warmup_days=settings.warmup_days,
             on_stage=report.on_stage,
         )
     elif data.feature_service != settings.feature_service:

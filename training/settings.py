@@ -54,6 +54,10 @@ class TrainingSettings(BaseSettings):
     point-in-time join of `training.dataset` (same semantics, no feature store needed)."""
     history_dir: Path = PROJECT_ROOT / "data" / "history"
     """Folder holding transactions.parquet and labels.parquet (`streamscore produce --history`)."""
+    warmup_days: float = Field(default=0.0, ge=0.0)
+    """The history's first days only feed later rows' features and are not split into train, validation or test:
+    the account profile and merchant risk views aggregate 30 days, and rows whose windows are not full yet look like
+    nothing the scorer serves. 30 with a history of 30 + N days (the demo trains on 7 days after 30)."""
     validation_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
     """Share of events, by event time, in the validation split (after the training split)."""
     test_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)

@@ -204,7 +204,7 @@ TAGS = {
 def test_expectation_reads_the_versions_test_split_figures_and_counts() -> None:
     e = Expectation.from_tags(TAGS)
     assert e == Expectation(0.01, 0.6, 0.55, 20_000, 220, 200)
-    assert e.caught_per_1000 == pytest.approx(6.0)
+    assert e.caught_share == pytest.approx(0.006)
     assert Expectation.from_tags({k: v for k, v in TAGS.items() if k != "test_rows"}) is None
 
 
