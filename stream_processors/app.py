@@ -41,6 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from stream_processors.accounts.agents import TABLE_NAME, Edge, SeedStates, install
 from stream_processors.accounts.pushing import FeastSink, FeatureSink, PushPolicy, SnapshotBatcher
 from stream_processors.accounts.restore import REALTIME_VIEW, Restorer
+from stream_processors.accounts.scored import ScoredWatermark
 from stream_processors.metrics import FeatureMetrics, default_metrics
 from stream_processors.settings import StreamProcessorSettings
 from streamscore.deadletters import DeadLetterWriter, faust_sender
@@ -140,6 +141,7 @@ def create_app(
     policy = PushPolicy(
         batch_size=settings.push_batch_size,
         max_delay_s=settings.push_max_delay_ms / 1000.0,
+        hold_s=settings.push_hold_ms / 1000.0,
         max_pending_events=settings.max_pending_events,
         retry_initial_s=settings.push_retry_initial_ms / 1000.0,
         retry_max_s=settings.push_retry_max_ms / 1000.0,
@@ -157,7 +159,22 @@ def create_app(
         retry_max_s=policy.retry_max_s,
         on_written=lambda reason, n: metrics.dead_letters.labels(reason=reason.value).inc(n),
     )
-    batcher = SnapshotBatcher(sink, policy, metrics, letters=letters)
+    watermark = None
+    if settings.publish_after_group:
+        watermark = ScoredWatermark(
+            admin_client(settings.kafka, quiet=True),
+            settings.publish_after_group,
+            settings.topics.registry().transactions.name,
+        )
+        watermark.start()
+    batcher = SnapshotBatcher(
+        sink,
+        policy,
+        metrics,
+        letters=letters,
+        gate=watermark.scored if watermark is not None else None,
+        gate_max_wait_s=settings.publish_max_wait_ms / 1000.0,
+    )
 
     topic = app.topic(
         settings.topics.registry().transactions.name,

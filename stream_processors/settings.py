@@ -27,6 +27,18 @@ class StreamProcessorSettings(BaseSettings):
     """Accounts written to the online store in one push; a full batch is pushed at once."""
     push_max_delay_ms: int = Field(default=200, ge=1, le=60_000)
     """A queued snapshot is pushed after at most this many milliseconds, even when the batch is not full."""
+    push_hold_ms: int = Field(default=0, ge=0, le=10_000)
+    """A snapshot is pushed only once its account's newest event has waited this many milliseconds in the worker,
+    so the scorer, reading the same topic, scores an event before that event's own snapshot is readable (else the
+    event would be scored with features that already include it: seconds since the last transaction 0). Set it
+    above the scorer's usual latency where the processor can be faster than the scorer; 0 pushes at once."""
+    publish_after_group: str | None = None
+    """The scorer's consumer group: hold each snapshot until that group has committed past the event that made it,
+    so no event is scored with features that already include it (stream_processors/accounts/scored.py). Empty:
+    publish at once."""
+    publish_max_wait_ms: int = Field(default=2_000, ge=1)
+    """With FEATURES_PUBLISH_AFTER_GROUP: a snapshot is published after at most this long whatever the scorer did
+    (a scorer that is down must not freeze the features)."""
     push_retry_initial_ms: int = Field(default=100, ge=1)
     """Backoff after a failed push (Redis down); doubles per consecutive failure."""
     push_retry_max_ms: int = Field(default=5_000, ge=1)

@@ -117,14 +117,22 @@ def load_history(history_dir: Path) -> pd.DataFrame:
     return history.sort_values(["event_time", "event_id"], kind="mergesort").reset_index(drop=True)
 
 
-def entity_frame(history: pd.DataFrame) -> pd.DataFrame:
-    """The entity rows of a historical retrieval: one per transaction, keyed by its event id."""
+def entity_frame(history: pd.DataFrame, lag_s: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """The entity rows of a historical retrieval: one per transaction, keyed by its event id. `lag_s` > 0: each
+    row joins the state of up to that many seconds earlier (uniform, seeded) — the features as a serving path whose
+    real-time snapshots arrive that late would read them (`feature_lag`)."""
+    stamps = history["event_time"] - JOIN_OFFSET
+    if lag_s > 0:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1A6]))
+        # Whole microseconds: Feast's offline store (and the history) keep timestamps at µs.
+        micros = np.round(rng.uniform(0.0, lag_s * 1e6, len(history))).astype(np.int64)
+        stamps = (stamps - pd.to_timedelta(micros, unit="us")).dt.as_unit(stamps.dt.unit)
     return pd.DataFrame(
         {
             "event_id": history["event_id"].to_numpy(),
             "account_id": history["account_id"].to_numpy(),
             "merchant_id": history["merchant_id"].to_numpy(),
-            ENTITY_TIMESTAMP: history["event_time"] - JOIN_OFFSET,
+            ENTITY_TIMESTAMP: stamps,
         }
     )
 
@@ -233,12 +241,17 @@ def point_in_time_join(
 
 
 def local_joined_frame(
-    history: pd.DataFrame, service: str, sources: dict[str, pd.DataFrame] | None = None
+    history: pd.DataFrame,
+    service: str,
+    sources: dict[str, pd.DataFrame] | None = None,
+    *,
+    lag_s: float = 0.0,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """The columns `joined_columns(service)` computed in-process: the offline sources of `feature_repo.batch`
     joined point in time as Feast's offline store does (entity time = event time - 1 µs, each view's TTL)."""
     sources = offline_sources(history) if sources is None else sources
-    entity_df = entity_frame(history)
+    entity_df = entity_frame(history, lag_s, seed)
     parts = []
     for view in SERVICE_VIEWS[service]:
         names = {name: column(view, name) for name in VIEW_FIELDS[view]}
@@ -414,6 +427,8 @@ def build_dataset(
     feast_chunk_rows: int = FEAST_CHUNK_ROWS,
     on_stage: Callable[[str], None] | None = None,
     warmup_days: float = 0.0,
+    feature_lag_s: float = 0.0,
+    seed: int = 0,
 ) -> TrainingData:
     """The whole training set of a history folder for a feature service. The first `warmup_days` of the history
     only feed the features of later rows: a 30-day profile or merchant window computed in a history's first days
@@ -447,10 +462,13 @@ def build_dataset(
         feast_settings = feast_settings or FeastSettings()
         check_offline_sources(full, feast_settings.data_dir, history_dir)
         joined = joined_frame(
-            entity_frame(history), service, feast_settings=feast_settings, chunk_rows=feast_chunk_rows
+            entity_frame(history, feature_lag_s, seed),
+            service,
+            feast_settings=feast_settings,
+            chunk_rows=feast_chunk_rows,
         )
     elif join == "local":
-        joined = local_joined_frame(history, service, offline_sources(full))
+        joined = local_joined_frame(history, service, offline_sources(full), lag_s=feature_lag_s, seed=seed)
     else:
         raise ValueError(f"unknown join {join!r}")
     lap("join")

@@ -117,6 +117,8 @@ def train(
             validation_fraction=settings.validation_fraction,
             test_fraction=settings.test_fraction,
             warmup_days=settings.warmup_days,
+            feature_lag_s=settings.feature_lag_s,
+            seed=settings.seed,
             on_stage=report.on_stage,
         )
     elif data.feature_service != settings.feature_service:

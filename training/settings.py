@@ -58,6 +58,11 @@ class TrainingSettings(BaseSettings):
     """The history's first days only feed later rows' features and are not split into train, validation or test:
     the account profile and merchant risk views aggregate 30 days, and rows whose windows are not full yet look like
     nothing the scorer serves. 30 with a history of 30 + N days (the demo trains on 7 days after 30)."""
+    feature_lag_s: float = Field(default=0.0, ge=0.0)
+    """Each training row joins the real-time state of up to this many seconds before its event (uniform per row,
+    seeded): train on features as fresh as serving reads them. 0 (the default) at real-time speed, where snapshots
+    arrive in a fraction of a second; the demo, whose simulated clock runs 750x, sets the wall-clock freshness times
+    its speed (a 0.2 s old snapshot misses 150 simulated seconds of the account's events)."""
     validation_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
     """Share of events, by event time, in the validation split (after the training split)."""
     test_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)

@@ -252,7 +252,11 @@ async def on_event(edge: Edge, stream: Any, event: Any) -> None:
         await ack()
         return
     batcher.add(
-        tx.account_id, folded.snapshot, ack, SourceRecord.of_faust(message) if edge.letters is not None else None
+        tx.account_id,
+        folded.snapshot,
+        ack,
+        SourceRecord.of_faust(message) if edge.letters is not None else None,
+        (message.partition, message.offset),
     )
     if batcher.has_room:
         batcher.kick()

@@ -31,9 +31,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING, Protocol
 
 from stream_processors.metrics import FeatureMetrics
@@ -138,6 +139,11 @@ class PushPolicy:
     """Accounts per push: a full batch is written at once."""
     max_delay_s: float = 0.2
     """The oldest queued row is written after at most this long."""
+    hold_s: float = 0.0
+    """A row is written only once its newest event has waited this long in the worker: the scorer reads an
+    account's snapshot to score the account's next event, and a snapshot written before the scorer has scored its
+    own event would hand that event its own features (seconds since the last transaction 0, its device already
+    known) — what training's point-in-time join never shows. A row that keeps changing waits until it rests."""
     max_pending_events: int = 20_000
     """Events waiting for a push beyond which the agent stops consuming until a push succeeds."""
     retry_initial_s: float = 0.1
@@ -193,6 +199,10 @@ class _Pending:
     snapshot: RealtimeSnapshot
     queued_at: float
     """When this account's row started waiting (kept when a newer snapshot replaces the queued one)."""
+    updated_at: float = 0.0
+    """When its newest snapshot was added (PushPolicy.hold_s)."""
+    position: tuple[int, int] | None = None
+    """(partition, offset) of the event that made the newest snapshot (publish after scoring, see `gate`)."""
 
 
 class SnapshotBatcher:
@@ -209,8 +219,14 @@ class SnapshotBatcher:
         wall_clock: Callable[[], float] = time.time,
         letters: DeadLetterWriter | None = None,
         on_give_up: GiveUp | None = None,
+        gate: Callable[[int, int], bool] | None = None,
+        gate_max_wait_s: float = 2.0,
     ) -> None:
         self.sink = sink
+        self.gate = gate
+        """Whether the event at (partition, offset) may be published (stream_processors.accounts.scored): a row
+        waits for it at most `gate_max_wait_s`; None publishes at once."""
+        self.gate_max_wait_s = gate_max_wait_s
         self.letters = letters
         """Where the events of unwritable rows go; without one (unit tests, dry runs) they are only logged."""
         self.on_give_up = on_give_up
@@ -239,15 +255,21 @@ class SnapshotBatcher:
     # --- queueing (synchronous: called by the agent for every event) -----------------------------------
 
     def add(
-        self, account_id: str, snapshot: RealtimeSnapshot, ack: Ack | None = None, record: SourceRecord | None = None
+        self,
+        account_id: str,
+        snapshot: RealtimeSnapshot,
+        ack: Ack | None = None,
+        record: SourceRecord | None = None,
+        position: tuple[int, int] | None = None,
     ) -> None:
         """Queue the account's newest snapshot (replacing an older queued one) and the event's ack; the ack
         is released once a snapshot at least this new has been written (or, for a row no push can write, once
         `record`, the event, is dead-lettered)."""
         self._seq += 1
         queued = self._rows.get(account_id)
-        queued_at = queued.queued_at if queued is not None else self._clock()
-        self._rows[account_id] = _Pending(self._seq, snapshot, queued_at)
+        now = self._clock()
+        queued_at = queued.queued_at if queued is not None else now
+        self._rows[account_id] = _Pending(self._seq, snapshot, queued_at, now, position)
         if ack is not None:
             self._acks.setdefault(account_id, []).append((self._seq, ack, record))
             self._n_acks += 1
@@ -284,7 +306,21 @@ class SnapshotBatcher:
         if now < self._retry_at:
             return False
         oldest = next(iter(self._rows.values())).queued_at
-        return len(self._rows) >= self.policy.batch_size or not self.has_room or now - oldest >= self.policy.max_delay_s
+        due = len(self._rows) >= self.policy.batch_size or not self.has_room or now - oldest >= self.policy.max_delay_s
+        return due and ((self.policy.hold_s <= 0 and self.gate is None) or any(True for _ in self._ready(now)))
+
+    def _ready(self, now: float) -> Iterator[str]:
+        """Queued accounts whose newest snapshot has rested `hold_s` and passed the gate (or waited for it too
+        long), oldest queued first."""
+        held = now - self.policy.hold_s
+        gate = self.gate
+        for key, p in self._rows.items():
+            if p.updated_at > held:
+                continue
+            waiting = gate is not None and p.position is not None and not gate(*p.position)
+            if waiting and now - p.updated_at < self.gate_max_wait_s:
+                continue
+            yield key
 
     # --- pushing -------------------------------------------------------------------------------------------
 
@@ -312,14 +348,14 @@ class SnapshotBatcher:
         async with self._lock:
             chunks = -(-len(self._rows) // self.policy.batch_size)
             for _ in range(chunks):
-                if not self._rows:
+                keys = list(islice(self._ready(self._clock()), self.policy.batch_size))
+                if not keys:
                     break
-                if not await self._push_once():
+                if not await self._push_once(keys):
                     return False
             return True
 
-    async def _push_once(self) -> bool:
-        keys = list(self._rows)[: self.policy.batch_size]
+    async def _push_once(self, keys: list[str]) -> bool:
         taken = {k: self._rows.pop(k) for k in keys}
         self._in_flight = taken
         rows = [(k, p.snapshot) for k, p in taken.items()]
@@ -430,7 +466,11 @@ class SnapshotBatcher:
         merged: dict[str, _Pending] = {}
         for key, old in taken.items():
             newer = self._rows.pop(key, None)
-            merged[key] = old if newer is None else _Pending(newer.seq, newer.snapshot, old.queued_at)
+            merged[key] = (
+                old
+                if newer is None
+                else _Pending(newer.seq, newer.snapshot, old.queued_at, newer.updated_at, newer.position)
+            )
         merged.update(self._rows)
         self._rows = merged
         self._gauges()
@@ -506,6 +546,8 @@ class SnapshotBatcher:
     async def _drain(self) -> None:
         while self._rows:
             if await self.flush():
+                if self._rows:  # rows still held (hold_s, the gate) or queued meanwhile: let them rest
+                    await asyncio.sleep(max(self.policy.hold_s, 0.01 if self.gate is not None else 0.0))
                 continue
             await asyncio.sleep(max(self._retry_at - self._clock(), 0.0))
 

@@ -444,3 +444,57 @@ def test_the_writer_retries_a_failed_delivery_and_counts_what_it_wrote() -> None
     asyncio.run(writer.write([letter, letter]))
     assert attempts == [2, 2, 2] and counted == [("processing_failed", 2)]
     assert DeadLetter.from_headers(letter.headers).error_class is DeadLetterReason.PROCESSING_FAILED
+
+
+def test_a_snapshot_is_held_until_its_newest_event_has_rested_hold_s() -> None:
+    """FEATURES_PUSH_HOLD_MS: the scorer must score an event before the event's own snapshot is readable."""
+    sink, clock, acks = MemorySink(), FakeClock(), Acks()
+    batcher, _ = make(sink, clock, max_delay_s=0.01, hold_s=0.05)
+    batcher.add("a1", snap(1), acks("e1"))
+    clock.now += 0.03
+    batcher.add("a2", snap(1), acks("e2"))
+    assert not batcher.due(), "the oldest row waited max_delay, but nothing has rested hold_s"
+    assert asyncio.run(batcher.flush()) and sink.rows == {}
+    clock.now += 0.025  # a1 rested 0.055 s, a2 0.025 s
+    assert batcher.due()
+    assert asyncio.run(batcher.flush_if_due())
+    assert set(sink.rows) == {"a1"} and acks.done == ["e1"]
+    batcher.add("a2", snap(2), acks("e3"))  # a2 changes again: it waits from now
+    clock.now += 0.04
+    assert not batcher.due()
+    clock.now += 0.02
+    assert asyncio.run(batcher.flush_if_due())
+    assert sink.rows["a2"] == snap(2) and acks.done == ["e1", "e2", "e3"]
+    # Shutdown drains the held rows once they have rested (a real clock here).
+    real, _ = make(MemorySink(), time.monotonic, hold_s=0.02, max_delay_s=0.01)
+    real.add("a9", snap(1), acks("e9"))
+    assert asyncio.run(real.drain(2.0))
+
+
+def test_a_snapshot_waits_for_the_scorer_to_have_scored_its_event_at_most_max_wait() -> None:
+    """FEATURES_PUBLISH_AFTER_GROUP: the gate says whether the scorer committed past the event's offset."""
+    sink, clock, acks = MemorySink(), FakeClock(), Acks()
+    committed = {0: 10}
+    metrics = FeatureMetrics(CollectorRegistry())
+    batcher = SnapshotBatcher(
+        sink,
+        PushPolicy(batch_size=3, max_delay_s=0.01),
+        metrics,
+        clock=clock,
+        wall_clock=lambda: T0,
+        gate=lambda partition, offset: committed.get(partition, -1) > offset,
+        gate_max_wait_s=1.0,
+    )
+    batcher.add("a1", snap(1), acks("e1"), position=(0, 9))  # scored
+    batcher.add("a2", snap(1), acks("e2"), position=(0, 10))  # not yet
+    batcher.add("a3", snap(1), acks("e3"), position=(1, 0))  # its partition: nothing committed yet
+    clock.now += 0.02
+    assert asyncio.run(batcher.flush_if_due())
+    assert set(sink.rows) == {"a1"}
+    committed[0] = 11
+    clock.now += 0.02
+    assert asyncio.run(batcher.flush_if_due())
+    assert set(sink.rows) == {"a1", "a2"}
+    clock.now += 1.0  # a3 waited max_wait: published whatever the scorer did
+    assert asyncio.run(batcher.flush_if_due())
+    assert set(sink.rows) == {"a1", "a2", "a3"} and acks.done == ["e1", "e2", "e3"]

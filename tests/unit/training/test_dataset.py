@@ -199,6 +199,22 @@ def test_entity_timestamp_is_one_microsecond_before_the_event(history: pd.DataFr
     assert entities["event_id"].tolist() == history["event_id"].tolist()
 
 
+def test_a_feature_lag_joins_the_state_up_to_that_long_before_the_event(history: pd.DataFrame) -> None:
+    """TRAIN_FEATURE_LAG_S: features as a serving path whose snapshots arrive up to that late reads them."""
+    lagged = entity_frame(history, lag_s=120.0, seed=3)
+    behind = (history["event_time"] - lagged[ENTITY_TIMESTAMP]).dt.total_seconds()
+    assert behind.min() >= 1e-6 and behind.max() <= 120.0 + 1e-6
+    assert behind.std() > 20.0, "uniform over the lag, not one fixed offset"
+    pd.testing.assert_frame_equal(lagged, entity_frame(history, lag_s=120.0, seed=3))
+    # A lagged row sees no more of its account's recent past than the exact join: never a later snapshot.
+    exact = local_joined_frame(history, "fraud_v1_lite")
+    late = local_joined_frame(history, "fraud_v1_lite", lag_s=120.0, seed=3)
+    last = "account_realtime__last_event_ts"
+    both = exact[last].notna() & late[last].notna()
+    assert (late.loc[both, last] <= exact.loc[both, last]).all()
+    assert (late.loc[both, last] < exact.loc[both, last]).any()
+
+
 def test_model_inputs_are_the_shared_feature_code(history: pd.DataFrame) -> None:
     joined = local_joined_frame(history, "fraud_v1")
     matrix = feature_matrix(history, joined)
