@@ -46,6 +46,7 @@ from feature_repo.batch import build_batch_sources
 from feature_repo.layout import ACCOUNT_STATE_FILE, MERCHANT_FILE, PROFILE_FILE, REALTIME_FILE
 from feature_repo.settings import FeastSettings
 from monitor.app_settings import MonitorAppSettings
+from monitor.drift import DriftRecord
 from monitor.operating import OperatingPointView
 from monitor.reader import Results, read_latest
 from producers.client import EventProducer
@@ -243,6 +244,12 @@ def _log_to_file(path: Path) -> IO[str]:
     root.addHandler(handler)
     root.setLevel(min(root.level, logging.INFO))
     return sink
+
+
+def _of_traffic(records: list[DriftRecord], traffic: Traffic) -> list[DriftRecord]:
+    """The drift windows of this traffic's simulated span: the topic also holds windows of earlier runs, whose
+    worlds may have played later simulated hours."""
+    return [r for r in records if traffic.simulated_start < r.window_end and r.window_start < traffic.simulated_end]
 
 
 def _window_boundary(when: datetime) -> datetime:
@@ -1021,7 +1028,7 @@ class Demo:
                     self.out.print(f"[yellow]![/] monitor results not readable: {escape(exc.message)}", highlight=False)
                     return None
                 units = self.live_units(results, traffic.started_at)
-                window_end = max((r.window_end for r in results.drift), default=None)
+                window_end = max((r.window_end for r in _of_traffic(results.drift, traffic)), default=None)
                 judged = window_end is not None and window_end >= traffic.simulated_end
                 counted = units >= expected
                 waited = time.monotonic() - started
@@ -1033,7 +1040,7 @@ class Demo:
                     f"the A/B looks · {waited:.0f} s"
                 )
                 time.sleep(2.0)
-        ours = [r for r in results.drift if r.window_end > traffic.simulated_start]
+        ours = _of_traffic(results.drift, traffic)
         detail = (
             f"{len({r.window for r in ours})} drift window(s) of this traffic judged, "
             f"{units:,} of {expected:,} scored transactions counted in the A/B looks"
