@@ -27,10 +27,13 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from monitor.agents import MERGE_TABLE, STATE_TABLE, RecordingStore, Runtime, Topics, install
@@ -39,7 +42,7 @@ from monitor.merge import Merger
 from monitor.metrics import MonitorMetrics, default_metrics
 from monitor.references import Loader, ReferenceBook, registry_loader
 from streamscore.deadletters import DeadLetterWriter, faust_sender
-from streamscore.errors import ConfigError, StreamscoreError
+from streamscore.errors import BrokerUnavailableError, ConfigError, StreamscoreError
 from streamscore.faust_apps import faust_app as shared_faust_app
 from streamscore.faust_apps import install_health
 from streamscore.health import Check, HealthPolicy
@@ -123,9 +126,36 @@ def preflight(settings: MonitorAppSettings, timeout_s: float = 30.0) -> int:
     waited = wait_for_broker(settings.kafka, timeout_s)
     log.info("broker %s answered after %.1f s", settings.kafka.bootstrap_servers, waited)
     partitions = source_partitions(settings, timeout_s)
+    merge_topic_ready(settings, timeout_s)
     aliases = check_registry(settings)
     log.info("registry %s: aliases %s", settings.registry.tracking_uri, aliases)
     return partitions
+
+
+def merge_topic_ready(settings: MonitorAppSettings, timeout_s: float = 30.0) -> None:
+    """Create the merge topic before the worker starts, and wait until the broker's metadata lists it. Faust
+    creates its topics itself, but a new app (every demo run's monitor is one) joined its group a few milliseconds
+    after creating the merge topic, while the metadata did not list it yet: the assignor ignored the topic and the
+    merge agent got no partition until the next metadata refresh (5 minutes), so no window was ever published."""
+    admin = admin_client(settings.kafka, quiet=True)
+    topic = settings.merge_topic
+    if topic not in admin.list_topics(timeout=timeout_s).topics:
+        futures = admin.create_topics(
+            [NewTopic(topic, 1, 1, config={"retention.ms": str(MERGE_RETENTION_MS)})], request_timeout=timeout_s
+        )
+        for future in futures.values():
+            try:
+                future.result(timeout=timeout_s)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+    deadline = time.monotonic() + timeout_s
+    while not admin.list_topics(topic=topic, timeout=timeout_s).topics[topic].partitions:
+        if time.monotonic() > deadline:
+            raise BrokerUnavailableError(
+                settings.kafka.bootstrap_servers, timeout_s, f"topic {topic} has no partition yet"
+            )
+        time.sleep(0.1)
 
 
 def faust_app(settings: MonitorAppSettings, partitions: int) -> Any:

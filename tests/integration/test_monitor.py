@@ -34,6 +34,8 @@ from numpy.typing import NDArray
 
 from monitor.ab import ABRecord
 from monitor.alerts import Alert
+from monitor.app import merge_topic_ready
+from monitor.app_settings import MonitorAppSettings
 from monitor.drift import DriftRecord
 from monitor.references import score_series
 from producers.drift import DriftSpec
@@ -41,7 +43,7 @@ from producers.generator import GeneratedEvent, GeneratorConfig, TransactionGene
 from producers.world import build_world
 from streamscore.contracts import DeadLetterReason, Label, Score, headers_for
 from streamscore.features import FEATURE_NAMES, TransactionFacts, transaction_features
-from streamscore.kafka import partition_for, producer_config
+from streamscore.kafka import admin_client, delete_topics, partition_for, producer_config
 from streamscore.registry import mlflow_client
 from streamscore.settings import KafkaSettings, RedisSettings
 from streamscore.topics import TopicRegistry
@@ -671,3 +673,15 @@ def test_poison_scores_and_labels_are_dead_lettered_with_their_bytes_and_the_str
         if expected_reason:
             assert letter.error_class.value == expected_reason
     assert counted == len(good), "the stream went on: every good score counted"
+
+
+def test_the_merge_topic_exists_with_its_partition_before_the_worker_joins_its_group(kafka: KafkaSettings) -> None:
+    """A new monitor app created its merge topic a few milliseconds before joining its group; the metadata did not
+    list it yet, the assignor ignored it, and the merge agent had no partition for five minutes (no window was ever
+    published: a demo run's drift windows went missing). The preflight now creates it and waits for it."""
+    settings = MonitorAppSettings(kafka=kafka, app_id=f"merge-ready-{uuid.uuid4().hex[:8]}")
+    merge_topic_ready(settings, timeout_s=30.0)
+    merge_topic_ready(settings, timeout_s=30.0)  # already there: nothing to do
+    metadata = admin_client(kafka).list_topics(topic=settings.merge_topic, timeout=10.0)
+    assert len(metadata.topics[settings.merge_topic].partitions) == 1
+    delete_topics(kafka, [settings.merge_topic])
