@@ -416,6 +416,12 @@ class DriftRecord(BaseModel):
     drifted: bool = Field(description="p-value at or below the threshold")
 
 
+CLOCK_INPUTS = frozenset({"hour_sin", "hour_cos"})
+"""Inputs computed from the event's time of day alone. A window compared with the reference of its own hours is
+already matched on them; what is left is the window's length (a 20 s window holds one value of an hour the
+reference spreads over), not the data: they are not tested when the reference is hour-mixed."""
+
+
 def _series_result(
     ref: SeriesReference, window: DriftWindow, i: int, settings: MonitorSettings
 ) -> tuple[tuple[Test, float, float] | None, float, int, bool]:
@@ -437,7 +443,7 @@ def _series_result(
         value = psi(observed, expected, settings.psi_epsilon)
     else:
         value = psi(window.bins[i], mixed_shares(ref.shares, ref.strata_shares, usable), settings.psi_epsilon)
-    if finite < settings.min_window_events or m == 0:
+    if finite < settings.min_window_events or m == 0 or (mixed and ref.name in CLOCK_INPUTS):
         return None, value, m, mixed
     if ref.kind == "continuous":
         return ("ks", *ks(ref, cells, counts)), value, m, mixed

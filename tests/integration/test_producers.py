@@ -63,7 +63,9 @@ def consume_all(kafka: KafkaSettings, topic: str, expected: int, timeout_s: floa
 def test_ten_thousand_generated_events_round_trip(kafka: KafkaSettings, topics: TopicRegistry) -> None:
     generator = TransactionGenerator(build_world(11, accounts=2_000, merchants=300), GeneratorConfig(seed=11))
     producer = RecordingProducer(kafka, topics)
-    summary = run_live(generator, producer, LiveRun(events=EVENTS, rate=0.0, label_delay_s=LABEL_DELAY_S))
+    summary = run_live(
+        generator, producer, LiveRun(events=EVENTS, rate=0.0, label_delay_s=LABEL_DELAY_S, keep_labels=True)
+    )
     assert summary.events == EVENTS
     assert summary.failed == 0
     assert summary.labels_sent == EVENTS
@@ -99,13 +101,19 @@ def test_ten_thousand_generated_events_round_trip(kafka: KafkaSettings, topics: 
         tx, tx_msg = received[label.event_id]
         assert msg.key() == tx_msg.key()
         assert label.event_time == tx.event_time
-        assert label.labeled_at - label.event_time == timedelta(seconds=LABEL_DELAY_S)
+        # What the generator decided: reported fraud says fraud, 1 to 2 delays late; the rest says legitimate.
+        assert label.is_fraud is summary.labels[label.event_id]
+        delay = timedelta(seconds=LABEL_DELAY_S)
+        if label.is_fraud:
+            assert delay <= label.labeled_at - label.event_time <= 2 * delay
+        else:
+            assert label.labeled_at - label.event_time == delay
         # Broker-visible delay: the label reached the topic no earlier than its maturity time (ms resolution).
         # (Not compared with the transaction's broker timestamp: librdkafka stamps CreateTime inside produce(),
         # which a loaded machine may reach hundreds of ms after the event time was taken.)
         assert msg.timestamp()[1] >= int(label.labeled_at.timestamp() * 1000) - 1
         frauds += label.is_fraud
-    assert frauds == summary.frauds
+    assert 0.6 * summary.frauds < frauds <= summary.frauds, "unreported fraud is labelled legitimate"
     assert {m.partition() for m in tx_messages} == set(range(topics.transactions.partitions))
 
 
