@@ -275,8 +275,10 @@ def run_figures(
 ) -> dict[str, Any]:
     """The run's figures as plain data: what the summary prints, for tests and scripts."""
     windows: dict[int, list[str]] = {}
+    values: dict[int, int] = {}
     for record in monitor.drift if monitor is not None else []:
         windows.setdefault(record.window, [])
+        values[record.window] = max(values.get(record.window, 0), record.events)
         if record.drifted:
             windows[record.window].append(record.feature)
     versions = dict(tally.live.keys())
@@ -313,6 +315,7 @@ def run_figures(
             "windows": len(windows),
             "windows_with_alarm": sum(bool(drifted) for drifted in windows.values()),
             "drifted": {str(window): drifted for window, drifted in sorted(windows.items())},
+            "values": {str(window): count for window, count in sorted(values.items())},
         },
         "checks": [c.as_dict() for c in checks],
         "ab": comparisons,
