@@ -7,7 +7,7 @@ Without drift: every transaction scored once, at most 5 % of the drift windows a
 false alarm in a hundred windows), each live variant's decline rate, precision and recall lie within the interval
 the test split predicts at the version's own operating point, and a decisive A/B verdict agrees in sign with the two
 versions' test-split difference. With amounts drifted from the first event: the inputs computed from the amount are
-flagged within two windows, and nothing else."""
+flagged within two windows, and nothing else beyond the false alarms the monitor's correction allows."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from scipy import stats
 
+from monitor.settings import MonitorSettings
 from streamscore.infra.settings import PROJECT_ROOT
 from tests.integration.conftest import free_ports
 
@@ -134,7 +135,7 @@ def test_a_decisive_ab_verdict_agrees_in_sign_with_the_test_split(plain: dict[st
             assert math.copysign(1.0, c["difference"]) == math.copysign(1.0, c["expected_difference"]), c
 
 
-def test_drifted_amounts_are_flagged_within_two_windows_and_nothing_else(drifted: dict[str, Any]) -> None:
+def test_drifted_amounts_are_flagged_within_two_windows_and_other_series_only_at_the_false_alarm_rate(drifted: dict[str, Any]) -> None:
     windows = drifted["drift"]["drifted"]
     assert len(windows) >= 4
     order = sorted(windows, key=int)
@@ -143,5 +144,12 @@ def test_drifted_amounts_are_flagged_within_two_windows_and_nothing_else(drifted
     busy = [set(windows[w]) for w in order if drifted["drift"]["values"][w] >= BUSY_WINDOW]
     assert len(busy) >= 2, drifted["drift"]["values"]
     assert "amount_log" in busy[0] | busy[1], busy[:2]
+    # Nothing else, as far as the monitor promises it: with some series drifted, Benjamini–Hochberg bounds the
+    # expected share of false alarms among a window's alarms (FDR) by α, not the chance of any (monitor.correction).
+    # Every expected series is flagged in the drifted windows, so a run's false alarms number about α × its alarms
+    # (rare, nearly independent: Poisson); more than that distribution's 1 − FAMILY_LEVEL quantile fails.
     allowed = AMOUNT_INPUTS | CHANNEL_INPUTS | {f for window in flagged for f in window if f.startswith("score:")}
-    assert all(window <= allowed for window in flagged), [window - allowed for window in flagged]
+    unexpected = {w: sorted(set(windows[w]) - allowed) for w in order if set(windows[w]) - allowed}
+    alarms = sum(len(window) for window in flagged)
+    budget = stats.poisson.ppf(1.0 - FAMILY_LEVEL, MonitorSettings().drift_alpha * alarms)
+    assert sum(len(extra) for extra in unexpected.values()) <= budget, (unexpected, alarms, drifted["drift"])
