@@ -171,6 +171,7 @@ def faust_app(settings: MonitorAppSettings, partitions: int) -> Any:
         broker_heartbeat_interval=settings.session_timeout_s / 5.0,
         offset_reset=settings.auto_offset_reset,
         store="memory://",
+        state_dir=settings.state_dir,
     )
 
 

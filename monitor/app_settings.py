@@ -7,6 +7,7 @@ web port, checkpoint cadence, clocks and which scores it counts.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -35,6 +36,9 @@ class MonitorAppSettings(BaseSettings):
     """Count scores of the ad-hoc API (`source="api"`) too. Off by default: API calls are not the randomized live
     traffic (a caller may pick a variant or a version, replay an old transaction, probe odd inputs), so they
     would bias the drift windows and break the A/B randomization."""
+    state_dir: Path | None = None
+    """Folder of the Faust worker's local state (its table files); unset: Faust's `<app id>-data` in the working
+    directory."""
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     """Where a consumer group without committed offsets starts: `earliest` (every score and label the topics
     still hold) or `latest` (only what is produced from now on: the demo's monitor judges its own traffic)."""

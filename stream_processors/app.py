@@ -123,6 +123,7 @@ def faust_app(settings: StreamProcessorSettings, partitions: int) -> Any:
         stream_processing_timeout=settings.stream_processing_timeout_s,
         store=settings.store,
         offset_reset=settings.auto_offset_reset,
+        state_dir=settings.state_dir,
     )
 
 

@@ -77,6 +77,9 @@ class StreamProcessorSettings(BaseSettings):
     """Where a new consumer group starts on the transactions topic: earliest (every record the topic holds) or latest
     (only what is produced from now on: a processor seeded from a history continues from that history, not from the
     records earlier runs left on the topic)."""
+    state_dir: Path | None = None
+    """Folder of the Faust worker's local state (its table files); unset: Faust's `<app id>-data` in the working
+    directory."""
     store: str = "memory://"
     """Faust table store. `memory://` (RocksDB is not installed): the table lives in memory and is rebuilt
     from its changelog topic at every start."""

@@ -13,6 +13,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -76,6 +77,7 @@ def faust_app(
     web_port: int,
     web_bind: str,
     offset_reset: str = "earliest",
+    state_dir: Path | None = None,
     **options: Any,
 ) -> Any:
     """A Faust app as our services run one; `options` adds Faust settings (commit cadence, store, …).
@@ -87,8 +89,11 @@ def faust_app(
       arguments, so only our settings configure it;
     - replication factor 1, no leader-election topic, no standby replicas: the single-node local stack;
     - raw keys and values: the services decode the contracts themselves (dead letters, strict validation);
-    - Faust's web server (in the worker's event loop) serves the service's `/metrics` and `/healthz`.
+    - Faust's web server (in the worker's event loop) serves the service's `/metrics` and `/healthz`;
+    - its local state in `state_dir` when given (Faust's default is `<app id>-data` in the working directory).
     """
+    if state_dir is not None:
+        options["datadir"] = str(state_dir)
     return faust.App(
         app_id,
         env={},

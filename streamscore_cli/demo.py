@@ -172,6 +172,11 @@ class DemoPaths:
         return self.root / "processes.json"
 
     @property
+    def faust(self) -> Path:
+        """The Faust workers' local state folders (one per app id), not the working directory."""
+        return self.root / "faust"
+
+    @property
     def summary(self) -> Path:
         """The last run's figures (JSON): drift windows and alarms, expected next to seen, A/B verdicts."""
         return self.root / "summary.json"
@@ -732,6 +737,7 @@ class Demo:
         history's final account states, reading only the traffic that follows (DEMO_FEATURES_ID)."""
         return {
             "FEATURES_APP_ID": self.features_app_id(),
+            "FEATURES_STATE_DIR": str(self.paths.faust / self.features_app_id()),
             "FEATURES_SEED_PATH": str(self.paths.features / ACCOUNT_STATE_FILE),
             "FEATURES_AUTO_OFFSET_RESET": "latest",
             # Publish after scoring: no event is scored with its own snapshot (stream_processors/accounts/scored.py);
@@ -747,6 +753,7 @@ class Demo:
         split = {name: weight for name, alias, weight in self.live_variants if alias in self.aliases}
         return {
             "MONITOR_APP_ID": DEMO_MONITOR_ID + self.run_id,
+            "MONITOR_STATE_DIR": str(self.paths.faust / (DEMO_MONITOR_ID + self.run_id)),
             "MONITOR_AUTO_OFFSET_RESET": "latest",
             "MONITOR_WINDOW_SECONDS": f"{MONITOR_WINDOW_S:g}",
             "MONITOR_CLOCK_SPEED": f"{self.speed:g}",
