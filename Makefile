@@ -24,7 +24,7 @@ install: ## Create the virtualenv with every dependency and fetch the Kafka jars
 	  echo "installing streamscore and its dependencies into $(VENV) (torch pulls several GB the first time)"; \
 	  $$UV pip install --python $(PY) -e '.[dev]' && touch $(STAMP); \
 	fi
-	@$(BIN)/python -c "from streamscore.infra.kafka import fetch_jars; from streamscore.infra.settings import InfraSettings; fetch_jars(InfraSettings()) and print('Kafka jars cached in deploy/local/lib')"
+	@$(BIN)/python -c "from streamscore.infra.kafka import fetch_jars; from streamscore.infra.settings import InfraSettings; fetch_jars(InfraSettings(), on_step=print) and print('Kafka jars cached in deploy/local/lib')"
 
 lint: install ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .

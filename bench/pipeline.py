@@ -205,7 +205,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "confluent_kafka": _text(confluent_kafka_version()),
         "librdkafka": _text(librdkafka_version()),
-        "kafka_broker": pinned_version(InfraSettings().pom),
+        "kafka_broker": pinned_version(InfraSettings().jars_list),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
     }
 

@@ -45,6 +45,20 @@ class InfraError(StreamscoreError):
         self.service = service
 
 
+class ChecksumError(InfraError):
+    """A downloaded file is not the one its committed list pins; it was not kept."""
+
+    retryable = False
+
+    def __init__(self, url: str, expected: str, actual: str) -> None:
+        super().__init__(
+            "kafka jars",
+            f"{url} has SHA-256 {actual}, the list pins {expected}: the file was not kept "
+            "(a proxy or mirror altered it, or the list is wrong)",
+        )
+        self.url = url
+
+
 class BrokerUnavailableError(StreamscoreError):
     """The Kafka broker did not answer in time."""
 

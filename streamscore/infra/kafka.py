@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import subprocess
 import uuid
 from pathlib import Path
 
 from streamscore.errors import InfraError
+from streamscore.infra import jars
 from streamscore.infra.process import ProcessRecord, require_tool, spawn
 from streamscore.infra.settings import InfraSettings
 
@@ -17,53 +17,22 @@ log = logging.getLogger(__name__)
 
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
-_VERSION_MARKER = ".kafka-version"
 
 
-def pinned_version(pom: Path) -> str:
-    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom.read_text())
-    if not match:
-        raise InfraError("kafka", f"{pom} does not declare <kafka.version>")
-    return match.group(1)
+def pinned_version(jars_list: Path) -> str:
+    """The Kafka version the committed jar list pins."""
+    return jars.kafka_version(jars.read_list(jars_list))
 
 
 def jars_ready(settings: InfraSettings) -> bool:
-    marker = settings.jars_dir / _VERSION_MARKER
-    version = pinned_version(settings.pom)
-    return marker.exists() and marker.read_text().strip() == version and any(settings.jars_dir.glob("kafka_*.jar"))
+    return jars.is_cached(jars.read_list(settings.jars_list), settings.jars_dir)
 
 
-def fetch_jars(settings: InfraSettings) -> bool:
-    """Copy the broker jars into the cache with Maven; a no-op when the pinned version is cached.
-
-    Returns True when Maven ran.
-    """
-    if jars_ready(settings):
-        return False
-    mvn = require_tool("mvn")
-    version = pinned_version(settings.pom)
-    settings.jars_dir.mkdir(parents=True, exist_ok=True)
-    for stale in settings.jars_dir.glob("*.jar"):
-        stale.unlink()
-    argv = [
-        mvn,
-        "-q",
-        "-B",
-        "-f",
-        str(settings.pom),
-        "dependency:copy-dependencies",
-        f"-DoutputDirectory={settings.jars_dir}",
-    ]
-    log.info("fetching Kafka %s jars with Maven into %s", version, settings.jars_dir)
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise InfraError(
-            "maven",
-            f"`{' '.join(argv)}` failed with exit code {result.returncode}",
-            (result.stdout + result.stderr)[-4000:],
-        )
-    (settings.jars_dir / _VERSION_MARKER).write_text(version + "\n")
-    return True
+def fetch_jars(settings: InfraSettings, on_step: jars.StepCallback | None = None) -> bool:
+    """Download the listed broker jars into the cache, each checked against its SHA-256; a no-op when the cache
+    already holds them. Returns True when something was downloaded."""
+    listed = jars.read_list(settings.jars_list)
+    return jars.fetch(listed, settings.jars_dir, settings.maven_repository, on_step) > 0
 
 
 def kafka_dir(settings: InfraSettings) -> Path:

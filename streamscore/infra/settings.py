@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamscore.infra.jars import MAVEN_CENTRAL
 from streamscore.settings import KafkaSettings, RedisSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -25,10 +26,13 @@ class InfraSettings(BaseSettings):
     """Loopback port of the KRaft controller listener."""
     redis_port: int = Field(default=6379, ge=1, le=65535)
     """Loopback port of redis-server."""
-    pom: Path = PROJECT_ROOT / "deploy" / "local" / "pom.xml"
-    """The Maven pom listing the Kafka broker jars."""
+    jars_list: Path = PROJECT_ROOT / "deploy" / "local" / "kafka-jars.txt"
+    """The Kafka broker's jars (Maven coordinates and SHA-256, one per line); it pins the Kafka version."""
     jars_dir: Path = PROJECT_ROOT / "deploy" / "local" / "lib"
-    """Cache of the broker jars (git-ignored); filled once by Maven, reused offline afterwards."""
+    """Cache of the broker jars (git-ignored); filled once from maven_repository, reused offline afterwards."""
+    maven_repository: str = MAVEN_CENTRAL
+    """Where the broker jars are downloaded from: Maven Central, or a mirror with its layout (each jar is checked
+    against the list's SHA-256 whatever the source)."""
     kafka_heap: str = "1g"
     """Maximum JVM heap of the broker (-Xmx)."""
     start_timeout_s: float = Field(default=60.0, gt=0)

@@ -61,13 +61,13 @@ class LocalStack:
 
     def up(self, registry: TopicRegistry | None = None, on_step: StepCallback | None = None) -> UpReport:
         step = on_step or (lambda message: log.info("%s", message))
-        for tool in ("java", "mvn", "redis-server"):
+        for tool in ("java", "redis-server"):
             require_tool(tool)
         report = UpReport()
         records = {name: r for name, r in self.state.load().items() if is_running(r)}
 
         step("checking the Kafka jars cache")
-        report.jars_fetched = local_kafka.fetch_jars(self.settings)
+        report.jars_fetched = local_kafka.fetch_jars(self.settings, on_step=step)
 
         starters = {
             "kafka": (f"starting Kafka on 127.0.0.1:{self.settings.kafka_port}", local_kafka.start),

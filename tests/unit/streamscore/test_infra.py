@@ -51,12 +51,12 @@ def test_cluster_ids_never_look_like_an_option() -> None:
 
 
 def test_kafka_is_pinned_to_3_9() -> None:
-    assert pinned_version(InfraSettings().pom).startswith("3.9.")
+    assert pinned_version(InfraSettings().jars_list).startswith("3.9.")
 
 
 def test_missing_tools_say_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    for tool, hint in (("java", "openjdk"), ("mvn", "maven"), ("redis-server", "redis-server")):
+    for tool, hint in (("java", "openjdk"), ("redis-server", "redis-server")):
         with pytest.raises(MissingToolError, match=hint):
             require_tool(tool)
     with pytest.raises(MissingToolError, match="java"):
