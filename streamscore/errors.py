@@ -25,10 +25,11 @@ class ConfigError(StreamscoreError):
 
 
 class MissingToolError(StreamscoreError):
-    """A program the local stack needs is not installed."""
+    """A program the local stack needs is not installed: not on PATH, nor in the wheel that can ship it."""
 
-    def __init__(self, tool: str, how_to_install: str) -> None:
-        super().__init__(f"'{tool}' was not found on PATH. {how_to_install}")
+    def __init__(self, tool: str, how_to_install: str, wheel: str | None = None) -> None:
+        where = f"on PATH or in the {wheel} wheel" if wheel else "on PATH"
+        super().__init__(f"'{tool}' was not found {where}. {how_to_install}")
         self.tool = tool
 
 

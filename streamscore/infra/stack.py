@@ -61,6 +61,7 @@ class LocalStack:
 
     def up(self, registry: TopicRegistry | None = None, on_step: StepCallback | None = None) -> UpReport:
         step = on_step or (lambda message: log.info("%s", message))
+        # Both found (on PATH, else in their wheels) before a jar is downloaded or anything started.
         for tool in ("java", "redis-server"):
             require_tool(tool)
         report = UpReport()

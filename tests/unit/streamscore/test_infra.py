@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from streamscore.errors import MissingToolError
 from streamscore.infra import LocalStack
 from streamscore.infra.kafka import new_cluster_id, pinned_version, server_properties
-from streamscore.infra.process import ProcessRecord, StateFile, is_running, require_tool
+from streamscore.infra.process import TOOLS, ProcessRecord, StateFile, is_running, require_tool
 from streamscore.infra.settings import InfraSettings
 
 
@@ -56,9 +57,12 @@ def test_kafka_is_pinned_to_3_9() -> None:
 
 def test_missing_tools_say_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    for tool, hint in (("java", "openjdk"), ("redis-server", "redis-server")):
-        with pytest.raises(MissingToolError, match=hint):
-            require_tool(tool)
+    for name, tool in TOOLS.items():  # a machine where neither wheel is installed (or has none for it)
+        monkeypatch.setitem(TOOLS, name, replace(tool, in_wheel=lambda: None))
+    for name, hint in (("java", "openjdk"), ("redis-server", "redis-server")):
+        with pytest.raises(MissingToolError, match=hint) as raised:
+            require_tool(name)
+        assert "streamscore[local]" in raised.value.message and "\n" not in raised.value.message
     with pytest.raises(MissingToolError, match="java"):
         LocalStack(InfraSettings(data_dir=tmp_path)).up()
 

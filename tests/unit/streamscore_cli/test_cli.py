@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
+from streamscore.infra.process import TOOLS
 from streamscore_cli.config import DOC, render
 from streamscore_cli.main import app
 
@@ -34,7 +37,9 @@ def test_generated_docs_are_current() -> None:
     assert "MONITOR_CHECKPOINT_INTERVAL_S" in render(), "the monitor app's settings, not only its statistics'"
 
 
-def test_missing_tool_is_named_with_its_install_command(tmp_path: Path) -> None:
+def test_missing_tool_is_named_with_its_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, tool in TOOLS.items():  # nothing on PATH and no wheel that ships it
+        monkeypatch.setitem(TOOLS, name, replace(tool, in_wheel=lambda: None))
     result = runner.invoke(app, ["infra", "up"], env={"PATH": str(tmp_path), "INFRA_DATA_DIR": str(tmp_path)})
     assert result.exit_code == 1
     assert "'java' was not found" in result.output
