@@ -33,8 +33,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import typer
 from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
@@ -42,22 +40,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from feature_repo.batch import build_batch_sources
 from feature_repo.layout import ACCOUNT_STATE_FILE, MERCHANT_FILE, PROFILE_FILE, REALTIME_FILE
 from feature_repo.settings import FeastSettings
 from monitor.app_settings import MonitorAppSettings
-from monitor.drift import DriftRecord
 from monitor.operating import OperatingPointView
-from monitor.reader import Results, read_latest
 from producers.client import EventProducer
 from producers.drift import DriftSpec
-from producers.generator import REPORT_DELAY_FACTOR
-from producers.history import LABELS_FILE, TRANSACTIONS_FILE, write_history
-from producers.live import LiveProgress, LiveRun, LiveSummary, run_live
 from producers.settings import ProducerSettings
 from scorer.api.security import digest, new_key
 from streamscore.errors import StreamscoreError
-from streamscore.infra import LocalStack
 from streamscore.infra.settings import PROJECT_ROOT
 from streamscore.kafka import admin_client, consumer_config, delete_topics
 from streamscore.lag import GroupLag, LagReader
@@ -86,7 +77,11 @@ from streamscore_cli.produce import HISTORY_RATE, make_generator, stop_on_signal
 from streamscore_cli.score import settings_from as scorer_settings
 from streamscore_cli.stream import _settings as processor_settings
 
-if TYPE_CHECKING:  # torch, onnx, mlflow and feast take seconds to import: only the steps that need them do
+if TYPE_CHECKING:  # torch, onnx, mlflow, feast, pandas, pyarrow, scipy and numpy take seconds to import: only the
+    # steps that need them do, so that `streamscore --help` does not pay for them
+    from monitor.drift import DriftRecord
+    from monitor.reader import Results
+    from producers.live import LiveProgress, LiveSummary
     from training.model import EpochReport
 
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "demo"
@@ -334,6 +329,11 @@ def _history_end(last_event: datetime) -> datetime:
 
 def history_span(history: Path) -> tuple[datetime, datetime, int] | None:
     """First and last event time and the number of transactions of a history; None without a complete one."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from producers.history import LABELS_FILE, TRANSACTIONS_FILE
+
     if not ((history / TRANSACTIONS_FILE).is_file() and (history / LABELS_FILE).is_file()):
         return None
     times = pq.read_table(history / TRANSACTIONS_FILE, columns=["event_time"]).column("event_time")
@@ -345,6 +345,8 @@ def history_span(history: Path) -> tuple[datetime, datetime, int] | None:
 
 
 def _features_current(paths: DemoPaths) -> bool:
+    from producers.history import TRANSACTIONS_FILE
+
     files = [paths.features / name for name in (REALTIME_FILE, PROFILE_FILE, MERCHANT_FILE, ACCOUNT_STATE_FILE)]
     history = paths.history / TRANSACTIONS_FILE
     return all(f.is_file() for f in files) and min(f.stat().st_mtime for f in files) >= history.stat().st_mtime
@@ -443,6 +445,8 @@ class Demo:
         label_delay: float = LABEL_DELAY_S,
         speed: float = 1.0,
     ) -> None:
+        from streamscore.infra import LocalStack  # the Redis client: not for `--help`
+
         self.paths = paths
         self.label_delay = label_delay
         self.speed = speed
@@ -568,6 +572,8 @@ class Demo:
                 then = f"live traffic continues from {start:%Y-%m-%d %H:%M} UTC"
                 self.steps.skipped("history", f"{rows:,} transactions {where}; {then}")
                 return start
+        from producers.history import write_history
+
         self.paths.clock.unlink(missing_ok=True)
         settings = ProducerSettings()
         generator = make_generator(settings, None, rhythm=True)
@@ -601,6 +607,8 @@ class Demo:
             return None
 
     def offline_features(self) -> None:
+        from feature_repo.batch import build_batch_sources
+
         if _features_current(self.paths):
             self.steps.skipped("offline features", f"built from this history, in {self.paths.features}")
             return
@@ -750,6 +758,8 @@ class Demo:
         """The monitor's settings for the demo's simulated clock: hour windows, its speed, labels maturing once every
         reported fraud's label can have come (twice the delay), frequent looks; the expected split is the scorer's,
         without a variant whose alias has no version (the scorer drops it)."""
+        from producers.generator import REPORT_DELAY_FACTOR
+
         split = {name: weight for name, alias, weight in self.live_variants if alias in self.aliases}
         return {
             "MONITOR_APP_ID": DEMO_MONITOR_ID + self.run_id,
@@ -816,6 +826,8 @@ class Demo:
 
     def features_app_id(self) -> str:
         """The feature processor's app for the current history (DEMO_FEATURES_ID)."""
+        from producers.history import TRANSACTIONS_FILE
+
         written = (self.paths.history / TRANSACTIONS_FILE).stat().st_mtime_ns
         return f"{DEMO_FEATURES_ID}{written // 1_000_000}"
 
@@ -922,6 +934,8 @@ class Demo:
         self, duration: float, rate: float, start: datetime, defect_share: float, drift: str | None = None
     ) -> Traffic:
         """Play the world on from `start` (simulated clock) at the demo's speed for `duration` wall seconds."""
+        from producers.live import LiveProgress, LiveRun, run_live
+
         settings = ProducerSettings(rate=rate, label_delay_s=self.label_delay, kafka=self.kafka)
         generator = make_generator(settings, drift, rhythm=True)
         producer = EventProducer(self.kafka, self.topics, client_id="demo-producer", linger_ms=settings.linger_ms)
@@ -1026,6 +1040,8 @@ class Demo:
         """Wait until the monitor has judged the drift windows up to the end of the traffic and counted each
         transaction scored live in an A/B look (they count once their label matured), then read its results as
         `streamscore report` does: the windows of this traffic and the latest look per experiment."""
+        from monitor.reader import Results, read_latest
+
         started = time.monotonic()
         expected = len(self.tally.live_event_ids)
         units = 0

@@ -3,11 +3,11 @@ shadow scores, dead letters by reason, latency percentiles. Pure: records in, co
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
 from rich import box
 from rich.table import Table
 
@@ -32,6 +32,8 @@ class VariantTally:
 
 def latency_percentiles(latencies_ms: Iterable[float]) -> tuple[float, float] | None:
     """(p50, p99) in milliseconds, linear interpolation between ranks; None without a sample."""
+    import numpy as np  # the demo loads it anyway; `streamscore --help` (which imports this module) does not need it
+
     values = np.fromiter(latencies_ms, dtype=np.float64)
     if values.size == 0:
         return None
@@ -276,7 +278,7 @@ def band(p: float, n_live: int, n_test: int) -> tuple[float, float]:
     p(1 − p)(1/n_live + 1/n_test) (normal approximation, clipped to [0, 1])."""
     if n_live <= 0 or n_test <= 0:
         return 0.0, 1.0
-    half = Z_95 * float(np.sqrt(p * (1.0 - p) * (1.0 / n_live + 1.0 / n_test)))
+    half = Z_95 * math.sqrt(p * (1.0 - p) * (1.0 / n_live + 1.0 / n_test))
     return max(0.0, p - half), min(1.0, p + half)
 
 

@@ -6,15 +6,18 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from feature_repo.batch import BatchSummary, batch_range, build_batch_sources
 from feature_repo.settings import FeastSettings
 from streamscore.errors import ConfigError
 from streamscore_cli.console import console, friendly_errors
+
+if TYPE_CHECKING:  # pandas and pyarrow load in the commands that use them, not for `--help`
+    from feature_repo.batch import BatchSummary
 
 app = typer.Typer(help="Feast features: apply, materialize, batch", no_args_is_help=True)
 
@@ -71,6 +74,8 @@ def batch(
     workers: int | None = typer.Option(None, min=1, help="Processes replaying the real-time state (default: cores)."),
 ) -> None:
     """Build the offline sources from a Parquet history: real-time log, daily account profiles, merchant risk."""
+    from feature_repo.batch import build_batch_sources
+
     with friendly_errors():
         data_dir = out or FeastSettings().data_dir
         columns = [
@@ -122,6 +127,7 @@ def materialize(
     ),
 ) -> None:
     """Load the newest row per entity of the batch views (account_profile, merchant_risk) into the online store."""
+    from feature_repo.batch import batch_range
     from feature_repo.store import BATCH_VIEWS, open_store
     from feature_repo.store import materialize as materialize_views
 

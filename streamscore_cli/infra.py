@@ -7,7 +7,6 @@ import time
 import typer
 from rich.table import Table
 
-from streamscore.infra import LocalStack
 from streamscore.infra.settings import InfraSettings
 from streamscore.kafka import ensure_topics, wait_for_broker
 from streamscore.settings import KafkaSettings, TopicSettings
@@ -19,6 +18,8 @@ app = typer.Typer(help="The local stack: a real Apache Kafka (KRaft) broker and 
 @app.command()
 def up() -> None:
     """Fetch the Kafka jars (once), start Kafka and Redis on loopback, create every topic."""
+    from streamscore.infra import LocalStack  # the Redis client takes a third of a second to import
+
     with friendly_errors():
         settings = InfraSettings()
         stack = LocalStack(settings)
@@ -42,6 +43,8 @@ def up() -> None:
 @app.command()
 def down() -> None:
     """Stop exactly what `up` started, by process id."""
+    from streamscore.infra import LocalStack  # the Redis client takes a third of a second to import
+
     with friendly_errors():
         stopped = LocalStack().down()
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
@@ -50,6 +53,8 @@ def down() -> None:
 @app.command()
 def status() -> None:
     """What runs, on which ports, and which topics exist."""
+    from streamscore.infra import LocalStack  # the Redis client takes a third of a second to import
+
     with friendly_errors():
         stack_status = LocalStack().status()
     table = Table("service", "state", "pid", "port", "uptime", "log")

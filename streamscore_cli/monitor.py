@@ -4,20 +4,22 @@ and options to it."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
 
-from monitor.app import create_app, preflight, run_worker
 from monitor.app_settings import MonitorAppSettings
 from monitor.operating import OperatingPointView, operating_points
-from monitor.reader import Results, read_latest, read_latest_scores
-from monitor.report import render
 from monitor.settings import MonitorSettings
 from streamscore.kafka import wait_for_broker
 from streamscore.registry import Registry, RegistrySettings
 from streamscore.settings import KafkaSettings, TopicSettings
 from streamscore.topics import TopicRegistry
 from streamscore_cli.console import console, friendly_errors, load_settings
+
+if TYPE_CHECKING:  # Faust, scipy and numpy load in the commands that use them, not for `--help`
+    from monitor.reader import Results
 
 _BLOCKS = (MonitorSettings, KafkaSettings, TopicSettings, RegistrySettings)
 
@@ -39,6 +41,8 @@ def monitor(
     loglevel: str = typer.Option("info", "--loglevel", help="Log level of the worker: debug, info, warning, error."),
 ) -> None:
     """Run the monitor: scores, shadow scores and labels → drift windows, A/B looks and alerts (monitor.* topics)."""
+    from monitor.app import create_app, preflight, run_worker
+
     with friendly_errors():
         stats = load_settings(MonitorSettings, {"window_seconds": window_seconds, "label_maturity_s": maturity_s})
         settings = load_settings(MonitorAppSettings, {"metrics_port": port, "app_id": app_id, "stats": stats}, _BLOCKS)
@@ -69,6 +73,8 @@ def report(
 ) -> None:
     """The latest drift windows and A/B looks, read from monitor.drift and monitor.ab, and each variant's operating
     point (from its latest scores and its version's registry tags), in plain words."""
+    from monitor.reader import read_latest
+
     with friendly_errors():
         kafka = load_settings(KafkaSettings, {})
         topics = load_settings(TopicSettings, {}).registry()
@@ -84,6 +90,8 @@ def read_operating_points(
 ) -> list[OperatingPointView]:
     """Each variant's operating point: the thresholds its latest score carries, with its version's own point and test
     figures from `registry` (None: without them). The demo's summary can pass the same to `show`."""
+    from monitor.reader import read_latest_scores
+
     latest = read_latest_scores(kafka, topics, tail=tail, timeout_s=timeout_s)
     return operating_points(latest, registry.tags if registry is not None else None)
 
@@ -98,6 +106,8 @@ def show(
     """What `streamscore report` prints (the demo's summary prints the same): where the records came from, then the
     drift windows (a line each, the latest in detail), the A/B tables and, when given, each variant's operating point,
     in plain words."""
+    from monitor.report import render
+
     shown = len({r.window for r in results.drift})
     unreadable = f"; {results.unreadable} unreadable record(s)" if results.unreadable else ""
     out.print(

@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -16,20 +16,23 @@ from rich.table import Table
 
 from producers.client import EventProducer
 from producers.drift import DriftSpec
-from producers.generator import GeneratorConfig, TransactionGenerator
-from producers.history import write_history
-from producers.live import LiveProgress, LiveRun, LiveSummary, run_live
 from producers.settings import ProducerSettings
-from producers.world import build_world
 from streamscore.errors import ConfigError
 from streamscore.kafka import wait_for_broker
 from streamscore_cli.console import console, friendly_errors
+
+if TYPE_CHECKING:  # numpy and pyarrow load in the commands that use them, not for `--help`
+    from producers.generator import TransactionGenerator
+    from producers.live import LiveProgress, LiveRun, LiveSummary
 
 HISTORY_RATE = 0.4
 """Default events per simulated second for a history backfill: about 35 000 transactions a day."""
 
 
 def make_generator(settings: ProducerSettings, drift: str | None, *, rhythm: bool) -> TransactionGenerator:
+    from producers.generator import GeneratorConfig, TransactionGenerator
+    from producers.world import build_world
+
     world = build_world(settings.seed, accounts=settings.accounts, merchants=settings.merchants)
     try:
         spec = DriftSpec.parse(drift) if drift else None
@@ -102,6 +105,8 @@ def produce(
     connect_timeout: float = typer.Option(10.0, help="Seconds to wait for the broker before giving up."),
 ) -> None:
     """Synthetic card traffic: habits, daily rhythm, card testing, account takeover, compromised merchants."""
+    from producers.live import LiveRun
+
     with friendly_errors():
         overrides: dict[str, Any] = {
             k: v
@@ -166,6 +171,8 @@ def _simulated_start(
 def live_with_progress(
     generator: TransactionGenerator, producer: EventProducer, run: LiveRun, stop: threading.Event
 ) -> LiveSummary:
+    from producers.live import run_live
+
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
@@ -189,6 +196,8 @@ def live_with_progress(
 
 
 def _history(settings: ProducerSettings, drift: str | None, days: float, out: Path, rate: float) -> None:
+    from producers.history import write_history
+
     generator = make_generator(settings, drift, rhythm=True)
     expected = int(days * 86400 * rate)
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)

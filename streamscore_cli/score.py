@@ -12,7 +12,6 @@ from typing import Any
 import typer
 
 from feature_repo.settings import FeastSettings
-from scorer.service import run
 from scorer.settings import ScorerSettings
 from streamscore.logs import configure
 from streamscore.registry import RegistrySettings
@@ -44,6 +43,8 @@ def score(
     ),
 ) -> None:
     """Run the stream scorer: transactions → features → champion/challenger/shadow models → scores + dead letters."""
+    from scorer.service import run  # ONNX Runtime, numpy and the feature clients: not for `--help`
+
     with friendly_errors():
         settings = settings_from(
             {

@@ -12,7 +12,6 @@ from typing import Any
 import typer
 
 from feature_repo.settings import FeastSettings
-from stream_processors.app import create_app, run_worker
 from stream_processors.settings import StreamProcessorSettings
 from streamscore.settings import KafkaSettings, RedisSettings, TopicSettings
 from streamscore_cli.console import console, friendly_errors, load_settings
@@ -37,6 +36,8 @@ def stream(
     loglevel: str = typer.Option("info", "--loglevel", help="Log level of the worker: debug, info, warning, error."),
 ) -> None:
     """Run the feature processor: transactions → per-account real-time features → Feast online store."""
+    from stream_processors.app import create_app, run_worker  # Faust: not for `--help`
+
     with friendly_errors():
         settings = _settings(
             {
