@@ -5,6 +5,9 @@ Served with `/livez`, `/readyz` and `/healthz` by `scorer.health.MetricsServer` 
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Mapping
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from streamscore.contracts import DeadLetterReason
@@ -26,6 +29,11 @@ LATENCY_BUCKETS_S = (
     10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+ABORT_CAUSES = ("abortable", "error", "fatal", "delivery")
+RETRIED_DEPENDENCIES = ("feature_store", "broker")
+
+Outcome = tuple[str, str, str, str, str]
+"""What a committed score counts under: (variant, kind (live or shadow), model version, decision, feature status)."""
 
 
 class ScorerMetrics:
@@ -52,9 +60,25 @@ class ScorerMetrics:
             registry=registry,
         )
         self.batches = Counter(f"{p}_batches", "Batches committed", registry=registry)
+        self.decisions = Counter(
+            f"{p}_decisions",
+            "Scores committed, by variant, kind, model version and decision (approve, review, decline)",
+            ["variant", "kind", "model_version", "decision"],
+            registry=registry,
+        )
+        self.feature_status = Counter(
+            f"{p}_feature_status",
+            "Scores committed, by variant, kind and feature status (ok; missing: no account snapshot nor profile; "
+            "default: another view had no row)",
+            ["variant", "kind", "status"],
+            registry=registry,
+        )
+        # Causes and dependencies exist from the start at 0: a rule's increase() then sees the first one too.
         self.aborts = Counter(
             f"{p}_transaction_aborts", "Transactions aborted and rewound, by cause", ["cause"], registry=registry
         )
+        for cause in ABORT_CAUSES:
+            self.aborts.labels(cause=cause)
         self.producer_rebuilds = Counter(
             f"{p}_producer_rebuilds", "Transactional producers rebuilt after a fatal error", registry=registry
         )
@@ -64,6 +88,8 @@ class ScorerMetrics:
             ["dependency"],
             registry=registry,
         )
+        for dependency in RETRIED_DEPENDENCIES:
+            self.infra_retries.labels(dependency=dependency)
         self.batch_size = Histogram(f"{p}_batch_size", "Records per batch", buckets=BATCH_BUCKETS, registry=registry)
         self.queue_latency = Histogram(
             f"{p}_queue_latency_seconds",
@@ -138,3 +164,20 @@ class ScorerMetrics:
             f"{p}_model_swaps", "Alias moves applied between batches", ["variant"], registry=registry
         )
         self.up = Gauge(f"{p}_up", "1 while the scoring loop runs", registry=registry)
+
+    def count_scores(self, outcomes: Mapping[Outcome, int]) -> None:
+        """Count a committed batch's scores (`scored`, `decisions`, `feature_status`): one update per label set and
+        batch, not per record — labels() costs a lock and a dict lookup."""
+        scored: Tally[tuple[str, str]] = Tally()
+        decisions: Tally[tuple[str, str, str, str]] = Tally()
+        statuses: Tally[tuple[str, str, str]] = Tally()
+        for (variant, kind, version, decision, status), count in outcomes.items():
+            scored[variant, kind] += count
+            decisions[variant, kind, version, decision] += count
+            statuses[variant, kind, status] += count
+        for (variant, kind), count in scored.items():
+            self.scored.labels(variant=variant, kind=kind).inc(count)
+        for (variant, kind, version, decision), count in decisions.items():
+            self.decisions.labels(variant=variant, kind=kind, model_version=version, decision=decision).inc(count)
+        for (variant, kind, status), count in statuses.items():
+            self.feature_status.labels(variant=variant, kind=kind, status=status).inc(count)

@@ -61,7 +61,7 @@ from scorer.deadletters import DeadLetterRecord, SourceRecord, dead_letter
 from scorer.engine import BatchResult, Request, ScoringEngine
 from scorer.features.base import FeatureStoreUnavailableError
 from scorer.health import HealthBounds, LoopState, readiness, stalled
-from scorer.metrics import ScorerMetrics
+from scorer.metrics import Outcome, ScorerMetrics
 from scorer.serving import Reloader
 from scorer.settings import ScorerSettings
 from scorer.watcher import GroupWatcher
@@ -214,7 +214,8 @@ class Delivery:
     """(topic, partition, record timestamp in epoch seconds) of every consumed record."""
     scored: int
     shadow: int
-    variants: Counter[tuple[str, str]]
+    outcomes: Counter[Outcome]
+    """Scores by variant, kind, model version, decision and feature status (ScorerMetrics.count_scores)."""
     reasons: Counter[str]
     shadow_failures: int
     metadata: Any = None
@@ -663,7 +664,16 @@ class StreamScorer:
             timestamps=timestamps,
             scored=scored,
             shadow=shadow,
-            variants=Counter((item.score.variant, "shadow" if item.shadow else "live") for item in result.scored),
+            outcomes=Counter(
+                (
+                    item.score.variant,
+                    "shadow" if item.shadow else "live",
+                    item.score.model_version,
+                    item.score.decision,
+                    item.score.feature_status,
+                )
+                for item in result.scored
+            ),
             reasons=Counter(letter.reason.value for letter in letters),
             shadow_failures=result.shadow_failures,
         )
@@ -784,9 +794,7 @@ class StreamScorer:
         self.last_commit = delivery.finished
         self.metrics.last_commit.set(now_s)
         self.recovering = None
-        # One counter update per (label set, batch), not per record: labels() costs a lock and a dict lookup.
-        for (variant, kind), count in delivery.variants.items():
-            self.metrics.scored.labels(variant=variant, kind=kind).inc(count)
+        self.metrics.count_scores(delivery.outcomes)
         for reason, count in delivery.reasons.items():
             self.metrics.dead_letters.labels(reason=reason).inc(count)
         self.metrics.shadow_failures.inc(delivery.shadow_failures)
