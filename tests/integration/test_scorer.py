@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamscore.contracts import Score
 from streamscore.infra import process
@@ -132,6 +133,28 @@ def test_valid_events_scored_exactly_once_defects_dead_lettered_split_sticky_sha
     # Metrics count what happened.
     assert 'streamscore_scorer_dead_letters_total{reason="oversize"}' in metrics
     assert "streamscore_scorer_end_to_end_latency_seconds_bucket" in metrics
+    # Every committed score counted once by decision (with the version that decided) and once by feature status.
+    scored: Counter[tuple[str, str]] = Counter()
+    decided: Counter[tuple[str, str]] = Counter()
+    statuses: Counter[tuple[str, str]] = Counter()
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            key = (sample.labels.get("variant", ""), sample.labels.get("kind", ""))
+            if sample.name == "streamscore_scorer_scored_total":
+                scored[key] += int(sample.value)
+            elif sample.name == "streamscore_scorer_decisions_total":
+                decided[key] += int(sample.value)
+                assert sample.labels["decision"] in {"approve", "review", "decline"}
+                assert (key[0], sample.labels["model_version"]) in {
+                    ("champion", "1"),
+                    ("challenger", "2"),
+                    ("shadow", "2"),
+                }
+            elif sample.name == "streamscore_scorer_feature_status_total":
+                statuses[key] += int(sample.value)
+                assert sample.labels["status"] in {"ok", "missing", "default"}
+    assert scored[("champion", "live")] + scored[("challenger", "live")] == len(live)
+    assert decided == statuses == scored and scored[("shadow", "shadow")] == len(shadow)
 
 
 def test_sigkill_three_times_loses_and_duplicates_nothing(scorer_env: ScorerEnv, reader: OutputReader) -> None:
