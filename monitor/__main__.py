@@ -7,12 +7,14 @@ import logging
 import sys
 
 from monitor.app import run
+from streamscore.failures import exit_on_failure
 from streamscore.logs import configure
 
 
 def main() -> None:
-    configure()
-    sys.exit(run(loglevel=logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()))
+    with exit_on_failure():  # a failure is one log line and an exit code (2: a setting, 3: infrastructure)
+        configure()
+        sys.exit(run(loglevel=logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()))
 
 
 if __name__ == "__main__":

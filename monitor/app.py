@@ -43,10 +43,12 @@ from monitor.metrics import MonitorMetrics, default_metrics
 from monitor.references import Loader, ReferenceBook, registry_loader
 from streamscore.deadletters import DeadLetterWriter, faust_sender
 from streamscore.errors import BrokerUnavailableError, ConfigError, StreamscoreError
+from streamscore.failures import describe, env_name
 from streamscore.faust_apps import faust_app as shared_faust_app
 from streamscore.faust_apps import install_health
 from streamscore.health import Check, HealthPolicy
 from streamscore.kafka import admin_client, missing_topic, wait_for_broker
+from streamscore.ports import ensure_free
 from streamscore.registry import CHAMPION, AliasNotFoundError, Registry
 
 log = logging.getLogger(__name__)
@@ -323,7 +325,7 @@ def run(settings: MonitorAppSettings | None = None, *, loglevel: str = "info", s
     try:
         settings = settings or MonitorAppSettings()
     except ValueError as exc:
-        log.error("invalid monitor settings: %s", exc)
+        log.error("invalid monitor settings: %s", describe(exc).line)
         return EXIT_CONFIG
     try:
         partitions = preflight(settings, startup_timeout_s)
@@ -338,6 +340,9 @@ def run(settings: MonitorAppSettings | None = None, *, loglevel: str = "info", s
 def run_worker(monitor: Monitor, loglevel: str = "info") -> None:
     """Run the Faust worker until SIGTERM / SIGINT (graceful stop), then exit the process: with EXIT_INFRA when the
     monitor gave up on infrastructure, else with Faust's status."""
+    # Faust's web server (metrics, health) binds in the worker's loop, where a taken port is a traceback: check first.
+    settings = monitor.settings
+    ensure_free(settings.metrics_port, env_name(MonitorAppSettings, "metrics_port"), settings.metrics_bind)
     worker = faust.Worker(monitor.app, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()

@@ -44,7 +44,9 @@ from scorer.stream import (
     StreamScorer,
 )
 from streamscore.errors import StreamscoreError
+from streamscore.failures import describe, env_name
 from streamscore.kafka import wait_for_broker
+from streamscore.ports import ensure_free
 from streamscore.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -151,9 +153,10 @@ def run(settings: ScorerSettings | None = None, *, startup_timeout_s: float = 30
     try:
         settings = settings or ScorerSettings()
     except ValueError as exc:
-        logger.error("invalid scorer settings: %s", exc)
+        logger.error("invalid scorer settings: %s", describe(exc).line)
         return EXIT_CONFIG
     try:
+        ensure_free(settings.metrics_port, env_name(ScorerSettings, "metrics_port"), settings.metrics_bind)
         waited = wait_for_broker(settings.kafka, startup_timeout_s)
         logger.info("broker %s answered after %.1fs", settings.kafka.bootstrap_servers, waited)
         builder, serving = load_serving(settings)

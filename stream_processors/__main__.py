@@ -7,13 +7,15 @@ from __future__ import annotations
 import logging
 
 from stream_processors.app import create_app, run_worker
+from streamscore.failures import exit_on_failure
 from streamscore.logs import configure
 
 
 def main() -> None:
-    configure()
-    level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-    run_worker(create_app(), loglevel=level)
+    with exit_on_failure():  # a failure is one log line and an exit code (2: a setting, 3: infrastructure)
+        configure()
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+        run_worker(create_app(), loglevel=level)
 
 
 if __name__ == "__main__":

@@ -45,10 +45,12 @@ from stream_processors.accounts.scored import ScoredWatermark
 from stream_processors.metrics import FeatureMetrics, default_metrics
 from stream_processors.settings import StreamProcessorSettings
 from streamscore.deadletters import DeadLetterWriter, faust_sender
+from streamscore.failures import env_name
 from streamscore.faust_apps import faust_app as shared_faust_app
 from streamscore.faust_apps import install_health
 from streamscore.health import Check, HealthPolicy
 from streamscore.kafka import admin_client, missing_topic
+from streamscore.ports import ensure_free
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +312,9 @@ def _add_pages(processor: FeatureProcessor) -> None:
 def run_worker(processor: FeatureProcessor, loglevel: str = "info") -> None:
     """Run the Faust worker until SIGTERM / SIGINT (graceful stop), then exit the process: with EXIT_INFRA when
     the processor gave up on infrastructure, else with Faust's status."""
+    # Faust's web server (metrics, health) binds in the worker's loop, where a taken port is a traceback: check first.
+    settings = processor.settings
+    ensure_free(settings.metrics_port, env_name(StreamProcessorSettings, "metrics_port"), settings.metrics_bind)
     worker = faust.Worker(processor.app, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()

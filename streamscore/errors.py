@@ -1,6 +1,17 @@
-"""One root error with `retryable` and `http_status`; subclasses build their message from arguments."""
+"""One root error with `retryable` and `http_status`; subclasses build their message from arguments.
+
+A message is one line that says what is wrong and what to do about it (the CLI prints it as `error: <message>`);
+longer context, such as the last lines of a log, goes to `details`, which `streamscore --debug` shows.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+LOCAL_KAFKA = "127.0.0.1:9092"
+"""Where the local stack's broker listens with the default settings (`streamscore infra up`)."""
+LOCAL_REDIS = "127.0.0.1:6379"
+"""Where the local stack's Redis listens with the default settings."""
 
 
 class StreamscoreError(Exception):
@@ -9,19 +20,47 @@ class StreamscoreError(Exception):
     retryable: bool = False
     http_status: int = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, details: str = "") -> None:
         super().__init__(message)
         self.message = message
+        self.details = details
+        """More lines for whoever digs (a log's tail); not part of the one-line message."""
+
+
+def start_hint(address: str, local: str, variables: str) -> str:
+    """What to do about a service that does not answer at `address`: start the local stack when the address is the
+    local stack's default (`local`), else check the address, which is someone else's service or a typo."""
+    hosts = {local, local.replace("127.0.0.1", "localhost")}
+    if address.strip() in hosts:
+        return "Start it with `streamscore infra up` (or `make up`)"
+    return f"Check that it runs and is reachable there, or fix {variables}"
 
 
 class ConfigError(StreamscoreError):
-    """A setting or a combination of settings is invalid; names the variable to fix."""
+    """A setting or a combination of settings is invalid; names the variable to fix (and how, when `fix` says)."""
 
     http_status = 500
 
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
+    def __init__(self, variable: str, problem: str, fix: str = "") -> None:
+        message = f"{variable}: {problem}"
+        if fix:
+            message = f"{message.rstrip('.')}. {fix.rstrip('.')}."
+        super().__init__(message)
         self.variable = variable
+        self.problem = problem
+
+
+class PortInUseError(StreamscoreError):
+    """A port a service must listen on is taken by another process; names the setting that moves it."""
+
+    def __init__(self, variable: str, host: str, port: int, holder: str = "") -> None:
+        by = f" by {holder}" if holder else " by another process"
+        super().__init__(
+            f"{variable}: port {port} on {host} is already in use{by}. "
+            f"Stop that process, or set {variable} to a free port."
+        )
+        self.variable = variable
+        self.port = port
 
 
 class MissingToolError(StreamscoreError):
@@ -34,15 +73,17 @@ class MissingToolError(StreamscoreError):
 
 
 class InfraError(StreamscoreError):
-    """A local service failed to start or stop."""
+    """A local service failed to start or stop. The message names its log when there is one; the log's last lines
+    (`log_tail`) are the error's details."""
 
     retryable = True
 
-    def __init__(self, service: str, problem: str, log_tail: str = "") -> None:
+    def __init__(self, service: str, problem: str, log_tail: str = "", log: Path | str | None = None) -> None:
         message = f"{service}: {problem}"
-        if log_tail:
-            message += f"\n--- last lines of the {service} log ---\n{log_tail}"
-        super().__init__(message)
+        if log:
+            message += f" (log: {log})"
+        details = f"--- last lines of the {service} log ---\n{log_tail.rstrip()}" if log_tail.strip() else ""
+        super().__init__(message, details)
         self.service = service
 
 
@@ -70,7 +111,7 @@ class BrokerUnavailableError(StreamscoreError):
         message = f"Kafka at {bootstrap_servers} did not answer within {waited_s:.0f} s"
         if detail:
             message += f": {detail}"
-        message += ". Start it with `streamscore infra up` (or `make up`)."
+        message += f". {start_hint(bootstrap_servers, LOCAL_KAFKA, 'KAFKA_BOOTSTRAP_SERVERS')}."
         super().__init__(message)
 
 

@@ -9,7 +9,9 @@ import typer
 
 from scorer.api.settings import ApiSettings
 from streamscore.errors import ConfigError
+from streamscore.failures import env_name
 from streamscore.logs import configure
+from streamscore.ports import ensure_free
 from streamscore_cli.console import console, friendly_errors, load_settings
 
 
@@ -31,6 +33,7 @@ def api(
         settings = _settings(host=host, port=port, batching=batching)
         if not settings.active_keys():
             raise ConfigError("API_KEYS", "no active API key: create one with `streamscore api-key NAME`")
+        ensure_free(settings.port, env_name(ApiSettings, "port"), settings.host)  # before saying where it listens
     if logging.getLogger().getEffectiveLevel() > logging.INFO:
         configure("INFO")
     console.print(

@@ -1,15 +1,39 @@
-"""`streamscore`: the umbrella CLI. It wires the services together and holds no logic of its own."""
+"""`streamscore`: the umbrella CLI. It wires the services together and holds no logic of its own.
+
+Every failure of every command ends here in one line on stderr, `error: <what>. <what to do>`, and exit code 1
+(StreamscoreError, a settings error naming its environment variable, a taken port, a broker or Redis that does not
+answer; see streamscore.failures); `streamscore --debug …` adds the traceback.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperGroup
 
 from streamscore import __version__
 from streamscore.logs import configure
 from streamscore_cli import api, config, demo, dlq, features, infra, lag, produce, schemas, score, stream, train
 from streamscore_cli import monitor as monitor_cli
+from streamscore_cli.console import TYPER_SIGNALS, options, show_failure
+
+
+class OneLineErrors(TyperGroup):
+    """The root command: whatever a command raises is reported in one line (its traceback with `--debug`)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TYPER_SIGNALS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported in one line; `--debug` prints the traceback
+            show_failure(exc)
+            raise typer.Exit(1) from None
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="streamscore — real-time fraud scoring on Kafka.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -43,7 +67,14 @@ def root(
     version: bool = typer.Option(
         False, "--version", callback=version_callback, is_eager=True, help="Print the version."
     ),
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        envvar="STREAMSCORE_DEBUG",
+        help="On a failure, print its traceback (and the log lines it carries) before the one-line error.",
+    ),
 ) -> None:
+    options.debug = debug
     configure(log_level)
 
 

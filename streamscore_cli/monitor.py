@@ -12,7 +12,9 @@ from rich.console import Console
 from monitor.app_settings import MonitorAppSettings
 from monitor.operating import OperatingPointView, operating_points
 from monitor.settings import MonitorSettings
+from streamscore.failures import env_name
 from streamscore.kafka import wait_for_broker
+from streamscore.ports import ensure_free
 from streamscore.registry import Registry, RegistrySettings
 from streamscore.settings import KafkaSettings, TopicSettings
 from streamscore.topics import TopicRegistry
@@ -20,8 +22,6 @@ from streamscore_cli.console import console, friendly_errors, load_settings
 
 if TYPE_CHECKING:  # Faust, scipy and numpy load in the commands that use them, not for `--help`
     from monitor.reader import Results
-
-_BLOCKS = (MonitorSettings, KafkaSettings, TopicSettings, RegistrySettings)
 
 
 def monitor(
@@ -45,7 +45,8 @@ def monitor(
 
     with friendly_errors():
         stats = load_settings(MonitorSettings, {"window_seconds": window_seconds, "label_maturity_s": maturity_s})
-        settings = load_settings(MonitorAppSettings, {"metrics_port": port, "app_id": app_id, "stats": stats}, _BLOCKS)
+        settings = load_settings(MonitorAppSettings, {"metrics_port": port, "app_id": app_id, "stats": stats})
+        ensure_free(settings.metrics_port, env_name(MonitorAppSettings, "metrics_port"), settings.metrics_bind)
         partitions = preflight(settings, connect_timeout)
         instance = create_app(settings.model_copy(update={"table_partitions": partitions}))
     registry = settings.topics.registry()

@@ -11,19 +11,14 @@ from typing import Any
 
 import typer
 
-from feature_repo.settings import FeastSettings
 from scorer.settings import ScorerSettings
 from streamscore.logs import configure
-from streamscore.registry import RegistrySettings
-from streamscore.settings import KafkaSettings, RedisSettings, TopicSettings
 from streamscore_cli.console import friendly_errors, load_settings
-
-_BLOCKS = (ScorerSettings, KafkaSettings, TopicSettings, FeastSettings, RedisSettings, RegistrySettings)
 
 
 def settings_from(overrides: dict[str, Any]) -> ScorerSettings:
     """The settings from the environment and the options; a bad value names the variable to fix."""
-    return load_settings(ScorerSettings, overrides, _BLOCKS)
+    return load_settings(ScorerSettings, overrides)
 
 
 def score(

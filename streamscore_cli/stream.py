@@ -11,17 +11,15 @@ from typing import Any
 
 import typer
 
-from feature_repo.settings import FeastSettings
 from stream_processors.settings import StreamProcessorSettings
-from streamscore.settings import KafkaSettings, RedisSettings, TopicSettings
+from streamscore.failures import env_name
+from streamscore.ports import ensure_free
 from streamscore_cli.console import console, friendly_errors, load_settings
-
-_BLOCKS = (StreamProcessorSettings, KafkaSettings, TopicSettings, FeastSettings, RedisSettings)
 
 
 def _settings(overrides: dict[str, Any]) -> StreamProcessorSettings:
     """The settings from the environment and the options; a bad value names the variable to fix."""
-    return load_settings(StreamProcessorSettings, overrides, _BLOCKS)
+    return load_settings(StreamProcessorSettings, overrides)
 
 
 def stream(
@@ -47,6 +45,7 @@ def stream(
                 "app_id": app_id,
             }
         )
+        ensure_free(settings.metrics_port, env_name(StreamProcessorSettings, "metrics_port"), settings.metrics_bind)
         processor = create_app(settings)
     console.print(
         f"[green]✓[/] feature processor [bold]{settings.faust_id}[/] reading "

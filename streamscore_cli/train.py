@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streamscore.errors import ConfigError
+from streamscore.failures import settings_error
 from streamscore_cli.console import console, err_console, friendly_errors
 from training.settings import PRESETS, preset_settings
 
@@ -125,20 +126,21 @@ def train(
 ) -> None:
     """Train a fraud model on the history, export it to ONNX and register it in MLflow behind the gate."""
     with friendly_errors():
+        options = {
+            "history_dir": history,
+            "epochs": epochs,
+            "seed": seed,
+            "device": device,
+            "feature_join": join,
+            "mlflow_tracking_uri": tracking_uri,
+        }
         try:
-            settings = preset_settings(
-                config,
-                history_dir=history,
-                epochs=epochs,
-                seed=seed,
-                device=device,
-                feature_join=join,
-                mlflow_tracking_uri=tracking_uri,
-            )
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            variable = "TRAIN_" + "_".join(str(p) for p in first["loc"]).upper() if first["loc"] else "TRAIN_*"
-            raise ConfigError(variable, first["msg"]) from None
+            settings = preset_settings(config, **options)
+        except (ValidationError, SettingsError) as exc:
+            error = settings_error(exc, given=[name for name, value in options.items() if value is not None])
+            if error is None:
+                raise
+            raise error from exc
         from training.pipeline import train as run_training
 
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from scorer.api.server import serve
 from scorer.api.settings import ApiSettings
+from streamscore.failures import exit_on_failure
 from streamscore.logs import configure
 
 
 def main() -> None:
-    configure()
-    settings = ApiSettings()
-    serve(settings)
+    with exit_on_failure():  # a failure is one log line and an exit code (2: a setting, 3: infrastructure)
+        configure()
+        serve(ApiSettings())
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from scorer.api.hotpath import CLIENT_GONE, ScoreRoute, render_error, scan_headers
 from scorer.api.settings import ApiSettings
 from streamscore.errors import StreamscoreError
+from streamscore.failures import env_name
+from streamscore.ports import ensure_free
 
 if TYPE_CHECKING:
     from scorer.api.app import Runtime
@@ -380,4 +382,6 @@ def config(settings: ApiSettings, *, log_level: str = "info") -> uvicorn.Config:
 
 
 def serve(settings: ApiSettings) -> None:
+    # uvicorn reports a taken port in a log line and exits the process: check first, to name the setting.
+    ensure_free(settings.port, env_name(ApiSettings, "port"), settings.host)
     uvicorn.Server(config(settings)).run()

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from feature_repo.layout import VIEW_TTLS
-from streamscore.errors import InfraError
+from streamscore.errors import LOCAL_REDIS, InfraError, start_hint
 from streamscore.features import AccountProfile, MerchantRisk, RealtimeSnapshot
 
 OnlineRow = tuple[RealtimeSnapshot | None, AccountProfile | None, MerchantRisk | None]
@@ -26,8 +26,6 @@ OnlineRow = tuple[RealtimeSnapshot | None, AccountProfile | None, MerchantRisk |
 TTL_SECONDS: dict[str, float] = {view: ttl.total_seconds() for view, ttl in VIEW_TTLS.items()}
 """Per view: a row older than this at the key's `as_of` counts as absent (the offline join's rule)."""
 
-START_HINT = "start it with `streamscore infra up` (local stack) or check REDIS_HOST / REDIS_PORT"
-
 
 class FeatureStoreUnavailableError(InfraError):
     """The online store cannot be read (connection refused, timeout, a Redis error): retry with backoff, never
@@ -35,8 +33,11 @@ class FeatureStoreUnavailableError(InfraError):
 
     http_status = 503
 
-    def __init__(self, store: str, problem: str) -> None:
-        super().__init__(store, f"{problem}; {START_HINT}")
+    def __init__(self, store: str, problem: str, address: str | None = None) -> None:
+        """`address`: host:port of a Redis store (None for SQLite); `streamscore infra up` is suggested only for the
+        local stack's own address."""
+        hint = start_hint(address, LOCAL_REDIS, "REDIS_HOST / REDIS_PORT") if address else "check the FEAST_… settings"
+        super().__init__(store, f"{problem}; {hint[0].lower()}{hint[1:]}")
         self.problem = problem
 
 

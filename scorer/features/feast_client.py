@@ -33,9 +33,13 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (redis.RedisError, OSError, sqli
 class FeastFeatureClient(FeatureClient):
     """Feast's SDK over any online store of `FeastSettings` (Redis or SQLite)."""
 
-    def __init__(self, store: FeatureStore, *, description: str = "the Feast online store") -> None:
+    def __init__(
+        self, store: FeatureStore, *, description: str = "the Feast online store", address: str | None = None
+    ) -> None:
         self.store = store
         self.description = description
+        self.address = address
+        """host:port of a Redis online store (None: SQLite), named in the error when it does not answer."""
 
     @classmethod
     def from_settings(
@@ -46,12 +50,14 @@ class FeastFeatureClient(FeatureClient):
         read_timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> FeastFeatureClient:
         store = open_store(settings)
+        address = None
         if settings.online_store == "redis":
+            address = f"{settings.redis.host}:{settings.redis.port}"
             _give_feast_a_bounded_client(store, settings.redis, connect_timeout_s, read_timeout_s)
             where = f"Redis at {settings.redis.host}:{settings.redis.port} (Feast SDK, project {settings.project})"
         else:
             where = f"SQLite online store {settings.sqlite_path} (Feast SDK, project {settings.project})"
-        return cls(store, description=where)
+        return cls(store, description=where, address=address)
 
     def read(self, keys: Sequence[tuple[str, str]], as_of: Sequence[float] | None = None) -> list[OnlineRow]:
         check_as_of(keys, as_of)
@@ -61,7 +67,9 @@ class FeastFeatureClient(FeatureClient):
         try:
             return read_online(self.store, keys, as_of=instants)
         except _UNAVAILABLE as exc:
-            raise FeatureStoreUnavailableError(self.description, f"read failed: {type(exc).__name__}: {exc}") from exc
+            raise FeatureStoreUnavailableError(
+                self.description, f"read failed: {type(exc).__name__}: {exc}", self.address
+            ) from exc
 
     def ping(self) -> None:
         # Feast has no ping: a read of a key nobody writes exercises the registry and the online store.

@@ -295,7 +295,8 @@ class RedisFeatureClient(FeatureClient):
         key_cache_size: int = DEFAULT_KEY_CACHE_SIZE,
     ) -> None:
         self.project = project
-        self.description = f"Redis at {redis_settings.host}:{redis_settings.port} (project {project})"
+        self.address = f"{redis_settings.host}:{redis_settings.port}"
+        self.description = f"Redis at {self.address} (project {project})"
         self.round_trips = 0
         """Pipelines sent (one per non-empty read): what the integration test counts."""
         self._redis = bounded_redis_client(redis_settings, connect_timeout_s, read_timeout_s)
@@ -426,7 +427,7 @@ class RedisFeatureClient(FeatureClient):
         return MerchantRisk(*map(_call, self._merchant, reply[:_N_MERCHANT])), stamp
 
     def _unavailable(self, exc: BaseException) -> FeatureStoreUnavailableError:
-        return FeatureStoreUnavailableError(self.description, f"read failed: {type(exc).__name__}: {exc}")
+        return FeatureStoreUnavailableError(self.description, f"read failed: {type(exc).__name__}: {exc}", self.address)
 
     def ping(self) -> None:
         try:

@@ -402,7 +402,12 @@ def test_feast_client_gets_a_client_that_fails_fast(tmp_path: Path) -> None:
 
 
 def test_unavailable_is_a_retryable_infrastructure_error() -> None:
-    error = FeatureStoreUnavailableError("Redis at 127.0.0.1:1", "read failed: ConnectionError: refused")
+    error = FeatureStoreUnavailableError("Redis at 127.0.0.1:1", "read failed: ConnectionError: refused", "127.0.0.1:1")
     assert isinstance(error, InfraError)
     assert error.retryable and error.http_status == 503
-    assert "streamscore infra up" in str(error) and "Redis at 127.0.0.1:1" in str(error)
+    # Not the local stack's address: starting the local stack would not help; the settings may be wrong.
+    assert "Redis at 127.0.0.1:1" in str(error) and "REDIS_HOST / REDIS_PORT" in str(error)
+    assert "infra up" not in str(error)
+    local = FeatureStoreUnavailableError("Redis at 127.0.0.1:6379", "read failed: refused", "127.0.0.1:6379")
+    assert "start it with `streamscore infra up`" in str(local)
+    assert "\n" not in str(local)

@@ -1,0 +1,139 @@
+"""A first run's errors: one line each, `error: <VARIABLE>: <problem>. <fix>`, naming what to change; the traceback
+only with `--debug`. Every case fails before any network or process is touched."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from streamscore.errors import BrokerUnavailableError, MissingToolError
+from streamscore.infra import stack as stack_module
+from streamscore_cli.console import options
+from streamscore_cli.main import app
+
+runner = CliRunner()
+
+DIGEST = "ab" * 32
+"""A well-formed API key digest (of no real key)."""
+
+
+def lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.strip()]
+
+
+@pytest.fixture(autouse=True)
+def _no_debug() -> Iterator[None]:
+    yield
+    options.debug = False  # the root callback sets it per invocation; keep one test's --debug from the next
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port something listens on (this test process)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "variable", "says"),
+    [
+        ({"API_KEYS": "not json"}, ["api"], "API_KEYS", "not valid JSON"),
+        ({"SCORER_SHADOWS": "x"}, ["score"], "SCORER_SHADOWS", "Set it to a JSON list, e.g. [{"),
+        ({"SCORER_SHADOWS": "x"}, ["api"], "SCORER_SHADOWS", "not valid JSON"),  # a block nested in the API's
+        ({"SCORER_SHADOWS": '[{"name": "s"}]'}, ["score"], "SCORER_SHADOWS", "in entry 0, alias: field required"),
+        ({"SCORER_DELIVERY": "maybe"}, ["score"], "SCORER_DELIVERY", "(got 'maybe'). Fix or unset SCORER_DELIVERY."),
+        ({"SCORER_REVIEW_THRESHOLD": "0.5"}, ["score"], "SCORER_REVIEW_THRESHOLD", "set both or neither"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": " "}, ["score"], "KAFKA_BOOTSTRAP_SERVERS", "at least one host:port"),
+        ({"REDIS_PORT": "abc"}, ["api"], "REDIS_PORT", "valid integer"),
+        ({"MONITOR_EXPECTED_SPLIT": "{"}, ["monitor"], "MONITOR_EXPECTED_SPLIT", "a JSON object"),
+        ({"FEATURES_PUSH_BATCH_SIZE": "0"}, ["features", "stream"], "FEATURES_PUSH_BATCH_SIZE", "greater than"),
+        ({"INFRA_KAFKA_PORT": "x"}, ["infra", "up"], "INFRA_KAFKA_PORT", "valid integer"),
+        ({"INFRA_REDIS_PORT": "9092"}, ["infra", "status"], "INFRA_KAFKA_PORT", "must differ"),
+        ({"TRAIN_EPOCHS": "x"}, ["train"], "TRAIN_EPOCHS", "Fix or unset TRAIN_EPOCHS."),
+        ({"PRODUCER_RATE": "-1"}, ["produce", "--events", "1"], "PRODUCER_RATE", "greater than or equal to 0"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": ""}, ["lag"], "KAFKA_BOOTSTRAP_SERVERS", "at least one host:port"),
+        ({"LOG_LEVEL": "LOUD"}, ["infra", "status"], "LOG_LEVEL", "Use DEBUG, INFO, WARNING or ERROR."),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_its_variable(
+    env: dict[str, str], args: list[str], variable: str, says: str
+) -> None:
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 1, result.output
+    assert lines(result.output) == [lines(result.output)[0]], result.output
+    assert result.output.startswith(f"error: {variable}: "), result.output
+    assert says in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_option_out_of_range_says_to_fix_the_option() -> None:
+    result = runner.invoke(app, ["score", "--batch-size", "0"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: SCORER_MAX_BATCH_SIZE: input should be greater than or equal to 1")
+    assert "Fix the option that sets it." in result.output
+
+
+def test_debug_adds_the_traceback() -> None:
+    quiet = runner.invoke(app, ["score"], env={"SCORER_SHADOWS": "x"})
+    loud = runner.invoke(app, ["--debug", "score"], env={"SCORER_SHADOWS": "x"})
+    by_variable = runner.invoke(app, ["score"], env={"SCORER_SHADOWS": "x", "STREAMSCORE_DEBUG": "1"})
+    assert "Traceback" not in quiet.output
+    for result in (loud, by_variable):
+        assert result.exit_code == 1
+        assert "Traceback (most recent call last)" in result.output
+        assert "JSONDecodeError" in result.output  # the cause, down to where the environment was read
+        assert lines(result.output)[-1] == lines(quiet.output)[0]  # and the same line last
+
+
+def test_an_unexpected_error_is_one_line_that_points_at_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: object) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(stack_module.LocalStack, "status", broken)
+    result = runner.invoke(app, ["infra", "status"])
+    assert result.exit_code == 1
+    hint = "(an unexpected error: `streamscore --debug …` prints its traceback)"
+    assert lines(result.output) == [f"error: KeyError: 'boom' {hint}"]
+
+
+@pytest.mark.parametrize(
+    ("args", "variable"),
+    [(["api"], "API_PORT"), (["monitor"], "MONITOR_METRICS_PORT"), (["features", "stream"], "FEATURES_METRICS_PORT")],
+)
+def test_a_port_in_use_names_the_setting_and_who_holds_it(taken_port: int, args: list[str], variable: str) -> None:
+    env = {variable: str(taken_port), "API_KEYS": f'[{{"name": "t", "sha256": "{DIGEST}"}}]'}
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 1
+    holder = f"pid {os.getpid()} ({Path('/proc/self/comm').read_text().strip()})"
+    assert len(lines(result.output)) == 1, result.output
+    assert re.fullmatch(  # the API listens on 127.0.0.1, the Faust services on 0.0.0.0 (their metrics_bind)
+        rf"error: {variable}: port {taken_port} on (127\.0\.0\.1|0\.0\.0\.0) is already in use by "
+        rf"{re.escape(holder)}\. Stop that process, or set {variable} to a free port\.",
+        lines(result.output)[0],
+    )
+
+
+def test_the_local_stack_is_suggested_only_for_its_own_address() -> None:
+    assert "streamscore infra up" in BrokerUnavailableError("127.0.0.1:9092", 3).message
+    assert "streamscore infra up" in BrokerUnavailableError("localhost:9092", 3).message
+    elsewhere = BrokerUnavailableError("kafka.internal:9092", 3).message
+    assert "infra up" not in elsewhere and "KAFKA_BOOTSTRAP_SERVERS" in elsewhere
+    assert "infra up" not in BrokerUnavailableError("127.0.0.1:29092", 3).message
+
+
+def test_a_missing_tool_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def missing(name: str) -> str:
+        raise MissingToolError(name, "Install it.")
+
+    monkeypatch.setattr(stack_module, "require_tool", missing)
+    result = runner.invoke(app, ["infra", "up"], env={"INFRA_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 1
+    assert lines(result.output) == ["error: 'java' was not found on PATH. Install it."]
