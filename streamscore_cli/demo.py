@@ -49,6 +49,7 @@ from producers.drift import DriftSpec
 from producers.settings import ProducerSettings
 from scorer.api.security import digest, new_key
 from streamscore.errors import StreamscoreError
+from streamscore.failures import describe
 from streamscore.infra.settings import PROJECT_ROOT
 from streamscore.kafka import admin_client, consumer_config, delete_topics
 from streamscore.lag import GroupLag, LagReader
@@ -466,6 +467,9 @@ class Demo:
         self.log_file = paths.logs / "demo.log"
         self.sink = _log_to_file(self.log_file)
         self.stack_started: list[str] = []
+        """What this demo's `up` started: the only parts of the local stack it stops."""
+        self.stack_before: list[str] | None = None
+        """What of the local stack ran before the demo (None: not looked at yet, the demo failed before)."""
         self.tally = OutputTally(since_ms=0)
         self.reader: OutputReader | None = None
         self.stop = threading.Event()
@@ -499,12 +503,14 @@ class Demo:
                 yield
         except (DemoStepError, KeyboardInterrupt):
             raise
-        except StreamscoreError as exc:
-            log.exception("step %s failed", name)
-            raise DemoStepError(name, exc.message, where) from exc
         except Exception as exc:
-            log.exception("step %s failed", name)
-            raise DemoStepError(name, f"{type(exc).__name__}: {exc}", where) from exc
+            # The traceback goes to the demo's log only (INFO: the terminal shows warnings and up); the terminal gets
+            # the one-line error, and `streamscore --debug demo` the traceback too.
+            log.info("step %s failed", name, exc_info=True)
+            failure = describe(exc)
+            error = DemoStepError(name, failure.line, where)
+            error.details = failure.details
+            raise error from exc
 
     @property
     def lag_reader(self) -> LagReader:
@@ -531,6 +537,9 @@ class Demo:
 
     def stack_up(self) -> None:
         started = time.monotonic()
+        # What ran before, from the stack's own records: only that may be said to have been running. A failed `up`
+        # stops what it started itself, so after one the demo has nothing of the stack to stop.
+        self.stack_before = [name for name in ("kafka", "redis") if self.stack.record(name) is not None]
         with (
             self.out.status("starting the local stack") as status,
             self.step("local stack", self.stack.settings.data_dir),
@@ -1140,12 +1149,13 @@ class Demo:
             self.out.print(f"stopped {', '.join(f'{n} (pid {r.pid})' for n, r in running.items())}", highlight=False)
         if self.stack_started:
             with self.out.status("stopping the local stack"):
-                self.stack.down()
-            self.out.print("stopped the local stack")
-        else:
+                stopped = self.stack.down(only=self.stack_started)
+            self.out.print(f"stopped the local stack's {' and '.join(stopped) or 'nothing'} (the demo started it)")
+        if self.stack_before:
+            keeps, it = ("keeps", "it") if len(self.stack_before) == 1 else ("keep", "them")
             self.out.print(
-                "the local stack was already running before the demo and keeps running "
-                "([bold]streamscore infra down[/] stops it)"
+                f"the local stack's {' and '.join(self.stack_before)} ran before the demo and {keeps} running "
+                f"([bold]streamscore infra down[/] stops {it})"
             )
 
     def print_kept(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -30,16 +31,38 @@ Readiness = Callable[[dict[str, Any]], str | None]
 
 
 class DemoStepError(StreamscoreError):
-    """A step of the demo failed; names the step and where its log is."""
+    """A step of the demo failed: one line naming the step, what went wrong (for a service that exited, the error
+    its log ends with) and where its log is; the log's last lines are the details (`streamscore --debug`)."""
 
     def __init__(self, step: str, problem: str, log: Path | str | None = None, log_tail: str = "") -> None:
         message = f"{step} failed: {problem}"
-        if log_tail.strip():
-            message += "\n--- last lines of the log ---\n" + log_tail.rstrip()
+        reason = last_error(log_tail)
+        if reason:
+            message += f": {reason}"
         if log is not None:
-            message += f"\nlog: {log}"
-        super().__init__(message)
+            message += f" (log: {log})"
+        details = "--- last lines of the log ---\n" + log_tail.rstrip() if log_tail.strip() else ""
+        super().__init__(message, details)
         self.step = step
+
+
+_LOGGED_ERROR = re.compile(r"^\S+ \S+ (?:ERROR|CRITICAL) \S+ (?P<message>.+)$")
+"""A line of our services' log format (streamscore.logs) at ERROR: the message after the logger's name."""
+_RAISED = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exit): .+$")
+"""The last line of a traceback: `SomeError: what`."""
+
+
+def last_error(log_tail: str, limit: int = 300) -> str:
+    """The error a service's log ends with: its last ERROR line (a service's one-line failure), else the last line
+    of a traceback; "" when there is none."""
+    for line in reversed(log_tail.strip().splitlines()):
+        line = line.strip()
+        logged = _LOGGED_ERROR.match(line)
+        if logged:
+            return logged.group("message")[:limit]
+        if _RAISED.match(line):
+            return line[:limit]
+    return ""
 
 
 @dataclass(frozen=True)

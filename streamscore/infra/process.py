@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import json
 import logging
@@ -107,12 +108,39 @@ def is_running(record: ProcessRecord) -> bool:
         stat = Path(f"/proc/{record.pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return False
+    fields = stat.rsplit(")", 1)[1].split()
     # A zombie (state Z) has exited; it only waits for its parent to reap it.
-    state = stat.rsplit(")", 1)[1].split()[0]
+    state = fields[0]
     # Right after spawn() the child may not have exec'd yet: its command line is still empty (or the parent's) for a
     # moment. A pid we recorded less than a second ago is ours.
-    young = time.time() - record.started_at < 1.0
-    return state != "Z" and (record.marker in cmdline or young)
+    young = 0.0 <= time.time() - record.started_at < 1.0
+    # A process that started after the record was written is not the one recorded, whatever its command line: the
+    # pid was reused (after a reboot, a system redis-server on the same port has the same command line as ours).
+    started = _started_at(fields)
+    reused = started is not None and started > record.started_at + PID_REUSE_SLACK_S
+    return state != "Z" and not reused and (record.marker in cmdline or young)
+
+
+PID_REUSE_SLACK_S = 60.0
+"""How much later than its record a process may seem to have started and still be the one recorded: the boot time
+/proc gives is whole seconds, and the wall clock may be stepped a little after a start."""
+
+
+def _started_at(stat_fields: list[str]) -> float | None:
+    """A process's start (wall clock, to a second) from the fields of its /proc/<pid>/stat after the command name
+    (the 22nd field of the file, `starttime`, is clock ticks after boot); None where /proc does not say."""
+    try:
+        return _boot_time() + int(stat_fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@functools.cache
+def _boot_time() -> float:
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise ValueError("/proc/stat has no btime")
 
 
 def spawn(

@@ -44,9 +44,9 @@ def wait_ready(record: ProcessRecord, timeout_s: float) -> float:
         except redis.RedisError:
             pass
         if not is_running(record):
-            raise InfraError("redis", "redis-server exited during start-up", tail(record.log))
+            raise InfraError("redis", "redis-server exited during start-up", tail(record.log), record.log)
         if time.monotonic() - started > timeout_s:
             raise InfraError(
-                "redis", f"no PING answer on port {record.port} within {timeout_s:.0f} s", tail(record.log)
+                "redis", f"no PING answer on port {record.port} within {timeout_s:.0f} s", tail(record.log), record.log
             )
         time.sleep(0.05)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from streamscore.errors import BrokerUnavailableError, MissingToolError
+from streamscore.infra import kafka as local_kafka
 from streamscore.infra import stack as stack_module
+from streamscore.infra.settings import PROJECT_ROOT
 from streamscore_cli.console import options
 from streamscore_cli.main import app
 
@@ -121,6 +125,36 @@ def test_a_port_in_use_names_the_setting_and_who_holds_it(taken_port: int, args:
     )
 
 
+def test_infra_up_refuses_a_taken_port_before_starting_anything(
+    taken_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stack_module, "require_tool", lambda name: name)  # whether java is installed is not the point
+    fetched: list[bool] = []
+    monkeypatch.setattr(local_kafka, "fetch_jars", lambda *a, **k: fetched.append(True))
+    kafka_port, controller_port = free_ports(2)
+    env = {
+        "INFRA_DATA_DIR": str(tmp_path),
+        "INFRA_KAFKA_PORT": str(kafka_port),
+        "INFRA_CONTROLLER_PORT": str(controller_port),
+        "INFRA_REDIS_PORT": str(taken_port),
+    }
+    result = runner.invoke(app, ["infra", "up"], env=env)
+    assert result.exit_code == 1
+    assert lines(result.output) == [lines(result.output)[0]]
+    assert result.output.startswith(f"error: INFRA_REDIS_PORT: port {taken_port} on 127.0.0.1 is already in use by ")
+    assert not fetched and not (tmp_path / "stack.json").exists()
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def test_the_local_stack_is_suggested_only_for_its_own_address() -> None:
     assert "streamscore infra up" in BrokerUnavailableError("127.0.0.1:9092", 3).message
     assert "streamscore infra up" in BrokerUnavailableError("localhost:9092", 3).message
@@ -137,3 +171,50 @@ def test_a_missing_tool_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     result = runner.invoke(app, ["infra", "up"], env={"INFRA_DATA_DIR": str(tmp_path)})
     assert result.exit_code == 1
     assert lines(result.output) == ["error: 'java' was not found on PATH. Install it."]
+
+
+# The demo in a fresh interpreter, with redis-server missing: it must stop at the local stack in one line and say
+# nothing about a stack that "was already running" (nothing ran, nothing started).
+DEMO_WITHOUT_REDIS = """
+import sys
+import streamscore.infra.stack as stack
+from streamscore.errors import MissingToolError
+
+def require_tool(name):
+    if name == "redis-server":
+        raise MissingToolError(name, "Install Redis.")
+    return name
+
+stack.require_tool = require_tool
+from streamscore_cli.main import main
+sys.argv = ["streamscore", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_demo_that_cannot_start_the_stack_says_so_in_one_line_and_claims_nothing(tmp_path: Path) -> None:
+    ports = free_ports(3)
+    env = {
+        **os.environ,
+        "INFRA_DATA_DIR": str(tmp_path / "infra"),
+        "INFRA_KAFKA_PORT": str(ports[0]),
+        "INFRA_CONTROLLER_PORT": str(ports[1]),
+        "INFRA_REDIS_PORT": str(ports[2]),
+        "COLUMNS": "200",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", DEMO_WITHOUT_REDIS, "demo", "--data-dir", str(tmp_path / "demo")],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert lines(result.stderr) == [
+        f"error: local stack failed: 'redis-server' was not found on PATH. Install Redis. (log: {tmp_path / 'infra'})"
+    ]
+    assert "running" not in result.stdout, result.stdout  # neither "was running before" nor "keeps running"
+    assert "stopped" not in result.stdout, result.stdout
+    assert "step local stack failed" in (tmp_path / "demo" / "logs" / "demo.log").read_text()  # the traceback's place
