@@ -5,11 +5,19 @@ scorer computes, and warmed up (the first runs of a session allocate and pick ke
 land on a live batch). With a GPU, a version also gets a CUDA session, used for batches of at least
 `cuda_min_batch` rows: below that, the host↔device copies and the kernel launches cost more than the CPU kernels
 of a small MLP (bench/gpu.py measures where CUDA starts to win; on an H200 with the v1 MLP, from 1024 rows).
+
+Whether there is a usable GPU is decided once per process (`cuda_status`), and why not is logged: the CUDA image
+(deploy/docker/Dockerfile, FLAVOUR=cuda) ships CUDA and cuDNN as wheels, which ONNX Runtime does not find by itself,
+so they are loaded first (`onnxruntime.preload_dlls`), and only where an NVIDIA driver is present.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import io
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -93,23 +101,69 @@ def _session(data: bytes, providers: list[Any], options: RuntimeOptions) -> ort.
     return ort.InferenceSession(data, sess_options=so, providers=providers)
 
 
-@cache
 def cuda_available() -> bool:
-    """Whether ONNX Runtime can really run on a GPU here. onnxruntime-gpu lists the CUDA provider even without
-    a GPU or CUDA libraries and only fails (loudly, on stderr) when a session asks for it; probe once, quietly."""
+    """Whether ONNX Runtime can really run on a GPU here (decided once per process: `cuda_status`)."""
+    return cuda_status() is None
+
+
+@cache
+def cuda_status() -> str | None:
+    """None when ONNX Runtime can run on a GPU here, else why not; logged once, at start (the first model load)."""
+    problem = cuda_problem()
+    if problem is None:
+        logger.info("ONNX Runtime %s: CUDA available", ort.__version__)
+    else:
+        logger.info("ONNX Runtime %s: no CUDA, sessions run on the CPU: %s", ort.__version__, problem)
+    return problem
+
+
+def cuda_problem() -> str | None:
+    """Why ONNX Runtime cannot run on a GPU here, or None. onnxruntime-gpu lists the CUDA provider even without a GPU
+    or CUDA libraries and only fails (loudly, on stderr) when a session asks for it: probe once, quietly."""
     if CUDA not in ort.get_available_providers():
-        return False
+        return f"onnxruntime {ort.__version__} has no CUDA provider (a CPU-only build)"
+    if sys.platform == "linux":
+        try:
+            _load_driver()
+        except OSError as exc:
+            return f"no NVIDIA driver: libcuda.so.1 cannot be loaded ({exc}); no GPU here, or a container without one"
+    unloaded = _preload_cuda_libraries()
     ort.set_default_logger_severity(4)
     try:
-        probe = _probe_graph()
         so = ort.SessionOptions()
         so.log_severity_level = 4
-        session = ort.InferenceSession(probe, sess_options=so, providers=[CUDA, CPU])
-        return CUDA in session.get_providers()
-    except Exception:  # noqa: BLE001 - any failure means: no usable CUDA
-        return False
+        session = ort.InferenceSession(_probe_graph(), sess_options=so, providers=[CUDA, CPU])
+        if CUDA in session.get_providers():
+            return None
+        problem = "the CUDA provider did not attach to a session"
+    except Exception as exc:  # noqa: BLE001 - any failure means: no usable CUDA
+        first_line = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+        problem = f"the CUDA provider failed: {first_line}"
     finally:
         ort.set_default_logger_severity(2)
+    return f"{problem}; {unloaded}" if unloaded else problem
+
+
+def _load_driver() -> None:
+    """Load the NVIDIA driver's CUDA library (the NVIDIA container toolkit mounts it into a GPU container)."""
+    ctypes.CDLL("libcuda.so.1")
+
+
+def _preload_cuda_libraries() -> str:
+    """Load CUDA and cuDNN from the nvidia-* wheels (the `cuda` extra), which ONNX Runtime's CUDA provider does not
+    look for; a machine's own CUDA on the library path still serves when there are none. Returns what failed to load
+    (ONNX Runtime prints it; it goes into the reason instead), empty when all loaded or nothing was tried."""
+    preload = getattr(ort, "preload_dlls", None)  # ONNX Runtime >= 1.21
+    if preload is None:
+        return ""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            preload()
+    except Exception as exc:  # noqa: BLE001 - a failed preload leaves the library path to the CUDA provider
+        return f"loading the CUDA wheels failed: {exc}"
+    failed = [line.strip() for line in printed.getvalue().splitlines() if line.strip().startswith("Failed to load")]
+    return "; ".join(failed)
 
 
 def _probe_graph() -> bytes:
@@ -150,7 +204,10 @@ def load_model(files: ModelFiles, options: RuntimeOptions) -> LoadedModel:
         except Exception as exc:  # noqa: BLE001 - a broken CUDA install must not stop a CPU-capable scorer
             logger.warning("CUDA session for %s v%s failed, serving on CPU: %s", files.name, files.version, exc)
     if options.device == "cuda" and cuda is None:
-        raise ModelLoadError(files.name, files.version, "SCORER_DEVICE=cuda but ONNX Runtime has no working CUDA")
+        reason = cuda_status() or "its CUDA session did not load (logged above)"
+        raise ModelLoadError(
+            files.name, files.version, f"SCORER_DEVICE=cuda but ONNX Runtime has no working CUDA: {reason}"
+        )
     model = LoadedModel(
         name=files.name,
         version=files.version,
