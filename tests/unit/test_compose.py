@@ -213,9 +213,9 @@ def compose_cli() -> tuple[str, ...]:
 
 def compose_config(*files: Path, profiles: tuple[str, ...] = PROFILES) -> dict[str, Any]:
     """What Compose would run: `config --format json` over `files` with `profiles`, in a clean environment (the
-    defaults of the file's ${VAR:-default}, not this shell's COMPOSE_* or API_KEYS)."""
+    defaults of the file's ${VAR:-default}, not this shell's COMPOSE_* or API_KEYS, nor a developer's .env)."""
     env = {key: value for key, value in os.environ.items() if key in {"PATH", "HOME", "TMPDIR", "LANG"}}
-    args = [*compose_cli(), "--project-directory", str(REPO)]
+    args = [*compose_cli(), "--project-directory", str(REPO), "--env-file", os.devnull]
     for file in files or (COMPOSE_FILE,):
         args += ["-f", str(file)]
     for profile in profiles:
