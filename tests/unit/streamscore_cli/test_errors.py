@@ -12,13 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from typer.testing import CliRunner
 
 from streamscore.errors import BrokerUnavailableError, MissingToolError
+from streamscore.failures import describe
 from streamscore.infra import kafka as local_kafka
 from streamscore.infra import stack as stack_module
 from streamscore.infra.settings import PROJECT_ROOT
 from streamscore_cli.console import options
+from streamscore_cli.demo_processes import DemoStepError
 from streamscore_cli.main import app
 
 runner = CliRunner()
@@ -218,3 +221,30 @@ def test_a_demo_that_cannot_start_the_stack_says_so_in_one_line_and_claims_nothi
     assert "running" not in result.stdout, result.stdout  # neither "was running before" nor "keeps running"
     assert "stopped" not in result.stdout, result.stdout
     assert "step local stack failed" in (tmp_path / "demo" / "logs" / "demo.log").read_text()  # the traceback's place
+
+
+def test_a_service_that_exited_is_named_with_the_error_its_log_ends_with() -> None:
+    tail = (
+        "2026-12-07 08:22:27,100 INFO scorer.service loading models\n"
+        "2026-12-07 08:22:27,849 ERROR scorer.service invalid scorer settings: SCORER_SHADOWS: not valid JSON\n"
+        "2026-12-07 08:22:27,900 INFO librdkafka closing\n"
+    )
+    error = DemoStepError("starting the scorer", "the process exited during start-up, exit code 2", "s.log", tail)
+    assert error.message == (
+        "starting the scorer failed: the process exited during start-up, exit code 2: "
+        "invalid scorer settings: SCORER_SHADOWS: not valid JSON (log: s.log)"
+    )
+    assert "loading models" in error.details
+    traceback_tail = "Traceback (most recent call last):\n  File ...\nFileNotFoundError: [Errno 2] No such file: 'x'\n"
+    assert (
+        DemoStepError("s", "p", None, traceback_tail).message
+        == "s failed: p: FileNotFoundError: [Errno 2] No such file: 'x'"
+    )
+
+
+def test_redis_that_does_not_answer_is_named_with_its_address() -> None:
+    local = describe(redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."))
+    assert local.line.startswith("Redis at 127.0.0.1:6379 did not answer (Error 111 connecting")
+    assert local.line.endswith("Start it with `streamscore infra up` (or `make up`)") and local.expected
+    remote = describe(redis.ConnectionError("Error 111 connecting to cache.internal:6380. Connection refused."))
+    assert "REDIS_HOST / REDIS_PORT" in remote.line and "infra up" not in remote.line
