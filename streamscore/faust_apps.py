@@ -93,6 +93,7 @@ def faust_app(
     - its local state in `state_dir` when given (Faust's default is `<app id>-data` in the working directory).
     """
     if state_dir is not None:
+        state_dir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates the folder, not its parents
         options["datadir"] = str(state_dir)
     return faust.App(
         app_id,

@@ -135,7 +135,9 @@ def test_a_decisive_ab_verdict_agrees_in_sign_with_the_test_split(plain: dict[st
             assert math.copysign(1.0, c["difference"]) == math.copysign(1.0, c["expected_difference"]), c
 
 
-def test_drifted_amounts_are_flagged_within_two_windows_and_other_series_only_at_the_false_alarm_rate(drifted: dict[str, Any]) -> None:
+def test_drifted_amounts_are_flagged_within_two_windows_and_other_series_only_at_the_false_alarm_rate(
+    drifted: dict[str, Any],
+) -> None:
     windows = drifted["drift"]["drifted"]
     assert len(windows) >= 4
     order = sorted(windows, key=int)

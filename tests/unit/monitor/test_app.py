@@ -66,7 +66,8 @@ def test_an_unreachable_registry_names_the_setting_to_fix() -> None:
 
 def test_the_worker_keeps_its_local_state_where_it_is_told(tmp_path: Path) -> None:
     metrics = MonitorMetrics(CollectorRegistry())
-    told = create_app(settings(state_dir=tmp_path / "faust"), loader=lambda version: {}, metrics=metrics)
-    assert Path(told.app.conf.datadir) == tmp_path / "faust"
+    told = create_app(settings(state_dir=tmp_path / "demo" / "faust"), loader=lambda version: {}, metrics=metrics)
+    assert Path(told.app.conf.datadir) == tmp_path / "demo" / "faust"
+    assert (tmp_path / "demo").is_dir(), "Faust makes the folder itself, not its parents"
     default = create_app(settings(), loader=lambda version: {}, metrics=MonitorMetrics(CollectorRegistry()))
     assert Path(default.app.conf.datadir).name == "t.unit.monitor-test-data", "Faust's own default"
