@@ -30,8 +30,8 @@ class MonitorAppSettings(BaseSettings):
     changelogs and of the internal merge topic."""
     metrics_port: int = Field(default=6067, ge=1, le=65535)
     """Port of the worker's HTTP server: `/metrics` (Prometheus) and `/healthz`."""
-    metrics_bind: str = "0.0.0.0"
-    """Interface the HTTP server listens on."""
+    metrics_bind: str = "127.0.0.1"
+    """Interface the HTTP server listens on (0.0.0.0 in containers)."""
     include_api_scores: bool = False
     """Count scores of the ad-hoc API (`source="api"`) too. Off by default: API calls are not the randomized live
     traffic (a caller may pick a variant or a version, replay an old transaction, probe odd inputs), so they

@@ -62,8 +62,8 @@ class StreamProcessorSettings(BaseSettings):
     """At shutdown, how long to keep trying to push the queued snapshots."""
     metrics_port: int = Field(default=6066, ge=1, le=65535)
     """Port of the worker's HTTP server: `/metrics` (Prometheus) and `/healthz`."""
-    metrics_bind: str = "0.0.0.0"
-    """Interface the HTTP server listens on."""
+    metrics_bind: str = "127.0.0.1"
+    """Interface the HTTP server listens on (0.0.0.0 in containers)."""
     table_partitions: int | None = Field(default=None, ge=1)
     """Partitions of the account-state table's changelog; must equal the transactions topic's. Empty: read
     the transactions topic's partition count from the broker at start."""

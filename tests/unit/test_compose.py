@@ -535,6 +535,14 @@ def test_the_streamscore_services_run_from_the_image_and_probe_their_liveness_pa
         assert ("streamscore-data", "/app") in service.volumes, name
 
 
+def test_every_service_listens_on_loopback_unless_its_container_says_otherwise() -> None:
+    """Outside Compose a service's HTTP server is not reachable from other hosts: each bind Compose sets to 0.0.0.0
+    defaults to 127.0.0.1."""
+    defaults = {variable: default for cls in SETTINGS for variable, default, _ in rows(cls)}
+    for name, (_, _, bind_variable) in SERVICE_PORTS.items():
+        assert defaults[bind_variable] == LOOPBACK, f"{name}: {bind_variable} defaults to {defaults[bind_variable]}"
+
+
 def test_every_streamscore_variable_is_a_setting(compose: Compose) -> None:
     """A misspelt variable is ignored by the service (or refused at start): each one here must be a real setting."""
     known = {variable for cls in SETTINGS for variable, _, _ in rows(cls)} | OTHER_SETTINGS
