@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
@@ -112,9 +113,20 @@ class ServingBuilder:
 
 
 class Reloader:
-    """Watches the aliases; prepares a new Serving when one moves. The transport calls `take()` between batches."""
+    """Watches the aliases; prepares a new Serving when one moves. The transport calls `take()` between batches.
 
-    def __init__(self, builder: ServingBuilder, current: Serving, metrics: ScorerMetrics, interval_s: float) -> None:
+    It also keeps what it last learnt from the registry (`registry_aliases`, `registry_age_s()`,
+    `registry_error`), so that a readiness probe answers from that state instead of asking MLflow itself."""
+
+    def __init__(
+        self,
+        builder: ServingBuilder,
+        current: Serving,
+        metrics: ScorerMetrics,
+        interval_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.builder = builder
         self.metrics = metrics
         self.interval_s = interval_s
@@ -125,6 +137,12 @@ class Reloader:
         self._bad_tags: dict[str, str] = {}
         """variant → served version whose re-tagged operating point cannot be read (its thresholds stay)."""
         self._pending: Serving | None = None
+        self._clock = clock
+        self.registry_aliases: dict[str, str] = dict(self._aliases)
+        """The registry's aliases when last read (alias → version); at start, those of the Serving given."""
+        self.registry_error: str | None = None
+        """Why the last read of the registry failed; None once one succeeds."""
+        self._read_at = clock()  # the Serving given was built from aliases read just before
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-reloader", daemon=True)
@@ -146,13 +164,19 @@ class Reloader:
             self._current = pending
         return pending
 
+    def registry_age_s(self) -> float:
+        """Seconds since the registry last answered this watcher (at start: since the watcher was made)."""
+        return self._clock() - self._read_at
+
     def check(self) -> bool:
         """One look at the registry; True when a new Serving was prepared."""
         try:
             aliases = self.builder.registry.aliases()
         except StreamscoreError as exc:
+            self.registry_error = str(exc)
             logger.warning("hot reload: cannot read the registry: %s", exc)
             return False
+        self.registry_aliases, self.registry_error, self._read_at = dict(aliases), None, self._clock()
         wanted = {v.alias: aliases.get(v.alias) for v in self.builder.variants}
         if wanted == {alias: self._aliases.get(alias) for alias in wanted}:
             return self._check_thresholds()

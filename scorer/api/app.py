@@ -142,7 +142,6 @@ class Runtime:
     metrics: ApiMetrics
     batcher: AdaptiveBatcher[ScoreRequest, Scored] | None = None
     audit: AuditProducer | None = None
-    aliases: dict[str, str] = field(default_factory=dict)
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
     )
@@ -203,7 +202,6 @@ def build_runtime(settings: ApiSettings) -> Runtime:
             runtime.metrics,
             timeout_s=settings.audit_timeout_s,
         )
-    runtime.aliases = {v.alias: serving.models[v.name].version for v in serving.variants}
     return runtime
 
 
@@ -234,7 +232,6 @@ def _swap_if_reloaded(runtime: Runtime) -> None:
     serving = runtime.reloader.take()
     if serving is not None:
         runtime.engine.serving = serving
-        runtime.aliases = {v.alias: serving.models[v.name].version for v in serving.variants}
 
 
 async def score_requests(
@@ -466,7 +463,7 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
                 )
                 for v in serving.variants
             ],
-            aliases=rt.aliases,
+            aliases=rt.reloader.registry_aliases,
         )
 
     @app.get("/livez", response_model=Status, summary="The process is alive (no dependency checked)")
@@ -482,7 +479,7 @@ def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None =
         "/readyz",
         response_model=Status,
         responses={503: {"model": Status, "description": "A dependency is not ready"}},
-        summary="Models loaded, feature store and registry reachable",
+        summary="Models loaded, feature store reachable, registry read recently by the model watcher",
     )
     async def readyz(rt: RuntimeDep) -> Response:
         checks = await asyncio.get_running_loop().run_in_executor(None, _readiness, rt)
@@ -580,11 +577,14 @@ def _readiness(rt: Runtime) -> dict[str, str]:
         checks["feature_store"] = "ok"
     except StreamscoreError as exc:
         checks["feature_store"] = str(exc)[:200]
-    try:
-        rt.aliases = rt.builder.registry.aliases() or rt.aliases
+    # From the model watcher's state, not a registry round trip: a probe every few seconds per replica would be
+    # MLflow's busiest client, and a slow MLflow would fail probes of an API that serves fine from loaded models.
+    age, bound = rt.reloader.registry_age_s(), rt.settings.registry_stale_after_s
+    if age <= bound:
         checks["registry"] = "ok"
-    except StreamscoreError as exc:
-        checks["registry"] = str(exc)[:200]
+    else:
+        why = rt.reloader.registry_error or "no answer"
+        checks["registry"] = f"not read for {age:.0f} s (API_REGISTRY_STALE_AFTER_S={bound:g}): {why}"[:200]
     if rt.audit is not None:
         checks["audit"] = rt.audit.health()
     return checks

@@ -76,6 +76,9 @@ class ApiSettings(BaseSettings):
     audit_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
     """An audit record not delivered within this long fails and is counted (`streamscore_api_audit_failures_total`);
     `/readyz` reports the audit producer while its deliveries fail or records have waited this long."""
+    registry_stale_after_s: float = Field(default=60.0, gt=0.0, le=86400.0)
+    """`/readyz` reports the registry when the model watcher (every SCORER_RELOAD_INTERVAL_S) has not read its
+    aliases for this long. The probe asks no registry itself: it reads the watcher's state."""
     demo_ui: bool = True
     """Mount the Gradio investigator page at `/demo`."""
     scorer: ScorerSettings = Field(default_factory=ScorerSettings)
@@ -85,6 +88,15 @@ class ApiSettings(BaseSettings):
         names = [k.name for k in self.keys]
         if len(set(names)) != len(names):
             raise ValueError(f"API_KEYS names must be unique, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _stale_after_a_poll(self) -> ApiSettings:
+        if self.registry_stale_after_s <= self.scorer.reload_interval_s:
+            raise ValueError(
+                f"API_REGISTRY_STALE_AFTER_S ({self.registry_stale_after_s:g}) must exceed SCORER_RELOAD_INTERVAL_S "
+                f"({self.scorer.reload_interval_s:g}): the registry is read only that often"
+            )
         return self
 
     def active_keys(self) -> dict[str, str]:
