@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 
 from streamscore import __version__
 from streamscore.logs import configure
-from streamscore_cli import api, config, demo, dlq, features, infra, lag, produce, schemas, score, stream, train
+from streamscore_cli import api, config, demo, dlq, features, infra, lag, produce, schemas, score, stream, top, train
 from streamscore_cli import monitor as monitor_cli
 from streamscore_cli.console import TYPER_SIGNALS, options, show_failure
 
@@ -50,6 +50,7 @@ app.command()(score.score)
 app.command()(api.api)
 app.command("api-key")(api.api_key)
 app.command()(lag.lag)
+app.command()(top.top)
 app.add_typer(dlq.app, name="dlq")
 app.command()(monitor_cli.monitor)
 app.command()(monitor_cli.report)
