@@ -43,6 +43,7 @@ from monitor.metrics import MonitorMetrics, default_metrics
 from monitor.references import Loader, ReferenceBook, registry_loader
 from streamscore.deadletters import DeadLetterWriter, faust_sender
 from streamscore.errors import BrokerUnavailableError, ConfigError, StreamscoreError
+from streamscore.exposition import prepare_exposition
 from streamscore.failures import describe, env_name
 from streamscore.faust_apps import faust_app as shared_faust_app
 from streamscore.faust_apps import install_health
@@ -269,6 +270,7 @@ def create_app(
 
 def _add_pages(monitor: Monitor) -> None:
     app, runtime = monitor.app, monitor.runtime
+    prepare_exposition()
 
     @app.page("/metrics")  # type: ignore[untyped-decorator]
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from streamscore.exposition import prepare_exposition
+
 if TYPE_CHECKING:
     from scorer.settings import ScorerSettings
 
@@ -153,6 +155,7 @@ class MetricsServer:
     """`/metrics` plus one JSON health check per path (200 when it passes, else 503)."""
 
     def __init__(self, registry: CollectorRegistry, checks: Mapping[str, HealthCheck], host: str, port: int) -> None:
+        prepare_exposition()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):

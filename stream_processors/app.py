@@ -45,6 +45,7 @@ from stream_processors.accounts.scored import ScoredWatermark
 from stream_processors.metrics import FeatureMetrics, default_metrics
 from stream_processors.settings import StreamProcessorSettings
 from streamscore.deadletters import DeadLetterWriter, faust_sender
+from streamscore.exposition import prepare_exposition
 from streamscore.failures import env_name
 from streamscore.faust_apps import faust_app as shared_faust_app
 from streamscore.faust_apps import install_health
@@ -278,6 +279,7 @@ def _add_timers(processor: FeatureProcessor) -> None:
 
 def _add_pages(processor: FeatureProcessor) -> None:
     app, batcher, metrics = processor.app, processor.batcher, processor.metrics
+    prepare_exposition()
 
     @app.page("/metrics")  # type: ignore[untyped-decorator]
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -60,6 +60,7 @@ from streamscore.contracts import (
     reject_duplicate_keys,
 )
 from streamscore.errors import EventError, StreamscoreError
+from streamscore.exposition import prepare_exposition
 from streamscore.thresholds import Thresholds
 
 logger = logging.getLogger(__name__)
@@ -286,6 +287,7 @@ def _error(status: int, error: str, detail: str, headers: dict[str, str] | None 
 def create_app(settings: ApiSettings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
     """The API app; its lifespan builds the runtime from `settings` (default: the environment) unless given."""
     settings = settings or ApiSettings()
+    prepare_exposition()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
