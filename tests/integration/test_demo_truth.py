@@ -45,9 +45,17 @@ AMOUNT_INPUTS = {
 """The inputs computed from a transaction's amount: what `amount_scale` drift may move (the scores follow them)."""
 BUSY_WINDOW = 500
 """Values a drift window needs before the drift test expects it to show a shift."""
-CHANNEL_INPUTS = {"channel_pos", "channel_contactless"}
+CHANNEL_INPUTS = {"channel_pos", "channel_contactless", "no_device"}
 """The channel follows the amount too: the generator pays contactless only under 50 EUR (producers.generator
-`choose_channel`), so larger amounts move card-present payments from contactless to chip and PIN."""
+`choose_channel`), so larger amounts move card-present payments from contactless to chip and PIN — and a share of
+contactless payments is made with a phone wallet that carries the device id, chip and PIN never: `no_device` follows."""
+FRESHNESS_INPUTS = {"seconds_since_last_log"}
+"""Inputs that move with how stale the served features are: the models learn a uniform lag of 0.25 s of wall time
+(TRAIN_FEATURE_LAG_S), and at the demo's 750x clock a processor that falls behind in the busiest hours serves features
+minutes older in the world's time. An alarm on them says serving was staler than training assumed: true, not false.
+The drifted run's busiest hours (about 2 200 values, 450 events a second of wall time) are where that shows — a run
+on a loaded machine flagged `seconds_since_last_log` in its last three windows; the processors' pace is issue 16.
+The run without drift still holds them to the false-alarm budget."""
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +158,8 @@ def test_drifted_amounts_are_flagged_within_two_windows_and_other_series_only_at
     # expected share of false alarms among a window's alarms (FDR) by α, not the chance of any (monitor.correction).
     # Every expected series is flagged in the drifted windows, so a run's false alarms number about α × its alarms
     # (rare, nearly independent: Poisson); more than that distribution's 1 − FAMILY_LEVEL quantile fails.
-    allowed = AMOUNT_INPUTS | CHANNEL_INPUTS | {f for window in flagged for f in window if f.startswith("score:")}
+    scores = {f for window in flagged for f in window if f.startswith("score:")}
+    allowed = AMOUNT_INPUTS | CHANNEL_INPUTS | FRESHNESS_INPUTS | scores
     unexpected = {w: sorted(set(windows[w]) - allowed) for w in order if set(windows[w]) - allowed}
     alarms = sum(len(window) for window in flagged)
     budget = stats.poisson.ppf(1.0 - FAMILY_LEVEL, MonitorSettings().drift_alpha * alarms)
