@@ -45,6 +45,7 @@ from monitor.references import ReferenceBook, ReferenceUnavailableError
 from streamscore.contracts import DeadLetterReason, DeadLetterStage, Label, Score, parse_event
 from streamscore.deadletters import DeadLetterGiveUpError, DeadLetterWriter, SourceRecord
 from streamscore.errors import EventError, StreamscoreError
+from streamscore.logs import kafka_context
 
 log = logging.getLogger(__name__)
 
@@ -462,7 +463,14 @@ def install(runtime: Runtime, merger: Merger) -> None:
             try:
                 message = json.loads(event.message.value)
             except ValueError:
-                log.error("unreadable merge message offset=%d", event.message.offset)
+                record = event.message
+                log.error(
+                    "unreadable merge message topic=%s partition=%d offset=%d",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    extra=kafka_context(record.topic, record.partition, record.offset),
+                )
             else:
                 await runtime.on_merge(merger, message)
             await stream.ack(event)

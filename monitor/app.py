@@ -49,6 +49,7 @@ from streamscore.faust_apps import faust_app as shared_faust_app
 from streamscore.faust_apps import install_health
 from streamscore.health import Check, HealthPolicy
 from streamscore.kafka import admin_client, missing_topic, wait_for_broker
+from streamscore.logs import worker_logging_config
 from streamscore.ports import ensure_free
 from streamscore.registry import CHAMPION, AliasNotFoundError, Registry
 
@@ -345,7 +346,7 @@ def run_worker(monitor: Monitor, loglevel: str = "info") -> None:
     # Faust's web server (metrics, health) binds in the worker's loop, where a taken port is a traceback: check first.
     settings = monitor.settings
     ensure_free(settings.metrics_port, env_name(MonitorAppSettings, "metrics_port"), settings.metrics_bind)
-    worker = faust.Worker(monitor.app, loglevel=loglevel, quiet=True)
+    worker = faust.Worker(monitor.app, loglevel=loglevel, quiet=True, logging_config=worker_logging_config(loglevel))
     try:
         worker.execute_from_commandline()
     except SystemExit:

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from streamscore.contracts import DeadLetter, Header, Headers, header_value
 from streamscore.errors import StreamscoreError
 from streamscore.kafka import consumer_config, producer_config
+from streamscore.logs import kafka_context
 from streamscore.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -387,7 +388,13 @@ def read_dead_letters(kafka: KafkaSettings, topic: str, *, timeout_s: float = 60
                     if error.code() == KafkaError._PARTITION_EOF:
                         pending.discard(partition)
                     else:
-                        log.warning("topic=%s partition=%d read error: %s", topic, partition, error.str())
+                        log.warning(
+                            "topic=%s partition=%d read error: %s",
+                            topic,
+                            partition,
+                            error.str(),
+                            extra=kafka_context(topic, partition),
+                        )
                     continue
                 offset = int(msg.offset() or 0)
                 if partition not in pending or offset >= ends[partition]:

@@ -76,6 +76,7 @@ from streamscore.contracts import (
 )
 from streamscore.errors import EventError, StreamscoreError
 from streamscore.kafka import consumer_config, producer_config
+from streamscore.logs import kafka_context
 
 logger = logging.getLogger(__name__)
 
@@ -957,7 +958,14 @@ class StreamScorer:
             try:
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
             except KafkaException as exc:
-                logger.warning("seek %s[%d] to %s: %s", tp.topic, tp.partition, offset, exc)
+                logger.warning(
+                    "seek topic=%s partition=%d offset=%s: %s",
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                    exc,
+                    extra=kafka_context(tp.topic, tp.partition, offset),
+                )
         self.recovering = None
         logger.info("rewound %d partition(s) to their committed offsets", len(tps))
 

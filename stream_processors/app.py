@@ -51,6 +51,7 @@ from streamscore.faust_apps import faust_app as shared_faust_app
 from streamscore.faust_apps import install_health
 from streamscore.health import Check, HealthPolicy
 from streamscore.kafka import admin_client, missing_topic
+from streamscore.logs import worker_logging_config
 from streamscore.ports import ensure_free
 
 log = logging.getLogger(__name__)
@@ -317,7 +318,7 @@ def run_worker(processor: FeatureProcessor, loglevel: str = "info") -> None:
     # Faust's web server (metrics, health) binds in the worker's loop, where a taken port is a traceback: check first.
     settings = processor.settings
     ensure_free(settings.metrics_port, env_name(StreamProcessorSettings, "metrics_port"), settings.metrics_bind)
-    worker = faust.Worker(processor.app, loglevel=loglevel, quiet=True)
+    worker = faust.Worker(processor.app, loglevel=loglevel, quiet=True, logging_config=worker_logging_config(loglevel))
     try:
         worker.execute_from_commandline()
     except SystemExit:

@@ -19,6 +19,7 @@ from typing import Any
 from streamscore import __version__
 from streamscore.contracts import DeadLetter, DeadLetterReason, DeadLetterStage, Headers, HeadersIn, header_value
 from streamscore.errors import StreamscoreError
+from streamscore.logs import kafka_context
 
 log = logging.getLogger(__name__)
 
@@ -191,17 +192,32 @@ class DeadLetterWriter:
                     type(exc).__name__,
                     exc,
                     delay,
+                    extra=kafka_context(self.topic),
                 )
                 await asyncio.sleep(delay)
         for letter in letters:
+            topic, partition, offset = _origin(letter)
             log.warning(
                 "dead-lettered topic=%s partition=%s offset=%s to %s: %s",
-                header_value(letter.headers, "dlq-original-topic"),
-                header_value(letter.headers, "dlq-original-partition"),
-                header_value(letter.headers, "dlq-original-offset"),
+                topic,
+                partition,
+                offset,
                 self.topic,
                 (header_value(letter.headers, "dlq-error-message") or b"").decode(errors="replace")[:300],
+                extra={**kafka_context(topic, partition, offset), "dead_letter_topic": self.topic},
             )
         if self.on_written is not None:
             for reason, count in Counter(letter.reason for letter in letters).items():
                 self.on_written(reason, count)
+
+
+def _origin(letter: DeadLetterRecord) -> tuple[str | None, int | None, int | None]:
+    """Where a dead letter's record was read: its `dlq-original-*` headers (None where one is missing)."""
+    topic = header_value(letter.headers, "dlq-original-topic")
+    partition = _number(header_value(letter.headers, "dlq-original-partition"))
+    offset = _number(header_value(letter.headers, "dlq-original-offset"))
+    return (None if topic is None else topic.decode(errors="replace")), partition, offset
+
+
+def _number(value: bytes | None) -> int | None:
+    return int(value) if value is not None and value.lstrip(b"-").isdigit() else None

@@ -367,6 +367,7 @@ def config(settings: ApiSettings, *, log_level: str = "info") -> uvicorn.Config:
     from scorer.api.app import create_app
 
     # No access log: one line per request costs more than scoring it; /metrics counts requests by route and status.
+    # No log config of uvicorn's own: its lines go through the handler the entry point configured (LOG_FORMAT).
     # No proxy-header rewriting: nothing here uses the client's address (keys identify callers), and uvicorn's
     # middleware for it would inspect every request's headers. No `server` header: it only advertises the software.
     return uvicorn.Config(
@@ -374,6 +375,7 @@ def config(settings: ApiSettings, *, log_level: str = "info") -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         log_level=log_level,
+        log_config=None,
         access_log=False,
         proxy_headers=False,
         server_header=False,

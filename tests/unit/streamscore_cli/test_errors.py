@@ -68,6 +68,7 @@ def taken_port() -> Iterator[int]:
         ({"PRODUCER_RATE": "-1"}, ["produce", "--events", "1"], "PRODUCER_RATE", "greater than or equal to 0"),
         ({"KAFKA_BOOTSTRAP_SERVERS": ""}, ["lag"], "KAFKA_BOOTSTRAP_SERVERS", "at least one host:port"),
         ({"LOG_LEVEL": "LOUD"}, ["infra", "status"], "LOG_LEVEL", "Use DEBUG, INFO, WARNING or ERROR."),
+        ({"LOG_FORMAT": "xml"}, ["infra", "status"], "LOG_FORMAT", "Use text or json."),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_its_variable(
