@@ -46,7 +46,7 @@ from streamscore.errors import BrokerUnavailableError, ConfigError, StreamscoreE
 from streamscore.exposition import prepare_exposition
 from streamscore.failures import describe, env_name
 from streamscore.faust_apps import faust_app as shared_faust_app
-from streamscore.faust_apps import install_health
+from streamscore.faust_apps import install_faust_sensors, install_health
 from streamscore.health import Check, HealthPolicy
 from streamscore.kafka import admin_client, missing_topic, wait_for_broker
 from streamscore.logs import worker_logging_config
@@ -272,6 +272,7 @@ def create_app(
 def _add_pages(monitor: Monitor) -> None:
     app, runtime = monitor.app, monitor.runtime
     prepare_exposition()
+    install_faust_sensors(app, runtime.metrics.registry, "streamscore_monitor_faust")
 
     @app.page("/metrics")  # type: ignore[untyped-decorator]
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -30,10 +30,16 @@ duplicate would fence that one in turn. A loop that turns without progress — r
 nothing commits, or it holds no partitions while the group has some for it (`scorer.health.stalled`) — ends with
 `StalledError` (exit code 5) after `SCORER_STALL_EXIT_AFTER_S`. The group's own view (members, owners, lag from
 the committed offsets) comes from `scorer.watcher.GroupWatcher` on a thread of its own.
+
+Lag gauges of the partitions this instance holds come from the loop itself, with no broker round trip: the
+consumer's librdkafka statistics (every `SCORER_LAG_INTERVAL_S`) give each partition's read_committed log end and
+position, the loop knows what it committed and what it holds uncommitted, and `streamscore.lag.consumer_partition_lag`
+applies the rule of `streamscore lag` to them. The watcher publishes the other partitions' (the group's view).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -49,6 +55,7 @@ from typing import Any
 from confluent_kafka import (
     OFFSET_BEGINNING,
     TIMESTAMP_LOG_APPEND_TIME,
+    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
@@ -76,6 +83,7 @@ from streamscore.contracts import (
 )
 from streamscore.errors import EventError, StreamscoreError
 from streamscore.kafka import consumer_config, producer_config
+from streamscore.lag import Head, consumer_partition_lag, consumer_partitions
 from streamscore.logs import kafka_context
 
 logger = logging.getLogger(__name__)
@@ -228,6 +236,8 @@ class Delivery:
     crash: BaseException | None = None
     failures: list[str] = field(default_factory=list)
     """At-least-once: delivery errors reported by the producer."""
+    records: Sequence[Message] = ()
+    """The consumed records (the lag gauges read the oldest uncommitted one per partition while it is in flight)."""
 
 
 def _record(message: Message) -> SourceRecord:
@@ -317,6 +327,16 @@ class StreamScorer:
         self.recovering: str | None = None
         self.fatal: str | None = None
         self.totals = {"records": 0, "scored": 0, "shadow": 0, "dead_letters": 0, "batches": 0}
+        # The lag gauges of held partitions (see the module docstring), all on the loop's thread.
+        self._statistics: str | None = None
+        """The consumer's latest librdkafka statistics document, not yet published."""
+        self._in_flight: Delivery | None = None
+        self._committed: dict[int, int] = {}
+        """Input partition → the offset this instance last committed on it."""
+        self._last_timestamp_s: dict[int, float] = {}
+        """Input partition → timestamp of the last record this instance committed on it."""
+        self.lag_published: frozenset[int] = frozenset()
+        """Held partitions whose lag gauges the loop publishes (the watcher leaves them alone)."""
         self.consumer = Consumer(
             {
                 **consumer_config(settings.kafka, self.group, f"scorer-{settings.instance_id}"),
@@ -326,6 +346,9 @@ class StreamScorer:
                 "session.timeout.ms": settings.session_timeout_ms,
                 "heartbeat.interval.ms": max(settings.session_timeout_ms // 5, 500),
                 **({"group.instance.id": settings.transactional_id} if settings.static_membership else {}),
+                # Served inside poll()/consume() on this thread; the document is stored, published by the loop.
+                "statistics.interval.ms": max(100, int(settings.lag_interval_s * 1000)),
+                "stats_cb": self._on_statistics,
             }
         )
         self.producer = self._new_producer()
@@ -338,6 +361,7 @@ class StreamScorer:
             timeout_s=settings.kafka_timeout_s,
             member_id=self._member_id,
             held=lambda: self.held,
+            published=lambda: self.lag_published,
             on_measure=self._publish_readiness,
         )
 
@@ -424,6 +448,8 @@ class StreamScorer:
                         raise FatalClientError("consumer", error) from exc
                     raise
                 self._raise_deferred()
+                if self._statistics is not None:
+                    self._publish_lag()
                 self._check_progress()
                 now = time.monotonic()
                 self.last_iteration = now
@@ -457,6 +483,51 @@ class StreamScorer:
             self.metrics.ready.set(0)
             self.close()
         return 0
+
+    def _on_statistics(self, document: str) -> None:
+        self._statistics = document
+
+    def _publish_lag(self) -> None:
+        """The lag gauges of the held partitions from the latest statistics (see the module docstring): what is
+        uncommitted is the delivery in flight and the records carried to the next batch."""
+        document, self._statistics = self._statistics, None
+        if document is None or self._rewind_needed:
+            return
+        try:
+            partitions = consumer_partitions(json.loads(document), self.input_topic)
+        except (ValueError, TypeError, AttributeError) as exc:
+            logger.debug("unreadable consumer statistics: %s", exc)
+            return
+        pending: dict[int, Head] = {}
+        in_flight = self._in_flight.records if self._in_flight is not None else ()
+        for message in (*in_flight, *self._carry):
+            partition = message.partition() or 0
+            if partition not in pending and message.topic() == self.input_topic:
+                kind, timestamp_ms = message.timestamp()
+                pending[partition] = Head(
+                    message.offset() or 0, None if kind == TIMESTAMP_NOT_AVAILABLE else timestamp_ms
+                )
+        now_ms = int(time.time() * 1000)
+        published: set[int] = set()
+        for partition in self.held & partitions.keys():
+            last = self._last_timestamp_s.get(partition)
+            row = consumer_partition_lag(
+                group=self.group,
+                topic=self.input_topic,
+                partition=partition,
+                stats=partitions[partition],
+                committed=self._committed.get(partition),
+                pending=pending.get(partition),
+                last_consumed_ms=None if last is None else int(last * 1000),
+                now_ms=now_ms,
+            )
+            if row.lag is None or row.lag_seconds is None:
+                continue  # not measurable from here yet (nothing committed, nothing consumed): the watcher's view
+            labels = {"topic": self.input_topic, "partition": str(partition)}
+            self.metrics.lag_offsets.labels(**labels).set(row.lag)
+            self.metrics.lag_seconds.labels(**labels).set(row.lag_seconds)
+            published.add(partition)
+        self.lag_published = frozenset(published)
 
     def _raise_deferred(self) -> None:
         if self._deferred is not None:
@@ -517,12 +588,16 @@ class StreamScorer:
             key = (tp.topic, tp.partition)
             self._assigned.discard(key)
             self._revoked.add(key)
+            if tp.topic == self.input_topic:
+                self._committed.pop(tp.partition, None)
+                self._last_timestamp_s.pop(tp.partition, None)
         self._held_changed()
         self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in self._revoked]
         logger.info("revoked %s", sorted(tp.partition for tp in partitions))
 
     def _held_changed(self) -> None:
         self.held = frozenset(p for t, p in self._assigned if t == self.input_topic)
+        self.lag_published &= self.held
         self.assigned_since = time.monotonic()
         self.metrics.assigned_partitions.set(len(self.held))
 
@@ -594,6 +669,8 @@ class StreamScorer:
             delivery.error = exc.args[0]
             self._fail(delivery, rewind=True)
             return
+        delivery.records = batch
+        self._in_flight = delivery
         self._pending = self._committer.submit(lambda: self._commit(delivery))
 
     def _prepare(self, batch: list[Message], opened: float) -> Delivery | None:
@@ -721,6 +798,7 @@ class StreamScorer:
         aborted (or the producer rebuilt) and — now, or by the batch loop when `rewind` is False — every
         assigned partition is rewound to its committed offsets, dropping whatever was consumed after them."""
         future, self._pending = self._pending, None
+        self._in_flight = None
         if future is None:
             return True
         delivery = self._wait(future)
@@ -790,8 +868,12 @@ class StreamScorer:
         self.metrics.batches.inc()
         now_s = delivery.committed_at
         observe = self.metrics.end_to_end_latency.observe
-        for _, _, timestamp_s in delivery.timestamps:
+        last = self._last_timestamp_s  # the consumer reads the input topic only: a partition number is enough
+        for _, partition, timestamp_s in delivery.timestamps:
             observe(max(now_s - timestamp_s, 0.0))
+            last[partition] = timestamp_s
+        for tp in delivery.offsets:
+            self._committed[tp.partition] = tp.offset
         self.last_commit = delivery.finished
         self.metrics.last_commit.set(now_s)
         self.recovering = None
@@ -948,6 +1030,7 @@ class StreamScorer:
             self._settle(rewind=False)
         self._rewind_needed = False
         self._carry = []
+        self._statistics = None  # its positions are from before the seek
         if not self._assigned:
             return
         tps = [TopicPartition(t, p) for t, p in sorted(self._assigned)]

@@ -4,8 +4,10 @@ input topic and how many records wait on each (from the group's committed offset
 Why a group view and not the consumer's own position: the position says nothing once the partitions are gone (a
 fenced or ejected member keeps polling an empty assignment), and a consumer that stopped fetching keeps stale
 watermarks. The group's committed offsets against the log end are what an operator's alert needs, whichever
-member holds a partition or whether any does. Every instance publishes the same per-partition lag gauges, through
-revocations and rebalances (alert on `max by (topic, partition)`).
+member holds a partition or whether any does. Every instance publishes the per-partition lag gauges, through
+revocations and rebalances (alert on `max by (topic, partition)`), except for the partitions it holds and measured
+itself: those the scoring loop publishes from its consumer's statistics (`scorer.stream`), fresher and with the same
+rule (`streamscore.lag.partition_lag`).
 
 Every call is bounded by the Kafka timeout; a failing measurement keeps the last gauges, marks the view unknown
 and counts how long the coordinator has been unreachable (`failing_for`), which the loop bounds.
@@ -98,6 +100,7 @@ class GroupWatcher:
         timeout_s: float,
         member_id: Callable[[], str | None],
         held: Callable[[], frozenset[int]],
+        published: Callable[[], frozenset[int]] = frozenset,
         on_measure: Callable[[], None] | None = None,
     ) -> None:
         self.kafka = kafka
@@ -108,6 +111,8 @@ class GroupWatcher:
         self.timeout_s = timeout_s
         self.member_id = member_id
         self.held = held
+        self.published = published
+        """Partitions whose lag gauges the scoring loop publishes from its consumer's statistics (it holds them)."""
         self.on_measure = on_measure
         self.view: GroupView | None = None
         self.pending: int | None = None
@@ -209,10 +214,14 @@ class GroupWatcher:
             logger.info("group %s answers again after %.0f s", self.group, now - self.failing_since)
         self.failing_since = None
         self.view = view
+        # Same rule (streamscore.lag), two vantage points: the loop publishes what it holds and measured itself.
+        mine = self.published()
         for partition, records in view.lag.items():
-            self.metrics.lag_offsets.labels(topic=self.topic, partition=str(partition)).set(records)
+            if partition not in mine:
+                self.metrics.lag_offsets.labels(topic=self.topic, partition=str(partition)).set(records)
         for partition, age in view.seconds.items():
-            self.metrics.lag_seconds.labels(topic=self.topic, partition=str(partition)).set(age)
+            if partition not in mine:
+                self.metrics.lag_seconds.labels(topic=self.topic, partition=str(partition)).set(age)
         held = self.held()
         pending = sum(view.lag.get(p, 0) for p in held)
         self.pending_since = (self.pending_since or now) if pending > 0 else None

@@ -48,7 +48,7 @@ from streamscore.deadletters import DeadLetterWriter, faust_sender
 from streamscore.exposition import prepare_exposition
 from streamscore.failures import env_name
 from streamscore.faust_apps import faust_app as shared_faust_app
-from streamscore.faust_apps import install_health
+from streamscore.faust_apps import install_faust_sensors, install_health
 from streamscore.health import Check, HealthPolicy
 from streamscore.kafka import admin_client, missing_topic
 from streamscore.logs import worker_logging_config
@@ -281,6 +281,7 @@ def _add_timers(processor: FeatureProcessor) -> None:
 def _add_pages(processor: FeatureProcessor) -> None:
     app, batcher, metrics = processor.app, processor.batcher, processor.metrics
     prepare_exposition()
+    install_faust_sensors(app, metrics.registry, "streamscore_features_faust")
 
     @app.page("/metrics")  # type: ignore[untyped-decorator]
     async def metrics_page(web: Any, request: Any) -> Any:

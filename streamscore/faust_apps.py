@@ -11,12 +11,15 @@ import os
 import signal
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from prometheus_client import CollectorRegistry
 
 from streamscore.errors import ConfigError
 from streamscore.health import (
@@ -116,6 +119,29 @@ def faust_app(
         value_serializer="raw",
         **options,
     )
+
+
+# --- Faust's own metrics --------------------------------------------------------------------------------------------
+
+_FAUST_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, FaustMetrics]] = weakref.WeakKeyDictionary()
+
+
+def install_faust_sensors(app: Any, registry: CollectorRegistry, prefix: str) -> None:
+    """Faust's own Prometheus sensors (`faust.sensors.prometheus`) in the service's registry, so its `/metrics`
+    serves them beside the service's metrics: records in and out per topic, rebalances in progress and their
+    latency (`…_rebalance_done_latency`, `…_total_rebalances_recovering` while tables recover), assignment latency,
+    commit latency, committed and end offsets per partition, table operations, web requests. Names are Faust's under
+    `prefix` (e.g. `streamscore_features_faust_consumer_commit_latency`), its latencies in milliseconds (Faust's
+    buckets, not our base unit).
+
+    Faust's `setup_prometheus_sensors` would register them again for every app and add a second `/metrics` page; the
+    metrics are made once per registry and prefix here (tests build several apps on one registry) and the
+    service keeps its own page."""
+    made = _FAUST_METRICS.setdefault(registry, {})
+    metrics = made.get(prefix)
+    if metrics is None:
+        metrics = made[prefix] = FaustMetrics.create(registry, prefix)
+    app.monitor = PrometheusMonitor(metrics=metrics)
 
 
 # --- health ---------------------------------------------------------------------------------------------------------

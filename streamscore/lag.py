@@ -14,6 +14,9 @@ Kafka defines it — an offset distance, which counts the markers of the transac
 
 `partition_lag` is the pure rule; `LagReader` gathers its inputs from the broker (admin client for
 committed offsets, members and log ends; an assign-only consumer that never commits for the peeks).
+`consumer_partition_lag` feeds the same rule from a consumer's own state instead (the scorer's lag gauges of the
+partitions it holds): librdkafka's statistics for the log end and the position, the consumer's owner for what it
+committed and what it holds uncommitted — no broker round trip.
 """
 
 from __future__ import annotations
@@ -169,6 +172,90 @@ def partition_lag(
         consumer_id=member.consumer_id if member else None,
         host=member.host if member else None,
         client_id=member.client_id if member else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerPartition:
+    """One assigned partition as a consumer's librdkafka statistics describe it (`statistics.interval.ms`): read
+    from the client's own fetch state, no broker round trip. None where librdkafka reports -1001 (not known yet)."""
+
+    log_end: int | None
+    """`ls_offset` (the last stable offset) for a read_committed consumer, `hi_offset` for read_uncommitted."""
+    position: int | None
+    """`app_offset`: the offset after the last record handed to the application. librdkafka moves it past the
+    transaction markers and aborted records that follow (measured: 5 transactional records at offsets 0-4, their
+    commit marker at 5 → position 6 = ls_offset once the five are consumed)."""
+    committed: int | None
+    """`committed_offset`: only this consumer's own commits (and the committed offset fetched at assignment). Offsets
+    committed in a transaction by a producer (`send_offsets_to_transaction`) never reach it — measured: -1001 after a
+    committed transaction — so librdkafka's own `consumer_lag` (log end − committed_offset) is unusable (-1, or stale
+    and growing) for an exactly-once consumer; the consumer's caller supplies what it committed."""
+
+
+def consumer_partitions(
+    statistics: Mapping[str, Any], topic: str, *, read_committed: bool = True
+) -> dict[int, ConsumerPartition]:
+    """The assigned partitions of `topic` in one librdkafka statistics document (the `stats_cb` JSON, decoded)."""
+
+    def known(value: object) -> int | None:
+        return value if isinstance(value, int) and value >= 0 else None
+
+    partitions = statistics.get("topics", {}).get(topic, {}).get("partitions", {})
+    return {
+        int(number): ConsumerPartition(
+            log_end=known(p.get("ls_offset" if read_committed else "hi_offset")),
+            position=known(p.get("app_offset")),
+            committed=known(p.get("committed_offset")),
+        )
+        for number, p in partitions.items()
+        if int(number) >= 0 and p.get("desired", True)  # -1: librdkafka's internal "unassigned" partition
+    }
+
+
+def consumer_partition_lag(
+    *,
+    group: str,
+    topic: str,
+    partition: int,
+    stats: ConsumerPartition,
+    committed: int | None,
+    pending: Head | None,
+    last_consumed_ms: int | None,
+    now_ms: int,
+) -> PartitionLag:
+    """`partition_lag` for a partition this consumer holds, with what the consumer knows in place of a fetch.
+
+    - `committed`: the offset the consumer's owner last committed (in its transaction); the larger of it and the
+      statistics' `committed_offset` counts.
+    - `pending`: the oldest record handed to the application and not committed yet (None when there is none): it is
+      the oldest unconsumed record for the group, exactly what `streamscore lag`'s fetch at the committed offset
+      finds.
+    - nothing pending and the position at or past the log end: every readable record up to the end was handed over
+      and committed, so what lies between the committed offset and the end is markers or aborted records: lag 0,
+      like `streamscore lag` when its fetch finds nothing before the end.
+    - nothing pending and records left to hand over: the offset distance, and for the seconds an estimate, now minus
+      the timestamp of the last record consumed (`last_consumed_ms`; the oldest waiting record came after it, so
+      this is an upper bound by at most the gap between the two records); None without one.
+    """
+    known = [c for c in (committed, stats.committed) if c is not None]
+    peek: Peek
+    if pending is not None:
+        peek = pending
+    elif stats.position is not None and stats.log_end is not None and stats.position >= stats.log_end:
+        peek = NOTHING_TO_READ
+    elif last_consumed_ms is not None and known:
+        peek = Head(max(*known, stats.position or 0), last_consumed_ms)
+    else:
+        peek = None
+    return partition_lag(
+        group=group,
+        topic=topic,
+        partition=partition,
+        committed=max(known) if known else None,
+        log_end=stats.log_end,
+        peek=peek,
+        now_ms=now_ms,
     )
 
 

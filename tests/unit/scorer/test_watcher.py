@@ -94,3 +94,17 @@ def test_a_failing_view_keeps_the_gauges_makes_the_view_unknown_and_counts_the_o
     )
     w.update(GroupView("Stable", 1, 1, {0: "me"}, {0: 50}, {}), now=10.0)
     assert w.failing_since is None and w.failing_for() == 0.0
+
+
+def test_partitions_the_loop_publishes_from_its_statistics_are_left_to_it() -> None:
+    metrics = ScorerMetrics(CollectorRegistry())
+    w = watcher(metrics, frozenset({0, 1}))
+    w.published = lambda: frozenset({0})
+    metrics.lag_offsets.labels(topic="t", partition="0").set(0)  # the loop's: past the commit marker
+    metrics.lag_seconds.labels(topic="t", partition="0").set(0)
+    w.update(GroupView("Stable", 1, 2, {0: "me", 1: "me"}, {0: 1, 1: 5}, {0: 9.0, 1: 2.0}), now=1.0)
+    sample = metrics.registry.get_sample_value
+    assert sample("streamscore_scorer_consumer_lag_offsets", {"topic": "t", "partition": "0"}) == 0
+    assert sample("streamscore_scorer_consumer_lag_seconds", {"topic": "t", "partition": "0"}) == 0
+    assert sample("streamscore_scorer_consumer_lag_offsets", {"topic": "t", "partition": "1"}) == 5
+    assert w.pending == 6, "the health checks still read the group's view of every held partition"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import typer
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
@@ -83,3 +83,17 @@ def test_the_stream_command_names_the_variable_to_fix() -> None:
 def test_a_backoff_that_shrinks_is_refused_with_the_variables_to_fix() -> None:
     with pytest.raises(ValidationError, match="FEATURES_PUSH_RETRY_MAX_MS must be at least"):
         settings(push_retry_initial_ms=500, push_retry_max_ms=100)
+
+
+def test_fausts_own_sensors_are_served_beside_ours_and_several_apps_share_one_registry() -> None:
+    metrics = FeatureMetrics(CollectorRegistry())
+    first = create_app(settings(), sink=MemorySink(), metrics=metrics)
+    second = create_app(settings(app_id="features-other"), sink=MemorySink(), metrics=metrics)  # no duplicate error
+    assert type(first.app.monitor).__name__ == type(second.app.monitor).__name__ == "PrometheusMonitor"
+    state = second.app.monitor.on_rebalance_start(second.app)
+    assert metrics.registry.get_sample_value("streamscore_features_faust_total_rebalances") == 1
+    second.app.monitor.on_rebalance_return(second.app, state)
+    assert metrics.registry.get_sample_value("streamscore_features_faust_total_rebalances_recovering") == 1
+    text = generate_latest(metrics.registry).decode()
+    assert "streamscore_features_faust_consumer_commit_latency_bucket" in text
+    assert "streamscore_features_events_processed_total" in text, "the service's own metrics, same registry"

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from streamscore.lag import NOTHING_TO_READ, GroupLag, Head, Member, Peek, group_lag, partition_lag
+from streamscore.lag import (
+    NOTHING_TO_READ,
+    ConsumerPartition,
+    GroupLag,
+    Head,
+    Member,
+    Peek,
+    consumer_partition_lag,
+    consumer_partitions,
+    group_lag,
+    partition_lag,
+)
 from streamscore_cli.lag import COLUMNS, render
 
 NOW_MS = 1_800_000_000_000
@@ -115,3 +126,71 @@ def test_table_has_kafkas_columns_and_dashes_for_the_unknown() -> None:
 
 def test_unknown_group_is_said_so() -> None:
     assert "does not exist" in rendered(GroupLag(group="nope", state="Dead", members=0))
+
+
+# --- the scorer's side: the same rule from its consumer's librdkafka statistics --------------------------------------
+
+# The partition part of a real statistics document (librdkafka 2.x, read_committed), trimmed: five transactional
+# records at offsets 0-4, their commit marker at 5, all consumed and committed through a producer's transaction.
+STATISTICS = {
+    "topics": {
+        "transactions": {
+            "partitions": {
+                "0": {"desired": True, "committed_offset": -1001, "ls_offset": 6, "hi_offset": 6, "app_offset": 6},
+                "1": {"desired": True, "committed_offset": 40, "ls_offset": 50, "hi_offset": 53, "app_offset": 44},
+                "2": {"desired": False, "committed_offset": 7, "ls_offset": 9, "hi_offset": 9, "app_offset": 9},
+                "-1": {"desired": False, "committed_offset": -1001, "ls_offset": -1001, "app_offset": -1001},
+            }
+        }
+    }
+}
+
+
+def consumer_row(
+    stats: ConsumerPartition, committed: int | None, pending: Head | None = None, last_ms: int | None = None
+) -> tuple[int | None, float | None]:
+    lag = consumer_partition_lag(
+        group="g",
+        topic="t",
+        partition=0,
+        stats=stats,
+        committed=committed,
+        pending=pending,
+        last_consumed_ms=last_ms,
+        now_ms=NOW_MS,
+    )
+    return lag.lag, lag.lag_seconds
+
+
+def test_statistics_give_the_assigned_partitions_read_committed_ends() -> None:
+    parts = consumer_partitions(STATISTICS, "transactions")
+    assert parts == {
+        0: ConsumerPartition(log_end=6, position=6, committed=None),
+        1: ConsumerPartition(log_end=50, position=44, committed=40),
+    }, "-1001 is unknown; librdkafka's internal partition -1 and partitions no longer assigned are left out"
+    assert consumer_partitions(STATISTICS, "transactions", read_committed=False)[1].log_end == 53
+    assert consumer_partitions(STATISTICS, "another") == {}
+
+
+def test_a_consumer_past_the_commit_marker_with_nothing_uncommitted_has_no_lag() -> None:
+    # The statistics never see a transaction's offset commit (committed_offset -1001): the loop's own counts, and the
+    # position past the marker says nothing readable is left — what `streamscore lag`'s fetch finds.
+    stats = consumer_partitions(STATISTICS, "transactions")[0]
+    assert consumer_row(stats, committed=5) == (0, 0.0) == row(5, 6, NOTHING_TO_READ)
+    assert consumer_row(stats, committed=None) == (None, None), "nothing committed known: not measurable here"
+
+
+def test_an_uncommitted_record_is_the_head_as_the_fetch_would_find_it() -> None:
+    stats = ConsumerPartition(log_end=50, position=44, committed=40)
+    head = Head(41, NOW_MS - 2_500)
+    assert consumer_row(stats, committed=41, pending=head) == (9, 2.5) == row(41, 50, head)
+    assert consumer_row(stats, committed=None, pending=Head(40, NOW_MS - 1_000)) == (10, 1.0), "statistics' commit"
+    # A record consumed after the statistics were taken lies past their log end: nothing was left as they saw it.
+    assert consumer_row(ConsumerPartition(50, 50, None), committed=50, pending=Head(50, NOW_MS)) == (0, 0.0)
+
+
+def test_records_not_handed_over_yet_are_aged_from_the_last_one_consumed() -> None:
+    stats = ConsumerPartition(log_end=50, position=44, committed=None)
+    # The oldest waiting record came after the last one consumed: its age is at most this (an upper bound).
+    assert consumer_row(stats, committed=44, last_ms=NOW_MS - 4_000) == (6, 4.0)
+    assert consumer_row(stats, committed=44) == (6, None), "nothing consumed yet: offsets only"
