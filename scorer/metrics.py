@@ -121,8 +121,10 @@ class ScorerMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
-        # The group's view (scorer.watcher), published by every instance for every partition of the input topic,
-        # whoever holds it: through revocations, and while no member holds it, the lag stays visible and grows.
+        # Published by every instance for every partition of the input topic, whoever holds it (through revocations,
+        # and while no member holds it, the lag stays visible and grows): the group's view (scorer.watcher), except
+        # for the partitions this instance holds, which the loop measures from its consumer's statistics
+        # (scorer.stream). One rule for both and for `streamscore lag`: streamscore.lag.
         self.lag_offsets = Gauge(
             f"{p}_consumer_lag_offsets",
             "Records the group has not committed yet, per partition of the input topic (the group's committed "
