@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from monitor.ab import ABRecord
 from monitor.drift import DriftRecord
+from streamscore.contracts import DeadLetterReason
 from streamscore.health import HealthGauges
 
 CHECKPOINT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -49,6 +50,10 @@ class MonitorMetrics:
             ["reason"],
             registry=registry,
         )
+        # Every reason from the start at 0, as the scorer's and the feature processor's: the dashboard's dead letters
+        # by reason show 0, not "No data", on a monitor that never wrote one.
+        for reason in DeadLetterReason:
+            self.dead_letters.labels(reason=reason.value)
         self.infra_retries = Counter(
             f"{prefix}_infra_retries",
             "Retries after an infrastructure failure, by dependency (registry: a reference.json could not be read; "
