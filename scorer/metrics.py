@@ -6,7 +6,7 @@ Served with `/livez`, `/readyz` and `/healthz` by `scorer.health.MetricsServer` 
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -166,6 +166,14 @@ class ScorerMetrics:
             f"{p}_model_swaps", "Alias moves applied between batches", ["variant"], registry=registry
         )
         self.up = Gauge(f"{p}_up", "1 while the scoring loop runs", registry=registry)
+
+    def declare_variants(self, names: Iterable[str]) -> None:
+        """Every configured variant's swaps and reload failures at 0 from the start: a counter's series born at 1
+        hides its first increment from increase() (the dashboard's hot reloads), and an idle variant shows 0, not
+        "No data"."""
+        for name in names:
+            self.model_swaps.labels(variant=name)
+            self.model_reload_failures.labels(variant=name)
 
     def count_scores(self, outcomes: Mapping[Outcome, int]) -> None:
         """Count a committed batch's scores (`scored`, `decisions`, `feature_status`): one update per label set and

@@ -129,6 +129,7 @@ class Reloader:
     ) -> None:
         self.builder = builder
         self.metrics = metrics
+        metrics.declare_variants(v.name for v in builder.variants)
         self.interval_s = interval_s
         self._current = current
         self._aliases = {v.alias: m.version for v in current.variants for m in [current.models[v.name]]}

@@ -50,3 +50,13 @@ def test_abort_causes_and_retried_dependencies_are_exported_at_zero_from_the_sta
     for dependency in RETRIED_DEPENDENCIES:
         assert value(metrics, "streamscore_scorer_infra_retries_total", dependency=dependency) == 0
     assert value(metrics, "streamscore_scorer_producer_rebuilds_total") == 0
+
+
+def test_every_configured_variants_swaps_and_reload_failures_are_exported_at_zero() -> None:
+    """A series born at 1 hides its first increment from increase(): the dashboard's hot reloads would read 0."""
+    metrics = ScorerMetrics(CollectorRegistry())
+    assert value(metrics, "streamscore_scorer_model_swaps_total", variant="champion") is None
+    metrics.declare_variants(["champion", "shadow"])
+    for variant in ("champion", "shadow"):
+        assert value(metrics, "streamscore_scorer_model_swaps_total", variant=variant) == 0
+        assert value(metrics, "streamscore_scorer_model_reload_failures_total", variant=variant) == 0

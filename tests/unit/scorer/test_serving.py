@@ -98,7 +98,10 @@ def test_a_version_with_broken_threshold_tags_is_not_served(registry: FakeRegist
 def test_re_tagging_a_served_version_swaps_its_thresholds_between_batches(registry: FakeRegistry) -> None:
     own = builder(registry)
     serving = own.build(registry.aliases())
-    reloader = Reloader(own, serving, ScorerMetrics(CollectorRegistry()), 60.0)
+    metrics = ScorerMetrics(CollectorRegistry())
+    reloader = Reloader(own, serving, metrics, 60.0)
+    for variant in ("champion", "challenger"):  # every configured variant's reloads exported from the start
+        assert metrics.registry.get_sample_value("streamscore_scorer_model_swaps_total", {"variant": variant}) == 0
     assert not reloader.check() and reloader.take() is None  # nothing moved
     registry.version_tags["1"] = threshold_tags(0.25, 0.75, "set by a promotion step")
     assert reloader.check()
