@@ -6,6 +6,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from scorer.metrics import BATCH_BUCKETS, LATENCY_BUCKETS_S
 
+READ_PHASES = ("header", "body")
+"""What a read deadline is for (scorer.api.server): a request's head, or its body."""
+
 
 class ApiMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -52,3 +55,6 @@ class ApiMetrics:
             ["phase"],
             registry=r,
         )
+        # At 0 from the start: the dashboard's read timeouts read 0, not "No data", on an API that never had one.
+        for phase in READ_PHASES:
+            self.read_timeouts.labels(phase=phase)
