@@ -420,6 +420,10 @@ def test_an_out_of_order_event_reaches_the_online_store(setup: Setup, tmp_path: 
                 producer.send_transaction(batch[0])
             got = poll(reader(setup.store, "acc-ooo"), equal_to(want), 10.0, worker)
             assert got == want
+        # Faust's own sensors are served on the same /metrics (streamscore.faust_apps.install_faust_sensors).
+        faust = worker.metrics("streamscore_features_faust_")
+        assert faust.get("streamscore_features_faust_messages_received_total", 0) >= 2, sorted(faust)[:20]
+        assert "streamscore_features_faust_rebalance_done_latency_count" in faust, sorted(faust)[:20]
 
 
 @contextmanager
