@@ -323,6 +323,7 @@ def fault_world(
                 _env(
                     base_env,
                     FEATURES_APP_ID=f"faults-features-{uuid.uuid4().hex[:6]}",
+                    FEATURES_STATE_DIR=str(folder / "faust" / "features"),
                     FEATURES_METRICS_PORT=str(features_port),
                     FEATURES_METRICS_BIND="127.0.0.1",
                 ),
@@ -339,6 +340,7 @@ def fault_world(
                     _env(
                         base_env,
                         MONITOR_APP_ID=f"faults-monitor-{uuid.uuid4().hex[:6]}",
+                        MONITOR_STATE_DIR=str(folder / "faust" / "monitor"),
                         MONITOR_METRICS_PORT=str(monitor_port),
                         MONITOR_METRICS_BIND="127.0.0.1",
                         MONITOR_WINDOW_SECONDS="20",

@@ -79,6 +79,7 @@ def worker_env(
             "FEAST_REGISTRY_PATH": str(feast.registry_path),
             "FEAST_ONLINE_STORE": "redis",
             "FEATURES_APP_ID": app_id,
+            "FEATURES_STATE_DIR": str(feast.data_dir / "faust" / app_id),
             "FEATURES_METRICS_PORT": str(port),
             "FEATURES_METRICS_BIND": "127.0.0.1",
             "FEATURES_COMMIT_INTERVAL_S": "0.5",

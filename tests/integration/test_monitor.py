@@ -120,6 +120,7 @@ def monitor_env(
             "REGISTRY_TRACKING_URI": registry_uri,
             "REGISTRY_CACHE_DIR": str(tmp / "monitor-cache"),
             "MONITOR_APP_ID": f"it-monitor-{uuid.uuid4().hex[:6]}",
+            "MONITOR_STATE_DIR": str(tmp / "monitor-state"),
             "MONITOR_METRICS_PORT": str(free_port()),
             "MONITOR_METRICS_BIND": "127.0.0.1",
             "MONITOR_CHECKPOINT_INTERVAL_S": "0.5",
