@@ -29,6 +29,14 @@ def test_the_committed_dashboards_are_the_generated_ones() -> None:
         assert on_disk[name] == text, f"{name} differs from the code: run `python -m deploy.grafana.dashboards`"
 
 
+def test_the_panel_table_in_the_docs_is_the_generated_one() -> None:
+    table = dashboards.panel_table()
+    assert dashboards.PANEL_TABLE.read_text() == table, "run `python -m deploy.grafana.dashboards`"
+    queries = [t["expr"] for board in committed().values() for p in board["panels"] for t in p.get("targets", [])]
+    assert len(queries) > 100
+    assert all(f"`{expr.replace('|', chr(92) + '|')}`" in table for expr in queries), "every query, once per target"
+
+
 def test_main_writes_the_dashboards(tmp_path: Path) -> None:
     assert dashboards.main([str(tmp_path)]) == 0
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == dashboards.build_all()
