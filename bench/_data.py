@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,12 +20,14 @@ import pyarrow.parquet as pq
 
 from producers.generator import GeneratorConfig, TransactionGenerator
 from producers.world import World, build_world
-from streamscore.contracts import headers_for
+from streamscore.contracts import Label, headers_for
 from streamscore.features import FEATURE_NAMES, RealtimeSnapshot
 
 Record = tuple[bytes, bytes, list[tuple[str, str | bytes | None]], str]
 """(key, value, headers, event_id) of one transaction, serialized once before any measurement."""
 
+LABEL_DELAY = timedelta(seconds=30)
+"""The live producer's default label delay (producers.settings: label_delay_s)."""
 MODEL_NAME = "fraud-detector"
 HIDDEN_SIZES = (64, 32)
 """The MLP of the `v1` training preset (training.settings)."""
@@ -36,15 +39,36 @@ def world(seed: int, accounts: int, merchants: int) -> World:
 
 
 def transactions(
-    seed: int, count: int, start: datetime, rate_per_s: float, *, accounts: int, merchants: int
+    seed: int,
+    count: int,
+    start: datetime,
+    rate_per_s: float,
+    *,
+    accounts: int,
+    merchants: int,
+    labels: list[Record] | None = None,
+    label_delay: timedelta = LABEL_DELAY,
 ) -> list[Record]:
     """`count` generated transactions from `start` on (about `rate_per_s` per second of event time), with
-    the headers a producer sends. No daily rhythm: a constant rate, so the load is the same at any hour."""
+    the headers a producer sends. No daily rhythm: a constant rate, so the load is the same at any hour.
+
+    With `labels`, also appends each transaction's label to it (what `labels` would carry: the generator's
+    reported-fraud truth, `labeled_at = event time + label_delay x` the event's delay factor), keyed by account."""
     generator = TransactionGenerator(world(seed, accounts, merchants), GeneratorConfig(seed=seed, rhythm=False))
     out: list[Record] = []
     for event in generator.stream(start, rate_per_s):
         tx = event.transaction
         out.append((tx.account_id.encode(), tx.to_json(), list(headers_for(tx)), tx.event_id))
+        if labels is not None:
+            label = Label(
+                event_id=tx.event_id,
+                account_id=tx.account_id,
+                is_fraud=event.labeled_fraud,
+                fraud_pattern=event.pattern if event.labeled_fraud else None,
+                event_time=tx.event_time,
+                labeled_at=tx.event_time + label_delay * event.label_delay_factor,
+            )
+            labels.append((tx.account_id.encode(), label.to_json(), list(headers_for(label)), tx.event_id))
         if len(out) >= count:
             break
     return out
@@ -185,12 +209,33 @@ def mlp_onnx(seed: int, x_sample: np.ndarray) -> bytes:
     return to_onnx(model)
 
 
+def reference_json(data: bytes, seed: int, x_sample: np.ndarray) -> dict[str, Any]:
+    """The monitor's drift reference of a bench model, as training writes it (`training.registry.build_reference`)
+    over `x_sample` and the model's own scores of it, so the monitor measures drift as it does in production."""
+    import onnxruntime as ort
+
+    from training.registry import build_reference
+
+    x = np.asarray(x_sample, dtype=np.float32)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    scores = np.asarray(session.run(["score"], {"features": x})[0], dtype=np.float64).reshape(-1)
+    return build_reference(x, scores, feature_service="fraud_v1", seed=seed, sample_size=min(2000, len(x)))
+
+
 def register_models(tracking_uri: str, root: Path, seed: int, x_sample: np.ndarray) -> BenchModel:
     """Two versions (champion, challenger: the scorer's default variants), registered like the tests do it:
-    a run's `model/` folder with the ONNX file and its feature list, the checksum as a version tag."""
+    a run's `model/` folder with the ONNX file, its feature list and its drift reference (reference.json, which
+    the monitor reads), the checksum as a version tag."""
     from mlflow import MlflowClient
 
-    from streamscore.registry import FEATURES_FILE, MODEL_DIR, MODEL_FILE, mlflow_client, sha256_file
+    from streamscore.registry import (
+        FEATURES_FILE,
+        MODEL_DIR,
+        MODEL_FILE,
+        REFERENCE_FILE,
+        mlflow_client,
+        sha256_file,
+    )
 
     client: MlflowClient = mlflow_client(tracking_uri)
     experiment_id = client.create_experiment(MODEL_NAME, artifact_location=(root / "artifacts").resolve().as_uri())
@@ -207,6 +252,9 @@ def register_models(tracking_uri: str, root: Path, seed: int, x_sample: np.ndarr
             (folder / FEATURES_FILE).write_text(
                 json.dumps({"feature_service": "fraud_v1", "feature_names": list(FEATURE_NAMES)})
             )
+            reference = json.dumps(reference_json(data, seed + offset, x_sample))
+            (folder / REFERENCE_FILE).write_text(reference)
+            (root / f"reference-{alias}.json").write_text(reference)
             client.log_artifacts(run.info.run_id, str(folder), artifact_path=MODEL_DIR)
             checksum = sha256_file(folder / MODEL_FILE)
         client.set_terminated(run.info.run_id)

@@ -9,8 +9,8 @@ its own: `python -m bench._workers passthrough|naive|load ...`.
   that one entity, one ONNX Runtime run, one Score, one `produce` per event (no flush per event; offsets
   auto-committed).
 - load: produce pre-built transactions at a steady rate, stamping each record with the wall-clock time
-  it was produced; after a warm-up at the same rate (not measured), writes `event_id<TAB>timestamp_ms`
-  per measured record to a file at the end.
+  it was produced; after a warm-up at the same rate (not measured), writes
+  `event_id<TAB>timestamp_ms<TAB>account_id<TAB>event_time_us` per measured record to a file at the end.
 
 Each prints a progress line per second on stdout (the benchmark keeps it in a log file).
 """
@@ -18,6 +18,7 @@ Each prints a progress line per second on stdout (the benchmark keeps it in a lo
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -250,8 +251,10 @@ def load(args: argparse.Namespace) -> int:
     left = producer.flush(60.0)
     # The warm-up's records are scored like the others but left out of the file: they are not measured.
     with Path(args.stamps).open("w") as out:
-        for (_, _, _, event_id), stamp in zip(records[warmup:], stamps[warmup:].tolist(), strict=True):
-            out.write(f"{event_id}\t{stamp}\n")
+        for (key, value, _, event_id), stamp in zip(records[warmup:], stamps[warmup:].tolist(), strict=True):
+            # The account and event time let the feature freshness probe tell which snapshot holds the event.
+            event_us = round(datetime.fromisoformat(json.loads(value)["event_time"]).timestamp() * 1e6)
+            out.write(f"{event_id}\t{stamp}\t{key.decode()}\t{event_us}\n")
     _say(f"load: done, {sent} produced in {elapsed:.2f}s ({sent / elapsed:.0f}/s), {left} undelivered")
     return 0 if left == 0 else 1
 

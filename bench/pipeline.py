@@ -16,6 +16,10 @@ local stack of its own.
    stamping each record with its produce time, and a read_committed consumer notes when each score
    becomes visible to it.
 4. A sweep of `SCORER_MAX_BATCH_SIZE` / `SCORER_MAX_QUEUE_DELAY_MS`: throughput and p99 for each.
+5. The stream processors beside the scorer (bench._processors, issue 16): the feature processor's and the
+   monitor's drain rates on the same backlog (and the scores the scorer wrote), feature freshness and each
+   service's consumer lag at steady fractions of (c)'s rate, their steps one by one (bench._processor_stages),
+   every service's resident memory and the online store's bytes per account.
 
 Results: a rich table on the terminal, a JSON file in `bench/results/`; docs/benchmarks.md reads them.
 """
@@ -51,6 +55,17 @@ from rich.table import Table
 
 from bench._data import MODEL_NAME, Record, feature_sample, populate_features, register_models, transactions
 from bench._probe import STEAL, CpuSampler, GroupProgress, VisibilityProbe, read_topic
+from bench._processors import (
+    FEATURES,
+    GOAL_DRAIN_AIM,
+    GOAL_DRAIN_RATIO,
+    GOAL_FRESHNESS_P99_MS,
+    MONITOR,
+    ProcessorResults,
+    Processors,
+    record_memory,
+    steady_rates,
+)
 from streamscore.infra import LocalStack
 from streamscore.infra.kafka import pinned_version
 from streamscore.infra.settings import InfraSettings
@@ -168,6 +183,10 @@ class Results:
     """CPU µs per event of each step of the scorer's Python path (bench._stages), per batch size."""
     ratios: dict[str, float] = field(default_factory=dict)
     targets: dict[str, float] = field(default_factory=lambda: dict(TARGETS))
+    processors: ProcessorResults | None = None
+    """The feature processor and the monitor beside the scorer (bench._processors)."""
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Service → peak_rss_mib (VmHWM) and end_rss_mib (VmRSS when it was stopped)."""
     seconds: float = 0.0
 
 
@@ -232,8 +251,12 @@ class Bench:
         self.sampler = CpuSampler()
         self.children: list[subprocess.Popen[bytes]] = []
         self.backlog: list[Record] = []
+        self.labels: list[Record] = []
+        """A label for every backlog transaction (the monitor's drain)."""
+        self.memory: dict[str, dict[str, float]] = {}
         self.env: dict[str, str] = {}
         self.champion_onnx = Path()
+        self.scorer_assigned_before = 0
 
     def log(self, message: str) -> None:
         self.console.log(message)
@@ -278,7 +301,13 @@ class Bench:
         # Event times end about now: within the feature views' TTLs, like live traffic.
         span = timedelta(seconds=args.events / args.event_rate)
         self.backlog = transactions(
-            args.seed, args.events, now - span, args.event_rate, accounts=args.accounts, merchants=args.merchants
+            args.seed,
+            args.events,
+            now - span,
+            args.event_rate,
+            accounts=args.accounts,
+            merchants=args.merchants,
+            labels=None if args.skip_processors else self.labels,
         )
 
         project = f"bench_{self.run_id}"
@@ -347,11 +376,27 @@ class Bench:
         self.sampler.watch(name, process.pid)
         return process
 
+    def log_count(self, name: str, text: str) -> int:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace").count(text) if path.exists() else 0
+
+    def wait_assigned(self, process: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
+        """Until the scorer started last logged its partitions' assignment (it consumes from then on)."""
+        deadline = time.monotonic() + timeout_s
+        with self.console.status("waiting for the scorer's partitions"):
+            while self.log_count("scorer", "assigned [") <= self.scorer_assigned_before:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the scorer exited with {process.returncode}:\n{self.tail('scorer')}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the scorer was not assigned partitions in {timeout_s:.0f}s")
+                time.sleep(0.2)
+
     def tail(self, name: str, lines: int = 30) -> str:
         path = self.tmp / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def stop(self, name: str, process: subprocess.Popen[bytes]) -> int:
+        record_memory(self.memory, name, process.pid)
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
@@ -505,7 +550,9 @@ class Bench:
             env["SCORER_MAX_BATCH_SIZE"] = str(batch)
         if delay_ms is not None:
             env["SCORER_MAX_QUEUE_DELAY_MS"] = str(delay_ms)
+        assigned_before = self.log_count("scorer", "assigned [")
         process = self.spawn("scorer", ["-m", "scorer"], env)
+        self.scorer_assigned_before = assigned_before
         profiler = None
         if self.args.py_spy and label == "main":
             # Sampling the scorer costs CPU beside it: a profiled run's figures are not the benchmark's.
@@ -579,7 +626,7 @@ class Bench:
             self.sampler.forget("load")
         produced: dict[bytes, int] = {}
         for line in stamps_path.read_text().splitlines():
-            name, produced_ms = line.split("\t")
+            name, produced_ms = line.split("\t")[:2]
             produced[name.encode()] = int(produced_ms)
         latencies: list[float] = []
         timeline: list[tuple[int, float]] = []
@@ -637,6 +684,13 @@ class Bench:
         args = self.args
         main = self.set_up(results)
         source = main.transactions.name
+        if args.only == "processors":
+            self.log("[bold](c) the stream scorer: python -m scorer, exactly-once, default batching")
+            with self.scorer(main, "main") as (process, group):
+                results.scorer = self.measure_scorer(main, len(self.backlog), process, group)
+                self.log(f"    {results.scorer.events_per_s:,.0f} events/s")
+            self.processors(results, main)
+            return
         if not args.skip_passthrough:
             self.log("[bold](a) Kafka passthrough, plain: idempotent producer, offsets committed asynchronously")
             results.passthrough_plain = self.passthrough(source, "plain")
@@ -662,6 +716,49 @@ class Bench:
         if not args.no_sweep:
             self.sweep(results, rate)
         self.ratios(results)
+        if not args.skip_processors:
+            self.processors(results, main)
+
+    def processors(self, results: Results, main: TopicRegistry) -> None:
+        """The feature processor and the monitor beside the scorer of (c): drains, steady rates, steps, memory."""
+        args = self.args
+        if results.scorer is None:
+            raise RuntimeError("the processors' phases need the scorer's rate of (c)")
+        ensure_topics(self.kafka, main.all())
+        phases = Processors(self, main)
+        results.processors = phases.results
+        scorer_rate = results.scorer.events_per_s
+        try:
+            phases.drain_features(len(self.backlog))
+            phases.drain_monitor(results.scorer.events, self.labels)
+            if not args.skip_processor_stages:
+                self.log("[bold]where the processors' CPU goes: their steps timed one by one")
+                phases.stages()
+            rates = steady_rates(scorer_rate, args.steady_fractions)
+            if rates:
+                with self.scorer(main, "main") as (process, group):
+                    self.wait_assigned(process)
+                    for i, (fraction, rate) in enumerate(zip(args.steady_fractions, rates, strict=True)):
+                        self.log(
+                            f"[bold]steady {fraction:.0%} of the scorer's maximum: {rate:,.0f} events/s for "
+                            f"{args.steady_seconds:.0f}s, scorer + feature processor + monitor"
+                        )
+                        steady = phases.steady(fraction, rate, i, group)
+                        phases.results.steady.append(steady)
+                        f = steady.freshness_ms
+                        self.log(
+                            f"    freshness p50 {_fmt(f['p50'], '.0f')} ms, p99 {_fmt(f['p99'], '.0f')} ms"
+                            f" ({steady.sampled_events} events); max lag: features"
+                            f" {steady.lag[FEATURES]['max_offsets']:,}, monitor {steady.lag[MONITOR]['max_offsets']:,}"
+                        )
+            phases.online_store(sorted({key.decode() for key, _, _, _ in self.backlog}))
+        finally:
+            for name, service in ((FEATURES, phases.features_process), (MONITOR, phases.monitor_process)):
+                if service is not None:
+                    code = self.stop(name, service)
+                    if code not in (0, -signal.SIGTERM):
+                        self.log(f"[yellow]{name} exited with {code}[/]")
+            phases.goals(scorer_rate)
 
     def sweep(self, results: Results, rate: float) -> None:
         """Every configuration `--sweep-repeats` times, the order rotated each round so that a busy spell of
@@ -846,6 +943,140 @@ def report(console: Console, results: Results) -> None:
                 _fmt(summary["p99_ms"], ".1f"),
             )
         console.print(sweep)
+    report_processors(console, results)
+
+
+def report_processors(console: Console, results: Results) -> None:
+    """The feature processor and the monitor beside the scorer: drains, goals, steady rates, steps, memory."""
+    r = results.processors
+    scorer = results.scorer.events_per_s if results.scorer else None
+    if r is not None:
+        drains = Table(title="Stream processors: backlog drained from offset 0 to the committed end")
+        columns = (
+            "service",
+            "records",
+            "records/s",
+            "transactions/s",
+            "÷ scorer",
+            "CPU µs/record",
+            "broker µs/record",
+            "start-up s",
+        )
+        for column in columns:
+            drains.add_column(column, justify="left" if column == "service" else "right")
+        if results.scorer:
+            t = results.scorer
+            drains.add_row(
+                "scorer (c)",
+                f"{t.events:,}",
+                _fmt(t.events_per_s),
+                _fmt(t.events_per_s),
+                "1",
+                _fmt(t.cpu_us_per_event, ",.1f"),
+                _fmt(t.broker_cpu_us_per_event, ",.1f"),
+                "–",
+            )
+        for label, d in (("feature processor", r.features_drain), ("monitor (scores + labels)", r.monitor_drain)):
+            if d is None:
+                continue
+            drains.add_row(
+                label,
+                f"{d.events:,}",
+                _fmt(d.events_per_s),
+                _fmt(d.transactions_per_s),
+                _fmt(d.ratio_to_scorer, ".2f"),
+                _fmt(d.cpu_us_per_event, ",.1f"),
+                _fmt(d.broker_cpu_us_per_event, ",.1f"),
+                _fmt(d.startup_s, ".1f"),
+            )
+        console.print(drains)
+
+        if r.steady:
+            steady = Table(title="Steady rates: scorer + feature processor + monitor together")
+            for column in (
+                "share of c",
+                "events/s",
+                "fresh p50 ms",
+                "fresh p99 ms",
+                "sampled",
+                "features max lag",
+                "kept up",
+                "monitor max lag",
+                "kept up",
+                "scorer max lag",
+                "machine busy",
+            ):
+                steady.add_column(column, justify="right")
+            for s in r.steady:
+                f, lag = s.freshness_ms, s.lag
+
+                def lag_cell(name: str, lag: dict[str, dict[str, Any]] = lag) -> str:
+                    entry = lag.get(name, {})
+                    return f"{entry.get('max_offsets', 0):,} ({_fmt(entry.get('max_seconds_of_traffic'), '.1f')} s)"
+
+                def kept(name: str, lag: dict[str, dict[str, Any]] = lag) -> str:
+                    return "yes" if lag.get(name, {}).get("kept_up") else "[red]no[/]"
+
+                steady.add_row(
+                    f"{s.fraction:.0%}",
+                    _fmt(s.achieved_per_s),
+                    _fmt(f["p50"], ".0f") if f["p50"] is not None else "> window",
+                    _fmt(f["p99"], ".0f") if f["p99"] is not None else "> window",
+                    f"{s.sampled_events:,}" + (f" ({s.fresh_unseen} unseen)" if s.fresh_unseen else ""),
+                    lag_cell(FEATURES),
+                    kept(FEATURES),
+                    lag_cell(MONITOR),
+                    kept(MONITOR),
+                    lag_cell("scorer"),
+                    _fmt(None if s.machine_busy is None else s.machine_busy * 100, ".0f") + " %",
+                )
+            console.print(steady)
+
+        goals = Table(title="Issue 16 goals (figures from this run)")
+        for column in ("measure", "value", "goal"):
+            goals.add_column(column)
+        for name, drain in (("feature processor", r.features_drain), ("monitor", r.monitor_drain)):
+            if drain is not None:
+                goals.add_row(
+                    f"{name} drain ÷ scorer drain (transactions/s)",
+                    _fmt(drain.ratio_to_scorer, ".2f"),
+                    f"≥ {GOAL_DRAIN_RATIO:g} (aim {GOAL_DRAIN_AIM:g})",
+                )
+        p99 = r.goals.get("freshness_p99_ms_at_25pct")
+        if "freshness_p99_ms_at_25pct" in r.goals:
+            goals.add_row(
+                "feature freshness p99 at 25 % of c (ms)",
+                _fmt(p99, ".0f") if p99 is not None else "> window",
+                f"≤ {GOAL_FRESHNESS_P99_MS:g}",
+            )
+        for key, value in r.goals.items():
+            if "_kept_up_at_" in key:
+                goals.add_row(key.replace("_", " "), "yes" if value else "no", "yes")
+        console.print(goals)
+
+        if r.stages:
+            for label, steps in r.stages.items():
+                table = Table(title=f"The {label}'s Python path: CPU µs per event (thread CPU time)")
+                table.add_column("step", no_wrap=True)
+                table.add_column("µs/event", justify="right")
+                for step, value in steps.items():
+                    table.add_row(step, f"{value:.1f}")
+                console.print(table)
+        if r.online_store:
+            o = r.online_store
+            console.print(
+                f"online store: {_fmt(o.get('bytes_per_account_key_mean'), ',.0f')} bytes per account key (mean of "
+                f"{o.get('account_keys_found')} sampled, MEMORY USAGE; real-time snapshot + daily profile), "
+                f"used_memory {o.get('used_memory_bytes', 0) / 2**20:,.1f} MiB over {o.get('keys', 0):,} keys"
+            )
+    if results.memory:
+        memory = Table(title="Resident memory (MiB) of each process measured")
+        for column in ("process", "peak (VmHWM)", "at its stop (VmRSS)"):
+            memory.add_column(column, justify="left" if column == "process" else "right")
+        for name, entry in results.memory.items():
+            memory.add_row(name, _fmt(entry.get("peak_rss_mib"), ",.1f"), _fmt(entry.get("end_rss_mib"), ",.1f"))
+        console.print(memory)
+    del scorer
 
 
 def sweep_summary(rows: list[SweepRow]) -> dict[tuple[int, float], dict[str, float]]:
@@ -904,6 +1135,33 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--out", type=Path, default=None, help="result file (default bench/results/pipeline-<time>.json)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the working folder (logs of every process)")
+    parser.add_argument(
+        "--only",
+        choices=("all", "processors"),
+        default="all",
+        help="processors: the scorer's drain (c) (its rate and scores are the processors' reference) and the"
+        " processors' phases only",
+    )
+    parser.add_argument("--skip-processors", action="store_true", help="skip the feature processor and monitor")
+    parser.add_argument("--skip-processor-stages", action="store_true", help="skip timing the processors' steps")
+    parser.add_argument(
+        "--steady-fractions",
+        type=float,
+        nargs="*",
+        default=[0.10, 0.25, 0.50],
+        help="steady rates of the processors' phase, as fractions of (c)'s events/s (none: skip)",
+    )
+    parser.add_argument("--steady-seconds", type=float, default=20.0, help="measured length of each steady rate")
+    parser.add_argument("--steady-grace-s", type=float, default=30.0, help="wait for the lags to settle after it")
+    parser.add_argument("--steady-settle-s", type=float, default=180.0, help="catch-up allowed before each rate")
+    parser.add_argument("--fresh-accounts", type=int, default=400, help="accounts the freshness probe reads")
+    parser.add_argument("--fresh-interval-ms", type=float, default=10.0, help="pause between two probe rounds")
+    parser.add_argument(
+        "--kept-up-seconds", type=float, default=5.0, help="kept up: max lag ≤ this many seconds of traffic"
+    )
+    parser.add_argument("--features-push-delay-ms", type=int, default=50, help="FEATURES_PUSH_MAX_DELAY_MS (demo's)")
+    parser.add_argument("--drain-timeout-s", type=float, default=1800.0)
+    parser.add_argument("--processor-stage-events", type=int, default=20_000)
     parser.add_argument("--py-spy", default="", help="path of py-spy: profile the scorer of (c) (skews the figures)")
     return parser.parse_args(argv)
 
@@ -934,6 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.close()
     results.seconds = round(time.monotonic() - clock, 1)
+    results.memory = bench.memory
     results.sweep_medians = [
         {"max_batch_size": batch, "max_queue_delay_ms": delay, **summary}
         for (batch, delay), summary in sweep_summary(results.sweep).items()
