@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import struct
 import subprocess
 import time
@@ -200,6 +201,52 @@ def lag_summary(samples: Sequence[tuple[float, int]], load_end: float, settled: 
     return LagSummary(max(during, default=end), end, catch_up)
 
 
+PROFILE_STEPS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    FEATURES: (
+        ("push to the online store (Feast)", ("push_realtime", "feast/")),
+        ("fold", ("fold (",)),
+        ("decode (contract)", ("decode_transaction", "decode (")),
+        ("table / changelog write", ("faust/tables",)),
+        ("offset commit", ("_commit", "commit (")),
+        ("aiokafka: fetch, decompress, parse", ("aiokafka/consumer", "aiokafka/record")),
+        ("aiokafka: produce", ("aiokafka/producer",)),
+        ("Faust stream, agent, acks", ("faust/",)),
+        ("asyncio loop, other", ("",)),
+    ),
+    MONITOR: (
+        ("decode (contract)", ("parse_event",)),
+        ("on_score", ("on_score (",)),
+        ("on_label", ("on_label (",)),
+        ("checkpoint", ("checkpoint (",)),
+        ("changelog write", ("write_changelog",)),
+        ("merge, drift and A/B evaluation", ("monitor/merge.py", "monitor/drift.py", "monitor/ab.py")),
+        ("offset commit", ("_commit", "commit (")),
+        ("aiokafka: fetch, decompress, parse", ("aiokafka/consumer", "aiokafka/record")),
+        ("aiokafka: produce", ("aiokafka/producer",)),
+        ("Faust stream, agent, acks", ("faust/",)),
+        ("asyncio loop, other", ("",)),
+    ),
+}
+"""py-spy's stacks sorted into steps: the first step with a pattern anywhere in a stack takes its samples."""
+
+
+def profile_steps(raw: str, steps: Sequence[tuple[str, Sequence[str]]]) -> dict[str, float]:
+    """Share of the samples of a py-spy `--format raw` profile (`frame;frame;… count` per line) in each step."""
+    counts = dict.fromkeys((label for label, _ in steps), 0)
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        for label, patterns in steps:
+            if any(pattern in stack for pattern in patterns):
+                counts[label] += n
+                break
+    return {label: round(n / total, 3) for label, n in counts.items()} if total else {}
+
+
 def steady_rates(scorer_rate: float, fractions: Sequence[float]) -> list[float]:
     """The steady rates of the processors' phase: fractions of the scorer's measured maximum, rounded."""
     return [round(scorer_rate * f, 1) for f in fractions]
@@ -257,6 +304,8 @@ class ProcessorResults:
     monitor_drain: Drain | None = None
     steady: list[Steady] = field(default_factory=list)
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    profiles: dict[str, dict[str, float]] = field(default_factory=dict)
+    """With --py-spy: service → share of its drain's samples per step (profile_steps; py-spy skews the drain)."""
     memory: dict[str, dict[str, float]] = field(default_factory=dict)
     """Service → peak_rss_mib, end_rss_mib."""
     online_store: dict[str, Any] = field(default_factory=dict)
@@ -294,8 +343,11 @@ class GroupLag:
 
 
 class FreshnessProbe:
-    """Reads the `last_event_ts` feature of sampled accounts' real-time snapshots from Redis, one pipelined HGET
-    per account per round, and keeps each change with the wall time of the round that saw it."""
+    """Reads the `last_event_ts` feature of sampled accounts' real-time snapshots from Redis, all of them in one
+    round trip per round (a Lua script: one command, one array reply, so the probe's own CPU stays small beside the
+    services it measures), and keeps each change with the wall time of the round that saw it."""
+
+    SCRIPT = "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, ARGV[1]) end return out"
 
     def __init__(self, host: str, port: int, project: str, accounts: Sequence[str]) -> None:
         import redis
@@ -307,6 +359,7 @@ class FreshnessProbe:
         self.accounts = list(accounts)
         self.keys = [redis_key(project, ACCOUNT_JOIN_KEY, a) for a in self.accounts]
         self.field = feature_field(REALTIME_VIEW, "last_event_ts")
+        self.sha = self.client.script_load(self.SCRIPT)  # type: ignore[no-untyped-call]
         self.last: dict[str, int | None] = {}
         self.changes: dict[str, list[tuple[float, int]]] = {a: [] for a in self.accounts}
         self.rounds = 0
@@ -315,10 +368,7 @@ class FreshnessProbe:
 
     def round(self) -> None:
         cpu = time.thread_time()
-        pipe = self.client.pipeline(transaction=False)
-        for key in self.keys:
-            pipe.hget(key, self.field)
-        values = pipe.execute()
+        values = self.client.evalsha(self.sha, len(self.keys), *self.keys, self.field)  # type: ignore[no-untyped-call]
         now = time.time()
         for account, value in zip(self.accounts, values, strict=True):
             us = last_event_us(value)
@@ -428,6 +478,7 @@ class Processors:
         lag = GroupLag(bench.kafka, group, topics)
         spawned = time.time()
         process = bench.spawn(name, ["-m", module], env)
+        profiler, profile = self._profile(name, process)
         samples: list[tuple[float, int]] = []
         total = lag.read()[1]
         deadline = time.monotonic() + self.args.drain_timeout_s
@@ -452,6 +503,14 @@ class Processors:
                     time.sleep(POLL_S)
         finally:
             lag.close()
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)  # py-spy writes what it recorded and exits
+                try:
+                    profiler.wait(60)
+                except subprocess.TimeoutExpired:
+                    profiler.kill()
+                if profile.exists():
+                    self.results.profiles[name] = profile_steps(profile.read_text(), PROFILE_STEPS[name])
         window = drain_window(samples, total, slack)
         if window is None:
             raise RuntimeError(f"{name}: no drain window in its commits (did it commit everything at once?)")
@@ -461,6 +520,16 @@ class Processors:
         result.startup_s = round(window.start - spawned, 1)
         self._memory(name, process)
         return process, result
+
+    def _profile(self, name: str, process: subprocess.Popen[bytes]) -> tuple[subprocess.Popen[bytes] | None, Path]:
+        """With --py-spy, a sampling profiler on the service during its drain (it costs CPU beside it)."""
+        out = self.bench.tmp / f"{name}-profile.txt"
+        if not self.args.py_spy:
+            return None, out
+        argv = [self.args.py_spy, "record", "--pid", str(process.pid), "--format", "raw", "--rate", "100"]
+        log = (self.bench.tmp / "py-spy.log").open("ab")
+        # py-spy needs the interpreter up: it retries attaching for a while by itself.
+        return subprocess.Popen([*argv, "--nonblocking", "--output", str(out)], stdout=log, stderr=log), out
 
     def _drain_figures(self, name: str, consumed: float, window: DrainWindow, events: int) -> Drain:
         sampler = self.bench.sampler

@@ -1062,6 +1062,13 @@ def report_processors(console: Console, results: Results) -> None:
                 for step, value in steps.items():
                     table.add_row(step, f"{value:.1f}")
                 console.print(table)
+        for name, shares in r.profiles.items():
+            table = Table(title=f"py-spy: where the {name} drain's samples fall (share of its samples)")
+            table.add_column("step", no_wrap=True)
+            table.add_column("share", justify="right")
+            for step, share in shares.items():
+                table.add_row(step, f"{share * 100:.1f} %")
+            console.print(table)
         if r.online_store:
             o = r.online_store
             console.print(
@@ -1162,7 +1169,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--features-push-delay-ms", type=int, default=50, help="FEATURES_PUSH_MAX_DELAY_MS (demo's)")
     parser.add_argument("--drain-timeout-s", type=float, default=1800.0)
     parser.add_argument("--processor-stage-events", type=int, default=20_000)
-    parser.add_argument("--py-spy", default="", help="path of py-spy: profile the scorer of (c) (skews the figures)")
+    parser.add_argument(
+        "--py-spy",
+        default="",
+        help="path of py-spy: profile the scorer of (c) and the processors' drains (skews their figures)",
+    )
     return parser.parse_args(argv)
 
 

@@ -11,6 +11,9 @@ import pytest
 
 from bench._data import Record
 from bench._processors import (
+    FEATURES,
+    MONITOR,
+    PROFILE_STEPS,
     DrainWindow,
     StampedEvent,
     drain_window,
@@ -20,6 +23,7 @@ from bench._processors import (
     parse_stamps,
     parse_status,
     percentiles,
+    profile_steps,
     record_memory,
     sample_accounts,
     steady_rates,
@@ -127,3 +131,22 @@ def test_steady_rates_and_account_sample() -> None:
     assert len(chosen) == 10 and len(set(chosen)) == 10
     assert chosen == sample_accounts(records, 10, seed=1)
     assert len(sample_accounts(records, 100, seed=1)) == 50
+
+
+def test_profile_steps_sorts_stacks_into_the_first_matching_step() -> None:
+    raw = "\n".join(
+        [
+            "run (asyncio/base_events.py:1);_on_event (agents.py:9);fold (stream_processors/accounts/agents.py:98) 30",
+            "run (asyncio/base_events.py:1);push (pushing.py:120);push_realtime (feature_repo/store.py:306) 50",
+            "run (asyncio/base_events.py:1);getmany (aiokafka/consumer/consumer.py:1) 15",
+            "run (asyncio/base_events.py:1) 5",
+            "garbage line",
+        ]
+    )
+    shares = profile_steps(raw, PROFILE_STEPS[FEATURES])
+    assert shares["push to the online store (Feast)"] == 0.5
+    assert shares["fold"] == 0.3
+    assert shares["aiokafka: fetch, decompress, parse"] == 0.15
+    assert shares["asyncio loop, other"] == 0.05
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert profile_steps("", PROFILE_STEPS[MONITOR]) == {}
