@@ -19,6 +19,13 @@ modules (partition.py, merge.py); this module moves records between Kafka and th
 - **rebalance**: at revocation every partition's state is checkpointed and dropped (Faust seeks every partition
   back to its committed offset afterwards); when the state table is recovered, each assigned partition's state is
   rebuilt from its records, and the re-read records are replays.
+- **a checkpoint cut short**: a checkpoint moves the partition state on (sequence numbers, counted units, dirty
+  marks cleared) before its records reach the changelog. If writing them fails or is cancelled (a broker that
+  stays away, a shutdown, the watchdog), the state in memory is ahead of the changelog, and any later write from
+  it would store effects whose records are missing — A/B counts that include units the changelog never got, so
+  that the replay after a restart counts them again. So the states are marked diverged: nothing more is written
+  from them (not even the checkpoint at revocation), no record is applied or acknowledged, and the worker gives up
+  (exit 3) to be rebuilt from the changelog, whose prefix is exact (partition.py).
 
 One asyncio lock orders the agent, the timer and the hooks: a checkpoint never sees half an update.
 """
@@ -85,6 +92,15 @@ async def write_changelog(table: Any, partition: int, records: list[Record]) -> 
         )
     if deliveries:
         await asyncio.gather(*deliveries)
+
+
+class StateDivergedError(StreamscoreError):
+    """A checkpoint could not be written whole: the partition states must be rebuilt from the changelog."""
+
+    retryable = True
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"{why}; exiting so that a restart rebuilds the state from the changelog")
 
 
 class RecordingStore(MutableMapping[str, Any]):
@@ -160,6 +176,9 @@ class Runtime:
     last_ab_sent: dict[int, float] = field(default_factory=dict)
     consumed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     merged: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    diverged: str | None = None
+    """Why the states in memory are ahead of the changelog (a checkpoint cut short); None while they are not. Once
+    set it stays: nothing more is written or applied from these states (module docstring)."""
 
     @property
     def policy(self) -> Policy:
@@ -203,6 +222,17 @@ class Runtime:
         if self.on_give_up is not None:
             self.on_give_up(error.message)
 
+    def diverge(self, what: str, exc: BaseException) -> None:
+        """A checkpoint's records may not all be in the changelog: stop writing from these states, and unless the
+        worker is stopping anyway, give up so that a restart rebuilds them from the changelog."""
+        if self.diverged is not None:
+            return
+        self.diverged = f"{what} was cut short ({type(exc).__name__}: {exc or 'no detail'})"
+        if self.app is not None and bool(self.app.should_stop):
+            log.warning("%s; nothing more is written from the states in memory", self.diverged)
+        else:
+            self.give_up(StateDivergedError(self.diverged))
+
     # --- records -------------------------------------------------------------------------------------------------
 
     async def on_record(self, event: Any) -> None:
@@ -210,9 +240,10 @@ class Runtime:
         topic, partition = message.topic, message.partition
         kind = self.topics.kinds[topic]
         async with self.lock:
-            state = self.states.get(partition) if self.ready else None
+            state = self.states.get(partition) if self.ready and self.diverged is None else None
             if state is None:
-                # Not ours (any more), or not rebuilt yet: not acknowledged, so its partition's owner reads it again.
+                # Not ours (any more), not rebuilt yet, or diverged: not acknowledged, so its partition's owner (or
+                # this worker's restart) reads it again.
                 return
             self.consumed[kind] += 1
             try:
@@ -305,10 +336,14 @@ class Runtime:
 
     async def checkpoint_all(self) -> None:
         async with self.lock:
-            if not self.ready:
+            if not self.ready or self.diverged is not None:
                 return
-            for partition in sorted(self.states):
-                await self.checkpoint(partition)
+            try:
+                for partition in sorted(self.states):
+                    await self.checkpoint(partition)
+            except BaseException as exc:
+                self.diverge("a checkpoint", exc)
+                raise
             self.last_checkpoint = time.monotonic()
             self.metrics.last_checkpoint.set(time.time())
             self.metrics.open_windows.set(sum(len(s.windows) for s in self.states.values()))
@@ -348,10 +383,14 @@ class Runtime:
         """Checkpoint and drop every partition's state: after a rebalance Faust seeks every partition back to its
         committed offset, and the state is rebuilt from the changelog (the records re-read are replays)."""
         async with self.lock:
-            if self.ready:
-                for partition, state in self.states.items():
-                    clocks = Clocks(now=time.time(), scores_caught_up=False, labels_caught_up=False)
-                    await self.write(partition, state.checkpoint(clocks))
+            if self.ready and self.diverged is None:
+                try:
+                    for partition, state in self.states.items():
+                        clocks = Clocks(now=time.time(), scores_caught_up=False, labels_caught_up=False)
+                        await self.write(partition, state.checkpoint(clocks))
+                except BaseException as exc:
+                    self.diverge("the checkpoint at revocation", exc)
+                    raise
             self.states.clear()
             self.held.clear()
             self.log_ends.clear()
@@ -360,8 +399,12 @@ class Runtime:
             self.ready = False
 
     async def on_recovered(self) -> None:
-        """Rebuild the assigned partitions' states from the recovered state table."""
+        """Rebuild the assigned partitions' states from the recovered state table (not once diverged: the worker is
+        stopping, and records of the cut checkpoint may still reach the changelog after this recovery read it)."""
         async with self.lock:
+            if self.diverged is not None:
+                log.warning("not rebuilding the partition states: %s", self.diverged)
+                return
             scores = {name for name, kind in self.topics.kinds.items() if kind == "scores"}
             assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic in scores}
             records: dict[int, list[tuple[str, Any]]] = defaultdict(list)
@@ -428,8 +471,9 @@ class Runtime:
         age = None if self.last_checkpoint is None else time.monotonic() - self.last_checkpoint
         stale = self.ready and age is not None and age > self.settings.unhealthy_after_s
         return {
-            "healthy": not stale,
-            "ready": self.ready,
+            "healthy": not stale and self.diverged is None,
+            "ready": self.ready and self.diverged is None,
+            "diverged": self.diverged,
             "partitions": sorted(self.states),
             "last_checkpoint_age_s": None if age is None else round(age, 3),
             "pending_units": sum(s.pending_units for s in self.states.values()),

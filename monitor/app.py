@@ -283,9 +283,12 @@ def _add_pages(monitor: Monitor) -> None:
         age = state["last_checkpoint_age_s"]
         # Not stalls for the watchdog: rebuilding follows recovery, and a checkpoint that cannot be written shows as
         # commits not advancing (the offsets wait for it).
+        diverged = state["diverged"]
         return [
-            Check("partition states", bool(state["ready"]), "rebuilding from the state table", stalls=False),
-            Check("checkpoints", bool(state["healthy"]), f"last checkpoint {age} s ago", stalls=False),
+            Check(
+                "partition states", bool(state["ready"]), diverged or "rebuilding from the state table", stalls=False
+            ),
+            Check("checkpoints", bool(state["healthy"]), diverged or f"last checkpoint {age} s ago", stalls=False),
         ]
 
     settings, registry = monitor.settings, monitor.settings.topics.registry()

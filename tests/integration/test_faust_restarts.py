@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
@@ -29,7 +30,7 @@ from feature_repo.store import apply, open_store
 from producers.client import EventProducer
 from streamscore.contracts import Label, Score, Transaction
 from streamscore.infra import LocalStack
-from streamscore.kafka import ensure_topics
+from streamscore.kafka import ensure_topics, partition_for
 from streamscore.topics import TopicRegistry
 from tests.integration.conftest import stack_settings
 from tests.integration.test_feature_stream import expected_online, online, transaction, worker_env
@@ -43,7 +44,7 @@ from tests.integration.test_monitor import (  # noqa: F401 - registry_uri and sy
     timeline_start,
 )
 from tests.support.monitoring import label_event, score_event
-from tests.support.scoring import free_port
+from tests.support.scoring import OutputReader, free_port
 from tests.support.workers import WorkerProcess, worker_process
 
 READY_TIMEOUT_S = 180.0
@@ -243,6 +244,34 @@ def test_the_feature_processor_survives_a_broker_kill_or_pause(
 # --- the monitor ----------------------------------------------------------------------------------------------------
 
 
+def state_audit(kafka: Any, changelog: str, sent: dict[int, Counter[str]]) -> str:
+    """What the monitor's state changelog holds per partition, for a failure message: the score events sent, the
+    units stored (variant entries of experiment exp-1) and the stored A/B counts (`seq`, `cutoff`), so a mismatch
+    shows whether a partition lost or double-counted units."""
+    reader = OutputReader(kafka, [changelog])
+    reader.poll_for(5.0)
+    latest: dict[str, Any] = {}
+    for o in reader.seen:
+        key = json.loads(o.key or b"null")
+        latest[str(key)] = None if o.value is None else json.loads(o.value)
+    reader.close()
+    lines = []
+    for p in sorted(sent):
+        stored: Counter[str] = Counter()
+        for key, value in latest.items():
+            if key.startswith(f"{p}/u/") and value is not None:
+                stored.update(v for v, e in value["v"].items() if e[4] == "exp-1")
+        ab = latest.get(f"{p}/ab/exp-1") or {}
+        counts = {v: c.get("units") for v, c in (ab.get("counts") or {}).items()}
+        meta = latest.get(f"{p}/meta") or {}
+        lines.append(
+            f"partition {p}: sent {dict(sent[p])}, units stored {dict(stored)}, counted {counts} "
+            f"(seq {ab.get('seq')}, cutoff {ab.get('cutoff')}; meta seq {meta.get('seq')}, "
+            f"label clock {meta.get('label_clock')})"
+        )
+    return "\n".join(lines)
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 def test_the_monitor_survives_a_broker_kill_or_pause(
     private_stack: LocalStack,
@@ -251,7 +280,8 @@ def test_the_monitor_survives_a_broker_kill_or_pause(
     fault: str,
 ) -> None:
     kafka = private_stack.settings.kafka_settings()
-    topics = TopicRegistry.build(prefix=f"t.mr.{uuid.uuid4().hex[:6]}.", partitions=6)
+    prefix = f"t.mr.{uuid.uuid4().hex[:6]}."
+    topics = TopicRegistry.build(prefix=prefix, partitions=6)
     ensure_topics(kafka, topics.all())
     env = monitor_env(
         kafka,
@@ -273,6 +303,7 @@ def test_the_monitor_survives_a_broker_kill_or_pause(
     sender = Sender(kafka, topics)
     lock = threading.Lock()
     expected = {"champion": 0, "challenger": 0}
+    per_partition: dict[int, Counter[str]] = {p: Counter() for p in range(6)}
 
     def send(i: int) -> None:
         variant = "champion" if i % 2 == 0 else "challenger"
@@ -286,6 +317,7 @@ def test_the_monitor_survives_a_broker_kill_or_pause(
             for event in events:
                 sender.send(event)
             expected[variant] += 1
+            per_partition[partition_for(account.encode(), 6)][variant] += 1
 
     with ExitStack() as workers:
 
@@ -307,12 +339,22 @@ def test_the_monitor_survives_a_broker_kill_or_pause(
 
         results = Results(kafka, topics)
 
+        looked: list[dict[str, int]] = []
+
         def counted() -> bool:
             results.reader.poll_for(0.5)
             latest = {a.experiment_id: a for a in results.ab()}
             look = latest.get("exp-1")
-            return look is not None and {v.variant: v.units for v in look.variants} == expected
+            if look is not None:
+                looked[:] = [{v.variant: v.units for v in look.variants}]
+            return bool(looked) and looked[0] == expected
 
-        supervised.wait(counted, RECOVER_TIMEOUT_S, f"every score counted once ({what})")
+        try:
+            supervised.wait(counted, RECOVER_TIMEOUT_S, f"every score counted once ({what})")
+        except pytest.fail.Exception:
+            changelog = f"{prefix}{env['MONITOR_APP_ID']}-monitor-state-changelog"
+            print(f"sent {expected}, the last look counted {looked}; exits {supervised.exits}")
+            print(state_audit(kafka, changelog, per_partition))
+            raise
         supervised.wait(lambda: answer(supervised.current, "/readyz")[0] == 200, 60.0, "ready at the end")
     print(f"monitor, broker {fault}: {what}; {sent} scores and labels, each counted once")

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -190,3 +191,46 @@ def test_a_registry_that_never_answers_gives_up_after_the_patience() -> None:
     with pytest.raises(ReferenceUnavailableError):
         asyncio.run(runtime.ensure_references({"7"}))
     assert len(reasons) == 1 and "model registry" in reasons[0]
+
+
+# --- a checkpoint cut short ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_checkpoint_cut_short_stops_every_write_and_apply_from_the_states_in_memory(stopping: bool) -> None:
+    """The checkpoint moves the state on before its records are stored: once a write fails, a later checkpoint (or
+    the one at revocation) would store A/B counts whose units the changelog lacks, and the replay after a restart
+    would count them again. So nothing more is written or applied, and the worker gives up unless it is stopping."""
+    runtime, _ = poisoned_runtime()
+    runtime.app = SimpleNamespace(should_stop=stopping, consumer=None)
+    runtime.topics.kinds["scores.shadow"] = "shadow"
+    reasons: list[str] = []
+    runtime.on_give_up = reasons.append
+    writes: list[int] = []
+    broker_down = [True]
+
+    async def write(partition: int, records: list[Any]) -> None:
+        writes.append(partition)
+        if broker_down[0]:
+            raise ConnectionError("the broker went away")
+
+    runtime.write = write  # type: ignore[method-assign]
+
+    async def run() -> None:
+        at = 1_700_000_000.0
+        await runtime.on_record(Event(Message("scores", 0, 0, score_event("ev-1", "acc-1", at, 0.3).to_json())))
+        await runtime.on_record(Event(Message("labels", 0, 0, label_event("ev-1", "acc-1", at, False, 1.0).to_json())))
+        with pytest.raises(ConnectionError):
+            await runtime.checkpoint_all()
+        broker_down[0] = False
+        held = len(runtime.held[0])
+        await runtime.on_record(Event(Message("scores", 0, 1, score_event("ev-2", "acc-1", at, 0.3).to_json())))
+        assert len(runtime.held[0]) == held, "a record after the cut is neither applied nor acknowledged"
+        await runtime.checkpoint_all()
+        await runtime.on_revoked()
+
+    asyncio.run(run())
+    assert writes == [0], "only the checkpoint that failed wrote: not the next one, not the one at revocation"
+    assert runtime.diverged is not None and "ConnectionError" in runtime.diverged
+    assert runtime.health()["ready"] is False and runtime.health()["healthy"] is False
+    assert len(reasons) == (0 if stopping else 1), "a worker not stopping anyway gives up, to be rebuilt"
