@@ -353,8 +353,8 @@ def test_the_monitor_survives_a_broker_kill_or_pause(
             supervised.wait(counted, RECOVER_TIMEOUT_S, f"every score counted once ({what})")
         except pytest.fail.Exception:
             changelog = f"{prefix}{env['MONITOR_APP_ID']}-monitor-state-changelog"
-            print(f"sent {expected}, the last look counted {looked}; exits {supervised.exits}")
+            print(f"sent {expected} ({sender.resent} again), the last look counted {looked}; exits {supervised.exits}")
             print(state_audit(kafka, changelog, per_partition))
             raise
         supervised.wait(lambda: answer(supervised.current, "/readyz")[0] == 200, 60.0, "ready at the end")
-    print(f"monitor, broker {fault}: {what}; {sent} scores and labels, each counted once")
+    print(f"monitor, broker {fault}: {what}; {sent} scores and labels ({sender.resent} sent again), each counted once")

@@ -156,25 +156,46 @@ def monitor_worker(env: dict[str, str], log: Path) -> Iterator[WorkerProcess]:
 
 
 class Sender:
+    """Produces scores and labels as a producing team would: at least once — an event whose delivery failed (a broker
+    gone longer than the producer waits) is sent again at `flush`, so every event sent is in the topics."""
+
     def __init__(self, kafka: KafkaSettings, topics: TopicRegistry) -> None:
         self.producer = Producer(producer_config(kafka, f"test-{uuid.uuid4().hex[:6]}", linger_ms=5))
         self.topics = topics
+        self.failed: list[tuple[Score | Label, bool, str]] = []
+        self.resent = 0
 
     def send(self, event: Score | Label, *, shadow: bool = False) -> None:
         if isinstance(event, Label):
             topic = self.topics.labels.name
         else:
             topic = self.topics.scores_shadow.name if shadow else self.topics.scores.name
+
+        def delivered(err: Any, _: Any) -> None:
+            if err is not None:
+                self.failed.append((event, shadow, str(err)))
+
         while True:
             try:
-                self.producer.produce(topic, event.to_json(), event.account_id.encode(), headers=headers_for(event))
+                self.producer.produce(
+                    topic, event.to_json(), event.account_id.encode(), headers=headers_for(event), on_delivery=delivered
+                )
                 break
             except BufferError:
                 self.producer.poll(0.05)
         self.producer.poll(0)
 
     def flush(self) -> None:
-        assert self.producer.flush(60) == 0
+        for _ in range(5):
+            assert self.producer.flush(60) == 0
+            if not self.failed:
+                return
+            failed, self.failed = self.failed, []
+            print(f"{len(failed)} deliveries failed ({failed[0][2]}); sending them again")
+            self.resent += len(failed)
+            for event, shadow, _ in failed:
+                self.send(event, shadow=shadow)
+        raise AssertionError(f"deliveries still failing after 5 rounds: {self.failed[0][2]}")
 
 
 def every_partition(prefix: str) -> list[str]:
