@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -128,6 +128,26 @@ class DriftWindow:
             if name in self.reference:
                 self._add_one(self.reference.index(name), value, event_time)
         self._saw(event_time)
+
+    def add_rows(self, rows: Sequence[Mapping[str, float]], event_times: Sequence[float]) -> None:
+        """`add_features` of many events at once, with the same counts (tested equal): one vectorized `add` per
+        series instead of ~1 µs of Python per event and feature — the monitor buffers a window's rows and adds them
+        at its checkpoint."""
+        if len(rows) != len(event_times):
+            raise ValueError(f"{len(event_times)} event times for {len(rows)} rows")
+        if not rows:
+            return
+        for name in self.reference.names:
+            try:
+                values: Sequence[float] = [row[name] for row in rows]
+                times: Sequence[float] = event_times
+            except KeyError:  # a row without this series: only the rows that have it count, as in add_features
+                kept = [(row[name], t) for row, t in zip(rows, event_times, strict=True) if name in row]
+                values, times = [v for v, _ in kept], [t for _, t in kept]
+            if values:
+                self.add(name, values, times)
+        self._saw(min(event_times))
+        self._saw(max(event_times))
 
     def add_score(self, variant: str, score: float, event_time: float) -> None:
         """One score of `variant` (from `scores` or `scores.shadow`); variants without a reference are ignored."""

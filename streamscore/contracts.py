@@ -24,7 +24,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -610,16 +610,26 @@ def _refuse_duplicate(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+_SCALARS = (str, float, int, bool, type(None), datetime)
+"""Values whose JSON holds no separating comma. Checked first, with concrete types: a score's 25 features are
+scalars, and `isinstance` against the abstract `Mapping` costs ~1 µs a call (this check ran at 40 µs a score)."""
+
+
 def _fewest_commas(value: object) -> int:
     """The commas the JSON of validated `value` has at the least: one between two members or items."""
+    if isinstance(value, _SCALARS):
+        return 0
     if isinstance(value, BaseModel):
         fields = value.model_fields_set
-        return max(len(fields) - 1, 0) + sum(_fewest_commas(getattr(value, name)) for name in fields)
-    if isinstance(value, Mapping):
-        return max(len(value) - 1, 0) + sum(_fewest_commas(item) for item in value.values())
-    if isinstance(value, list | tuple):
-        return max(len(value) - 1, 0) + sum(_fewest_commas(item) for item in value)
-    return 0
+        items: Iterable[object] = (getattr(value, name) for name in fields)
+        size = len(fields)
+    elif isinstance(value, dict | Mapping):
+        items, size = value.values(), len(value)
+    elif isinstance(value, list | tuple):
+        items, size = value, len(value)
+    else:
+        return 0
+    return max(size - 1, 0) + sum(0 if isinstance(item, _SCALARS) else _fewest_commas(item) for item in items)
 
 
 def reject_duplicate_keys(text: str | bytes, parsed: BaseModel, commas: int | None = None) -> None:

@@ -401,3 +401,39 @@ def test_reference_from_trainings_document() -> None:
     assert all(s.strata == 0 for s in drift_reference(old, {"champion": old}, categorical=CATEGORICAL_FEATURES).series)
     with pytest.raises(ValueError, match="not in the reference"):
         drift_reference(document, {}, categorical=["no_such_feature"])
+
+
+def test_rows_added_at_once_count_exactly_as_one_event_at_a_time() -> None:
+    """`add_rows` (the monitor's buffered path) against `add_features` per event, on features shaped like ours with
+    ties at the reference's points, values on bin edges, NaN, ±inf, beyond float32, series a row lacks, names outside
+    the reference, and the time-of-day strata."""
+    rng = np.random.default_rng(31)
+    specs = synthetic_features(12)
+    reference = synthetic_reference(specs, rng, train_rows=5_000, sample_rows=500)
+    n = 3_000
+    columns = {spec.name: spec.draw(rng, n) for spec in specs}
+    first = reference.series[0]
+    columns[first.name][:40] = first.edge_list[0]  # on an edge
+    columns[first.name][40:80] = first.point_list[3]  # on a reference point
+    awkward = [math.nan, math.inf, -math.inf, 1e300, -1e300]
+    times = 1_800_000_000.0 + np.sort(rng.uniform(0, 86_400 * 2, n))
+    rows: list[dict[str, float]] = []
+    for i in range(n):
+        row = {name: float(values[i]) for name, values in columns.items()}
+        if i % 97 == 0:
+            row[specs[1].name] = awkward[i % len(awkward)]
+        if i % 13 == 0:
+            del row[specs[2].name]
+        row["not_in_the_reference"] = 1.0
+        rows.append(row)
+    one_by_one = DriftWindow(reference, 0)
+    for row, t in zip(rows, times, strict=True):
+        one_by_one.add_features(row, float(t))
+    at_once = DriftWindow(reference, 0)
+    at_once.add_rows(rows[:1000], times[:1000].tolist())
+    at_once.add_rows(rows[1000:], times[1000:].tolist())
+    at_once.add_rows([], [])
+    assert at_once.to_dict() == one_by_one.to_dict()
+    assert int(one_by_one.missing[reference.index(specs[1].name)]) > 0
+    with pytest.raises(ValueError, match="event times"):
+        at_once.add_rows(rows[:2], [0.0])
