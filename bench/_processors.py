@@ -35,7 +35,7 @@ import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench._data import Record, transactions
-from bench._probe import STEAL, partitions, read_topic
+from bench._probe import STEAL, high_watermarks, partitions, read_topic
 from streamscore.kafka import consumer_config, ensure_topics, producer_config
 from streamscore.settings import KafkaSettings
 from streamscore.topics import TopicRegistry
@@ -557,17 +557,15 @@ class Processors:
             startup_s=0.0,
         )
 
-    def drain_features(self, backlog: int) -> None:
+    def drain_features(self) -> None:
+        """The whole transactions topic: the backlog and, in a full run, what the scorer's latency phase produced
+        after it (a plain producer's topic: offsets are records)."""
         bench = self.bench
+        topic = self.registry.transactions.name
+        backlog = sum(high_watermarks(bench.kafka, topic).values())
         bench.log(f"[bold]feature processor: python -m stream_processors drains the {backlog:,} transactions")
         process, result = self.drain(
-            FEATURES,
-            "stream_processors",
-            self.features_env(),
-            self.features_group,
-            [self.registry.transactions.name],
-            backlog,
-            slack=0,
+            FEATURES, "stream_processors", self.features_env(), self.features_group, [topic], backlog, slack=0
         )
         self.features_process = process
         result.transactions_per_s = result.events_per_s
@@ -587,10 +585,14 @@ class Processors:
         if producer.flush(120.0):
             raise RuntimeError("labels were not all delivered")
 
-    def drain_monitor(self, scores: int, labels: list[Record]) -> None:
+    def drain_monitor(self, labels: list[Record]) -> None:
+        """Every score the scorer wrote (the backlog's and, in a full run, its latency phase's) and the backlog's
+        labels; the records are counted (the scores' offsets include commit markers)."""
         bench = self.bench
         self.produce_labels(labels)
-        shadow = read_topic(bench.kafka, self.registry.scores_shadow.name, 1 << 40, timeout_s=5.0).count
+        with bench.console.status("counting the scores"):
+            scores = read_topic(bench.kafka, self.registry.scores.name, 1 << 40, timeout_s=600.0).count
+            shadow = read_topic(bench.kafka, self.registry.scores_shadow.name, 1 << 40, timeout_s=600.0).count
         events = scores + shadow + len(labels)
         bench.log(
             f"[bold]monitor: python -m monitor drains {scores:,} scores, {shadow:,} shadow scores,"

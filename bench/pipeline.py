@@ -729,8 +729,8 @@ class Bench:
         results.processors = phases.results
         scorer_rate = results.scorer.events_per_s
         try:
-            phases.drain_features(len(self.backlog))
-            phases.drain_monitor(results.scorer.events, self.labels)
+            phases.drain_features()
+            phases.drain_monitor(self.labels)
             if not args.skip_processor_stages:
                 self.log("[bold]where the processors' CPU goes: their steps timed one by one")
                 phases.stages()
