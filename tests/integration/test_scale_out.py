@@ -1,0 +1,388 @@
+"""Scale-out (issue 16, point 5): two and three instances of each Faust processor in one consumer group split the
+partitions and keep every guarantee, with traffic flowing while instances join and leave.
+
+For each processor, against the session's broker and Redis: instance a runs with traffic flowing (~150 events/s);
+b joins (the group rebalances, both own partitions, none owned twice — read from each instance's `/healthz`); c
+joins (three-way split); a leaves gracefully (SIGTERM, exit 0) and the other two split everything; b is SIGKILLed and
+c, once the group's session timeout has expired, owns every partition; the traffic stops. Then the guarantee must hold
+exactly — the feature processor's online snapshots equal `streamscore.features.replay` over every event sent
+(redelivered copies included); the monitor's final A/B look counts every score unit once per variant and every closed
+drift window holds exactly the scores sent for it — and the group's committed offsets reach the end of every input
+topic (lag 0, read from the broker).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from feature_repo.settings import FeastSettings
+from feature_repo.store import apply, open_store
+from producers.client import EventProducer
+from stream_processors.app import changelog_topic_name
+from stream_processors.settings import StreamProcessorSettings
+from streamscore.contracts import Label, Score, Transaction
+from streamscore.kafka import delete_topics, partition_for
+from streamscore.settings import KafkaSettings, RedisSettings, TopicSettings
+from streamscore.topics import TopicRegistry
+from tests.integration.test_faust_restarts import Traffic, state_audit
+from tests.integration.test_feature_stream import (
+    expected_online,
+    free_port,
+    online,
+    topic_prefix,
+    transaction,
+    uncommitted,
+    worker_env,
+)
+from tests.integration.test_monitor import (  # noqa: F401 - registry_uri and synthetic_reference are fixtures
+    Results,
+    Sender,
+    every_partition,
+    monitor_env,
+    registry_uri,
+    synthetic_reference,
+    timeline_start,
+)
+from tests.support.monitoring import label_event, score_event
+from tests.support.workers import WorkerProcess, worker_process
+
+PARTITIONS = 6
+RATE = 150.0
+"""Events per second while instances join and leave."""
+READY_TIMEOUT_S = 180.0
+SPLIT_TIMEOUT_S = 120.0
+"""Partitions settle within a few seconds of a join or a graceful leave; after a SIGKILL the group first waits for
+the session timeout (10 s, the default of both processors)."""
+CONVERGE_TIMEOUT_S = 120.0
+HEALTH = {"LAG_INTERVAL_S": "1"}
+
+
+# --- the instances and their partitions ---------------------------------------------------------------------------
+
+
+def owned(worker: WorkerProcess, topic: str) -> tuple[set[int], dict[str, Any]]:
+    """The partitions of `topic` the instance holds, from its `/healthz`, and the whole health body."""
+    health = worker.health()
+    mine = set()
+    for entry in health.get("assigned_partitions") or []:
+        name, _, number = str(entry).rpartition(":")
+        if name == topic:
+            mine.add(int(number))
+    return mine, health
+
+
+def wait_split(
+    workers: dict[str, WorkerProcess], topic: str, settled: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, list[int]]:
+    """Until every instance holds some partitions of `topic`, none is held twice, together they hold all of them, and
+    every instance says its rebalance is over (`settled(health)`). Returns who holds what."""
+    deadline = time.monotonic() + SPLIT_TIMEOUT_S
+    seen: dict[str, Any] = {}
+    while True:
+        for worker in workers.values():
+            worker.check_alive()
+        try:
+            views = {name: owned(worker, topic) for name, worker in workers.items()}
+        except (OSError, ValueError) as exc:
+            seen = {"error": repr(exc)}
+        else:
+            split = {name: mine for name, (mine, _) in views.items()}
+            seen = {name: (sorted(mine), health.get("reasons")) for name, (mine, health) in views.items()}
+            every = [p for mine in split.values() for p in mine]
+            if (
+                all(split.values())
+                and len(every) == len(set(every)) == PARTITIONS
+                and all(settled(health) for _, health in views.values())
+            ):
+                print(f"{what}: {', '.join(f'{n} {sorted(m)}' for n, m in split.items())}")
+                return {name: sorted(mine) for name, mine in split.items()}
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {name}:\n{worker.tail()[-3000:]}" for name, worker in workers.items())
+            pytest.fail(f"the partitions did not split ({what}) within {SPLIT_TIMEOUT_S:.0f} s: {seen}\n{tails}")
+        time.sleep(0.25)
+
+
+def leave_and_die(
+    workers: dict[str, WorkerProcess],
+    topic: str,
+    settled: Callable[[dict[str, Any]], bool],
+) -> None:
+    """a leaves gracefully (SIGTERM: it must exit 0), b and c split everything; b is SIGKILLed, c takes everything."""
+    a = workers.pop("a")
+    a.process.send_signal(signal.SIGTERM)
+    code = a.process.wait(timeout=60)
+    assert code == 0, f"a graceful stop exits 0, not {code}:\n{a.tail()}"
+    wait_split(workers, topic, settled, "a left (SIGTERM)")
+    b = workers.pop("b")
+    b.process.kill()
+    b.process.wait(timeout=10)
+    wait_split(workers, topic, settled, "b killed (SIGKILL)")
+
+
+def scale_out(
+    start: Callable[[str], WorkerProcess], topic: str, settled: Callable[[dict[str, Any]], bool]
+) -> WorkerProcess:
+    """The whole sequence, with the traffic already flowing and instance a running: b joins, c joins, a leaves, b dies.
+    Returns c, the one left."""
+    workers = {"a": start("a")}
+    wait_split(workers, topic, settled, "a alone")
+    time.sleep(3.0)
+    workers["b"] = start("b")
+    wait_split(workers, topic, settled, "b joined")
+    time.sleep(3.0)
+    workers["c"] = start("c")
+    wait_split(workers, topic, settled, "c joined")
+    time.sleep(3.0)
+    leave_and_die(workers, topic, settled)
+    return workers["c"]
+
+
+def lag_zero(kafka: KafkaSettings, group: str, topics: dict[str, int], worker: WorkerProcess) -> dict[str, int]:
+    """Poll the group's committed offsets (the broker's view) until nothing is left on any of `topics`."""
+    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+    while True:
+        worker.check_alive()
+        left = {topic: uncommitted(kafka, group, topic, partitions) for topic, partitions in topics.items()}
+        if not any(left.values()) or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+def lag_gauge_zero(worker: WorkerProcess, name: str) -> float:
+    """Poll the instance's own group-lag gauge (read from the broker every LAG_INTERVAL_S) until it says 0."""
+    deadline = time.monotonic() + 30.0
+    while True:
+        gauge = worker.metrics(name)
+        if (gauge and sum(gauge.values()) == 0) or time.monotonic() > deadline:
+            return sum(gauge.values()) if gauge else float("nan")
+        time.sleep(0.5)
+
+
+# --- the feature processor ------------------------------------------------------------------------------------------
+
+
+def features_settled(health: dict[str, Any]) -> bool:
+    return bool(health.get("recovered")) and not health.get("rebalancing")
+
+
+def test_feature_processor_instances_join_and_leave_under_traffic(
+    kafka: KafkaSettings, redis_settings: RedisSettings, topics: TopicRegistry, tmp_path: Path
+) -> None:
+    began = time.monotonic()
+    feast = FeastSettings(
+        project=f"t_{uuid.uuid4().hex[:12]}",
+        data_dir=tmp_path / "features",
+        registry_path=tmp_path / "feast" / "registry.db",
+        online_store="redis",
+        redis=redis_settings,
+    )
+    store = open_store(feast)
+    apply(store, feast.data_dir)
+    app_id = f"features-{uuid.uuid4().hex[:8]}"
+    base_env = worker_env(kafka, redis_settings, topics, feast, app_id, 0)
+    base_env.update({f"FEATURES_{k}": v for k, v in HEALTH.items()})
+    group = base_env["TOPICS_PREFIX"] + app_id
+    name = topics.transactions.name
+
+    def start(instance: str) -> WorkerProcess:
+        # Same app id (group, changelog); a web port and a state folder of its own.
+        port = free_port()
+        env = {
+            **base_env,
+            "FEATURES_METRICS_PORT": str(port),
+            "FEATURES_STATE_DIR": str(tmp_path / "state" / instance),
+        }
+        log = tmp_path / f"features-{instance}.log"
+        return workers.enter_context(
+            worker_process("stream_processors", env, log, port, features_settled, READY_TIMEOUT_S)
+        )
+
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    events: list[Transaction] = []
+
+    try:
+        with EventProducer(kafka, topics, client_id="test-scale-out", linger_ms=5) as producer, ExitStack() as workers:
+
+            def send(i: int) -> None:
+                event = transaction(
+                    f"so-{i}", f"acc-so-{i % 120}", base + timedelta(seconds=i * 0.25), 5.0 + i % 13, f"m-{i % 17}"
+                )
+                events.append(event)
+                producer.send_transaction(event)
+                if i % 50 == 49:
+                    events.append(events[-8])  # a producer retry: an event sent again, seconds later
+                    producer.send_transaction(events[-1])
+                producer.poll(0)
+
+            with Traffic(send, per_second=RATE):
+                last = scale_out(start, name, features_settled)
+                time.sleep(3.0)
+            producer.flush(60)
+            traffic_s = time.monotonic() - began
+            expected = expected_online(events)
+            accounts = sorted(expected)
+            deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+            got = online(store, accounts)
+            while got != expected and time.monotonic() < deadline:
+                last.check_alive()
+                time.sleep(0.5)
+                got = online(store, accounts)
+            wrong = [a for a in accounts if got[a] != expected[a]]
+            if wrong:
+                by_partition = Counter(partition_for(a.encode(), PARTITIONS) for a in wrong)
+                for account in wrong[:3]:
+                    print(f"{account}: online {got[account]}\n  replay {expected[account]}")
+                pytest.fail(
+                    f"{len(wrong)} of {len(accounts)} accounts differ from the replay, by partition "
+                    f"{dict(sorted(by_partition.items()))}:\n{last.tail()}"
+                )
+            left = lag_zero(kafka, group, {name: PARTITIONS}, last)
+            assert not any(left.values()), f"the group's lag did not reach 0: {left}\n{last.tail()}"
+            gauge = lag_gauge_zero(last, "streamscore_features_consumer_group_lag_offsets")
+            assert gauge == 0, f"the lag gauge of the instance left says {gauge}"
+            assert last.metric("streamscore_features_push_failures_total") == 0
+    finally:
+        settings = StreamProcessorSettings(
+            app_id=app_id, kafka=kafka, topics=TopicSettings(prefix=topic_prefix(topics)), feast=feast
+        )
+        delete_topics(kafka, [changelog_topic_name(settings)])
+    print(
+        f"feature processor: {len(events)} events ({len(events) - len({e.event_id for e in events})} sent twice), "
+        f"{len(accounts)} accounts equal to the replay, lag 0; traffic {traffic_s:.0f} s, "
+        f"whole test {time.monotonic() - began:.0f} s"
+    )
+
+
+# --- the monitor ----------------------------------------------------------------------------------------------------
+
+
+def monitor_settled(health: dict[str, Any]) -> bool:
+    return bool(health.get("ready") and health.get("recovered")) and not health.get("rebalancing")
+
+
+WINDOW_S = 10.0
+STEP_S = 0.01
+"""Event time between two score units: 1 000 units per 10 s window."""
+
+
+def test_monitor_instances_join_and_leave_under_traffic(
+    kafka: KafkaSettings,
+    topics: TopicRegistry,
+    registry_uri: str,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    began = time.monotonic()
+    base_env = monitor_env(
+        kafka,
+        topics,
+        registry_uri,
+        tmp_path,
+        MONITOR_WINDOW_SECONDS=str(WINDOW_S),
+        MONITOR_LABEL_MATURITY_S="5",
+        MONITOR_EXPECTED_SPLIT='{"champion": 0.5, "challenger": 0.5}',
+        **{f"MONITOR_{k}": v for k, v in HEALTH.items()},
+    )
+    prefix = base_env["TOPICS_PREFIX"]
+    group = prefix + base_env["MONITOR_APP_ID"]
+
+    def start(instance: str) -> WorkerProcess:
+        port = free_port()
+        env = {
+            **base_env,
+            "MONITOR_METRICS_PORT": str(port),
+            "MONITOR_STATE_DIR": str(tmp_path / "monitor-state" / instance),
+        }
+        log = tmp_path / f"monitor-{instance}.log"
+        return workers.enter_context(worker_process("monitor", env, log, port, monitor_settled, READY_TIMEOUT_S))
+
+    t0 = timeline_start(WINDOW_S)
+    sender = Sender(kafka, topics)
+    lock = threading.Lock()
+    expected = {"champion": 0, "challenger": 0}
+    per_partition: dict[int, Counter[str]] = {p: Counter() for p in range(PARTITIONS)}
+    per_window: Counter[tuple[int, str]] = Counter()
+
+    def send(i: int) -> None:
+        variant = "champion" if i % 2 == 0 else "challenger"
+        account = f"acct-{i % 300}"
+        at = t0 + i * STEP_S
+        events: list[Score | Label] = [
+            score_event(f"m{i}", account, at, 0.1 + 0.8 * ((i * 7919) % 1000) / 1000, variant=variant),
+            label_event(f"m{i}", account, at, i % 10 == 0, 1.0),
+        ]
+        with lock:
+            for event in events:
+                sender.send(event)
+            if i % 40 == 39:
+                sender.send(events[0])  # a producer retry: the same score again
+            expected[variant] += 1
+            per_partition[partition_for(account.encode(), PARTITIONS)][variant] += 1
+            per_window[int(at // WINDOW_S), variant] += 1
+
+    with ExitStack() as workers:
+        with Traffic(send, per_second=RATE) as traffic:
+            last = scale_out(start, topics.scores.name, monitor_settled)
+            time.sleep(3.0)
+        sent = traffic.sent
+        traffic_s = time.monotonic() - began
+        # Ticks on every partition, far ahead: every unit matures, every traffic window closes, the counts are
+        # published.
+        end = t0 + sent * STEP_S
+        for account in every_partition("tick"):
+            sender.send(score_event(f"tick-{account}", account, end + 100.0, 0.1, experiment="ticks"))
+            sender.send(label_event(f"tick-{account}", account, end + 100.0, False, 100.0))
+        sender.flush()
+
+        results = Results(kafka, topics)
+        last_window = int((end - STEP_S) // WINDOW_S)
+        looked: list[dict[str, int]] = []
+
+        def drift_counts() -> dict[tuple[int, str], int]:
+            out = {}
+            for r in results.drift():
+                if r.window <= last_window and r.feature.startswith("score:"):
+                    variant = r.feature.removeprefix("score:").split("@")[0]
+                    out[r.window, variant] = r.events
+            return out
+
+        def done() -> bool:
+            results.reader.poll_for(0.5)
+            latest = {a.experiment_id: a for a in results.ab()}
+            look = latest.get("exp-1")
+            if look is not None:
+                looked[:] = [{v.variant: v.units for v in look.variants}]
+            return bool(looked) and looked[0] == expected and drift_counts() == dict(per_window)
+
+        deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+        while not done():
+            last.check_alive()
+            if time.monotonic() > deadline:
+                changelog = f"{group}-monitor-state-changelog"
+                windows = drift_counts()
+                off = {k: (windows.get(k), n) for k, n in sorted(per_window.items()) if windows.get(k) != n}
+                print(f"sent {expected} ({sender.resent} again), the last look counted {looked}")
+                print(f"drift windows that differ (published, sent): {off}")
+                print(state_audit(kafka, changelog, per_partition))
+                pytest.fail(f"the monitor did not count every unit once:\n{last.tail()}")
+        inputs = {topics.scores.name: PARTITIONS, topics.labels.name: PARTITIONS, f"{group}-merge": 1}
+        left = lag_zero(kafka, group, inputs, last)
+        assert not any(left.values()), f"the group's lag did not reach 0: {left}\n{last.tail()}"
+        gauge = lag_gauge_zero(last, "streamscore_monitor_consumer_group_lag_offsets")
+        assert gauge == 0, f"the lag gauge of the instance left says {gauge}"
+    windows = drift_counts()
+    delete_topics(kafka, [f"{group}-monitor-state-changelog", f"{group}-monitor-merge-changelog", f"{group}-merge"])
+    print(
+        f"monitor: {sent} score units counted once each ({expected}), {len(windows) // 2} drift windows exact, "
+        f"lag 0; traffic {traffic_s:.0f} s, whole test {time.monotonic() - began:.0f} s"
+    )
