@@ -142,7 +142,7 @@ def create_app(
     partitions = settings.table_partitions or transactions_partitions(settings)
     metrics = metrics or default_metrics()
     if sink is None:
-        sink = FeastSink.open(settings.feast)
+        sink = FeastSink.open(settings.feast, settings.push_writer)
     policy = PushPolicy(
         batch_size=settings.push_batch_size,
         max_delay_s=settings.push_max_delay_ms / 1000.0,
@@ -201,7 +201,14 @@ def create_app(
     batcher.on_give_up = processor.give_up
     window = settings.contract.window()
     seed = SeedStates.read(settings.seed_path) if settings.seed_path is not None else SeedStates()
-    install(app, topic, Edge(app, table, batcher, metrics, letters, processor.give_up, window=window, seed=seed))
+    # Batches write table rows with an explicit changelog partition into the memory store; a persistent store files
+    # a row under the partition of the event being processed, so it folds event by event.
+    batch_size = settings.stream_batch_size if settings.store == "memory://" else 1
+    edge = Edge(
+        app, table, batcher, metrics, letters, processor.give_up, window=window, seed=seed, batch_size=batch_size
+    )
+    batcher.before_push = edge.send_changelog
+    install(app, topic, edge, max_wait_s=settings.stream_batch_ms / 1000.0)
     _add_timers(processor)
     _add_restorer(processor, sink, topic.get_topic_name(), partitions)
     _add_pages(processor)

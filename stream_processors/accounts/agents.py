@@ -18,9 +18,12 @@ the crash hit between the changelog write and the push. Net effect: effectively-
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -98,36 +101,78 @@ class Folded:
 def fold(stored: Mapping[str, object] | None, tx: TransactionFacts, problem: Problem = _writable) -> Folded:
     """Apply `tx` to the stored state of its account (None: a new account) with the one shared
     `apply_transaction`, unless the snapshot it leads to could never be written (`problem`)."""
-    state = AccountState.from_dict(stored) if stored is not None else AccountState()
+    step = fold_state(AccountState.from_dict(stored) if stored is not None else None, tx, problem)
+    return Folded(
+        state=None if step.state is None else step.state.as_dict(),
+        snapshot=step.snapshot,
+        skipped=step.skipped,
+        rejected=step.rejected,
+        reset=step.reset,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """`Folded` over live `AccountState` objects: what the agent's batches keep between events of one account."""
+
+    state: AccountState | None
+    """The account's new state (a new object; the one passed in is never changed); None when it did not change."""
+    snapshot: RealtimeSnapshot | None
+    skipped: SkipReason | None = None
+    rejected: str | None = None
+    reset: bool = False
+
+
+def copy_state(state: AccountState) -> AccountState:
+    """A copy `apply_transaction` may change without touching `state` (it mutates the deques in place and replaces
+    the lists): a few µs, where parsing the stored dict again costs tens."""
+    return AccountState(deque(state.events), state.devices, state.countries, state.last_event_ts, deque(state.seen))
+
+
+def state_dict(state: AccountState) -> dict[str, object]:
+    """`state.as_dict()`, the same dict, at C speed for the event list (a busy account keeps hundreds of events)."""
+    return {
+        "events": list(map(list, state.events)),
+        "devices": list(state.devices),
+        "countries": list(state.countries),
+        "last_event_ts": state.last_event_ts,
+        "seen": list(state.seen),
+    }
+
+
+def fold_state(current: AccountState | None, tx: TransactionFacts, problem: Problem = _writable) -> Step:
+    """`fold` on a live state (None: a new account); `current` itself is never changed, so a rejected event leaves
+    it as it was."""
+    state = copy_state(current) if current is not None else AccountState()
     redelivered = tx.event_id in state.seen
     if apply_transaction(state, tx):
         snapshot = state.snapshot()
         issue = problem(snapshot)
         if issue is None:
-            return Folded(state=state.as_dict(), snapshot=snapshot)
-        if stored is not None and problem(AccountState.from_dict(stored).snapshot()) is not None:
+            return Step(state=state, snapshot=snapshot)
+        if current is not None and problem(current.snapshot()) is not None:
             return _refold(tx, problem)
-        return Folded(state=None, snapshot=None, rejected=issue)
+        return Step(state=None, snapshot=None, rejected=issue)
     # Checked only on this path (no new state): an account whose stored state cannot be written (one event
     # from the year 9999 folded before the check existed) turns every later event into a late one.
-    current = state.snapshot()
-    if problem(current) is not None:
+    snapshot_now = state.snapshot()
+    if problem(snapshot_now) is not None:
         return _refold(tx, problem)
     if redelivered:
         # The state already holds this event, but its push may have been lost with a crashed worker:
         # pushing the account's current snapshot again is harmless (same value) and heals that case.
-        return Folded(state=None, snapshot=current, skipped="duplicate")
-    return Folded(state=None, snapshot=None, skipped="late")
+        return Step(state=None, snapshot=snapshot_now, skipped="duplicate")
+    return Step(state=None, snapshot=None, skipped="late")
 
 
-def _refold(tx: TransactionFacts, problem: Problem) -> Folded:
+def _refold(tx: TransactionFacts, problem: Problem) -> Step:
     state = AccountState()
     apply_transaction(state, tx)
     snapshot = state.snapshot()
     issue = problem(snapshot)
     if issue is None:
-        return Folded(state=state.as_dict(), snapshot=snapshot, reset=True)
-    return Folded(state=None, snapshot=None, rejected=issue, reset=True)
+        return Step(state=state, snapshot=snapshot, reset=True)
+    return Step(state=None, snapshot=None, rejected=issue, reset=True)
 
 
 class SeedStates:
@@ -172,96 +217,270 @@ class Edge:
     """The event-time window (ContractSettings): the scorer's, so both refuse the same events."""
     seed: SeedStates = field(default_factory=lambda: SeedStates())
     """States an account starts from when the table does not hold it (FEATURES_SEED_PATH)."""
+    batch_size: int = 2_000
+    """Events folded together at most (FEATURES_STREAM_BATCH_SIZE); 1 folds and writes event by event."""
+    live: LiveStates = field(default_factory=lambda: LiveStates())
+    dirty: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Accounts whose table row changed since its changelog record was sent: (partition, consumer generation)."""
+
+    def send_changelog(self, accounts: Sequence[str]) -> None:
+        """Send the changelog records of `accounts`' changed rows (the batcher calls this just before it pushes their
+        snapshots, so a record is in Faust's producer before the acks that the push releases, and Faust flushes its
+        producer before every commit). One record per account per push instead of one per event: a busy account's
+        state holds hundreds of events, and its record was most of the worker's bytes to the broker.
+
+        A row changed under an earlier consumer generation is not sent: its events are not acknowledged either
+        (`_ack`), so the partition's owner replays them; if that is this worker, a replayed event is a duplicate of
+        the row and marks it changed again."""
+        dirty = self.dirty
+        if not dirty:
+            return
+        generation = self.app.consumer_generation_id
+        data = self.table.data
+        for account in accounts:
+            entry = dirty.pop(account, None)
+            if entry is None:
+                continue
+            partition, seen_in = entry
+            value = data.get(account)
+            if seen_in == generation and value is not None:
+                self.table.send_changelog(partition, account, value)
 
 
-def install(app: Any, topic: Any, edge: Edge) -> Any:
-    """Register the accounts agent on `app`, reading `topic` (raw bytes) and keeping state in `edge.table`."""
+class LiveStates:
+    """The parsed `AccountState` behind each table row this worker wrote, so the next batch of an account does not
+    parse the row again. An entry is used only while the table still holds the very dict it was written with
+    (identity): a row recovered from the changelog, replaced or dropped by anyone else is parsed afresh, so this cache
+    can never serve a state the table does not hold. Bounded: cleared when full."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self._states: dict[str, tuple[object, AccountState]] = {}
+
+    def get(self, account_id: str, stored: object) -> AccountState | None:
+        entry = self._states.get(account_id)
+        if entry is not None and entry[0] is stored:
+            return entry[1]
+        return None
+
+    def put(self, account_id: str, stored: object, state: AccountState) -> None:
+        if len(self._states) >= self.limit:
+            self._states.clear()
+        self._states[account_id] = (stored, state)
+
+    def drop(self, account_id: str) -> None:
+        self._states.pop(account_id, None)
+
+
+class EventBatch:
+    """The events the agent has taken but not folded yet. Faust hands the agent one event at a time (its consumer
+    yields to the event loop after every record), so a batch cannot be "what the stream has buffered": it closes when
+    `size` events wait or its first event has waited `max_wait_s`, whichever first (the agent checks at every event,
+    a timer when no event comes). Batches are folded one at a time, in order (an account's events stay in order)."""
+
+    def __init__(self, edge: Edge, size: int, max_wait_s: float, clock: Callable[[], float]) -> None:
+        self.edge = edge
+        self.size = size
+        self.max_wait_s = max_wait_s
+        self.clock = clock
+        self.stream: Any = None
+        self._events: list[Any] = []
+        self._first_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def add(self, stream: Any, event: Any) -> bool:
+        """Take an event; True when the batch should be folded now."""
+        if not self._events:
+            self._first_at = self.clock()
+        self.stream = stream
+        self._events.append(event)
+        return len(self._events) >= self.size or self.clock() - self._first_at >= self.max_wait_s
+
+    def due(self) -> bool:
+        return bool(self._events) and self.clock() - self._first_at >= self.max_wait_s
+
+    async def fold(self) -> None:
+        """Fold what waits now (nothing when another fold took it first)."""
+        events, self._events = self._events, []
+        if not events:
+            return
+        async with self._lock:
+            await on_events(self.edge, self.stream, events)
+
+
+def install(app: Any, topic: Any, edge: Edge, *, max_wait_s: float = 0.01) -> Any:
+    """Register the accounts agent on `app`, reading `topic` (raw bytes) and keeping state in `edge.table`.
+
+    Events are folded in batches (`EventBatch`: at most `edge.batch_size` events, at most `max_wait_s` old), so each
+    account's state is parsed, written to the table (one changelog record) and queued for a push once per batch
+    instead of once per event."""
+    batch = EventBatch(edge, edge.batch_size, max_wait_s if edge.batch_size > 1 else 0.0, time.monotonic)
 
     @app.agent(topic, name=AGENT_NAME, concurrency=1)  # type: ignore[untyped-decorator]
     async def accounts(stream: Any) -> None:
         async for event in stream.noack().events():
-            await on_event(edge, stream, event)
+            if batch.add(stream, event):
+                await batch.fold()
+
+    if edge.batch_size > 1:
+
+        @app.timer(interval=max(max_wait_s / 2.0, 0.001), name="fold-waiting-events")  # type: ignore[untyped-decorator]
+        async def fold_waiting_events() -> None:
+            if batch.due():
+                await batch.fold()
 
     return accounts
 
 
 async def on_event(edge: Edge, stream: Any, event: Any) -> None:
-    app, table, batcher, metrics = edge.app, edge.table, edge.batcher, edge.metrics
-    message = event.message
-    generation = message.generation_id
+    """One event (a batch of one)."""
+    await on_events(edge, stream, [event])
 
-    async def ack() -> None:
-        # After a rebalance the partition may belong to another worker, which will process the event
-        # again: acknowledging it here could commit an offset this worker no longer owns.
-        if generation == app.consumer_generation_id:
-            await stream.ack(event)
 
-    try:
-        # Faust's timestamps are in seconds; aiokafka's timestamp type 1 is LogAppendTime (Kafka's protocol).
-        stamp = message.timestamp * 1000.0 if message.timestamp else None
-        received = receiving_clock(stamp, message.timestamp_type == LOG_APPEND_TIME)
-        tx = decode(message.key, message.value, message.headers, edge.window, received)
-    except EventError as exc:
-        # The contract rejects it: the scorer dead-letters it to transactions.dlq (same bytes, same reason);
-        # a second letter here would only duplicate that one.
-        metrics.events_skipped.labels(reason="invalid").inc()
-        metrics.invalid_events.labels(reason=exc.reason).inc()
-        log.debug(
-            "skipping invalid event topic=%s partition=%d offset=%d: %s",
-            message.topic,
-            message.partition,
-            message.offset,
-            exc.message,
-        )
-        await ack()
-        return
+@dataclass(slots=True)
+class _Pending:
+    """One decoded event of a batch, waiting for its account's turn."""
 
-    try:
-        stored = table.get(tx.account_id)
-        folded = fold(edge.seed.get(tx.account_id) if stored is None else stored, tx, batcher.sink.problem)
-    except Exception as exc:  # the pure fold failing on one event must not stop the stream
-        log.exception(
-            "applying event %s topic=%s partition=%d offset=%d failed",
-            tx.event_id,
-            message.topic,
-            message.partition,
-            message.offset,
-        )
-        why = f"{type(exc).__name__}: {exc}"
-        await _dead_letter(edge, message, DeadLetterReason.PROCESSING_FAILED, "apply", why)
-        await ack()
-        return
-    if folded.reset:
-        metrics.state_resets.inc()
-        log.warning("account %s: its stored state could not be written to the online store; reset", tx.account_id)
-        if folded.state is None:
-            table.pop(tx.account_id, None)
-    if folded.rejected is not None:
-        why = f"the account's snapshot after this event could not be written: {folded.rejected}"
-        await _dead_letter(edge, message, DeadLetterReason.UNWRITABLE_FEATURES, "features", why)
-        await ack()
-        return
-    if folded.skipped is None:
-        metrics.events_processed.inc()
-    else:
-        metrics.events_skipped.labels(reason=folded.skipped).inc()
-    if folded.state is not None:
-        # Written in the event's context: the changelog record goes to the event's partition.
-        table[tx.account_id] = folded.state
-    if folded.snapshot is None:
-        await ack()
-        return
-    batcher.add(
-        tx.account_id,
-        folded.snapshot,
-        ack,
-        SourceRecord.of_faust(message) if edge.letters is not None else None,
-        (message.partition, message.offset),
-    )
+    event: Any
+    tx: TransactionFacts
+
+
+async def on_events(edge: Edge, stream: Any, events: Sequence[Any]) -> None:
+    """Fold a batch of consumed events: decode each (defective ones skipped and acknowledged), then account by
+    account in the events' order: fold, write the account's final state to the table once, queue its newest snapshot
+    once with every event's ack. Accounts live on one partition each, so the per-account order is the partition's."""
+    app, metrics = edge.app, edge.metrics
+    generation = app.consumer_generation_id
+    by_account: dict[str, list[_Pending]] = {}
+    for event in events:
+        if event.message.generation_id != generation:
+            # Taken before a rebalance: Faust drops the events its agents have not started on, and the partition's
+            # owner reads them again from the committed offset. So does this batch (folding it could write the
+            # state of a partition this worker no longer owns).
+            continue
+        message = event.message
+        try:
+            # Faust's timestamps are in seconds; aiokafka's timestamp type 1 is LogAppendTime (Kafka's protocol).
+            stamp = message.timestamp * 1000.0 if message.timestamp else None
+            received = receiving_clock(stamp, message.timestamp_type == LOG_APPEND_TIME)
+            tx = decode(message.key, message.value, message.headers, edge.window, received)
+        except EventError as exc:
+            # The contract rejects it: the scorer dead-letters it to transactions.dlq (same bytes, same reason);
+            # a second letter here would only duplicate that one.
+            metrics.events_skipped.labels(reason="invalid").inc()
+            metrics.invalid_events.labels(reason=exc.reason).inc()
+            log.debug(
+                "skipping invalid event topic=%s partition=%d offset=%d: %s",
+                message.topic,
+                message.partition,
+                message.offset,
+                exc.message,
+            )
+            await _ack(app, stream, event)
+            continue
+        by_account.setdefault(tx.account_id, []).append(_Pending(event, tx))
+    for account_id, pending in by_account.items():
+        await _fold_account(edge, stream, account_id, pending, single=edge.batch_size == 1)
+    batcher = edge.batcher
     if batcher.has_room:
         batcher.kick()
     else:
         await batcher.wait_for_room()
+
+
+async def _ack(app: Any, stream: Any, event: Any) -> None:
+    # After a rebalance the partition may belong to another worker, which will process the event again:
+    # acknowledging it here could commit an offset this worker no longer owns.
+    if event.message.generation_id == app.consumer_generation_id:
+        await stream.ack(event)
+
+
+def _acker(app: Any, stream: Any, event: Any) -> Callable[[], Any]:
+    return lambda: _ack(app, stream, event)
+
+
+async def _fold_account(edge: Edge, stream: Any, account_id: str, pending: list[_Pending], *, single: bool) -> None:
+    app, table, batcher, metrics, live = edge.app, edge.table, edge.batcher, edge.metrics, edge.live
+    stored = table.get(account_id)
+    current: AccountState | None
+    if stored is None:
+        seeded = edge.seed.get(account_id)
+        current = None if seeded is None else AccountState.from_dict(seeded)
+    else:
+        current = live.get(account_id, stored) or AccountState.from_dict(stored)
+    changed = deleted = redelivered = False
+    snapshot: RealtimeSnapshot | None = None
+    acks: list[tuple[Callable[[], Any], SourceRecord | None]] = []
+    last = pending[-1].event.message
+    for item in pending:
+        event, tx, message = item.event, item.tx, item.event.message
+        try:
+            step = fold_state(current, tx, batcher.sink.problem)
+        except Exception as exc:  # the pure fold failing on one event must not stop the stream
+            log.exception(
+                "applying event %s topic=%s partition=%d offset=%d failed",
+                tx.event_id,
+                message.topic,
+                message.partition,
+                message.offset,
+            )
+            why = f"{type(exc).__name__}: {exc}"
+            await _dead_letter(edge, message, DeadLetterReason.PROCESSING_FAILED, "apply", why)
+            await _ack(app, stream, event)
+            continue
+        if step.reset:
+            metrics.state_resets.inc()
+            log.warning("account %s: its stored state could not be written to the online store; reset", account_id)
+            if step.state is None:
+                # The row is dropped: the account's next event starts from its seed, as a new account would.
+                seeded = edge.seed.get(account_id)
+                current = None if seeded is None else AccountState.from_dict(seeded)
+                deleted, changed = True, False
+        if step.rejected is not None:
+            why = f"the account's snapshot after this event could not be written: {step.rejected}"
+            await _dead_letter(edge, message, DeadLetterReason.UNWRITABLE_FEATURES, "features", why)
+            await _ack(app, stream, event)
+            continue
+        if step.skipped is None:
+            metrics.events_processed.inc()
+        else:
+            metrics.events_skipped.labels(reason=step.skipped).inc()
+        if step.state is not None:
+            current, changed, deleted = step.state, True, False
+        elif step.skipped == "duplicate":
+            redelivered = True
+        if step.snapshot is None:
+            await _ack(app, stream, event)
+            continue
+        snapshot = step.snapshot
+        acks.append((_acker(app, stream, event), SourceRecord.of_faust(message) if edge.letters is not None else None))
+        last = message
+    if changed and current is not None:
+        value = state_dict(current)
+        if single:
+            table[account_id] = value  # in the event's context: the changelog record goes to its partition
+        else:
+            # The memory store holds the row now; its changelog record goes to the partition of the account's
+            # events (co-partitioning) when its snapshot is pushed (Edge.send_changelog).
+            table.data[account_id] = value
+            edge.dirty[account_id] = (last.partition, last.generation_id)
+        live.put(account_id, value, current)
+    elif redelivered and not single and account_id in table.data:
+        # A replay after a rebalance may find the row ahead of the changelog (see Edge.send_changelog).
+        edge.dirty[account_id] = (last.partition, last.generation_id)
+    elif deleted:
+        live.drop(account_id)
+        if single:
+            table.pop(account_id, None)
+        elif account_id in table.data:
+            edge.dirty.pop(account_id, None)
+            table.send_changelog(last.partition, account_id, None, value_serializer="raw")
+            del table.data[account_id]
+    if snapshot is not None:
+        batcher.add_many(account_id, snapshot, acks, (last.partition, last.offset))
 
 
 async def _dead_letter(edge: Edge, message: Any, reason: DeadLetterReason, stage: DeadLetterStage, why: str) -> None:

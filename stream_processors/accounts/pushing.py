@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
     from feature_repo.settings import FeastSettings
+    from feature_repo.store import RealtimeRedisWriter
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +94,16 @@ class MemorySink:
 
 
 class FeastSink:
-    """The production sink: one `push_realtime` call (Feast push source of `account_realtime`) per batch."""
+    """The production sink: per batch, one pipelined write in Feast's format to its Redis online store
+    (`feature_repo.store.RealtimeRedisWriter`), or one `push_realtime` call (Feast's push source of
+    `account_realtime`: SQLite, or `FEATURES_PUSH_WRITER=feast`)."""
 
-    def __init__(self, store: FeatureStore) -> None:
+    def __init__(self, store: FeatureStore, writer: RealtimeRedisWriter | None = None) -> None:
         self.store = store
+        self.writer = writer
 
     @classmethod
-    def open(cls, settings: FeastSettings) -> FeastSink:
+    def open(cls, settings: FeastSettings, writer: str = "redis") -> FeastSink:
         """Open the store and check that the repository was applied: without the `account_realtime` view
         every push would fail, so the worker refuses to start instead."""
         # Imported here: Feast takes seconds to import, and the batcher's tests do not need it.
@@ -115,9 +119,16 @@ class FeastSink:
                 f"feature view {REALTIME_VIEW!r} is not registered in project {settings.project!r} "
                 f"(registry {settings.registry_path}): run `streamscore features apply` first ({exc})",
             ) from exc
+        if writer == "redis" and settings.online_store == "redis":
+            from feature_repo.store import RealtimeRedisWriter
+
+            return cls(store, RealtimeRedisWriter.for_store(store, settings.redis))
         return cls(store)
 
     def push(self, rows: Sequence[Row]) -> None:
+        if self.writer is not None:
+            self.writer.write(rows)
+            return
         from feature_repo.store import push_realtime
 
         push_realtime(self.store, rows)
@@ -230,6 +241,8 @@ class SnapshotBatcher:
         self.letters = letters
         """Where the events of unwritable rows go; without one (unit tests, dry runs) they are only logged."""
         self.on_give_up = on_give_up
+        self.before_push: Callable[[Sequence[str]], None] | None = None
+        """Called with the accounts of a push just before it is written (the agent sends their changelog records)."""
         self.gave_up = False
         self.dead_lettered_rows = 0
         self.policy = policy
@@ -273,6 +286,27 @@ class SnapshotBatcher:
         if ack is not None:
             self._acks.setdefault(account_id, []).append((self._seq, ack, record))
             self._n_acks += 1
+        self._gauges()
+
+    def add_many(
+        self,
+        account_id: str,
+        snapshot: RealtimeSnapshot,
+        acks: Sequence[tuple[Ack, SourceRecord | None]],
+        position: tuple[int, int] | None = None,
+    ) -> None:
+        """`add` for several events of one account at once (the agent's batches): `snapshot` is the account's
+        newest, every ack is released once it is written."""
+        self._seq += 1
+        seq = self._seq
+        queued = self._rows.get(account_id)
+        now = self._clock()
+        queued_at = queued.queued_at if queued is not None else now
+        self._rows[account_id] = _Pending(seq, snapshot, queued_at, now, position)
+        if acks:
+            waiting = self._acks.setdefault(account_id, [])
+            waiting.extend((seq, ack, record) for ack, record in acks)
+            self._n_acks += len(acks)
         self._gauges()
 
     @property
@@ -358,6 +392,8 @@ class SnapshotBatcher:
     async def _push_once(self, keys: list[str]) -> bool:
         taken = {k: self._rows.pop(k) for k in keys}
         self._in_flight = taken
+        if self.before_push is not None:
+            self.before_push(keys)
         rows = [(k, p.snapshot) for k, p in taken.items()]
         started = self._clock()
         written: list[Row] = []

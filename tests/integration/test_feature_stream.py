@@ -9,6 +9,7 @@ redelivered event changes nothing; and the end-to-end freshness (produce → rea
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -647,3 +648,97 @@ def test_an_emptied_online_store_gets_its_views_and_snapshots_back(setup: Setup,
             )
             assert metrics["streamscore_features_online_store_restores_total"] >= 1
             assert metrics["streamscore_features_online_store_restored_rows_total"] >= len(expected)
+
+
+# --- many events at a high rate, and a restart in the middle (issue 16) ---------------------------------------
+
+
+def high_rate_traffic(now: datetime, accounts: int = 40, per_account: int = 90) -> list[Transaction]:
+    """A few thousand events, per account in event order: card-testing bursts (many events seconds apart at many
+    merchants), events on the 5 min / 1 h / 24 h boundaries of earlier ones, and a redelivered copy now and then;
+    accounts interleaved as a partition sees them."""
+    base = now - timedelta(hours=26)
+    per: list[list[Transaction]] = []
+    for a in range(accounts):
+        account = f"acc-rate-{a}"
+        t, events = 0.0, []
+        for j in range(per_account):
+            kind = (a + j) % 9
+            if kind < 4:
+                t += 1.0 + (j % 3)  # a burst: seconds apart
+            elif kind == 4:
+                t = events[-4].event_time.timestamp() - base.timestamp() + 300.0 if len(events) >= 4 else t + 300.0
+            elif kind == 5:
+                t += 3600.0 - 1.0 if j % 2 else 3600.0
+            elif kind == 6:
+                t += 0.5
+            else:
+                t += 37.0 * (1 + a % 5)
+            t = max(t, (events[-1].event_time.timestamp() - base.timestamp() + 0.25) if events else t)
+            if t > 26 * 3600 - 60:
+                break
+            at = base + timedelta(seconds=t)
+            events.append(
+                transaction(
+                    f"hr-{a}-{j}",
+                    account,
+                    at,
+                    round(0.5 + (j * 7 + a) % 300 + 0.01 * j, 2),
+                    f"m-{(a * 3 + j) % 17}",
+                    device=None if j % 11 == 0 else f"dev-{(a + j // 10) % 4}",
+                    country=("DE", "FR", "RO")[(j // 7) % 3],
+                    channel=("pos", "ecommerce", "contactless")[j % 3],
+                )
+            )
+            if j % 25 == 24:
+                events.append(events[-1])  # a producer retry: the same event again
+        per.append(events)
+    out: list[Transaction] = []
+    for j in range(max(len(e) for e in per)):
+        out += [events[j] for events in per if j < len(events)]
+    return out
+
+
+def produce_fast(kafka: KafkaSettings, topic: str, events: list[Transaction]) -> float:
+    """Every event in one go (serialized first, lz4, 5 ms linger): returns the events per second produced."""
+    records = [(e.account_id.encode(), e.to_json(), headers_for(e)) for e in events]
+    producer = Producer(producer_config(kafka, "test-rate", linger_ms=5))
+    started = time.monotonic()
+    for key, value, headers in records:
+        producer.produce(topic, value, key, headers=headers)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    return len(records) / (time.monotonic() - started)
+
+
+def test_a_high_rate_backlog_and_a_restart_give_the_offline_replay(setup: Setup, tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = high_rate_traffic(now)
+    assert len(events) > 3_000
+    half = len(events) // 2
+    group = setup.env["TOPICS_PREFIX"] + setup.env["FEATURES_APP_ID"]
+    topic = setup.topics.transactions
+    # Batches large enough to hold several events of one account (one table write, one changelog record, one
+    # queued snapshot for all of them), the default batching otherwise.
+    env = {**setup.env, "FEATURES_STREAM_BATCH_MS": "50"}
+    for part, (first, last) in enumerate(((0, half), (half, len(events)))):
+        sent = events[:last]
+        expected = expected_online(sent)
+        with feature_worker(env, tmp_path / "worker.log", setup.port) as worker:
+            rate = produce_fast(setup.kafka, topic.name, events[first:last])
+            read = functools.partial(online, setup.store, sorted(expected))
+            got = poll(read, equal_to(expected), CONVERGE_TIMEOUT_S, worker)
+            for account in sorted(expected):
+                assert got[account] == expected[account], f"part {part} {account}:\n{worker.tail()}"
+            left = poll(
+                lambda: uncommitted(setup.kafka, group, topic.name, topic.partitions), equal_to(0), 30.0, worker
+            )
+            assert left == 0
+            metrics = features_metrics(worker)()
+            print(
+                f"\npart {part}: {last - first} events produced at {rate:.0f}/s, "
+                f"{metrics['streamscore_features_push_batches_total']:.0f} pushes"
+            )
+            assert metrics["streamscore_features_push_failures_total"] == 0
+        # The worker stops here (SIGTERM); the second part starts from the table recovered from the changelog: a
+        # changelog missing a state would give snapshots that differ from the replay.

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stream_processors.accounts.agents import SeedStates, decode, fold
+from stream_processors.accounts.agents import SeedStates, decode, fold, fold_state, state_dict
 from streamscore.contracts import DeadLetterReason, Transaction, headers_for
 from streamscore.errors import ConfigError, EventError
 from streamscore.features import AccountState, RealtimeSnapshot, TransactionFacts, apply_transaction, replay
@@ -191,3 +191,33 @@ def test_an_unreadable_seed_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(ConfigError, match="FEATURES_SEED_PATH"):
         SeedStates.read(tmp_path / "bad.parquet")
+
+
+def test_fold_state_is_fold_over_live_states_and_never_changes_the_state_it_is_given() -> None:
+    events = [
+        tx(1, 0.0, amount=50.0),
+        *[tx(10 + k, 100.0 + 5 * k, amount=1.0, merchant=f"m{k % 3}") for k in range(6)],
+        tx(11, 105.0),  # a redelivery
+        tx(20, 86_400.0 + 1.0),
+        tx(21, 50.0),  # late
+        tx(22, 20 * 86_400.0),  # unwritable with the check: rejected, the state kept
+        tx(23, 86_500.0),
+    ]
+    stored: dict[str, object] | None = None
+    live: AccountState | None = None
+    for event in events:
+        before = None if live is None else live.as_dict()
+        want = fold(stored, event, beyond_limit)
+        step = fold_state(live, event, beyond_limit)
+        assert (step.snapshot, step.skipped, step.rejected, step.reset) == (
+            want.snapshot,
+            want.skipped,
+            want.rejected,
+            want.reset,
+        )
+        assert (None if step.state is None else step.state.as_dict()) == want.state
+        assert (None if live is None else live.as_dict()) == before  # the given state is untouched
+        if step.state is not None:
+            assert want.state is not None
+            live, stored = step.state, json.loads(json.dumps(want.state))
+            assert state_dict(live) == live.as_dict()

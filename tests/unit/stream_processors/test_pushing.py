@@ -498,3 +498,18 @@ def test_a_snapshot_waits_for_the_scorer_to_have_scored_its_event_at_most_max_wa
     clock.now += 1.0  # a3 waited max_wait: published whatever the scorer did
     assert asyncio.run(batcher.flush_if_due())
     assert set(sink.rows) == {"a1", "a2", "a3"} and acks.done == ["e1", "e2", "e3"]
+
+
+def test_add_many_queues_one_row_for_several_events_and_before_push_sees_its_accounts_first() -> None:
+    sink, acks = MemorySink(), Acks()
+    batcher, _ = make(sink, batch_size=10)
+    seen: list[tuple[list[str], dict[str, RealtimeSnapshot]]] = []
+    batcher.before_push = lambda keys: seen.append((list(keys), dict(sink.rows)))
+    batcher.add_many("a1", snap(3), [(acks("e1"), None), (acks("e2"), None), (acks("e3"), None)], (0, 7))
+    batcher.add("a2", snap(1), acks("e4"))
+    assert (batcher.pending_rows, batcher.pending_events) == (2, 4)
+    assert asyncio.run(batcher.flush())
+    assert seen == [(["a1", "a2"], {})]  # called before the write, with the accounts of the push
+    assert sink.rows == {"a1": snap(3), "a2": snap(1)} and sink.batches == [2]
+    assert acks.done == ["e1", "e2", "e3", "e4"]
+    assert (batcher.pending_rows, batcher.pending_events) == (0, 0)
