@@ -661,7 +661,8 @@ def high_rate_traffic(now: datetime, accounts: int = 40, per_account: int = 90) 
     per: list[list[Transaction]] = []
     for a in range(accounts):
         account = f"acc-rate-{a}"
-        t, events = 0.0, []
+        t = 0.0
+        events: list[Transaction] = []
         for j in range(per_account):
             kind = (a + j) % 9
             if kind < 4:
