@@ -43,6 +43,8 @@ from streamscore.settings import KafkaSettings, RedisSettings
 from streamscore.topics import TopicRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
+WORKER_ROOT = ROOT
+"""Where `python -m stream_processors` runs (--root): this checkout, or a baseline's files."""
 OWN_PREFIXES = ("KAFKA_", "TOPICS_", "REDIS_", "FEAST_", "FEATURES_", "INFRA_")
 
 
@@ -163,7 +165,7 @@ def one_round(
         command = [sys.executable, "-m", "cProfile", "-o", str(out_profile), "-m", "stream_processors"]
     log = work / f"{tag}.log"
     with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=WORKER_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
     spy: subprocess.Popen[bytes] | None = None
     group = f"bench.drain.{tag}.{app_id}"
     consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group, "enable.auto.commit": False})
@@ -235,6 +237,190 @@ def one_round(
     return result, out_profile
 
 
+@dataclass
+class Live:
+    rate: float
+    seconds: float
+    produced: int
+    sampled: int
+    readable: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    worker_cpu_share: float
+    load: float
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2.0) as response:
+            return int(response.status) == 200
+    except OSError:
+        return False
+
+
+def live_round(
+    kafka: KafkaSettings,
+    redis: RedisSettings,
+    work: Path,
+    rate: float,
+    seconds: float,
+    accounts: int,
+    seed: int,
+    extra_env: dict[str, str],
+) -> Live:
+    """Freshness at a steady rate: events produced when their event time comes (event time = produce time), every
+    10th followed until its account's snapshot in Redis holds it (one pipelined read of every followed account every
+    5 ms, with the scorer's reader): readable time - event time."""
+    from scorer.features.redis_client import RedisFeatureClient
+
+    tag = uuid.uuid4().hex[:6]
+    registry = TopicRegistry.build(prefix=f"bench.drain.{tag}.", partitions=6)
+    ensure_topics(kafka, registry.all())
+    feast = FeastSettings(
+        project=f"drain_{tag}",
+        data_dir=work / tag / "features",
+        registry_path=work / tag / "registry.db",
+        online_store="redis",
+        redis=redis,
+    )
+    apply(open_store(feast), feast.data_dir)
+    count = int(rate * seconds)
+    start = datetime.now(UTC) + timedelta(seconds=60)  # generated before the worker starts; paced from `start` on
+    records = transactions(seed, count, start, rate, accounts=accounts, merchants=max(accounts // 10, 10))
+    port = free_ports(1)[0]
+    env = worker_env(kafka, redis, feast, tag, port, work, extra_env)
+    log = work / f"{tag}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stream_processors"], cwd=WORKER_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+    reader = RedisFeatureClient(redis, feast.project)
+    producer = Producer(producer_config(kafka, "bench-feature-live", linger_ms=1))
+    try:
+        deadline = time.monotonic() + 180
+        while not ready(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not get ready:\n{log.read_text()[-4000:]}")
+            time.sleep(0.1)
+        shift = time.time() - start.timestamp()  # event times are replayed from now on, `shift` later
+        import json as _json
+
+        pending: dict[str, list[tuple[float, float]]] = {}
+        latencies: list[float] = []
+        next_read = 0.0
+        cpu0, t0, load0 = cpu_s(process.pid), time.monotonic(), os.getloadavg()[0]
+        sampled = 0
+        for i, (key, value, headers, _) in enumerate(records):
+            data = _json.loads(value)
+            event_ts = datetime.fromisoformat(data["event_time"]).timestamp()
+            due = event_ts + shift
+            # Rewrite the event time to the wall clock it is produced at (the contract's window, and freshness
+            # measured against it).
+            stamp = datetime.fromtimestamp(due, UTC).isoformat().replace("+00:00", "Z")
+            data["event_time"] = stamp
+            payload = _json.dumps(data, separators=(",", ":")).encode()
+            while (now := time.time()) < due:
+                if pending and now >= next_read:
+                    next_read = now + 0.005
+                    check(reader, pending, latencies)
+                time.sleep(min(due - now, 0.001))
+            producer.produce(registry.transactions.name, payload, key, headers=headers)
+            producer.poll(0)
+            if i % 10 == 0:
+                sampled += 1
+                pending.setdefault(key.decode(), []).append((datetime.fromisoformat(stamp).timestamp(), due))
+        producer.flush(30)
+        end = time.monotonic() + 30
+        while pending and time.monotonic() < end:
+            check(reader, pending, latencies)
+            time.sleep(0.005)
+        elapsed = time.monotonic() - t0
+        cpu = cpu_s(process.pid) - cpu0
+        latencies.sort()
+
+        def q(p: float) -> float:
+            return round(1000 * latencies[min(int(p * len(latencies)), len(latencies) - 1)], 1) if latencies else -1.0
+
+        return Live(
+            rate,
+            seconds,
+            count,
+            sampled,
+            len(latencies),
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            round(1000 * latencies[-1], 1) if latencies else -1.0,
+            round(cpu / elapsed, 2),
+            round(load0, 2),
+        )
+    finally:
+        reader.close()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        delete_topics(kafka, [spec.name for spec in registry.all()])
+
+
+def check(reader: object, pending: dict[str, list[tuple[float, float]]], latencies: list[float]) -> None:
+    accounts = list(pending)
+    rows = reader.read([(a, "-") for a in accounts])  # type: ignore[attr-defined]
+    now = time.time()
+    for account, (realtime, _, _) in zip(accounts, rows, strict=True):
+        if realtime is None or realtime.last_event_ts is None:
+            continue
+        waiting = pending[account]
+        keep = []
+        for event_ts, produced in waiting:
+            if realtime.last_event_ts >= event_ts - 1e-6:
+                latencies.append(now - produced)
+            else:
+                keep.append((event_ts, produced))
+        if keep:
+            pending[account] = keep
+        else:
+            del pending[account]
+
+
+def worker_env(
+    kafka: KafkaSettings,
+    redis: RedisSettings,
+    feast: FeastSettings,
+    tag: str,
+    port: int,
+    work: Path,
+    extra_env: dict[str, str],
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "TOPICS_PREFIX": f"bench.drain.{tag}.",
+            "TOPICS_PARTITIONS": "6",
+            "REDIS_HOST": redis.host,
+            "REDIS_PORT": str(redis.port),
+            "FEAST_PROJECT": feast.project,
+            "FEAST_DATA_DIR": str(feast.data_dir),
+            "FEAST_REGISTRY_PATH": str(feast.registry_path),
+            "FEAST_ONLINE_STORE": "redis",
+            "FEATURES_APP_ID": f"drain-{tag}",
+            "FEATURES_STATE_DIR": str(work / tag / "faust"),
+            "FEATURES_METRICS_PORT": str(port),
+            "FEATURES_METRICS_BIND": "127.0.0.1",
+            "FEATURES_AUTO_OFFSET_RESET": "earliest",
+            "LOG_LEVEL": "WARNING",
+            **extra_env,
+        }
+    )
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -244,7 +430,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=["cprofile", "py-spy"], default=None)
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the worker (repeatable)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--root", type=Path, default=ROOT, help="run the worker from this checkout (e.g. `git archive` of a baseline)"
+    )
+    parser.add_argument("--live-rate", type=float, default=None, help="measure freshness at this steady rate instead")
+    parser.add_argument("--live-seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
+    global WORKER_ROOT
+    WORKER_ROOT = args.root.resolve()
     extra = dict(item.split("=", 1) for item in args.env)
 
     from streamscore.infra import LocalStack
@@ -261,6 +454,16 @@ def main(argv: list[str] | None = None) -> int:
         stack.up()
         try:
             kafka, redis = stack.settings.kafka_settings(), stack.settings.redis_settings()
+            if args.live_rate is not None:
+                lives = []
+                for i in range(args.rounds):
+                    live = live_round(
+                        kafka, redis, work, args.live_rate, args.live_seconds, args.accounts, args.seed + i, extra
+                    )
+                    lives.append(live)
+                    print(json.dumps(asdict(live)), flush=True)
+                print(json.dumps({"median_p99_ms": statistics.median(x.p99_ms for x in lives), "env": extra}))
+                return 0
             rounds = []
             for i in range(args.rounds):
                 result, prof = one_round(
