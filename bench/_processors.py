@@ -247,6 +247,36 @@ def profile_steps(raw: str, steps: Sequence[tuple[str, Sequence[str]]]) -> dict[
     return {label: round(n / total, 3) for label, n in counts.items()} if total else {}
 
 
+CONSUMED = {
+    FEATURES: ("streamscore_features_events_processed_total", "streamscore_features_events_skipped_total"),
+    MONITOR: ("streamscore_monitor_records_total",),
+}
+"""The counters of records a service has consumed (every outcome), on its /metrics."""
+
+
+def metric_total(text: str, names: Sequence[str]) -> float:
+    """Sum of every sample (all label sets) of the metrics `names` in a Prometheus text exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        if series.split("{", 1)[0] in names:
+            total += float(value)
+    return total
+
+
+def consumed_records(port: int, service: str) -> float | None:
+    """Records `service` has consumed so far, from its /metrics; None while it does not answer (starting)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2.0) as response:
+            return metric_total(response.read().decode(), CONSUMED[service])
+    except OSError:
+        return None
+
+
 def steady_rates(scorer_rate: float, fractions: Sequence[float]) -> list[float]:
     """The steady rates of the processors' phase: fractions of the scorer's measured maximum, rounded."""
     return [round(scorer_rate * f, 1) for f in fractions]
@@ -269,7 +299,14 @@ class Drain:
     other_cpu_share: float | None
     steal_share: float | None
     startup_s: float
-    """Spawn → its first commit (imports, Feast, group join, table recovery)."""
+    """Spawn → its first consumed record (imports, Feast, group join, table recovery)."""
+    uncommitted_at_consumed: int | None = None
+    """Offsets of its input its group had not committed when it had consumed its last record."""
+    committed_end_after_s: float | None = None
+    """Seconds from its last consumed record until its group had committed to the end (None: not within
+    --commit-wait-s)."""
+    uncommitted_after_wait: int | None = None
+    """Offsets still not committed --commit-wait-s after its last consumed record (when it did not get there)."""
     transactions_per_s: float | None = None
     """The transactions' worth of records per second: the monitor reads a score (and a shadow score) and a label per
     transaction, so its records/s divided by the records per transaction; the feature processor's events/s."""
@@ -290,6 +327,9 @@ class Steady:
     probe_interval_ms: float
     """Mean time between two reads of one sampled account: the freshness figures' resolution."""
     probe_cpu_us_per_round: float | None
+    probed_for_s: float = 0.0
+    """From the first measured produce to the probe's last read: an event unseen by then waited longer than this
+    ("> window" in the report)."""
     lag: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Service → max / end lag in offsets and in seconds of traffic, catch-up seconds, kept_up."""
     cpu_us_per_event: dict[str, float | None] = field(default_factory=dict)
@@ -421,6 +461,8 @@ class Processors:
         self.monitor_app = f"bench-monitor-{bench.run_id}"
         self.results = ProcessorResults()
         self.features_process: subprocess.Popen[bytes] | None = None
+        self.features_port = _free_port()
+        self.monitor_port = _free_port()
         self.monitor_process: subprocess.Popen[bytes] | None = None
 
     # --- environments: as the integration tests and the demo build them -----------------------------------------
@@ -434,7 +476,7 @@ class Processors:
             "FEAST_ONLINE_STORE": "redis",
             "FEATURES_APP_ID": self.features_app,
             "FEATURES_STATE_DIR": str(bench.tmp / "faust" / self.features_app),
-            "FEATURES_METRICS_PORT": str(_free_port()),
+            "FEATURES_METRICS_PORT": str(self.features_port),
             "FEATURES_METRICS_BIND": "127.0.0.1",
             "FEATURES_PUSH_MAX_DELAY_MS": str(self.args.features_push_delay_ms),
             "FEATURES_SHUTDOWN_DRAIN_S": "5",
@@ -450,7 +492,7 @@ class Processors:
             "TOPICS_PARTITIONS": str(self.args.partitions),
             "MONITOR_APP_ID": self.monitor_app,
             "MONITOR_STATE_DIR": str(bench.tmp / "faust" / self.monitor_app),
-            "MONITOR_METRICS_PORT": str(_free_port()),
+            "MONITOR_METRICS_PORT": str(self.monitor_port),
             "MONITOR_METRICS_BIND": "127.0.0.1",
         }
 
@@ -470,39 +512,43 @@ class Processors:
     # --- drain ----------------------------------------------------------------------------------------------------
 
     def drain(
-        self, name: str, module: str, env: Mapping[str, str], group: str, topics: list[str], events: int, slack: int
+        self,
+        name: str,
+        module: str,
+        env: Mapping[str, str],
+        group: str,
+        topics: list[str],
+        events: int,
+        port: int,
+        slack: int,
     ) -> tuple[subprocess.Popen[bytes], Drain]:
-        """Start `python -m <module>` on its backlog and wait until its group committed to the end; the process is
-        left running (the steady phases reuse it)."""
-        bench = self.bench
+        """Start `python -m <module>` on its backlog of `events` records, wait until it has consumed them all (its own
+        counters, `CONSUMED[name]` on its /metrics, read every POLL_S) and then, at most --commit-wait-s, until its
+        group has committed to the end; the process is left running (the steady phases reuse it)."""
+        bench, args = self.bench, self.args
         lag = GroupLag(bench.kafka, group, topics)
         spawned = time.time()
         process = bench.spawn(name, ["-m", module], env)
         profiler, profile = self._profile(name, process)
         samples: list[tuple[float, int]] = []
-        total = lag.read()[1]
-        deadline = time.monotonic() + self.args.drain_timeout_s
+        deadline = time.monotonic() + args.drain_timeout_s
         try:
             with bench.new_progress() as progress:
-                task = progress.add_task(f"{name} drains", total=total, info="starting")
+                task = progress.add_task(f"{name} drains", total=events, info="starting")
                 while True:
-                    committed, total, behind = lag.read()
+                    consumed = int(consumed_records(port, name) or 0)
                     now = time.time()
-                    samples.append((now, committed))
-                    rate = _recent_rate(samples)
-                    info = "starting" if committed == 0 else f"{rate:,.0f} offsets/s"
-                    progress.update(task, total=total, completed=min(committed, total), info=info)
-                    if committed >= total - slack and (slack == 0 or behind == 0):
+                    samples.append((now, consumed))
+                    info = "starting" if consumed == 0 else f"{_recent_rate(samples):,.0f} records/s"
+                    progress.update(task, completed=min(consumed, events), info=info)
+                    if consumed >= events:
                         break
                     if process.poll() is not None:
                         raise RuntimeError(f"{name} exited with {process.returncode}:\n{bench.tail(name)}")
                     if time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"{name}: {committed}/{total} after {self.args.drain_timeout_s:.0f}s:\n{bench.tail(name)}"
-                        )
+                        raise RuntimeError(f"{name}: {consumed}/{events} after {args.drain_timeout_s:.0f}s")
                     time.sleep(POLL_S)
         finally:
-            lag.close()
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)  # py-spy writes what it recorded and exits
                 try:
@@ -511,15 +557,41 @@ class Processors:
                     profiler.kill()
                 if profile.exists():
                     self.results.profiles[name] = profile_steps(profile.read_text(), PROFILE_STEPS[name])
-        window = drain_window(samples, total, slack)
+        window = drain_window(samples, events)
         if window is None:
-            raise RuntimeError(f"{name}: no drain window in its commits (did it commit everything at once?)")
-        # Offsets count a transactional topic's commit markers too: scale to data records.
-        consumed = window.offsets * events / max(total, 1)
-        result = self._drain_figures(name, consumed, window, events)
+            lag.close()
+            raise RuntimeError(f"{name}: no drain window in its counters (did it consume everything at once?)")
+        result = self._drain_figures(name, float(window.offsets), window, events)
         result.startup_s = round(window.start - spawned, 1)
         self._memory(name, process)
+        try:
+            self._follow_commits(name, lag, result, window.end, slack)
+        finally:
+            lag.close()
         return process, result
+
+    def _follow_commits(self, name: str, lag: GroupLag, result: Drain, consumed_at: float, slack: int) -> None:
+        """After the last record was consumed: until the group's committed offsets reach the log end (every partition
+        within `slack`), at most --commit-wait-s."""
+        bench = self.bench
+        with bench.console.status(f"{name}: waiting for its commits to reach the end") as status:
+            while True:
+                committed, end, behind = lag.read()
+                left = max(end - committed, 0)
+                if result.uncommitted_at_consumed is None:
+                    result.uncommitted_at_consumed = left
+                if left <= slack and (slack == 0 or behind == 0):
+                    result.committed_end_after_s = round(time.time() - consumed_at, 2)
+                    return
+                if time.time() > consumed_at + self.args.commit_wait_s:
+                    result.uncommitted_after_wait = left
+                    bench.log(
+                        f"[yellow]{name}: {left:,} offsets still uncommitted {self.args.commit_wait_s:.0f}s after it"
+                        " consumed its last record[/]"
+                    )
+                    return
+                status.update(f"{name}: {left:,} offsets not committed yet")
+                time.sleep(POLL_S)
 
     def _profile(self, name: str, process: subprocess.Popen[bytes]) -> tuple[subprocess.Popen[bytes] | None, Path]:
         """With --py-spy, a sampling profiler on the service during its drain (it costs CPU beside it)."""
@@ -564,8 +636,10 @@ class Processors:
         topic = self.registry.transactions.name
         backlog = sum(high_watermarks(bench.kafka, topic).values())
         bench.log(f"[bold]feature processor: python -m stream_processors drains the {backlog:,} transactions")
+        env = self.features_env()
+        port = int(env["FEATURES_METRICS_PORT"])
         process, result = self.drain(
-            FEATURES, "stream_processors", self.features_env(), self.features_group, [topic], backlog, slack=0
+            FEATURES, "stream_processors", env, self.features_group, [topic], backlog, port, slack=0
         )
         self.features_process = process
         result.transactions_per_s = result.events_per_s
@@ -598,13 +672,15 @@ class Processors:
             f"[bold]monitor: python -m monitor drains {scores:,} scores, {shadow:,} shadow scores,"
             f" {len(labels):,} labels"
         )
+        env = self.monitor_env()
         process, result = self.drain(
             MONITOR,
             "monitor",
-            self.monitor_env(),
+            env,
             self.monitor_group,
             self.monitor_inputs,
             events,
+            int(env["MONITOR_METRICS_PORT"]),
             # The scorer's transactions leave a commit marker after the last record of each partition, which the
             # group's committed offset (last record + 1) never passes.
             slack=2 * self.args.partitions,
@@ -647,7 +723,13 @@ class Processors:
         # What is left at the start (commit markers, a group that did not settle) is not this phase's lag.
         base = {name: end - committed for name, (committed, end, _) in reads.items()}
         start_end = reads[FEATURES][1]
+        start_scored = reads["scorer"][0]
+        ports = {FEATURES: self.features_port, MONITOR: self.monitor_port}
+        start_consumed = {name: consumed_records(port, name) or 0.0 for name, port in ports.items()}
         lag_samples: dict[str, list[tuple[float, int]]] = {name: [] for name in lags}
+        # Records its input received since the start − records it consumed (its own counters): what it has not
+        # processed yet, whatever its commits say.
+        behind_samples: dict[str, list[tuple[float, int]]] = {name: [] for name in ports}
         stamps_path = bench.tmp / f"steady-{index}.tsv"
         load = bench.spawn(
             "load",
@@ -678,12 +760,20 @@ class Processors:
                     if started >= next_lag:
                         next_lag = started + POLL_S * 2
                         now = time.time()
-                        produced = 0
+                        produced = scored = 0
                         for name, lag in lags.items():
                             committed, end, _ = lag.read()
                             lag_samples[name].append((now, max(end - committed - base[name], 0)))
                             if name == FEATURES:
                                 produced = end - start_end
+                            if name == "scorer":
+                                scored = committed - start_scored
+                        inputs = {FEATURES: produced, MONITOR: scored}  # one score per transaction: no shadow
+                        for name, port in ports.items():
+                            consumed = consumed_records(port, name)
+                            if consumed is not None:
+                                behind = inputs[name] - int(consumed - start_consumed[name])
+                                behind_samples[name].append((now, max(behind, 0)))
                         info = "  ".join(f"{n} lag {s[-1][1]:,}" for n, s in lag_samples.items())
                         progress.update(task, completed=min(max(produced, 0), total), info=info)
                         for name, process in (
@@ -737,6 +827,7 @@ class Processors:
             fresh_unseen=unseen,
             freshness_ms=percentiles(values, unseen),
             probe_interval_ms=round(probe.interval_ms, 2),
+            probed_for_s=round(probe.last_at - first, 1),
             probe_cpu_us_per_round=round(probe.round_cpu_s / max(probe.rounds, 1) * 1e6, 1),
             cpu_us_per_event=cpu,
             machine_busy=None if busy is None else round(busy / capacity, 3),
@@ -756,6 +847,19 @@ class Processors:
                 "catch_up_s": summary.catch_up_s,
                 "kept_up": max_s is not None and max_s <= args.kept_up_seconds and summary.catch_up_s is not None,
             }
+        for name, samples in behind_samples.items():
+            summary = lag_summary([(at, n) for at, n in samples if at >= first], end_at, settled=0)
+            max_s = summary.max_offsets / rate if rate > 0 else None
+            result.lag[name].update(
+                {
+                    "unprocessed_max_records": summary.max_offsets,
+                    "unprocessed_end_records": summary.end_offsets,
+                    "unprocessed_max_seconds_of_traffic": None if max_s is None else round(max_s, 2),
+                    "processing_kept_up": max_s is not None
+                    and max_s <= args.kept_up_seconds
+                    and summary.catch_up_s is not None,
+                }
+            )
         for name, process in ((FEATURES, self.features_process), (MONITOR, self.monitor_process)):
             if process is not None:
                 self._memory(name, process)

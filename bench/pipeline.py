@@ -992,7 +992,10 @@ def report_processors(console: Console, results: Results) -> None:
         console.print(drains)
 
         if r.steady:
-            steady = Table(title="Steady rates: scorer + feature processor + monitor together")
+            steady = Table(
+                title="Steady rates: scorer + feature processor + monitor together; lags: committed offsets (seconds of"
+                " traffic) / not yet processed (seconds), kept up: by commits / by processing"
+            )
             for column in (
                 "share of c",
                 "events/s",
@@ -1012,16 +1015,23 @@ def report_processors(console: Console, results: Results) -> None:
 
                 def lag_cell(name: str, lag: dict[str, dict[str, Any]] = lag) -> str:
                     entry = lag.get(name, {})
-                    return f"{entry.get('max_offsets', 0):,} ({_fmt(entry.get('max_seconds_of_traffic'), '.1f')} s)"
+                    cell = f"{entry.get('max_offsets', 0):,} ({_fmt(entry.get('max_seconds_of_traffic'), '.1f')} s)"
+                    if "unprocessed_max_records" in entry:
+                        cell += f" / {_fmt(entry.get('unprocessed_max_seconds_of_traffic'), '.1f')} s"
+                    return cell
 
                 def kept(name: str, lag: dict[str, dict[str, Any]] = lag) -> str:
-                    return "yes" if lag.get(name, {}).get("kept_up") else "[red]no[/]"
+                    entry = lag.get(name, {})
+                    cell = "yes" if entry.get("kept_up") else "[red]no[/]"
+                    if "processing_kept_up" in entry:
+                        cell += " / " + ("yes" if entry["processing_kept_up"] else "[red]no[/]")
+                    return cell
 
                 steady.add_row(
                     f"{s.fraction:.0%}",
                     _fmt(s.achieved_per_s),
-                    _fmt(f["p50"], ".0f") if f["p50"] is not None else "> window",
-                    _fmt(f["p99"], ".0f") if f["p99"] is not None else "> window",
+                    _fmt(f["p50"], ".0f") if f["p50"] is not None else f"> {s.probed_for_s * 1000:,.0f}",
+                    _fmt(f["p99"], ".0f") if f["p99"] is not None else f"> {s.probed_for_s * 1000:,.0f}",
                     f"{s.sampled_events:,}" + (f" ({s.fresh_unseen} unseen)" if s.fresh_unseen else ""),
                     lag_cell(FEATURES),
                     kept(FEATURES),
@@ -1168,6 +1178,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--features-push-delay-ms", type=int, default=50, help="FEATURES_PUSH_MAX_DELAY_MS (demo's)")
     parser.add_argument("--drain-timeout-s", type=float, default=1800.0)
+    parser.add_argument(
+        "--commit-wait-s", type=float, default=60.0, help="after a drain, how long to wait for its commits to catch up"
+    )
     parser.add_argument("--processor-stage-events", type=int, default=20_000)
     parser.add_argument(
         "--py-spy",

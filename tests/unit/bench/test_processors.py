@@ -11,6 +11,7 @@ import pytest
 
 from bench._data import Record
 from bench._processors import (
+    CONSUMED,
     FEATURES,
     MONITOR,
     PROFILE_STEPS,
@@ -20,6 +21,7 @@ from bench._processors import (
     freshness_ms,
     lag_summary,
     last_event_us,
+    metric_total,
     parse_stamps,
     parse_status,
     percentiles,
@@ -150,3 +152,20 @@ def test_profile_steps_sorts_stacks_into_the_first_matching_step() -> None:
     assert shares["asyncio loop, other"] == 0.05
     assert sum(shares.values()) == pytest.approx(1.0)
     assert profile_steps("", PROFILE_STEPS[MONITOR]) == {}
+
+
+def test_metric_total_sums_every_label_set_of_the_named_metrics() -> None:
+    text = "\n".join(
+        [
+            "# HELP streamscore_monitor_records_total Records consumed",
+            "# TYPE streamscore_monitor_records_total counter",
+            'streamscore_monitor_records_total{outcome="counted",topic="scores"} 1200.0',
+            'streamscore_monitor_records_total{outcome="joined",topic="labels"} 800.0',
+            'streamscore_monitor_records_created{outcome="counted",topic="scores"} 1.7e+09',
+            "streamscore_monitor_records_total_other 5.0",
+            "streamscore_features_events_processed_total 7.0",
+        ]
+    )
+    assert metric_total(text, CONSUMED[MONITOR]) == 2000.0
+    assert metric_total(text, CONSUMED[FEATURES]) == 7.0
+    assert metric_total("", CONSUMED[FEATURES]) == 0.0
