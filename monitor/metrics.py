@@ -74,7 +74,7 @@ class MonitorMetrics:
         )
         self.checkpoint_latency = Histogram(
             f"{prefix}_checkpoint_seconds",
-            "Duration of one partition checkpoint (state records to the changelog)",
+            "Duration of one checkpoint of every partition (state records to the changelog, windows closed)",
             buckets=CHECKPOINT_BUCKETS_S,
             registry=registry,
         )

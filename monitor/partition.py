@@ -424,6 +424,8 @@ class PartitionState:
         self._dirty_accounts: list[tuple[str, str, str, float]] = []
         self._account_queue: list[tuple[float, str, str]] = []
         """(first event time, experiment, variant) of accounts not counted in the sample-ratio check yet."""
+        self._pending: set[str] = set()
+        """Units with a variant not counted yet (`pending_units`: read by every health check, so not a scan)."""
         self._maturity: list[tuple[float, str]] = []
         self._expiry: list[tuple[float, str]] = []
         self._target_below: int | None = None
@@ -465,6 +467,7 @@ class PartitionState:
             account=score.account_id,
         )
         self._dirty_units.add(score.event_id)
+        self._pending.add(score.event_id)
         heapq.heappush(self._maturity, (unit.event_time, score.event_id))
         if live:
             seen = self.accounts.setdefault(score.experiment_id, {})
@@ -650,6 +653,7 @@ class PartitionState:
                 changed.add(e.experiment)
                 self.units_counted += 1
             if all(e.counted for e in unit.variants.values()):
+                self._pending.discard(event_id)
                 heapq.heappush(self._expiry, (unit.event_time + maturity + self.policy.unit_retention_s, event_id))
         return changed
 
@@ -850,6 +854,8 @@ class PartitionState:
             for e in unit.variants.values():
                 seq, cutoff = ab.get(e.experiment, (-1, -math.inf))
                 e.counted = e.seq is not None and e.seq <= seq and unit.event_time + maturity <= cutoff
+            if any(not e.counted for e in unit.variants.values()):
+                self._pending.add(event_id)
             heapq.heappush(self._maturity, (unit.event_time, event_id))
         deletions: list[Record] = []
         for data in windows:
@@ -878,4 +884,5 @@ class PartitionState:
 
     @property
     def pending_units(self) -> int:
-        return sum(1 for u in self.units.values() if any(not e.counted for e in u.variants.values()))
+        """Units with a variant not counted yet."""
+        return len(self._pending)

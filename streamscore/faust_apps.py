@@ -71,6 +71,10 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
     raise ConfigError("KAFKA_SECURITY_PROTOCOL", f"unknown protocol {kafka.security_protocol!r}")
 
 
+PRODUCER_BATCH_BYTES = 512 * 1024
+"""Below Faust's 1 MB request limit and the broker's default 1 MB record-batch limit (`message.max.bytes`)."""
+
+
 def faust_app(
     app_id: str,
     kafka: KafkaSettings,
@@ -93,7 +97,11 @@ def faust_app(
     - replication factor 1, no leader-election topic, no standby replicas: the single-node local stack;
     - raw keys and values: the services decode the contracts themselves (dead letters, strict validation);
     - Faust's web server (in the worker's event loop) serves the service's `/metrics` and `/healthz`;
-    - its local state in `state_dir` when given (Faust's default is `<app id>-data` in the working directory).
+    - its local state in `state_dir` when given (Faust's default is `<app id>-data` in the working directory);
+    - producer batches of up to `PRODUCER_BATCH_BYTES`, lz4-compressed: aiokafka keeps one request in flight per
+      partition, so with Faust's default 16 KiB batches a monitor checkpoint of ~2 000 records (~1 MB) to one
+      changelog partition took ~60 round trips — 2 to 4.5 s a checkpoint under load, the records agent waiting on
+      it (measured with `make bench`, docs/monitor.md).
     """
     if state_dir is not None:
         state_dir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates the folder, not its parents
@@ -117,6 +125,8 @@ def faust_app(
         web_bind=web_bind,
         key_serializer="raw",
         value_serializer="raw",
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
+        producer_compression_type="lz4",
         **options,
     )
 

@@ -121,8 +121,10 @@ def through_outage(stack: LocalStack, supervised: Supervised, lag_metric: str, f
     """SIGKILL (`fault="kill"`) or SIGSTOP (`"stop"`) the broker; see readiness fail while liveness holds and the lag
     gauges stay; start (SIGCONT) the broker again; wait until the worker is ready again, restarting it when it exits
     non-zero (its watchdog's way out). Returns what happened."""
-    began = time.monotonic()
     worker = supervised.current
+    # The gauges must be there before they can stay: the lag poller's first read may take seconds on a loaded machine.
+    supervised.wait(lambda: bool(worker.metrics(lag_metric)), 60.0, "the lag gauges published before the fault")
+    began = time.monotonic()
     stack.signal("kafka", signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
     seen: dict[str, Any] = {}
     deadline = time.monotonic() + 60.0

@@ -209,11 +209,16 @@ def test_a_checkpoint_cut_short_stops_every_write_and_apply_from_the_states_in_m
     writes: list[int] = []
     broker_down = [True]
 
-    async def write(partition: int, records: list[Any]) -> None:
+    async def queue(partition: int, records: list[Any]) -> list[Any]:
         writes.append(partition)
         if broker_down[0]:
             raise ConnectionError("the broker went away")
+        return []
 
+    async def write(partition: int, records: list[Any]) -> None:
+        await queue(partition, records)
+
+    runtime.queue = queue  # type: ignore[method-assign]
     runtime.write = write  # type: ignore[method-assign]
 
     async def run() -> None:

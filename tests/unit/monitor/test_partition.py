@@ -335,6 +335,8 @@ class Run:
 
     def checkpoint(self, now: float, caught_up: bool = False) -> None:
         self.log += [("write", w) for w in self.state.checkpoint(clocks(now, caught_up))]
+        scanned = sum(1 for u in self.state.units.values() if any(not e.counted for e in u.variants.values()))
+        assert self.state.pending_units == scanned, "the pending count kept as units change equals a scan"
         due = self.state.due_windows()
         self.log += [("send", self.state.partial(key)) for key in due]
         self.log += [("write", w) for w in self.state.close(due)]
