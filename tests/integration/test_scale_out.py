@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from feature_repo.settings import FeastSettings
 from feature_repo.store import apply, open_store
@@ -119,6 +120,7 @@ def leave_and_die(
     workers: dict[str, WorkerProcess],
     topic: str,
     settled: Callable[[dict[str, Any]], bool],
+    after_kill: Callable[[], None] | None = None,
 ) -> None:
     """a leaves gracefully (SIGTERM: it must exit 0), b and c split everything; b is SIGKILLed, c takes everything."""
     a = workers.pop("a")
@@ -129,11 +131,16 @@ def leave_and_die(
     b = workers.pop("b")
     b.process.kill()
     b.process.wait(timeout=10)
+    if after_kill is not None:
+        after_kill()
     wait_split(workers, topic, settled, "b killed (SIGKILL)")
 
 
 def scale_out(
-    start: Callable[[str], WorkerProcess], topic: str, settled: Callable[[dict[str, Any]], bool]
+    start: Callable[[str], WorkerProcess],
+    topic: str,
+    settled: Callable[[dict[str, Any]], bool],
+    after_kill: Callable[[], None] | None = None,
 ) -> WorkerProcess:
     """The whole sequence, with the traffic already flowing and instance a running: b joins, c joins, a leaves, b dies.
     Returns c, the one left."""
@@ -146,7 +153,7 @@ def scale_out(
     workers["c"] = start("c")
     wait_split(workers, topic, settled, "c joined")
     time.sleep(3.0)
-    leave_and_die(workers, topic, settled)
+    leave_and_die(workers, topic, settled, after_kill)
     return workers["c"]
 
 
@@ -288,6 +295,44 @@ def merge_audit(kafka: KafkaSettings, merge_topic: str, windows: set[int]) -> st
     return "\n".join(sorted(lines))
 
 
+def offsets_audit(kafka: KafkaSettings, group: str, topics: TopicRegistry, changelog: str, dump: Path) -> str:
+    """Per partition: the group's committed offset on `scores` and `labels` (the broker's view, read first) beside the
+    offsets the partition's stored state says it processed (its last meta record, read after) — a committed offset
+    beyond processed + 1 means records were committed whose effect the changelog does not hold. Every changelog record
+    is written to `dump` (for a failure's post-mortem: the topics are deleted after the test)."""
+    committed: dict[str, list[Any]] = {}
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group})
+    try:
+        for name in (topics.scores.name, topics.labels.name):
+            committed[name] = consumer.committed([TopicPartition(name, p) for p in range(PARTITIONS)], timeout=10)
+    finally:
+        consumer.close()
+    reader = OutputReader(kafka, [changelog])
+    deadline, count = time.monotonic() + 15.0, -1
+    while len(reader.seen) != count and time.monotonic() < deadline:
+        count = len(reader.seen)
+        reader.poll_for(1.0)
+    reader.consumer.close()
+    meta: dict[int, Any] = {}
+    with dump.open("w") as out:
+        for o in reader.seen:
+            value = None if o.value is None else json.loads(o.value)
+            out.write(json.dumps({"p": o.partition, "o": o.offset, "k": (o.key or b"").decode(), "v": value}) + "\n")
+            key = json.loads(o.key or b"null")
+            if isinstance(key, str) and key.endswith("/meta") and value is not None:
+                meta[int(key.split("/")[0])] = value
+    lines = []
+    for tps, code in zip(committed.values(), ("s", "l"), strict=True):
+        for tp in tps:
+            processed = (meta.get(tp.partition) or {}).get("processed", {}).get(code)
+            ahead = processed is not None and tp.offset > processed + 1
+            lines.append(
+                f"{code} partition {tp.partition}: committed {tp.offset}, state processed {processed}"
+                + (" — COMMITTED AHEAD OF THE STORED STATE" if ahead else "")
+            )
+    return "\n".join(lines) + f"\n(changelog: {len(reader.seen)} records in {dump})"
+
+
 def monitor_settled(health: dict[str, Any]) -> bool:
     return bool(health.get("ready") and health.get("recovered")) and not health.get("rebalancing")
 
@@ -362,7 +407,13 @@ def test_monitor_instances_join_and_leave_under_traffic(
 
     with ExitStack() as workers:
         with Traffic(send, per_second=RATE) as traffic:
-            last = scale_out(start, topics.scores.name, monitor_settled)
+            changelog = f"{group}-monitor-state-changelog"
+
+            def after_kill() -> None:
+                # Before c takes b's partitions (the session timeout): what b committed against what it stored.
+                print(offsets_audit(kafka, group, topics, changelog, tmp_path / "changelog-at-kill.jsonl"))
+
+            last = scale_out(start, topics.scores.name, monitor_settled, after_kill)
             time.sleep(3.0)
         sent = traffic.sent
         traffic_s = time.monotonic() - began
@@ -398,7 +449,6 @@ def test_monitor_instances_join_and_leave_under_traffic(
         while not done():
             last.check_alive()
             if time.monotonic() > deadline:
-                changelog = f"{group}-monitor-state-changelog"
                 windows = drift_counts()
                 off = {k: (windows.get(k), n) for k, n in sorted(per_window.items()) if windows.get(k) != n}
                 print(f"sent {expected} ({sender.resent} again), the last look counted {looked}")
@@ -407,6 +457,7 @@ def test_monitor_instances_join_and_leave_under_traffic(
                 print("sent per partition:", {k: n for k, n in sorted(per_partition_window.items()) if k[0] in bad})
                 print(merge_audit(kafka, f"{group}-merge", bad))
                 print(state_audit(kafka, changelog, per_partition))
+                print(offsets_audit(kafka, group, topics, changelog, tmp_path / "state-changelog.jsonl"))
                 print("records by outcome on the instance left:", last.metrics("streamscore_monitor_records_total"))
                 print("drift skipped on the instance left:", last.metrics("streamscore_monitor_drift_skipped_total"))
                 pytest.fail(f"the monitor did not count every unit once:\n{last.tail()}")
