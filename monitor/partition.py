@@ -307,6 +307,10 @@ class PartitionWindow:
     scores: dict[str, tuple[str, str, DriftWindow]] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
     """Topic code → offset of the last record whose effect is in the checkpointed state."""
+    added: dict[str, int] = field(default_factory=dict)
+    """Topic code → offset of the last record added since this state was built (not stored): a record delivered
+    again before the next checkpoint — Faust re-delivers around a rebalance — is not added twice. Offsets of one
+    topic-partition only grow, so one at or below it was added already."""
     dirty: bool = False
     rows: list[Mapping[str, float]] = field(default_factory=list)
     """The champion's features not added to `features` yet, with their event times: added at once (columnar) when
@@ -514,8 +518,9 @@ class PartitionState:
         window = self.windows.get(key)
         if window is None:
             window = self.windows[key] = PartitionWindow(key)
-        if offset <= window.applied.get(code, -1):
+        if offset <= max(window.applied.get(code, -1), window.added.get(code, -1)):
             return None
+        window.added[code] = offset
         note: DriftNote | None = None
         name = score_series(score.variant, score.model_version)
         series = window.scores.get(name)

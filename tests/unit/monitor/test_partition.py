@@ -112,12 +112,19 @@ def test_a_duplicate_from_another_offset_changes_nothing_a_replay_applies_only_w
     window = state.windows[int(T0 // 10)]
     assert window.features is not None
     window.flush()  # the champion's features are buffered and added when the state is read
-    assert window.features.events("amount_log") == 2, "the replay was added again: nothing checkpointed yet"
+    assert window.features.events("amount_log") == 1, "delivered again before a checkpoint: added once"
 
-    state.checkpoint(clocks(T0))
+    stored = dict(state.checkpoint(clocks(T0)))
     assert state.on_score(s, "scores", 10, T0) == ("replayed", None)
     window.flush()
-    assert window.features.events("amount_log") == 2, "checkpointed state holds offset 10: not added again"
+    assert window.features.events("amount_log") == 1, "checkpointed state holds offset 10: not added again"
+    restored = fresh(book)
+    restored.restore(stored.items())
+    assert restored.on_score(s, "scores", 10, T0) == ("replayed", None)
+    assert restored.on_score(score_event("e2", "a1", T0, 0.9), "scores", 12, T0) == ("counted", None)
+    again = restored.windows[int(T0 // 10)]
+    again.flush()
+    assert again.features is not None and again.features.events("amount_log") == 1, "a replay after a restore"
 
 
 def test_api_scores_are_ignored_unless_configured(book: ReferenceBook) -> None:
