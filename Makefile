@@ -67,7 +67,7 @@ status: ## Show what the local stack runs
 schemas: install ## Regenerate the JSON Schemas in docs/schemas/
 	$(BIN)/streamscore schemas export
 
-bench: install ## Pipeline benchmark on its own local stack: passthrough vs naive vs scorer (docs/benchmarks.md)
+bench: install ## Pipeline benchmark on its own local stack: passthrough vs naive vs scorer, then the feature processor and the monitor beside it (docs/benchmarks.md)
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
 
 bench-api: install ## API benchmark: 64 concurrent clients, request batching on vs off (needs wrk)

@@ -866,17 +866,29 @@ class Processors:
         return result
 
     def settle(self, lags: Mapping[str, GroupLag]) -> None:
-        """Before a steady rate: until every group has caught up with what the previous phase left it (at most
-        --steady-settle-s), so a phase does not inherit its predecessor's backlog."""
+        """Before a steady rate: until the services have caught up with what the previous phase left them (at most
+        --steady-settle-s), so a phase does not inherit its predecessor's backlog. The feature processor and the
+        scorer by their committed offsets; the monitor by its consumption (its counter stopped moving: it has read
+        everything), since its commits may trail for minutes (docs/benchmarks.md)."""
         bench = self.bench
         deadline = time.monotonic() + self.args.steady_settle_s
+        previous: float | None = None
         with bench.console.status("waiting for the services to catch up before the next rate") as status:
             while True:
-                left = {name: end - committed for name, (committed, end, _) in ((n, g.read()) for n, g in lags.items())}
+                left = {
+                    name: end - committed
+                    for name, (committed, end, _) in ((n, g.read()) for n, g in lags.items())
+                    if name != MONITOR
+                }
+                consumed = consumed_records(self.monitor_port, MONITOR)
+                monitor_idle = consumed is not None and consumed == previous
+                previous = consumed
                 status.update(
-                    "waiting for the services to catch up: " + ", ".join(f"{n} {v:,}" for n, v in left.items())
+                    "waiting for the services to catch up: "
+                    + ", ".join(f"{n} {v:,}" for n, v in left.items())
+                    + f", monitor {'idle' if monitor_idle else 'reading'}"
                 )
-                if all(v <= 2 * self.args.partitions for v in left.values()):
+                if monitor_idle and all(v <= 2 * self.args.partitions for v in left.values()):
                     return
                 if time.monotonic() > deadline:
                     bench.log(f"[yellow]not caught up after {self.args.steady_settle_s:.0f}s: {left}[/]")
