@@ -30,7 +30,7 @@ from streamscore.settings import KafkaSettings
 PUSH_BATCH = 300
 """Accounts per push to the online store: what the feature processor's batches hold under a backlog (they close on
 their delay, not their size; docs/stream-processors.md)."""
-PUSH_STEP = f"push to the online store (Feast push_realtime, {PUSH_BATCH} accounts a batch)"
+PUSH_STEP = f"push to the online store (the processor's sink, {PUSH_BATCH} accounts a batch)"
 CHECKPOINT_EVERY = 2_000
 """Records between two monitor checkpoints of one partition (its default 2 s at ~1 000 records/s)."""
 
@@ -143,6 +143,18 @@ def monitor_steps(scores: list[bytes], labels: list[bytes], reference: dict[str,
     return clock.per_event(len(stream))
 
 
+def open_sink() -> Callable[[list[tuple[str, Any]]], None]:
+    """The feature processor's own sink, opened as its worker opens it (`FeastSink.open` with its FEATURES_PUSH_WRITER:
+    the direct Redis writer by default, Feast's push path with `feast`), so the step measures what the service does."""
+    from feature_repo.settings import FeastSettings
+    from stream_processors.accounts.pushing import FeastSink
+    from stream_processors.settings import StreamProcessorSettings
+
+    writer = getattr(StreamProcessorSettings(), "push_writer", None)
+    sink = FeastSink.open(FeastSettings(), writer) if writer is not None else FeastSink.open(FeastSettings())
+    return sink.push
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench._processor_stages")
     parser.add_argument("--out", type=Path, required=True)
@@ -167,12 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     push: Callable[[list[tuple[str, Any]]], None] | None = None
     if not args.no_push:
-        from feature_repo.settings import FeastSettings
-        from feature_repo.store import open_store, push_realtime
-
-        store = open_store(FeastSettings())
-        push_realtime(store, [])  # warm-up: the registry's first load
-        push = lambda rows: push_realtime(store, rows)  # noqa: E731
+        push = open_sink()
     feature_steps(records[:1000], None)  # warm-up: imports, caches
     results["feature processor"] = feature_steps(records, push)
     if args.scores_topic and args.reference is not None:

@@ -203,7 +203,7 @@ def lag_summary(samples: Sequence[tuple[float, int]], load_end: float, settled: 
 
 PROFILE_STEPS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     FEATURES: (
-        ("push to the online store (Feast)", ("push_realtime", "feast/")),
+        ("push to the online store", ("push_realtime", "RealtimeRedisWriter", "feature_repo/store.py", "feast/")),
         ("fold", ("fold (",)),
         ("decode (contract)", ("decode_transaction", "decode (")),
         ("table / changelog write", ("faust/tables",)),

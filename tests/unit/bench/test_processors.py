@@ -146,7 +146,7 @@ def test_profile_steps_sorts_stacks_into_the_first_matching_step() -> None:
         ]
     )
     shares = profile_steps(raw, PROFILE_STEPS[FEATURES])
-    assert shares["push to the online store (Feast)"] == 0.5
+    assert shares["push to the online store"] == 0.5
     assert shares["fold"] == 0.3
     assert shares["aiokafka: fetch, decompress, parse"] == 0.15
     assert shares["asyncio loop, other"] == 0.05
