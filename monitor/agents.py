@@ -184,6 +184,8 @@ class Runtime:
     merged: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     record_counters: dict[tuple[str, str], Any] = field(default_factory=dict)
     """The records counter's children by (topic, outcome): `labels()` costs ~2 µs a record otherwise."""
+    early: list[Any] = field(default_factory=list)
+    """Records delivered while the states were being rebuilt, applied once they are (`on_record`)."""
     diverged: str | None = None
     """Why the states in memory are ahead of the changelog (a checkpoint cut short); None while they are not. Once
     set it stays: nothing more is written or applied from these states (module docstring)."""
@@ -244,49 +246,55 @@ class Runtime:
     # --- records -------------------------------------------------------------------------------------------------
 
     async def on_record(self, event: Any) -> None:
+        async with self.lock:
+            if self.diverged is not None:
+                return  # not acknowledged: this worker's restart reads it again
+            state = self.states.get(event.message.partition) if self.ready else None
+            if state is None:
+                if not self.ready:
+                    # Delivered while the states are being rebuilt: Faust can hand over a record fetched before the
+                    # rebalance. Kept and applied once they are rebuilt (a replay if its effect was checkpointed), so
+                    # that no record of a partition this worker owns goes unacknowledged while later ones are
+                    # acknowledged — Faust's commit can step over such a hole (the record is then never read again).
+                    self.early.append(event)
+                return  # not ours (any more): its partition's owner reads it again
+            await self.apply(state, event)
+
+    async def apply(self, state: PartitionState, event: Any) -> None:
+        """One record into its partition's state (the lock held); its acknowledgement is held for the checkpoint."""
         message = event.message
         topic, partition = message.topic, message.partition
         kind = self.topics.kinds[topic]
-        async with self.lock:
-            state = self.states.get(partition) if self.ready and self.diverged is None else None
-            if state is None:
-                # Not ours (any more), not rebuilt yet, or diverged: not acknowledged, so its partition's owner (or
-                # this worker's restart) reads it again.
-                return
-            self.consumed[kind] += 1
-            try:
-                not_after = time.time() + self.settings.max_event_ahead_s
-                if kind == "labels":
-                    label = parse_event(Label, message.value or b"", not_after_s=not_after)
-                    outcome: str = state.on_label(label, message.offset)
-                else:
-                    score = parse_event(Score, message.value or b"", not_after_s=not_after)
-                    if self.book.needs(score.model_version):
-                        await self.ensure_references({score.model_version})
-                    outcome, note = state.on_score(score, kind, message.offset, time.time())
-                    if note is not None:
-                        self.metrics.drift_skipped.labels(reason=note).inc()
-            except EventError as exc:
-                # The record itself is defective: dead-lettered with the contract's reason, then acknowledged with
-                # the others at the next checkpoint (never retried: the same bytes fail the same way).
-                outcome = "invalid"
-                state.saw(kind, message.offset)
-                reason = DeadLetterReason(exc.reason)
-                await self.dead_letter(
-                    message, reason, "decode" if reason in DECODE_REASONS else "validate", exc.message
-                )
-            except ReferenceUnavailableError:
-                raise  # infrastructure, given up on: never acknowledged, the worker is stopping
-            except Exception as exc:  # applying one record failed: the stream must not stop on it
-                log.exception(
-                    "applying a record failed topic=%s partition=%d offset=%d", topic, partition, message.offset
-                )
-                outcome = "invalid"
-                state.saw(kind, message.offset)
-                why = f"{type(exc).__name__}: {exc}"
-                await self.dead_letter(message, DeadLetterReason.PROCESSING_FAILED, "apply", why)
-            self.record_counter(kind, outcome).inc()
-            self.held[partition].append(event)
+        self.consumed[kind] += 1
+        try:
+            not_after = time.time() + self.settings.max_event_ahead_s
+            if kind == "labels":
+                label = parse_event(Label, message.value or b"", not_after_s=not_after)
+                outcome: str = state.on_label(label, message.offset)
+            else:
+                score = parse_event(Score, message.value or b"", not_after_s=not_after)
+                if self.book.needs(score.model_version):
+                    await self.ensure_references({score.model_version})
+                outcome, note = state.on_score(score, kind, message.offset, time.time())
+                if note is not None:
+                    self.metrics.drift_skipped.labels(reason=note).inc()
+        except EventError as exc:
+            # The record itself is defective: dead-lettered with the contract's reason, then acknowledged with
+            # the others at the next checkpoint (never retried: the same bytes fail the same way).
+            outcome = "invalid"
+            state.saw(kind, message.offset)
+            reason = DeadLetterReason(exc.reason)
+            await self.dead_letter(message, reason, "decode" if reason in DECODE_REASONS else "validate", exc.message)
+        except ReferenceUnavailableError:
+            raise  # infrastructure, given up on: never acknowledged, the worker is stopping
+        except Exception as exc:  # applying one record failed: the stream must not stop on it
+            log.exception("applying a record failed topic=%s partition=%d offset=%d", topic, partition, message.offset)
+            outcome = "invalid"
+            state.saw(kind, message.offset)
+            why = f"{type(exc).__name__}: {exc}"
+            await self.dead_letter(message, DeadLetterReason.PROCESSING_FAILED, "apply", why)
+        self.record_counter(kind, outcome).inc()
+        self.held[partition].append(event)
 
     def record_counter(self, kind: str, outcome: str) -> Any:
         child = self.record_counters.get((kind, outcome))
@@ -460,6 +468,11 @@ class Runtime:
                 await self.write(partition, state.restore(records.get(partition, [])))
                 self.states[partition] = state
             self.ready = True
+            early, self.early = self.early, []
+            for event in early:
+                owned = self.states.get(event.message.partition)
+                if owned is not None:
+                    await self.apply(owned, event)
             log.info(
                 "monitor partitions %s rebuilt: %d units, %d open windows",
                 sorted(assigned),
