@@ -469,10 +469,14 @@ class Runtime:
                 self.states[partition] = state
             self.ready = True
             early, self.early = self.early, []
+            applied = 0
             for event in early:
                 owned = self.states.get(event.message.partition)
                 if owned is not None:
                     await self.apply(owned, event)
+                    applied += 1
+            if early:
+                log.info("%d record(s) delivered during the rebuild, %d of them applied", len(early), applied)
             log.info(
                 "monitor partitions %s rebuilt: %d units, %d open windows",
                 sorted(assigned),
