@@ -158,6 +158,9 @@ def run_live(
                 now = time.monotonic()
         else:
             tx = tx.model_copy(update={"event_time": datetime.now(UTC)})
+            # The label's due time counts from here: a monotonic reading taken before the event time (a loaded
+            # machine can spend milliseconds in between) sent labels that much before their labeled_at.
+            now = time.monotonic()
         if tx.event_time > datetime.now(UTC) + _CLOCK_SLACK:  # the simulated clock never passes the wall clock
             break
         producer.send_transaction(tx)
