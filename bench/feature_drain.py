@@ -137,27 +137,7 @@ def one_round(
     produce(kafka, registry.transactions.name, events, accounts, seed)
     port = free_ports(1)[0]
     app_id = f"drain-{tag}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
-    env.update(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-            "TOPICS_PREFIX": f"bench.drain.{tag}.",
-            "TOPICS_PARTITIONS": "6",
-            "REDIS_HOST": redis.host,
-            "REDIS_PORT": str(redis.port),
-            "FEAST_PROJECT": feast.project,
-            "FEAST_DATA_DIR": str(feast.data_dir),
-            "FEAST_REGISTRY_PATH": str(feast.registry_path),
-            "FEAST_ONLINE_STORE": "redis",
-            "FEATURES_APP_ID": app_id,
-            "FEATURES_STATE_DIR": str(work / tag / "faust"),
-            "FEATURES_METRICS_PORT": str(port),
-            "FEATURES_METRICS_BIND": "127.0.0.1",
-            "FEATURES_AUTO_OFFSET_RESET": "earliest",
-            "LOG_LEVEL": "WARNING",
-            **extra_env,
-        }
-    )
+    env = worker_env(kafka, redis, feast, tag, port, work, extra_env)
     out_profile: Path | None = None
     command = [sys.executable, "-m", "stream_processors"]
     if profile == "cprofile":
