@@ -198,6 +198,7 @@ class Runtime:
             include_api_scores=s.include_api_scores,
             allowed_lateness_s=s.allowed_lateness_s,
             unit_retention_s=s.unit_retention_s,
+            srm_accounts=s.srm_accounts,
             idle_close_s=s.idle_close_s,
             wall_clock=s.wall_clock,
             clock_speed=s.clock_speed,

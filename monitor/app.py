@@ -46,7 +46,7 @@ from streamscore.errors import BrokerUnavailableError, ConfigError, StreamscoreE
 from streamscore.exposition import prepare_exposition
 from streamscore.failures import describe, env_name
 from streamscore.faust_apps import faust_app as shared_faust_app
-from streamscore.faust_apps import install_faust_sensors, install_health
+from streamscore.faust_apps import install_faust_sensors, install_health, running_loop_name, use_event_loop
 from streamscore.health import Check, HealthPolicy
 from streamscore.kafka import admin_client, missing_topic, wait_for_broker
 from streamscore.logs import worker_logging_config
@@ -350,7 +350,11 @@ def run_worker(monitor: Monitor, loglevel: str = "info") -> None:
     # Faust's web server (metrics, health) binds in the worker's loop, where a taken port is a traceback: check first.
     settings = monitor.settings
     ensure_free(settings.metrics_port, env_name(MonitorAppSettings, "metrics_port"), settings.metrics_bind)
-    worker = faust.Worker(monitor.app, loglevel=loglevel, quiet=True, logging_config=worker_logging_config(loglevel))
+    loop = monitor.app.loop = use_event_loop(settings.event_loop, env_name(MonitorAppSettings, "event_loop"))
+    worker = faust.Worker(
+        monitor.app, loop=loop, loglevel=loglevel, quiet=True, logging_config=worker_logging_config(loglevel)
+    )
+    log.info("monitor event loop: %s", running_loop_name(worker.loop))
     try:
         worker.execute_from_commandline()
     except SystemExit:

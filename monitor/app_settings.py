@@ -69,6 +69,10 @@ class MonitorAppSettings(BaseSettings):
     unit_retention_s: float = Field(default=600.0, ge=0)
     """A counted unit's record is kept this long after its maturity (on the partition's label clock), so a
     duplicate score or label arriving late is still recognised by its event id."""
+    srm_accounts: int = Field(default=20_000, ge=100, le=10_000_000)
+    """The sample-ratio check counts each account once; a partition keeps at most this many accounts of one
+    experiment for it, a uniform sample of the distinct accounts by their hash (`monitor.sampling`), so the monitor's
+    memory and its changelog stay flat however many accounts an experiment sees."""
     look_interval_s: float = Field(default=30.0, gt=0)
     """How often the A/B statistics are looked at (each look is a step of the always-valid test)."""
     publish_interval_s: float = Field(default=5.0, gt=0)
@@ -99,6 +103,8 @@ class MonitorAppSettings(BaseSettings):
     loop_stall_s: float = Field(default=30.0, gt=0)
     """`/livez` answers 503 when the event loop has not turned for this long, and the watchdog ends the process
     at once with status 4."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The worker's asyncio event loop: uvloop (the default: cheaper per consumed record) or the standard library's."""
     table_partitions: int | None = Field(default=None, ge=1)
     """Partitions of the per-partition state table; must equal those of `scores`, `scores.shadow` and `labels`.
     Empty: read from the broker at start (the three must agree)."""

@@ -17,11 +17,13 @@ accounts: one `PartitionState` owns everything of partition p.
   (`monitor.ab.AccountSums`), written after the units and before the A/B counts with the sums of its previous
   write (`Cluster`): a record newer than the recovered A/B counts falls back to those. It expires like a unit, once
   the account's newest counted unit is `unit_retention_s` past maturity.
-- **Accounts**: one record per (experiment, account): the variant the account was first seen on and that score's
-  event time — the randomized unit of the sample-ratio check. An account counts in the check once that time is
-  past both the A/B cutoff (label clock − maturity) and the score clock − allowed lateness: the newest part of
-  the stream (a batch in flight, one score topic read ahead of the other) may hold one variant's accounts and not
-  yet the other's, which a check of everything seen would read as a broken split.
+- **Accounts**: one record per (experiment, sampled account): the variant the account was first seen on and that
+  score's event time — the randomized unit of the sample-ratio check. At most `srm_accounts` accounts per experiment
+  are kept, a uniform sample of the distinct accounts by their hash (`monitor.sampling`); the sample's level has a
+  record of its own, written before the deletions of the accounts that left it. An account counts in the check once
+  that time is past both the A/B cutoff (label clock − maturity) and the score clock − allowed lateness: the newest
+  part of the stream (a batch in flight, one score topic read ahead of the other) may hold one variant's accounts
+  and not yet the other's, which a check of everything seen would read as a broken split.
 
 Checkpoints. Nothing is written per record: every `checkpoint_interval_s` the changed records are written to the
 changelog, in an order that makes recovery exact, and only then are the consumed records' offsets released for
@@ -30,12 +32,13 @@ a prefix of it:
 
 1. windows (each with the offsets of the last score and shadow records it holds: a replayed record at or below
    them is not added again),
-2. units and accounts (a variant's entry and a label carry the sequence number of the checkpoint that first wrote
-   them),
+2. units, the account samples' levels, then the accounts (a variant's entry and a label carry the sequence number
+   of the checkpoint that first wrote them; an account below its recovered level is dropped at recovery),
 3. the A/B counts of each experiment whose counts changed, with this checkpoint's sequence number `k` and label
    clock `L`: they hold exactly the unit variants written at a checkpoint ≤ k whose event time + maturity ≤ L —
    so after a crash a unit's "counted" flag is derived, never stored,
-4. deletions of expired units, then the partition's meta record (sequence, clocks, closed windows).
+4. deletions of expired units and of the accounts that left a sample, then the partition's meta record (sequence,
+   clocks, closed windows).
 
 Idempotence by event id: a score whose (event id, variant) is already in a unit from another offset is a
 duplicate (a re-sent or at-least-once score) and changes nothing; from the same offset it is a replay after a
@@ -58,6 +61,7 @@ from typing import Any, Literal
 from monitor.ab import ABCounts, AccountSums, Outcome
 from monitor.drift import DriftWindow, window_key
 from monitor.references import ReferenceBook, score_series
+from monitor.sampling import AccountSample, FirstSeen
 from monitor.settings import MonitorSettings
 from streamscore.contracts import Label, Score
 
@@ -92,6 +96,10 @@ def ab_key(partition: int, experiment: str) -> str:
 
 def account_key(partition: int, experiment: str, account: str) -> str:
     return f"{partition}/a/{experiment}/{account}"
+
+
+def level_key(partition: int, experiment: str) -> str:
+    return f"{partition}/l/{experiment}"
 
 
 def cluster_key(partition: int, experiment: str, account: str) -> str:
@@ -372,6 +380,8 @@ class Policy:
     include_api_scores: bool = False
     allowed_lateness_s: float = 30.0
     unit_retention_s: float = 600.0
+    srm_accounts: int = 20_000
+    """The most accounts of one experiment one partition keeps for the sample-ratio check (`monitor.sampling`)."""
     idle_close_s: float = 30.0
     wall_clock: bool = True
     """A caught-up partition's clocks advance with the wall clock (MONITOR_WALL_CLOCK)."""
@@ -403,7 +413,8 @@ class PartitionState:
         self.seq = 0
         self.units: dict[str, Unit] = {}
         self.counts: dict[str, ABCounts] = {}
-        self.accounts: dict[str, dict[str, str]] = {}
+        self.accounts: dict[str, AccountSample] = {}
+        """Experiment → the sampled accounts of the sample-ratio check."""
         self.account_counts: dict[str, Counter[str]] = {}
         self.clusters: dict[str, dict[str, Cluster]] = {}
         """Experiment → account → the account's counted sums per variant (the cluster-robust variance's terms)."""
@@ -425,9 +436,12 @@ class PartitionState:
         self.drift_notes: Counter[str] = Counter()
         self.units_counted = 0
         self._dirty_units: set[str] = set()
-        self._dirty_accounts: list[tuple[str, str, str, float]] = []
+        self._dirty_accounts: list[tuple[str, str]] = []
+        self._dirty_levels: set[str] = set()
+        self._left_accounts: list[tuple[str, str]] = []
+        """(experiment, account) of accounts that left a sample since the last checkpoint (their records go)."""
         self._account_queue: list[tuple[float, str, str]] = []
-        """(first event time, experiment, variant) of accounts not counted in the sample-ratio check yet."""
+        """(first event time, experiment, account) of sampled accounts not counted in the sample-ratio check yet."""
         self._pending: set[str] = set()
         """Units with a variant not counted yet (`pending_units`: read by every health check, so not a scan)."""
         self._maturity: list[tuple[float, str]] = []
@@ -474,12 +488,28 @@ class PartitionState:
         self._pending.add(score.event_id)
         heapq.heappush(self._maturity, (unit.event_time, score.event_id))
         if live:
-            seen = self.accounts.setdefault(score.experiment_id, {})
-            if score.account_id not in seen:
-                seen[score.account_id] = score.variant
-                heapq.heappush(self._account_queue, (t, score.experiment_id, score.variant))
-                self._dirty_accounts.append((score.experiment_id, score.account_id, score.variant, t))
+            self._first_seen(score.experiment_id, score.account_id, score.variant, t)
         return "counted", note
+
+    def _first_seen(self, experiment: str, account: str, variant: str, t: float) -> None:
+        sample = self.accounts.get(experiment)
+        if sample is None:
+            sample = self.accounts[experiment] = AccountSample(self.policy.srm_accounts)
+        level = sample.level
+        entry, left = sample.offer(account, variant, t)
+        if entry is not None:
+            heapq.heappush(self._account_queue, (t, experiment, account))
+            self._dirty_accounts.append((experiment, account))
+        if sample.level != level:
+            self._dirty_levels.add(experiment)
+            self._forget_accounts(experiment, left)
+
+    def _forget_accounts(self, experiment: str, left: Mapping[str, FirstSeen]) -> None:
+        counts = self.account_counts.get(experiment)
+        for account, entry in left.items():
+            if entry.counted and counts is not None:
+                counts[entry.variant] -= 1
+            self._left_accounts.append((experiment, account))
 
     def saw(self, topic: TopicKind, offset: int) -> None:
         """A record of `topic` was processed (also one too defective to apply: the edge calls this for it)."""
@@ -589,8 +619,13 @@ class PartitionState:
                 window.dirty = False
         writes += self._unit_writes(k)
         changed = self._sweep(k)
-        for experiment, account, variant, t in self._dirty_accounts:
-            writes.append((account_key(p, experiment, account), [variant, t]))
+        for experiment in sorted(self._dirty_levels):
+            writes.append((level_key(p, experiment), self.accounts[experiment].level))
+        self._dirty_levels.clear()
+        for experiment, account in self._dirty_accounts:
+            entry = self.accounts[experiment].get(account)
+            if entry is not None:  # else it left the sample again before this checkpoint
+                writes.append((account_key(p, experiment, account), [entry.variant, entry.t]))
         self._dirty_accounts.clear()
         for experiment, account in sorted(self._dirty_clusters):
             cluster = self.clusters[experiment][account]
@@ -603,6 +638,8 @@ class PartitionState:
             state = {"counts": self.counts[experiment].to_dict(), "seq": k, "cutoff": self.label_clock}
             writes.append((ab_key(p, experiment), state))
         writes += self._expire(k)
+        writes += [(account_key(p, experiment, account), None) for experiment, account in self._left_accounts]
+        self._left_accounts.clear()
         writes.append((meta_key(p), self._meta()))
         self._target_below = self._closing_target(clocks)
         return writes
@@ -627,8 +664,12 @@ class PartitionState:
         """Count in the sample-ratio check the accounts whose first score is behind both clocks (module docstring)."""
         cutoff = min(self.label_clock - self.stats.label_maturity_s, self.score_clock - self.policy.allowed_lateness_s)
         while self._account_queue and self._account_queue[0][0] <= cutoff:
-            _, experiment, variant = heapq.heappop(self._account_queue)
-            self.account_counts.setdefault(experiment, Counter())[variant] += 1
+            _, experiment, account = heapq.heappop(self._account_queue)
+            entry = self.accounts[experiment].get(account)
+            if entry is None or entry.counted:  # it left the sample
+                continue
+            entry.counted = True
+            self.account_counts.setdefault(experiment, Counter())[entry.variant] += 1
 
     def _sweep(self, k: int) -> set[str]:
         """Count every written unit variant whose maturity has passed on the label clock."""
@@ -690,7 +731,8 @@ class PartitionState:
     def _expire_accounts(self, k: int) -> list[Record]:
         """Forget an account's cluster sums once its newest counted unit is past the units' retention, with the same
         guard. Its contribution stays in the A/B counts; if it comes back later it is a new cluster. (Its first-seen
-        record stays: the sample-ratio counts are rebuilt from those records at recovery.)"""
+        record stays while the account is in its sample: the sample-ratio counts are rebuilt from those records at
+        recovery.)"""
         writes: list[Record] = []
         later: list[tuple[float, str, str]] = []
         horizon = self.stats.label_maturity_s + self.policy.unit_retention_s
@@ -809,6 +851,8 @@ class PartitionState:
         seqs: list[int] = []
         ab: dict[str, tuple[int, float]] = {}
         clusters: list[tuple[str, str, Mapping[str, Any]]] = []
+        first_seen: list[tuple[str, str, FirstSeen]] = []
+        levels: dict[str, int] = {}
         meta: Mapping[str, Any] | None = None
         for key, value in records:
             if value is None:
@@ -828,9 +872,9 @@ class PartitionState:
                 seqs.append(int(value["seq"]))
             elif kind == "a":
                 experiment, account = rest.split("/", 1)
-                variant, first = str(value[0]), float(value[1])
-                self.accounts.setdefault(experiment, {})[account] = variant
-                heapq.heappush(self._account_queue, (first, experiment, variant))
+                first_seen.append((experiment, account, FirstSeen(str(value[0]), float(value[1]))))
+            elif kind == "l":
+                levels[rest] = int(value)
             elif kind == "c":
                 experiment, account = rest.split("/", 1)
                 clusters.append((experiment, account, value))
@@ -862,13 +906,36 @@ class PartitionState:
             if any(not e.counted for e in unit.variants.values()):
                 self._pending.add(event_id)
             heapq.heappush(self._maturity, (unit.event_time, event_id))
-        deletions: list[Record] = []
+        deletions: list[Record] = self._restore_accounts(levels, first_seen)
         for data in windows:
             index = int(data["w"])
             if self.closed_below is not None and index < self.closed_below:
                 deletions.append((window_record_key(self.partition, index), None))
                 continue
             self.windows[index] = self._window_from(data)
+        return deletions
+
+    def _restore_accounts(
+        self, levels: Mapping[str, int], first_seen: Iterable[tuple[str, str, FirstSeen]]
+    ) -> list[Record]:
+        """The account samples, and the deletions of the accounts a crash left below their sample's level (or that
+        a smaller `srm_accounts` leaves out now)."""
+        p = self.partition
+        deletions: list[Record] = []
+        for experiment, account, entry in first_seen:
+            sample = self.accounts.get(experiment)
+            if sample is None:
+                sample = self.accounts[experiment] = AccountSample(self.policy.srm_accounts, levels.get(experiment, 0))
+            if sample.restore(account, entry):
+                heapq.heappush(self._account_queue, (entry.t, experiment, account))
+            else:
+                deletions.append((account_key(p, experiment, account), None))
+        for experiment, sample in self.accounts.items():
+            level = sample.level
+            left = sample.fit()
+            deletions += [(account_key(p, experiment, account), None) for account in left]
+            if sample.level != level:
+                deletions.insert(0, (level_key(p, experiment), sample.level))
         return deletions
 
     def _window_from(self, data: Mapping[str, Any]) -> PartitionWindow:

@@ -48,7 +48,7 @@ from streamscore.deadletters import DeadLetterWriter, faust_sender
 from streamscore.exposition import prepare_exposition
 from streamscore.failures import env_name
 from streamscore.faust_apps import faust_app as shared_faust_app
-from streamscore.faust_apps import install_faust_sensors, install_health
+from streamscore.faust_apps import install_faust_sensors, install_health, running_loop_name, use_event_loop
 from streamscore.health import Check, HealthPolicy
 from streamscore.kafka import admin_client, missing_topic
 from streamscore.logs import worker_logging_config
@@ -326,7 +326,11 @@ def run_worker(processor: FeatureProcessor, loglevel: str = "info") -> None:
     # Faust's web server (metrics, health) binds in the worker's loop, where a taken port is a traceback: check first.
     settings = processor.settings
     ensure_free(settings.metrics_port, env_name(StreamProcessorSettings, "metrics_port"), settings.metrics_bind)
-    worker = faust.Worker(processor.app, loglevel=loglevel, quiet=True, logging_config=worker_logging_config(loglevel))
+    loop = processor.app.loop = use_event_loop(settings.event_loop, env_name(StreamProcessorSettings, "event_loop"))
+    worker = faust.Worker(
+        processor.app, loop=loop, loglevel=loglevel, quiet=True, logging_config=worker_logging_config(loglevel)
+    )
+    log.info("feature processor event loop: %s", running_loop_name(worker.loop))
     try:
         worker.execute_from_commandline()
     except SystemExit:

@@ -115,6 +115,8 @@ class StreamProcessorSettings(BaseSettings):
     loop_stall_s: float = Field(default=30.0, gt=0)
     """`/livez` answers 503 when the event loop has not turned for this long, and the watchdog ends the process
     at once with status 4."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The worker's asyncio event loop: uvloop (the default: cheaper per consumed record) or the standard library's."""
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     contract: ContractSettings = Field(default_factory=ContractSettings)

@@ -43,8 +43,36 @@ from streamscore.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+"""The event loops a worker can run on (`FEATURES_EVENT_LOOP`, `MONITOR_EVENT_LOOP`)."""
+
 HEARTBEAT_INTERVAL_S = 1.0
 """How often the event loop stamps its heartbeat (liveness and the watchdog read it)."""
+
+
+def use_event_loop(name: str, variable: str = "event loop") -> asyncio.AbstractEventLoop:
+    """A new event loop of `name` (one of EVENT_LOOPS), set as the thread's loop: pass it to the worker and its app
+    (`faust.Worker(app, loop=…)`, `app.loop = …`) so that neither keeps a loop resolved earlier.
+
+    uvloop by default: every record a Faust worker consumes passes through several asyncio hand-offs (fetcher →
+    conductor → stream queue → agent, acks, the changelog producer's futures); uvloop makes each cheaper (measured in
+    docs/benchmarks.md). `asyncio` is the standard library's loop, for a platform without uvloop's wheels."""
+    if name not in EVENT_LOOPS:
+        raise ConfigError(variable, f"unknown event loop {name!r}", f"use one of {', '.join(EVENT_LOOPS)}")
+    if name == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    else:
+        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop
+
+
+def running_loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """The event loop a worker runs on, for its start-up log line."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
 def broker_urls(kafka: KafkaSettings) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -403,8 +403,32 @@ def same_windows(a: dict[int, WindowBody], b: dict[int, WindowBody]) -> None:
 def test_recovery_from_any_prefix_of_the_changelog_gives_the_uninterrupted_result(
     book: ReferenceBook, seed: int
 ) -> None:
+    recovers_from_any_prefix(book, seed, POLICY)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_recovery_from_any_prefix_is_exact_while_the_account_sample_raises_its_level(
+    book: ReferenceBook, seed: int
+) -> None:
+    # 40 accounts, at most 9 kept: the sample's level rises during the traffic and accounts leave it.
+    policy = replace(POLICY, srm_accounts=9)
+    reference = Run(fresh(book, policy=policy), traffic(seed))
+    reference.go()
+    reference.finish()
+    sample = reference.state.accounts["exp-1"]
+    assert sample.level >= 2 and 0 < len(sample) <= 9
+    table = image(reference.log)
+    stored = {key.rsplit("/", 1)[1] for key in table if key.startswith("0/a/exp-1/")}
+    assert stored == set(sample.accounts), "the changelog holds the sample and nothing that left it"
+    assert table["0/l/exp-1"] == sample.level
+    counted = {name: sum(e.variant == name for e in sample.accounts.values()) for name in ("champion", "challenger")}
+    assert dict(reference.state.account_counts["exp-1"]) == counted
+    recovers_from_any_prefix(book, seed, policy)
+
+
+def recovers_from_any_prefix(book: ReferenceBook, seed: int, policy: Policy) -> None:
     records = traffic(seed)
-    reference = Run(fresh(book), records)
+    reference = Run(fresh(book, policy=policy), records)
     reference.go()
     reference.finish()
     expected = outcome_of(reference)
@@ -423,7 +447,7 @@ def test_recovery_from_any_prefix_of_the_changelog_gives_the_uninterrupted_resul
         # (Faust commits every second; units stay EXPIRY_GUARD checkpoints after their last write).
         committed = sorted(pos for pos, end in reference.boundaries.items() if end <= cut)[-4:] or [0]
         start = min(rng.choice(committed), len(records))
-        restored = fresh(book)
+        restored = fresh(book, policy=policy)
         deletions = restored.restore(image(reference.log[:cut]).items())
         again = Run(restored, records, log=reference.log[:cut] + [("write", d) for d in deletions])
         again.go(start)
