@@ -159,14 +159,20 @@ class Traffic:
         self.send = send
         self.interval = 1.0 / per_second
         self.sent = 0
+        self.error: BaseException | None = None
+        """What stopped the thread early (a send that raised): a test checks it, the thread itself only dies."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self.send(self.sent)
-            self.sent += 1
-            self._stop.wait(self.interval)
+        try:
+            while not self._stop.is_set():
+                self.send(self.sent)
+                self.sent += 1
+                self._stop.wait(self.interval)
+        except BaseException as exc:
+            self.error = exc
+            raise
 
     def __enter__(self) -> Traffic:
         self._thread.start()

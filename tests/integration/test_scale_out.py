@@ -89,6 +89,68 @@ def owned(worker: WorkerProcess, topic: str) -> tuple[set[int], dict[str, Any]]:
     return mine, health
 
 
+class Timeline:
+    """Who held which partitions of one topic when, for a failure's post-mortem: every instance's `/healthz` polled
+    from a thread (changes only), beside the test's own steps, in seconds since the timeline began."""
+
+    def __init__(self, topic: str, interval_s: float = 0.25) -> None:
+        self.topic = topic
+        self.began = time.monotonic()
+        self.began_wall = time.time()
+        self.entries: list[tuple[float, str]] = []
+        self._workers: dict[str, WorkerProcess] = {}
+        self._held: dict[str, tuple[int, ...] | None] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
+
+    def now(self) -> float:
+        return time.monotonic() - self.began
+
+    def note(self, what: str) -> None:
+        with self._lock:
+            self.entries.append((self.now(), what))
+
+    def watch(self, name: str, worker: WorkerProcess) -> None:
+        with self._lock:
+            self._workers[name] = worker
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            with self._lock:
+                workers = dict(self._workers)
+            for name, worker in workers.items():
+                if worker.process.poll() is not None:
+                    held: tuple[int, ...] | None = None
+                else:
+                    try:
+                        mine, health = owned(worker, self.topic)
+                    except (OSError, ValueError):
+                        continue
+                    held = tuple(sorted(mine)) if not health.get("rebalancing") else (-1, *sorted(mine))
+                if self._held.get(name, ()) != held:
+                    self._held[name] = held
+                    what = (
+                        "exited"
+                        if held is None
+                        else (f"rebalancing, holds {list(held[1:])}" if held[:1] == (-1,) else f"holds {list(held)}")
+                    )
+                    self.note(f"{name} {what}")
+
+    def __enter__(self) -> Timeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def lines(self) -> str:
+        with self._lock:
+            entries = list(self.entries)
+        return "\n".join(f"  {t:7.2f} s  {what}" for t, what in entries)
+
+
 def wait_split(
     workers: dict[str, WorkerProcess], topic: str, settled: Callable[[dict[str, Any]], bool], what: str
 ) -> dict[str, list[int]]:
@@ -125,19 +187,24 @@ def leave_and_die(
     topic: str,
     settled: Callable[[dict[str, Any]], bool],
     after_kill: Callable[[], None] | None = None,
+    timeline: Timeline | None = None,
 ) -> None:
     """a leaves gracefully (SIGTERM: it must exit 0), b and c split everything; b is SIGKILLed, c takes everything."""
+    note = timeline.note if timeline is not None else lambda what: None
     a = workers.pop("a")
+    note("SIGTERM a")
     a.process.send_signal(signal.SIGTERM)
     code = a.process.wait(timeout=60)
+    note(f"a exited {code}")
     assert code == 0, f"a graceful stop exits 0, not {code}:\n{a.tail()}"
-    wait_split(workers, topic, settled, "a left (SIGTERM)")
+    note(f"split settled: {wait_split(workers, topic, settled, 'a left (SIGTERM)')}")
     b = workers.pop("b")
+    note("SIGKILL b")
     b.process.kill()
     b.process.wait(timeout=10)
     if after_kill is not None:
         after_kill()
-    wait_split(workers, topic, settled, "b killed (SIGKILL)")
+    note(f"split settled: {wait_split(workers, topic, settled, 'b killed (SIGKILL)')}")
 
 
 def scale_out(
@@ -145,19 +212,28 @@ def scale_out(
     topic: str,
     settled: Callable[[dict[str, Any]], bool],
     after_kill: Callable[[], None] | None = None,
+    timeline: Timeline | None = None,
 ) -> WorkerProcess:
     """The whole sequence, with the traffic already flowing and instance a running: b joins, c joins, a leaves, b dies.
-    Returns c, the one left."""
-    workers = {"a": start("a")}
-    wait_split(workers, topic, settled, "a alone")
+    Returns c, the one left. `timeline`, when given, watches every instance and notes each step."""
+    note = timeline.note if timeline is not None else lambda what: None
+    workers: dict[str, WorkerProcess] = {}
+
+    def join(name: str) -> None:
+        note(f"start {name}")
+        workers[name] = start(name)
+        if timeline is not None:
+            timeline.watch(name, workers[name])
+        note(f"{name} ready")
+        note(f"split settled: {wait_split(workers, topic, settled, 'a alone' if name == 'a' else f'{name} joined')}")
+
+    join("a")
     time.sleep(3.0)
-    workers["b"] = start("b")
-    wait_split(workers, topic, settled, "b joined")
+    join("b")
     time.sleep(3.0)
-    workers["c"] = start("c")
-    wait_split(workers, topic, settled, "c joined")
+    join("c")
     time.sleep(3.0)
-    leave_and_die(workers, topic, settled, after_kill)
+    leave_and_die(workers, topic, settled, after_kill, timeline)
     return workers["c"]
 
 
@@ -187,6 +263,106 @@ def lag_gauge_zero(worker: WorkerProcess, name: str) -> float:
 
 def features_settled(health: dict[str, Any]) -> bool:
     return bool(health.get("recovered")) and not health.get("rebalancing")
+
+
+def _differences(got: Any, want: Any) -> str:
+    if got is None or want is None:
+        return f"online {got}, replay {want}"
+    return ", ".join(
+        f"{name} online {getattr(got, name)!r} replay {getattr(want, name)!r}"
+        for name in want.__dataclass_fields__
+        if getattr(got, name) != getattr(want, name)
+    )
+
+
+def _explain(account: str, got: Any, mine: list[tuple[int, Transaction]]) -> str:
+    """Which simple story gives the online value: the account's snapshot after a prefix of its events (a stale
+    snapshot won the last write), or after all of them but one (an event lost to the state)."""
+    ordered = [event for _, event in mine]
+    for k in range(len(ordered) - 1, 0, -1):
+        if expected_online(ordered[:k])[account] == got:
+            return f"the online value is the snapshot after the account's first {k} of {len(ordered)} events (stale)"
+    lost = []
+    for i, (_, event) in enumerate(mine):
+        rest = ordered[:i] + ordered[i + 1 :]
+        if rest and event.event_id not in {e.event_id for e in rest} and expected_online(rest)[account] == got:
+            lost.append(event.event_id)
+    if lost:
+        return f"the online value is the replay without one event (lost), one of {lost}"
+    return "neither a stale snapshot of a prefix nor the replay without one event"
+
+
+def read_all(kafka: KafkaSettings, topics: list[str], quiet_s: float = 3.0, limit_s: float = 30.0) -> list[Any]:
+    """Every record of `topics` (from the beginning): read until nothing new came for `quiet_s` (the reader's group
+    join takes seconds), at most `limit_s`."""
+    reader = OutputReader(kafka, topics)
+    deadline = time.monotonic() + limit_s
+    count, last_new = 0, time.monotonic()
+    while time.monotonic() < deadline:
+        reader.poll_for(0.5)
+        if len(reader.seen) != count:
+            count, last_new = len(reader.seen), time.monotonic()
+        elif count and time.monotonic() - last_new >= quiet_s:
+            break
+    reader.consumer.close()
+    return reader.seen
+
+
+def features_dump(
+    kafka: KafkaSettings,
+    transactions: str,
+    changelog: str,
+    wrong: list[str],
+    got: dict[str, Any],
+    expected: dict[str, Any],
+    events: list[Transaction],
+    sent_at: list[float],
+    timeline: Timeline,
+) -> str:
+    """For each account that differs: the values, the story that explains them, the account's events (send time on
+    the timeline, partition, offset), the partition owners over time, and the changelog's records of the account."""
+    positions: dict[str, list[tuple[int, int]]] = {}
+    records: dict[str, list[Any]] = {}
+    for o in read_all(kafka, [transactions]) + read_all(kafka, [changelog]):
+        raw = o.key or b""
+        # The topic's keys are raw; Faust may write the table's as JSON strings.
+        key = str(json.loads(raw)) if raw.startswith(b'"') else raw.decode(errors="replace")
+        if key not in wrong:
+            continue
+        if o.topic == transactions:
+            event_id = json.loads(o.value or b"{}").get("event_id")
+            positions.setdefault(str(event_id), []).append((o.partition, o.offset))
+        else:
+            records.setdefault(key, []).append(o)
+    out = []
+    for account in wrong:
+        mine = [(i, e) for i, e in enumerate(events) if e.account_id == account]
+        ids = [e.event_id for _, e in mine]
+        out.append(f"=== {account} (partition {partition_for(account.encode(), PARTITIONS)}, {len(mine)} sends)")
+        out.append(f"  differs: {_differences(got.get(account), expected.get(account))}")
+        out.append(f"  {_explain(account, got.get(account), mine)}")
+        out.append("  events (send time s on the timeline, event time, partition:offset of each copy):")
+        for i, event in mine:
+            where = ", ".join(f"{p}:{o}" for p, o in positions.get(event.event_id, [])) or "NOT FOUND on the topic"
+            # The contract refuses an event time more than 5 minutes ahead of the broker's append time.
+            ahead = event.event_time.timestamp() - (timeline.began_wall + sent_at[i])
+            note = f"  {ahead:.0f} s AHEAD of its send" if ahead > 0 else ""
+            out.append(f"    {sent_at[i]:7.2f} s  {event.event_id:>9}  {event.event_time.isoformat()}  {where}{note}")
+        out.append(f"  changelog records ({changelog}, compacted: the broker may have dropped older ones):")
+        for o in records.get(account, []):
+            state = None if o.value is None else json.loads(o.value)
+            if state is None:
+                out.append(f"    {o.partition}:{o.offset}  deleted")
+                continue
+            held = {str(entry[3]) for entry in state.get("events", [])}
+            upto = max((k for k, i in enumerate(ids) if i in held), default=-1)
+            missing = sorted({i for i in ids[: upto + 1] if i not in held}, key=ids.index)
+            out.append(
+                f"    {o.partition}:{o.offset}  {len(held)} events, through {ids[upto] if upto >= 0 else None}"
+                + (f", MISSING earlier events {missing}" if missing else "")
+            )
+    out.append(f"timeline (s):\n{timeline.lines()}")
+    return "\n".join(out)
 
 
 def test_feature_processor_instances_join_and_leave_under_traffic(
@@ -223,24 +399,44 @@ def test_feature_processor_instances_join_and_leave_under_traffic(
 
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
     events: list[Transaction] = []
+    sent_at: list[float] = []
+    """When each of `events` was sent, in seconds on the timeline (the failure's dump)."""
+    changelog = changelog_topic_name(
+        StreamProcessorSettings(
+            app_id=app_id, kafka=kafka, topics=TopicSettings(prefix=topic_prefix(topics)), feast=feast
+        )
+    )
 
     try:
-        with EventProducer(kafka, topics, client_id="test-scale-out", linger_ms=5) as producer, ExitStack() as workers:
+        with (
+            EventProducer(kafka, topics, client_id="test-scale-out", linger_ms=5) as producer,
+            ExitStack() as workers,
+            Timeline(name) as timeline,
+        ):
 
             def send(i: int) -> None:
-                event = transaction(
-                    f"so-{i}", f"acc-so-{i % 120}", base + timedelta(seconds=i * 0.25), 5.0 + i % 13, f"m-{i % 17}"
-                )
-                events.append(event)
+                # A quarter of a second of event time per event (the windows fill up), but never ahead of the wall
+                # clock: from two hours back that pace passes it after ~30 000 events (a slow run's start-ups), and
+                # the contract refuses an event time more than 5 minutes ahead of the receiving clock.
+                at = min(base + timedelta(seconds=i * 0.25), datetime.now(UTC))
+                event = transaction(f"so-{i}", f"acc-so-{i % 120}", at, 5.0 + i % 13, f"m-{i % 17}")
+                # Counted once sent: the replay holds exactly what reached the topic.
                 producer.send_transaction(event)
+                events.append(event)
+                sent_at.append(timeline.now())
                 if i % 50 == 49:
-                    events.append(events[-8])  # a producer retry: an event sent again, seconds later
-                    producer.send_transaction(events[-1])
+                    again = events[-8]  # a producer retry: an event sent again, seconds later
+                    producer.send_transaction(again)
+                    events.append(again)
+                    sent_at.append(timeline.now())
                 producer.poll(0)
 
-            with Traffic(send, per_second=RATE):
-                last = scale_out(start, name, features_settled)
+            with Traffic(send, per_second=RATE) as traffic:
+                last = scale_out(start, name, features_settled, timeline=timeline)
                 time.sleep(3.0)
+            # A send that raised stops the traffic thread early, and the rest of the scale-out would run without it.
+            assert traffic.error is None, f"the traffic stopped after {traffic.sent} events: {traffic.error!r}"
+            timeline.note("traffic stopped")
             producer.flush(60)
             traffic_s = time.monotonic() - began
             expected = expected_online(events)
@@ -254,8 +450,14 @@ def test_feature_processor_instances_join_and_leave_under_traffic(
             wrong = [a for a in accounts if got[a] != expected[a]]
             if wrong:
                 by_partition = Counter(partition_for(a.encode(), PARTITIONS) for a in wrong)
-                for account in wrong[:3]:
-                    print(f"{account}: online {got[account]}\n  replay {expected[account]}")
+                print(features_dump(kafka, name, changelog, wrong[:5], got, expected, events, sent_at, timeline))
+                logs = ", ".join(str(tmp_path / f"features-{n}.log") for n in "abc")
+                print(f"the instances' logs: {logs}")
+                skipped = {
+                    **last.metrics("streamscore_features_events_skipped"),
+                    **last.metrics("streamscore_features_invalid"),
+                }
+                print(f"events c skipped: {skipped}")
                 pytest.fail(
                     f"{len(wrong)} of {len(accounts)} accounts differ from the replay, by partition "
                     f"{dict(sorted(by_partition.items()))}:\n{last.tail()}"
@@ -266,10 +468,7 @@ def test_feature_processor_instances_join_and_leave_under_traffic(
             assert gauge == 0, f"the lag gauge of the instance left says {gauge}"
             assert last.metric("streamscore_features_push_failures_total") == 0
     finally:
-        settings = StreamProcessorSettings(
-            app_id=app_id, kafka=kafka, topics=TopicSettings(prefix=topic_prefix(topics)), feast=feast
-        )
-        delete_topics(kafka, [changelog_topic_name(settings)])
+        delete_topics(kafka, [changelog])
     print(
         f"feature processor: {len(events)} events ({len(events) - len({e.event_id for e in events})} sent twice), "
         f"{len(accounts)} accounts equal to the replay, lag 0; traffic {traffic_s:.0f} s, "
