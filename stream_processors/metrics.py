@@ -61,6 +61,13 @@ class FeatureMetrics:
         )
         for reason in DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason=reason)
+        self.acks_refused = Counter(
+            f"{prefix}_acks_refused",
+            "Acknowledgements of events Faust's stream skipped (taken during a rebalance or under an older consumer"
+            " generation) that the processor kept from the offset bookkeeping: nobody processed them, and a commit"
+            " past them would lose them (accounts/agents.py, guard_acks)",
+            registry=registry,
+        )
         self.state_resets = Counter(
             f"{prefix}_state_resets",
             "Accounts whose stored state could not be written to the online store and was started again",

@@ -19,6 +19,7 @@ the crash hit between the changelog write and the push. Net effect: effectively-
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -223,18 +224,20 @@ class Edge:
     dirty: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Accounts whose table row changed since its changelog record was sent: (partition, consumer generation)."""
 
-    def send_changelog(self, accounts: Sequence[str]) -> None:
-        """Send the changelog records of `accounts`' changed rows (the batcher calls this just before it pushes their
-        snapshots, so a record is in Faust's producer before the acks that the push releases, and Faust flushes its
-        producer before every commit). One record per account per push instead of one per event: a busy account's
-        state holds hundreds of events, and its record was most of the worker's bytes to the broker.
+    def send_changelog(self, accounts: Sequence[str]) -> list[Any]:
+        """Send the changelog records of `accounts`' changed rows and return the sends (the batcher calls this just
+        before it pushes their snapshots, and releases the push's acks only once every send is delivered: Faust's
+        flush before a commit can give up on records still in its send buffer, see `SnapshotBatcher._delivered`).
+        One record per account per push instead of one per event: a busy account's state holds hundreds of events, and
+        its record was most of the worker's bytes to the broker.
 
         A row changed under an earlier consumer generation is not sent: its events are not acknowledged either
         (`_ack`), so the partition's owner replays them; if that is this worker, a replayed event is a duplicate of
         the row and marks it changed again."""
         dirty = self.dirty
+        sent: list[Any] = []
         if not dirty:
-            return
+            return sent
         generation = self.app.consumer_generation_id
         data = self.table.data
         for account in accounts:
@@ -244,7 +247,9 @@ class Edge:
             partition, seen_in = entry
             value = data.get(account)
             if seen_in == generation and value is not None:
-                self.table.send_changelog(partition, account, value)
+                # Faust's future of the send: the batcher waits for it before it releases the push's acks.
+                sent.append(self.table.send_changelog(partition, account, value))
+        return sent
 
 
 class LiveStates:
@@ -311,6 +316,33 @@ class EventBatch:
             await on_events(self.edge, self.stream, events)
 
 
+_AGENT_ACK: contextvars.ContextVar[bool] = contextvars.ContextVar("agent_ack", default=False)
+"""Set while the agent acknowledges an event it processed (`_ack`); `guard_acks` lets only those acks through."""
+
+
+def guard_acks(consumer: Any, on_refused: Callable[[Any], None] | None = None) -> None:
+    """Let only the agent's own acknowledgements reach `consumer`'s offset bookkeeping.
+
+    Faust's stream acknowledges every event it skips — one delivered while the flow is stopped for a rebalance, or
+    fetched under an older consumer generation — so that lag does not grow. Nobody processed such an event: its offset
+    marks a hole as safe to commit. Right after partitions are revoked the consumer knows no committed offset (until
+    the seek that ends the recovery), and then Faust's `_new_offset` skips its head-gap check: one such ack is
+    committed as is, stepping over every event before it whose snapshot and changelog record were not written yet (a
+    batch taken before the rebalance, rows whose push the generation change cut off). The partition's next owner
+    starts after them and the account's state misses them for good. Refused here, the skipped event stays unacknowledged
+    like the others, and is read again from the committed offset."""
+    ack = consumer.ack
+
+    def guarded(message: Any) -> bool:
+        if not _AGENT_ACK.get():
+            if on_refused is not None:
+                on_refused(message)
+            return False
+        return bool(ack(message))
+
+    consumer.ack = guarded
+
+
 def install(app: Any, topic: Any, edge: Edge, *, max_wait_s: float = 0.01) -> Any:
     """Register the accounts agent on `app`, reading `topic` (raw bytes) and keeping state in `edge.table`.
 
@@ -318,6 +350,22 @@ def install(app: Any, topic: Any, edge: Edge, *, max_wait_s: float = 0.01) -> An
     account's state is parsed, written to the table (one changelog record) and queued for a push once per batch
     instead of once per event."""
     batch = EventBatch(edge, edge.batch_size, max_wait_s if edge.batch_size > 1 else 0.0, time.monotonic)
+
+    def refused(message: Any) -> None:
+        edge.metrics.acks_refused.inc()
+        log.info(
+            "not acknowledging an event Faust skipped topic=%s partition=%d offset=%d generation=%s (now %s)",
+            message.topic,
+            message.partition,
+            message.offset,
+            message.generation_id,
+            app.consumer_generation_id,
+        )
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def guard_acknowledgements() -> None:
+        # At the worker's start, before the first assignment (the consumer exists only once the app runs).
+        guard_acks(app.consumer, refused)
 
     @app.agent(topic, name=AGENT_NAME, concurrency=1)  # type: ignore[untyped-decorator]
     async def accounts(stream: Any) -> None:
@@ -395,7 +443,11 @@ async def _ack(app: Any, stream: Any, event: Any) -> None:
     # After a rebalance the partition may belong to another worker, which will process the event again:
     # acknowledging it here could commit an offset this worker no longer owns.
     if event.message.generation_id == app.consumer_generation_id:
-        await stream.ack(event)
+        token = _AGENT_ACK.set(True)
+        try:
+            await stream.ack(event)
+        finally:
+            _AGENT_ACK.reset(token)
 
 
 def _acker(app: Any, stream: Any, event: Any) -> Callable[[], Any]:

@@ -241,8 +241,9 @@ class SnapshotBatcher:
         self.letters = letters
         """Where the events of unwritable rows go; without one (unit tests, dry runs) they are only logged."""
         self.on_give_up = on_give_up
-        self.before_push: Callable[[Sequence[str]], None] | None = None
-        """Called with the accounts of a push just before it is written (the agent sends their changelog records)."""
+        self.before_push: Callable[[Sequence[str]], Sequence[Awaitable[object]] | None] | None = None
+        """Called with the accounts of a push just before it is written (the agent sends their changelog records);
+        returns the sends, awaited before the push's acks are released (see `_delivered`)."""
         self.gave_up = False
         self.dead_lettered_rows = 0
         self.policy = policy
@@ -392,8 +393,7 @@ class SnapshotBatcher:
     async def _push_once(self, keys: list[str]) -> bool:
         taken = {k: self._rows.pop(k) for k in keys}
         self._in_flight = taken
-        if self.before_push is not None:
-            self.before_push(keys)
+        sent = self.before_push(keys) if self.before_push is not None else ()
         rows = [(k, p.snapshot) for k, p in taken.items()]
         started = self._clock()
         written: list[Row] = []
@@ -413,19 +413,40 @@ class SnapshotBatcher:
             done = {k for k, _ in written}
             self._requeue({k: p for k, p in taken.items() if k not in done})
             self._on_failure(exc, started, len(rows))
-            if done:
+            if done and await self._delivered(sent):
                 for key in done:
                     await self._release(key, taken[key].seq)
                 self._gauges()
             return False
         self._in_flight = {}
         self._on_success(written, started)
+        if not await self._delivered(sent):
+            self._gauges()
+            return True
         for key, _ in written:
             await self._release(key, taken[key].seq)
         for (key, _), error in rejected:
             if not await self._reject(key, taken[key].seq, error):
                 return False
         self._gauges()
+        return True
+
+    async def _delivered(self, sent: Sequence[Awaitable[object]] | None) -> bool:
+        """Wait until the changelog records sent for a push are in the broker: its acks may be released (and their
+        offsets committed) only then. Faust flushes its producer before a commit, but its send buffer's flush gives up
+        after 0.1 s without a message handed on; on a loaded worker records still waited there when the offsets went
+        out, and the partition's next owner recovered the state without them and read on after their events (an
+        event lost for good). False when a record could not be sent: the acks stay held (a later push of the same
+        account releases them, with a record of the whole row)."""
+        if not sent:
+            return True
+        try:
+            await asyncio.gather(*sent)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("a changelog record of a push could not be sent; its events stay unacknowledged")
+            return False
         return True
 
     async def _push_isolating(
