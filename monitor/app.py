@@ -10,8 +10,9 @@ Faust choices, and why (the feature processor's, docs/stream-processors.md, wher
   score has the same event id and variant, so it is a duplicate to the monitor. The monitor's counts are those
   of the committed stream.
 - Tables are in memory (`memory://`, RocksDB is not installed) and rebuilt from their changelogs at every start.
-  The per-partition state table's changelog is compacted and rolls hourly (`segment.ms`) so the broker can
-  compact it; the merge table has one partition, like the merge topic.
+  The per-partition state table's changelog is compacted, rolls every minute and keeps tombstones 5 minutes
+  (`CHANGELOG_CONFIG`), so what a restart replays does not grow with history; the merge table has one partition,
+  like the merge topic.
 - App id = `TOPICS_PREFIX + MONITOR_APP_ID`: consumer group, changelog prefix, merge topic prefix. The app gets
   an empty `env` so only `MonitorAppSettings` configures it (Faust reads `WEB_PORT`, `BROKER_URL`, … otherwise).
 - Faust's web server serves `/metrics` and `/healthz` on `MONITOR_METRICS_PORT`.
@@ -55,8 +56,19 @@ from streamscore.registry import CHAMPION, AliasNotFoundError, Registry
 
 log = logging.getLogger(__name__)
 
-CHANGELOG_CONFIG = {"segment.ms": str(3600 * 1000)}
-"""Compaction only touches closed segments; rolling hourly keeps a restart's replay close to one record per key."""
+CHANGELOG_CONFIG = {
+    "segment.ms": str(60 * 1000),
+    "min.cleanable.dirty.ratio": "0.1",
+    "delete.retention.ms": str(5 * 60 * 1000),
+}
+"""What a restart replays must not grow with history (issue 16). Compaction only touches closed segments: rolling
+every minute and cleaning once 10 % of the log is dirty keeps the log near one record per live key (units within
+maturity + retention, open windows, sampled accounts), as the feature processor's changelog does. Every expired unit
+leaves a tombstone, kept `delete.retention.ms` after compaction (Kafka's default, a day, would make a restart after a
+day at the demo's 300 events/s replay ~26 million of them); 5 minutes is far longer than a recovery takes — a
+recovery slower than that could miss a delete and keep an expired unit, which the next expiry deletes again (its
+counts come from the stored A/B counts, never from units). Applies to topics Faust creates: an existing changelog
+keeps its configuration (`kafka-configs --alter` changes it)."""
 MLFLOW_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 EXIT_OK = 0
 EXIT_CONFIG = 2
