@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from numpy.typing import NDArray
 
 from monitor.ab import ABRecord
@@ -241,6 +241,123 @@ class Results:
         pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{worker.tail()}")
 
 
+# --- a failure's audit ----------------------------------------------------------------------------------------------
+
+
+def changelog(kafka: KafkaSettings, topic: str) -> dict[str, Any]:
+    """The latest value of every key of a state changelog (None: deleted)."""
+    reader = OutputReader(kafka, [topic])
+    reader.poll_for(5.0)
+    latest: dict[str, Any] = {}
+    for o in reader.seen:
+        key = json.loads(o.key or b"null")
+        latest[str(key)] = None if o.value is None else json.loads(o.value)
+    reader.close()
+    return latest
+
+
+def unit_audit(
+    kafka: KafkaSettings,
+    changelog_topic: str,
+    sent: dict[int, Counter[str]],
+    experiment: str,
+    *,
+    sent_ids: dict[int, dict[str, set[str]]] | None = None,
+    maturity_s: float | None = None,
+) -> str:
+    """What the monitor's state changelog holds per partition, for a failure message: the score events sent, the
+    units stored (variant entries of `experiment`) and the stored A/B counts (`seq`, `cutoff`), so a mismatch shows
+    whether a partition lost or double-counted units. With the event ids sent per partition and variant (`sent_ids`)
+    and the label maturity, also which units are missing from the changelog, which stored variants the stored counts
+    do not hold (partition.py's rule: written at a checkpoint ≤ seq, matured by the cutoff), and which they hold
+    without a label (none had arrived, or it came after the unit was counted)."""
+    latest = changelog(kafka, changelog_topic)
+    lines = []
+    for p in sorted(sent):
+        stored: Counter[str] = Counter()
+        derived: Counter[str] = Counter()
+        ab = latest.get(f"{p}/ab/{experiment}") or {}
+        ids: dict[str, set[str]] = {}
+        uncounted: list[str] = []
+        unlabeled: list[str] = []
+        for key, value in latest.items():
+            if not key.startswith(f"{p}/u/") or value is None:
+                continue
+            for v, e in value["v"].items():
+                if e[4] != experiment:
+                    continue
+                event_id = key.split("/", 2)[2]
+                stored[v] += 1
+                ids.setdefault(v, set()).add(event_id)
+                counted = bool(ab) and e[5] is not None and e[5] <= ab["seq"]
+                counted = counted and maturity_s is not None and value["t"] + maturity_s <= ab["cutoff"]
+                derived[v] += counted
+                if maturity_s is not None and not counted:
+                    uncounted.append(f"{event_id}:{v}(t {value['t']:.3f}, seq {e[5]}, offset {e[3]})")
+                label = value.get("l")
+                if counted and (label is None or v in label[3]):
+                    unlabeled.append(f"{event_id}:{v}({'no label' if label is None else 'label after maturity'})")
+        counts = {v: c.get("units") for v, c in (ab.get("counts") or {}).items()}
+        meta = latest.get(f"{p}/meta") or {}
+        line = (
+            f"partition {p}: sent {dict(sent[p])}, units stored {dict(stored)}, counted {counts} "
+            f"(seq {ab.get('seq')}, cutoff {ab.get('cutoff')}; meta seq {meta.get('seq')}, "
+            f"label clock {meta.get('label_clock')}, processed {meta.get('processed')})"
+        )
+        if maturity_s is not None:
+            line += f"; stored and matured by the cutoff {dict(derived)}"
+        if uncounted:
+            line += f"; not counted ({len(uncounted)}): {sorted(uncounted)[:10]}"
+        if unlabeled:
+            line += f"; without their label ({len(unlabeled)}): {sorted(unlabeled)[:10]}"
+        for v, want in sorted((sent_ids or {}).get(p, {}).items()):
+            missing, extra = sorted(want - ids.get(v, set())), sorted(ids.get(v, set()) - want)
+            if missing or extra:
+                line += f"; {v}: {len(missing)} not stored {missing[:10]}, {len(extra)} stored not sent {extra[:10]}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def commit_audit(kafka: KafkaSettings, group: str, topics: TopicRegistry, changelog_topic: str) -> str:
+    """Per partition of `scores` and `labels`: the group's committed offset (read first) beside the last offset the
+    partition's stored state processed (its meta record in the changelog, read after). A committed offset beyond
+    processed + 1 is a record committed whose effect the changelog does not hold: after a crash it is never read
+    again."""
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group})
+    try:
+        committed = {
+            code: consumer.committed([TopicPartition(name, p) for p in range(PARTITIONS)], timeout=10)
+            for code, name in (("s", topics.scores.name), ("l", topics.labels.name))
+        }
+    finally:
+        consumer.close()
+    latest = changelog(kafka, changelog_topic)
+    lines = []
+    for code, tps in committed.items():
+        for tp in tps:
+            processed = (latest.get(f"{tp.partition}/meta") or {}).get("processed", {}).get(code)
+            ahead = processed is not None and tp.offset > processed + 1
+            lines.append(
+                f"{code} partition {tp.partition}: committed {tp.offset}, state processed {processed}"
+                + (" — COMMITTED AHEAD OF THE STORED STATE" if ahead else "")
+            )
+    return "\n".join(lines)
+
+
+def merge_audit(kafka: KafkaSettings, changelog_topic: str, experiments: list[str]) -> str:
+    """The merge table's latest A/B counts per partition (what the published looks sum) and its last look's total."""
+    latest = changelog(kafka, changelog_topic)
+    lines = []
+    for experiment in experiments:
+        stored = latest.get(f"ab/{experiment}") or {}
+        parts = {
+            p: {v: c.get("units") for v, c in part["counts"].items()}
+            for p, part in sorted(stored.get("parts", {}).items())
+        }
+        lines.append(f"merge table {experiment}: last look's units {stored.get('units')}, per partition {parts}")
+    return "\n".join(lines)
+
+
 # --- drift ------------------------------------------------------------------------------------------------------
 
 WINDOW_S = 10.0
@@ -322,6 +439,28 @@ def run_report(env: dict[str, str]) -> str:
 # --- A/B ----------------------------------------------------------------------------------------------------------
 
 
+EXPERIMENTS = ("exp-same", "exp-worse")
+
+
+def counted_outcomes(looks: list[ABRecord]) -> dict[str, dict[str, Counter[str]]]:
+    """The units, fraud, fraud caught and declines of each variant in each experiment's last look."""
+    latest = {a.experiment_id: a for a in looks}
+    return {
+        x: {
+            v.variant: Counter(
+                units=v.units,
+                fraud=v.fraud,
+                fraud_caught=v.fraud_caught,
+                declined=round((v.decline_rate or 0.0) * v.units),
+                hidden=v.hidden_outcomes,
+            )
+            for v in latest[x].variants
+        }
+        for x in EXPERIMENTS
+        if x in latest
+    }
+
+
 def test_ab_no_alarm_for_the_same_model_worse_for_a_worse_challenger_and_a_crash_changes_no_count(
     kafka: KafkaSettings, topics: TopicRegistry, registry_uri: str, tmp_path: Path
 ) -> None:
@@ -347,6 +486,10 @@ def test_ab_no_alarm_for_the_same_model_worse_for_a_worse_challenger_and_a_crash
     x = draw_features(rng, events)
     timeline: list[tuple[float, int, Score | Label]] = []
     expected: dict[tuple[str, str], int] = {}
+    outcomes: dict[str, dict[str, Counter[str]]] = {x: {} for x in EXPERIMENTS}
+    """What each variant's units hold once each is counted with its label."""
+    sent: dict[str, dict[int, Counter[str]]] = {x: {p: Counter() for p in range(PARTITIONS)} for x in EXPERIMENTS}
+    sent_ids: dict[str, dict[int, dict[str, set[str]]]] = {x: {p: {} for p in range(PARTITIONS)} for x in EXPERIMENTS}
     for i in range(events):
         at = t0 + i * 0.005
         experiment = "exp-same" if i % 4 < 2 else "exp-worse"
@@ -366,6 +509,12 @@ def test_ab_no_alarm_for_the_same_model_worse_for_a_worse_challenger_and_a_crash
         if rng.random() < 0.02:
             timeline.append((at + 2.5, len(timeline), label_event(f"e{i}", account, at, fraud, 2.0)))
         expected[(experiment, variant)] = expected.get((experiment, variant), 0) + 1
+        outcomes[experiment].setdefault(variant, Counter()).update(
+            {"units": 1, "fraud": int(fraud), "fraud_caught": int(fraud and declined), "declined": int(declined)}
+        )
+        p = partition_for(account.encode(), PARTITIONS)
+        sent[experiment][p][variant] += 1
+        sent_ids[experiment][p].setdefault(variant, set()).add(f"e{i}")
     end = t0 + events * 0.005
     # Ticks on every partition move the clocks past the last window and maturity.
     for account in every_partition("tick"):
@@ -386,11 +535,17 @@ def test_ab_no_alarm_for_the_same_model_worse_for_a_worse_challenger_and_a_crash
         sender.flush()
         # SIGKILL in the middle of the first half: records processed but not yet checkpointed or committed.
         deadline = time.monotonic() + 60
-        while worker.metric("streamscore_monitor_records_total") < half / 2 and time.monotonic() < deadline:
+        consumed_at_kill = 0.0
+        while consumed_at_kill < half / 2 and time.monotonic() < deadline:
+            try:
+                consumed_at_kill = worker.metric("streamscore_monitor_records_total")
+            except OSError:  # a scrape slower than its 2 s timeout on a loaded machine: ask again
+                continue
             time.sleep(0.05)
-        consumed_at_kill = worker.metric("streamscore_monitor_records_total")
         worker.process.send_signal(signal.SIGKILL)
         worker.process.wait(10)
+    prefix = env["TOPICS_PREFIX"] + env["MONITOR_APP_ID"]
+    print(f"right after the kill:\n{commit_audit(kafka, prefix, topics, f'{prefix}-monitor-state-changelog')}")
     killed_at = time.monotonic()
     with monitor_worker(env, log) as worker:
         restarted_s = time.monotonic() - killed_at
@@ -402,11 +557,34 @@ def test_ab_no_alarm_for_the_same_model_worse_for_a_worse_challenger_and_a_crash
             latest = {a.experiment_id: a for a in r.ab()}
             return all(
                 {v.variant: v.units for v in latest[x].variants} == {v: n for (e, v), n in expected.items() if e == x}
-                for x in ("exp-same", "exp-worse")
+                for x in EXPERIMENTS
                 if x in latest
-            ) and {"exp-same", "exp-worse"} <= set(latest)
+            ) and set(EXPERIMENTS) <= set(latest)
 
-        results.wait(settled, 180, "every unit counted in both experiments", worker)
+        def audit() -> None:
+            print(
+                f"expected {outcomes}; the last looks counted {counted_outcomes(results.ab())}; killed after "
+                f"{consumed_at_kill:.0f} of {half} records; restart ready {restarted_s:.1f} s after the kill; "
+                f"{sender.resent} sent again"
+            )
+            states = f"{prefix}-monitor-state-changelog"
+            for name in EXPERIMENTS:
+                print(unit_audit(kafka, states, sent[name], name, sent_ids=sent_ids[name], maturity_s=5.0))
+            print(merge_audit(kafka, f"{prefix}-monitor-merge-changelog", list(EXPERIMENTS)))
+            try:
+                print(f"health {worker.health()}")
+            except OSError as exc:
+                print(f"health: {exc!r}")
+
+        try:
+            results.wait(settled, 180, "every unit counted in both experiments", worker)
+        except pytest.fail.Exception:
+            audit()
+            raise
+        # Every unit counted once; each with the label it had by maturity — every label here arrives 3 s before.
+        if counted_outcomes(results.ab()) != outcomes:
+            audit()
+            pytest.fail("every unit counted once, but not every one with its label (see the audit above)")
         results.reader.poll_for(2.0)
         duplicates = worker.metric('streamscore_monitor_records_total{outcome="duplicate"')
         replayed = worker.metric('streamscore_monitor_records_total{outcome="replayed"')
