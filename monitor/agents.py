@@ -18,7 +18,9 @@ modules (partition.py, merge.py); this module moves records between Kafka and th
   infrastructure (the registry, the broker) is retried, for `MONITOR_GIVE_UP_AFTER_S`, then the worker exits 3.
 - **rebalance**: at revocation every partition's state is checkpointed and dropped (Faust seeks every partition
   back to its committed offset afterwards); when the state table is recovered, each assigned partition's state is
-  rebuilt from its records, and the re-read records are replays.
+  rebuilt from its records, and the re-read records are replays. A source partition without a committed offset is
+  sought back to its log start when Faust clears the streams' queues after its own seek (`unread_starts`: what
+  Faust fetched before that seek is dropped, and it rewinds only the partitions with a committed offset).
 - **a checkpoint cut short**: a checkpoint moves the partition state on (sequence numbers, counted units, dirty
   marks cleared) before its records reach the changelog. If writing them fails or is cancelled (a broker that
   stays away, a shutdown, the watchdog), the state in memory is ahead of the changelog, and any later write from
@@ -186,6 +188,11 @@ class Runtime:
     """The records counter's children by (topic, outcome): `labels()` costs ~2 µs a record otherwise."""
     early: list[Any] = field(default_factory=list)
     """Records delivered while the states were being rebuilt, applied once they are (`on_record`)."""
+    unread: dict[TP, int] = field(default_factory=dict)
+    """Source partitions without a committed offset at the last rebuild → their log start (`unread_starts`), until
+    Faust clears the streams' queues after its seek (`on_queues_cleared`)."""
+    queue_watch: Any = None
+    """The `QueueClearWatch` Faust's flow control holds weakly (kept alive here)."""
     diverged: str | None = None
     """Why the states in memory are ahead of the changelog (a checkpoint cut short); None while they are not. Once
     set it stays: nothing more is written or applied from these states (module docstring)."""
@@ -260,6 +267,40 @@ class Runtime:
                     self.early.append(event)
                 return  # not ours (any more): its partition's owner reads it again
             await self.apply(state, event)
+
+    async def unread_starts(self) -> dict[TP, int]:
+        """The assigned source partitions without a committed offset, and their log starts. Faust resumes fetching the
+        source partitions before it seeks them to their committed offsets, then clears the streams' queues: what was
+        fetched in between and not yet delivered is dropped. A partition with a committed offset is sought back and
+        reads it again; one without is not sought (aiokafka seeks only to a committed offset above 0), so it reads on
+        after the dropped records — never applied, never acknowledged, and Faust's commit, having no committed offset
+        to check its first acknowledged offset against, steps over them (the A/B crash test lost the first half's
+        labels of the four partitions the killed worker had not read yet). Not with MONITOR_AUTO_OFFSET_RESET=latest:
+        nothing before the assignment is to be read then."""
+        if self.settings.auto_offset_reset != "earliest":
+            return {}
+        consumer = self.app.consumer
+        committed = {(tp.topic, tp.partition): offset for tp, offset in (await consumer.seek_to_committed()).items()}
+        fresh = [
+            TP(tp.topic, tp.partition)
+            for tp in consumer.assignment()
+            if tp.topic in self.topics.kinds and not committed.get((tp.topic, tp.partition))
+        ]
+        if not fresh:
+            return {}
+        starts = {(tp.topic, tp.partition): offset for tp, offset in (await consumer.earliest_offsets(*fresh)).items()}
+        return {tp: int(starts.get((tp.topic, tp.partition)) or 0) for tp in fresh}
+
+    def on_queues_cleared(self) -> None:
+        """Faust cleared the streams' queues (this runtime is registered with its flow control). The one right after a
+        rebuild follows Faust's seek to the committed offsets: each partition that had none is sought back to its log
+        start here, as Faust seeks the others — what was applied of it already is replayed (a no-op)."""
+        if not self.ready or not self.unread:
+            return
+        unread, self.unread = self.unread, {}
+        for tp, start in sorted(unread.items()):
+            seek_now(self.app.consumer, tp, start)
+        log.info("source partitions without a committed offset read again from their start: %s", sorted(unread))
 
     async def apply(self, state: PartitionState, event: Any) -> None:
         """One record into its partition's state (the lock held); its acknowledgement is held for the checkpoint."""
@@ -443,6 +484,7 @@ class Runtime:
             self.log_ends.clear()
             self.last_progress_sent.clear()
             self.last_ab_sent.clear()
+            self.unread = {}
             self.ready = False
 
     async def on_recovered(self) -> None:
@@ -468,6 +510,7 @@ class Runtime:
                 state = PartitionState(partition, self.settings.stats, self.policy, self.book)
                 await self.write(partition, state.restore(records.get(partition, [])))
                 self.states[partition] = state
+            self.unread = await self.unread_starts()
             self.ready = True
             early, self.early = self.early, []
             applied = 0
@@ -547,9 +590,29 @@ class Runtime:
         )
 
 
+def seek_now(consumer: Any, tp: TP, offset: int) -> None:
+    """What Faust's `Consumer.seek` does — the fetch position and the offset its reader delivers from — without
+    awaiting: in `Runtime.on_queues_cleared` it must happen before Faust resumes the flow, as its own seek does."""
+    consumer._thread.seek(tp, offset)
+    consumer._read_offset[tp] = offset if offset else None
+
+
+class QueueClearWatch:
+    """Registered with Faust's flow control as one of the queues it clears when it resumes: calls `on_clear` then."""
+
+    def __init__(self, on_clear: Callable[[], None]) -> None:
+        self.on_clear = on_clear
+
+    def clear(self) -> None:
+        self.on_clear()
+
+
 def install(runtime: Runtime, merger: Merger) -> None:
     """Register the agents, timers, hooks and pages of the monitor on `runtime.app`."""
     app = runtime.app
+
+    runtime.queue_watch = QueueClearWatch(runtime.on_queues_cleared)
+    app.flow_control.manage_queue(runtime.queue_watch)
 
     @app.agent(runtime.topics.sources, name="records", concurrency=1)  # type: ignore[untyped-decorator]
     async def records(stream: Any) -> None:

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 from faust.types import TP
+from mode.utils.queues import FlowControlEvent
 from prometheus_client import CollectorRegistry
 
-from monitor.agents import Runtime, Topics
+from monitor.agents import QueueClearWatch, Runtime, Topics
 from monitor.app_settings import MonitorAppSettings
 from monitor.metrics import MonitorMetrics
 from monitor.partition import PartitionState
@@ -242,15 +243,36 @@ def test_a_checkpoint_cut_short_stops_every_write_and_apply_from_the_states_in_m
     assert len(reasons) == (0 if stopping else 1), "a worker not stopping anyway gives up, to be rebuilt"
 
 
+class FakeConsumer:
+    """The parts of Faust's consumer the rebuild uses: the assignment, committed offsets, log starts, and the fetch
+    position and reader offset a seek sets (`monitor.agents.seek_now`)."""
+
+    def __init__(self, assigned: set[TP], committed: Mapping[TP, int | None], starts: Mapping[TP, int]) -> None:
+        self.assigned = assigned
+        self.committed = committed
+        self.starts = starts
+        self.seeks: list[tuple[TP, int]] = []
+        self._thread = SimpleNamespace(seek=lambda tp, offset: self.seeks.append((tp, offset)))
+        self._read_offset: dict[TP, int | None] = {}
+
+    def assignment(self) -> set[TP]:
+        return set(self.assigned)
+
+    async def seek_to_committed(self) -> Mapping[TP, int | None]:
+        return {tp: self.committed.get(tp) for tp in self.assigned}
+
+    async def earliest_offsets(self, *partitions: TP) -> Mapping[TP, int]:
+        return {tp: self.starts.get(tp, 0) for tp in partitions}
+
+
 def test_a_record_delivered_while_the_states_are_rebuilt_is_applied_after_not_dropped() -> None:
     """Faust can hand over a record fetched before a rebalance while the states are being rebuilt. Dropping it left a
     hole in the acknowledgements that Faust's commit stepped over (the broker-kill test lost one unit per partition):
     it is kept and applied once the states are rebuilt, and held for the checkpoint like any other."""
     runtime, _ = poisoned_runtime()
     runtime.topics.kinds["scores.shadow"] = "shadow"
-    runtime.app = SimpleNamespace(
-        should_stop=False, consumer=SimpleNamespace(assignment=lambda: {TP("scores", 0), TP("labels", 0)})
-    )
+    assigned = {TP("scores", 0), TP("labels", 0)}
+    runtime.app = SimpleNamespace(should_stop=False, consumer=FakeConsumer(assigned, dict.fromkeys(assigned, 3), {}))
     runtime.state_table = SimpleNamespace(data={})
     written: list[int] = []
 
@@ -273,3 +295,47 @@ def test_a_record_delivered_while_the_states_are_rebuilt_is_applied_after_not_dr
     assert [e.message.offset for e in runtime.held[0]] == [7], "applied after the rebuild and held for the checkpoint"
     assert "ev-7" in runtime.states[0].units
     assert not runtime.early and 3 not in runtime.held, "a partition not owned after the rebuild is left to its owner"
+
+
+def test_a_partition_without_committed_offset_is_read_again_from_its_start_when_faust_clears_the_queues() -> None:
+    """Faust resumes fetching before it seeks to the committed offsets, then clears the streams' queues. A partition
+    with no committed offset was not sought back, and read on after the dropped records (the A/B crash test lost the
+    first half's labels of four partitions: their units counted without them). At that clear — not before the rebuild,
+    not at a later one — it is sought back to its log start, as Faust seeks the others to their committed offsets."""
+    runtime, _ = poisoned_runtime()
+    labels, scores = TP("labels", 0), TP("scores", 0)
+    consumer = FakeConsumer({labels, scores}, {scores: 40, labels: None}, {labels: 5})
+    runtime.app = SimpleNamespace(should_stop=False, consumer=consumer)
+    runtime.state_table = SimpleNamespace(data={})
+
+    async def write(partition: int, records: list[Any]) -> None:
+        pass
+
+    runtime.write = write  # type: ignore[method-assign]
+    watch = QueueClearWatch(runtime.on_queues_cleared)
+    flow = FlowControlEvent()
+    flow.manage_queue(watch)  # type: ignore[arg-type]  # duck-typed: flow control only calls its clear()
+
+    async def run() -> None:
+        await runtime.on_revoked()
+        flow.resume()  # the resumes during the table recovery, before the rebuild
+        assert consumer.seeks == []
+        await runtime.on_recovered()
+        assert consumer.seeks == [], "the fetch would start there anyway; what matters is what Faust drops after"
+        label = label_event("ev-5", "acc-1", 1_700_000_000.0, False, 1.0)
+        await runtime.on_record(Event(Message("labels", 0, 5, label.to_json())))  # fetched before Faust's seek
+        flow.resume()  # Faust's, right after its seek: the queues are cleared
+        assert consumer.seeks == [(labels, 5)], "only the partition without a committed offset"
+        flow.resume()
+        assert consumer.seeks == [(labels, 5)], "once per rebuild"
+
+    asyncio.run(run())
+    assert consumer._read_offset == {labels: 5}
+    assert "ev-5" in runtime.states[0].units, "what was applied stays (read again, it is a replay)"
+
+
+def test_nothing_is_read_again_when_the_monitor_starts_from_the_latest_records() -> None:
+    runtime, _ = poisoned_runtime(auto_offset_reset="latest")
+    labels = TP("labels", 0)
+    runtime.app = SimpleNamespace(should_stop=False, consumer=FakeConsumer({labels}, {}, {labels: 0}))
+    assert asyncio.run(runtime.unread_starts()) == {}
