@@ -590,11 +590,27 @@ class Runtime:
         )
 
 
+_FALLBACK_SEEKS: set[asyncio.Future[None]] = set()
+
+
 def seek_now(consumer: Any, tp: TP, offset: int) -> None:
     """What Faust's `Consumer.seek` does — the fetch position and the offset its reader delivers from — without
-    awaiting: in `Runtime.on_queues_cleared` it must happen before Faust resumes the flow, as its own seek does."""
-    consumer._thread.seek(tp, offset)
-    consumer._read_offset[tp] = offset if offset else None
+    awaiting: in `Runtime.on_queues_cleared` it must happen before Faust resumes the flow, as its own seek does.
+
+    This reaches two private attributes of Faust's consumer (faust-streaming 0.11–0.15), because the public
+    `Consumer.seek` is a coroutine and would run after the flow resumed. Should a Faust release rename them, the seek
+    falls back to the public coroutine (narrowing the fix, not losing it) and says so in the log;
+    tests/unit/monitor/test_agents.py checks the installed Faust still has them."""
+    thread = getattr(consumer, "_thread", None)
+    read_offsets = getattr(consumer, "_read_offset", None)
+    if thread is None or not callable(getattr(thread, "seek", None)) or read_offsets is None:
+        log.warning("Faust's consumer has no synchronous seek; seeking %s to %d after the flow resumes", tp, offset)
+        seek = asyncio.ensure_future(consumer.seek(tp, offset))
+        _FALLBACK_SEEKS.add(seek)  # the loop keeps only a weak reference to a task
+        seek.add_done_callback(_FALLBACK_SEEKS.discard)
+        return
+    thread.seek(tp, offset)
+    read_offsets[tp] = offset if offset else None
 
 
 class QueueClearWatch:

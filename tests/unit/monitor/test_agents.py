@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import faust
 import numpy as np
 import pytest
 from faust.types import TP
@@ -339,3 +340,12 @@ def test_nothing_is_read_again_when_the_monitor_starts_from_the_latest_records()
     labels = TP("labels", 0)
     runtime.app = SimpleNamespace(should_stop=False, consumer=FakeConsumer({labels}, {}, {labels: 0}))
     assert asyncio.run(runtime.unread_starts()) == {}
+
+
+def test_the_installed_faust_consumer_still_has_what_seek_now_reaches() -> None:
+    # seek_now uses two private attributes of Faust's consumer; a Faust upgrade that renames them must fail here,
+    # not silently narrow the fix for partitions without a committed offset.
+    app = faust.App("seek-now-guard", broker="kafka://127.0.0.1:1", web_enabled=False)
+    consumer: Any = app.consumer
+    assert callable(getattr(consumer._thread, "seek", None))
+    assert consumer._read_offset[TP("t", 0)] is None, "a dict of read offsets, None for unread partitions"
