@@ -44,7 +44,7 @@ from tests.integration.test_monitor import (  # noqa: F401 - registry_uri and sy
     timeline_start,
 )
 from tests.support.monitoring import label_event, score_event
-from tests.support.scoring import OutputReader, free_port
+from tests.support.scoring import changelog_image, free_port
 from tests.support.workers import WorkerProcess, worker_process
 
 READY_TIMEOUT_S = 180.0
@@ -256,13 +256,7 @@ def state_audit(kafka: Any, changelog: str, sent: dict[int, Counter[str]]) -> st
     """What the monitor's state changelog holds per partition, for a failure message: the score events sent, the
     units stored (variant entries of experiment exp-1) and the stored A/B counts (`seq`, `cutoff`), so a mismatch
     shows whether a partition lost or double-counted units."""
-    reader = OutputReader(kafka, [changelog])
-    reader.poll_for(5.0)
-    latest: dict[str, Any] = {}
-    for o in reader.seen:
-        key = json.loads(o.key or b"null")
-        latest[str(key)] = None if o.value is None else json.loads(o.value)
-    reader.close()
+    latest = changelog_image(kafka, changelog)
     lines = []
     for p in sorted(sent):
         stored: Counter[str] = Counter()

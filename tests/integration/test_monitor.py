@@ -55,6 +55,7 @@ from tests.support.scoring import (
     MODEL,
     OutputReader,
     ScorerProcess,
+    changelog_image,
     defective,
     free_port,
     make_scorer_env,
@@ -244,18 +245,6 @@ class Results:
 # --- a failure's audit ----------------------------------------------------------------------------------------------
 
 
-def changelog(kafka: KafkaSettings, topic: str) -> dict[str, Any]:
-    """The latest value of every key of a state changelog (None: deleted)."""
-    reader = OutputReader(kafka, [topic])
-    reader.poll_for(5.0)
-    latest: dict[str, Any] = {}
-    for o in reader.seen:
-        key = json.loads(o.key or b"null")
-        latest[str(key)] = None if o.value is None else json.loads(o.value)
-    reader.close()
-    return latest
-
-
 def unit_audit(
     kafka: KafkaSettings,
     changelog_topic: str,
@@ -271,7 +260,7 @@ def unit_audit(
     and the label maturity, also which units are missing from the changelog, which stored variants the stored counts
     do not hold (partition.py's rule: written at a checkpoint ≤ seq, matured by the cutoff), and which they hold
     without a label (none had arrived, or it came after the unit was counted)."""
-    latest = changelog(kafka, changelog_topic)
+    latest = changelog_image(kafka, changelog_topic)
     lines = []
     for p in sorted(sent):
         stored: Counter[str] = Counter()
@@ -331,7 +320,7 @@ def commit_audit(kafka: KafkaSettings, group: str, topics: TopicRegistry, change
         }
     finally:
         consumer.close()
-    latest = changelog(kafka, changelog_topic)
+    latest = changelog_image(kafka, changelog_topic)
     lines = []
     for code, tps in committed.items():
         for tp in tps:
@@ -346,7 +335,7 @@ def commit_audit(kafka: KafkaSettings, group: str, topics: TopicRegistry, change
 
 def merge_audit(kafka: KafkaSettings, changelog_topic: str, experiments: list[str]) -> str:
     """The merge table's latest A/B counts per partition (what the published looks sum) and its last look's total."""
-    latest = changelog(kafka, changelog_topic)
+    latest = changelog_image(kafka, changelog_topic)
     lines = []
     for experiment in experiments:
         stored = latest.get(f"ab/{experiment}") or {}

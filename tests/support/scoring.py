@@ -225,6 +225,18 @@ class OutputReader:
         self.consumer.close()
 
 
+def changelog_image(kafka: KafkaSettings, topic: str, seconds: float = 5.0) -> dict[str, Any]:
+    """The latest value of every key of a Faust table's changelog (JSON keys and values; None: deleted)."""
+    reader = OutputReader(kafka, [topic])
+    reader.poll_for(seconds)
+    latest: dict[str, Any] = {}
+    for o in reader.seen:
+        key = json.loads(o.key or b"null")
+        latest[str(key)] = None if o.value is None else json.loads(o.value)
+    reader.close()
+    return latest
+
+
 class ScorerProcess:
     """`python -m scorer` as a child process with the given environment; logs go to a file."""
 
