@@ -209,7 +209,7 @@ def create_app(
     )
     batcher.before_push = edge.send_changelog
     install(app, topic, edge, max_wait_s=settings.stream_batch_ms / 1000.0)
-    _add_timers(processor, edge)
+    _add_timers(processor)
     _add_restorer(processor, sink, topic.get_topic_name(), partitions)
     _add_pages(processor)
     log.info(
@@ -265,7 +265,7 @@ def _add_restorer(processor: FeatureProcessor, sink: FeatureSink, topic: str, pa
             await restorer.check()
 
 
-def _add_timers(processor: FeatureProcessor, edge: Edge) -> None:
+def _add_timers(processor: FeatureProcessor) -> None:
     app, batcher = processor.app, processor.batcher
     # A few checks per delay: a row waits at most max_delay plus a quarter of it.
     interval = max(batcher.policy.max_delay_s / 4.0, 0.005)
@@ -274,8 +274,6 @@ def _add_timers(processor: FeatureProcessor, edge: Edge) -> None:
     async def push_due_snapshots() -> None:
         batcher.kick()
 
-    transactions = processor.settings.topics.registry().transactions.name
-
     @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
     async def push_before_handing_over(sender: Any, revoked: Any, **kwargs: Any) -> None:
         # A revoked partition's next owner starts from its changelog and committed offsets once every member has
@@ -283,9 +281,6 @@ def _add_timers(processor: FeatureProcessor, edge: Edge) -> None:
         # could overwrite the new owner's newer one of the same account (the online store keeps the last write), and
         # stay there until the account's next event. So what is queued or being pushed goes out now, changelog
         # included, before the partitions change hands; rows of the partitions this worker keeps go a little early.
-        # Their events are not acknowledged meanwhile: an ack now would be committed after the rebalance, under the new
-        # generation, possibly over the new owner's commit; the new owner replays them and finds them in the changelog.
-        edge.handing_over = frozenset(tp.partition for tp in revoked if tp.topic == transactions)
         if not revoked or not (batcher.pending_rows or batcher.flushing):
             return
         if not await batcher.drain(processor.settings.shutdown_drain_s):
@@ -294,10 +289,6 @@ def _add_timers(processor: FeatureProcessor, edge: Edge) -> None:
                 "revoked partition's account may overwrite its new owner's newer snapshot",
                 batcher.pending_rows,
             )
-
-    @app.on_partitions_assigned.connect  # type: ignore[untyped-decorator]
-    async def take_over(sender: Any, assigned: Any, **kwargs: Any) -> None:
-        edge.handing_over = frozenset()
 
     @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
     async def drain_on_shutdown(sender: Any, **kwargs: Any) -> None:

@@ -223,9 +223,6 @@ class Edge:
     live: LiveStates = field(default_factory=lambda: LiveStates())
     dirty: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Accounts whose table row changed since its changelog record was sent: (partition, consumer generation)."""
-    handing_over: frozenset[int] = frozenset()
-    """Partitions of the topic being revoked while their queued snapshots are pushed (the app's revocation receiver):
-    their events are not acknowledged (`_ack`)."""
 
     def send_changelog(self, accounts: Sequence[str]) -> list[Any]:
         """Send the changelog records of `accounts`' changed rows and return the sends (the batcher calls this just
@@ -430,7 +427,7 @@ async def on_events(edge: Edge, stream: Any, events: Sequence[Any]) -> None:
                 message.offset,
                 exc.message,
             )
-            await _ack(edge, stream, event)
+            await _ack(app, stream, event)
             continue
         by_account.setdefault(tx.account_id, []).append(_Pending(event, tx))
     for account_id, pending in by_account.items():
@@ -442,14 +439,10 @@ async def on_events(edge: Edge, stream: Any, events: Sequence[Any]) -> None:
         await batcher.wait_for_room()
 
 
-async def _ack(edge: Edge, stream: Any, event: Any) -> None:
+async def _ack(app: Any, stream: Any, event: Any) -> None:
     # After a rebalance the partition may belong to another worker, which will process the event again:
-    # acknowledging it here could commit an offset this worker no longer owns. The same holds while a partition is
-    # being revoked (the generation has not changed yet): an ack then would be committed after the rebalance, under
-    # the new generation, possibly over the new owner's newer commit — the next owner replays those events instead
-    # (their snapshots and changelog records are written: the replay finds them seen).
-    message = event.message
-    if message.generation_id == edge.app.consumer_generation_id and message.partition not in edge.handing_over:
+    # acknowledging it here could commit an offset this worker no longer owns.
+    if event.message.generation_id == app.consumer_generation_id:
         token = _AGENT_ACK.set(True)
         try:
             await stream.ack(event)
@@ -457,12 +450,12 @@ async def _ack(edge: Edge, stream: Any, event: Any) -> None:
             _AGENT_ACK.reset(token)
 
 
-def _acker(edge: Edge, stream: Any, event: Any) -> Callable[[], Any]:
-    return lambda: _ack(edge, stream, event)
+def _acker(app: Any, stream: Any, event: Any) -> Callable[[], Any]:
+    return lambda: _ack(app, stream, event)
 
 
 async def _fold_account(edge: Edge, stream: Any, account_id: str, pending: list[_Pending], *, single: bool) -> None:
-    table, batcher, metrics, live = edge.table, edge.batcher, edge.metrics, edge.live
+    app, table, batcher, metrics, live = edge.app, edge.table, edge.batcher, edge.metrics, edge.live
     stored = table.get(account_id)
     current: AccountState | None
     if stored is None:
@@ -488,7 +481,7 @@ async def _fold_account(edge: Edge, stream: Any, account_id: str, pending: list[
             )
             why = f"{type(exc).__name__}: {exc}"
             await _dead_letter(edge, message, DeadLetterReason.PROCESSING_FAILED, "apply", why)
-            await _ack(edge, stream, event)
+            await _ack(app, stream, event)
             continue
         if step.reset:
             metrics.state_resets.inc()
@@ -501,7 +494,7 @@ async def _fold_account(edge: Edge, stream: Any, account_id: str, pending: list[
         if step.rejected is not None:
             why = f"the account's snapshot after this event could not be written: {step.rejected}"
             await _dead_letter(edge, message, DeadLetterReason.UNWRITABLE_FEATURES, "features", why)
-            await _ack(edge, stream, event)
+            await _ack(app, stream, event)
             continue
         if step.skipped is None:
             metrics.events_processed.inc()
@@ -512,10 +505,10 @@ async def _fold_account(edge: Edge, stream: Any, account_id: str, pending: list[
         elif step.skipped == "duplicate":
             redelivered = True
         if step.snapshot is None:
-            await _ack(edge, stream, event)
+            await _ack(app, stream, event)
             continue
         snapshot = step.snapshot
-        acks.append((_acker(edge, stream, event), SourceRecord.of_faust(message) if edge.letters is not None else None))
+        acks.append((_acker(app, stream, event), SourceRecord.of_faust(message) if edge.letters is not None else None))
         last = message
     if changed and current is not None:
         value = state_dict(current)

@@ -72,7 +72,7 @@ def test_an_event_faust_skips_is_not_acknowledged_but_the_agents_own_are() -> No
     consumer = faust_offsets()
     refused: list[int] = []
     guard_acks(consumer, lambda m: refused.append(m.offset))
-    app = edge_of(SimpleNamespace(consumer=consumer, consumer_generation_id=GENERATION))
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=GENERATION)
     stream = Stream(consumer)
 
     skipped = message(12)
@@ -89,25 +89,6 @@ def test_an_event_faust_skips_is_not_acknowledged_but_the_agents_own_are() -> No
 def test_the_agent_does_not_acknowledge_an_event_of_an_older_generation() -> None:
     consumer = faust_offsets()
     guard_acks(consumer)
-    app = edge_of(SimpleNamespace(consumer=consumer, consumer_generation_id=GENERATION + 1))
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=GENERATION + 1)
     asyncio.run(_ack(app, Stream(consumer), Event(message(10, generation=GENERATION))))
     assert consumer.new_offset(PARTITION) is None
-
-
-def test_the_agent_does_not_acknowledge_an_event_of_a_partition_being_handed_over() -> None:
-    # During the revocation the generation has not changed yet; an ack then would be committed after the rebalance,
-    # possibly over the next owner's newer commit.
-    consumer = faust_offsets()
-    guard_acks(consumer)
-    edge = edge_of(SimpleNamespace(consumer=consumer, consumer_generation_id=GENERATION))
-    edge.handing_over = frozenset({PARTITION.partition})
-    asyncio.run(_ack(edge, Stream(consumer), Event(message(10))))
-    assert consumer.new_offset(PARTITION) is None
-    edge.handing_over = frozenset({PARTITION.partition + 1})
-    asyncio.run(_ack(edge, Stream(consumer), Event(message(10))))
-    assert consumer.new_offset(PARTITION) == 11
-
-
-def edge_of(app: Any) -> Any:
-    """The part of `Edge` an ack reads."""
-    return SimpleNamespace(app=app, handing_over=frozenset())
