@@ -274,22 +274,6 @@ def _add_timers(processor: FeatureProcessor) -> None:
     async def push_due_snapshots() -> None:
         batcher.kick()
 
-    @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
-    async def push_before_handing_over(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        # A revoked partition's next owner starts from its changelog and committed offsets once every member has
-        # revoked (aiokafka's eager rebalance, which awaits this signal). A snapshot this worker pushed after that
-        # could overwrite the new owner's newer one of the same account (the online store keeps the last write), and
-        # stay there until the account's next event. So what is queued or being pushed goes out now, changelog
-        # included, before the partitions change hands; rows of the partitions this worker keeps go a little early.
-        if not revoked or not (batcher.pending_rows or batcher.flushing):
-            return
-        if not await batcher.drain(processor.settings.shutdown_drain_s):
-            log.warning(
-                "%d snapshots were not pushed before a rebalance (the online store is failing); a late push of a "
-                "revoked partition's account may overwrite its new owner's newer snapshot",
-                batcher.pending_rows,
-            )
-
     @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
     async def drain_on_shutdown(sender: Any, **kwargs: Any) -> None:
         # The consumer is stopped: what is still queued is pushed now (its offsets are not committed, a

@@ -3,26 +3,19 @@ names, guarantees and the web server come from StreamProcessorSettings, never fr
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import pytest
 import typer
-from faust.types import TP
 from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from stream_processors.accounts.pushing import MemorySink, Row
+from stream_processors.accounts.pushing import MemorySink
 from stream_processors.app import changelog_topic_name, create_app
 from stream_processors.metrics import FeatureMetrics
 from stream_processors.settings import StreamProcessorSettings
 from streamscore.faust_apps import broker_urls
 from streamscore.settings import KafkaSettings, TopicSettings
 from streamscore_cli.stream import stream
-from tests.unit.stream_processors.test_pushing import snap
 
 
 def settings(**overrides: object) -> StreamProcessorSettings:
@@ -104,40 +97,3 @@ def test_fausts_own_sensors_are_served_beside_ours_and_several_apps_share_one_re
     text = generate_latest(metrics.registry).decode()
     assert "streamscore_features_faust_consumer_commit_latency_bucket" in text
     assert "streamscore_features_events_processed_total" in text, "the service's own metrics, same registry"
-
-
-@dataclass
-class SlowSink(MemorySink):
-    """A sink whose writes take a while (a push still in flight when the partitions are revoked)."""
-
-    delay_s: float = 0.3
-
-    def push(self, rows: Sequence[Row]) -> None:
-        time.sleep(self.delay_s)
-        super().push(rows)
-
-
-def test_queued_and_in_flight_snapshots_are_pushed_before_revoked_partitions_change_hands() -> None:
-    sink = SlowSink()
-    processor = create_app(settings(push_max_delay_ms=60_000), sink=sink, metrics=FeatureMetrics(CollectorRegistry()))
-    batcher = processor.batcher
-    batcher.before_push = None  # no changelog producer in a unit test
-
-    async def rebalance() -> None:
-        batcher.add("a1", snap(1))
-        await batcher.flush()  # …pushed long ago
-        batcher.add("a2", snap(2))
-        in_flight = asyncio.create_task(batcher.flush())
-        await asyncio.sleep(0.05)
-        assert batcher.flushing or not in_flight.done()
-        batcher.add("a3", snap(3))  # queued behind the push in flight, not due for a minute
-        await processor.app.on_partitions_revoked.send({TP("t.unit.transactions", 1)})
-        # Once the handler returns, nothing of this worker's is left to reach the online store after the new owner.
-        assert set(sink.rows) == {"a1", "a2", "a3"}
-        assert batcher.pending_rows == 0
-        assert in_flight.done()
-        before = list(sink.batches)
-        await processor.app.on_partitions_revoked.send(set())  # nothing revoked, nothing to do
-        assert sink.batches == before
-
-    asyncio.run(rebalance())
