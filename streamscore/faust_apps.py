@@ -56,7 +56,8 @@ def use_event_loop(name: str, variable: str = "event loop") -> asyncio.AbstractE
 
     uvloop by default: every record a Faust worker consumes passes through several asyncio hand-offs (fetcher →
     conductor → stream queue → agent, acks, the changelog producer's futures); uvloop makes them cheaper (~8 % less
-    CPU per event in the feature processor's drain, docs/benchmarks.md). `asyncio` is the standard library's loop, for a platform without uvloop's wheels."""
+    CPU per event in the feature processor's drain, docs/benchmarks.md). `asyncio` is the standard library's loop,
+    for a platform without uvloop's wheels."""
     if name not in EVENT_LOOPS:
         raise ConfigError(variable, f"unknown event loop {name!r}", f"use one of {', '.join(EVENT_LOOPS)}")
     if name == "uvloop":
