@@ -74,7 +74,7 @@ class AccountSample:
         if account in self.accounts or account_level(account) < self.level:
             return None, {}
         entry = self.accounts[account] = FirstSeen(variant, t)
-        return entry, self._fit()
+        return entry, self.fit()
 
     def restore(self, account: str, entry: FirstSeen) -> bool:
         """A recovered account; False (and not kept) when it is below the recovered level: a crash came between
@@ -85,10 +85,8 @@ class AccountSample:
         return True
 
     def fit(self) -> dict[str, FirstSeen]:
-        """Raise the level until the sample fits its capacity (after a recovery with a smaller capacity)."""
-        return self._fit()
-
-    def _fit(self) -> dict[str, FirstSeen]:
+        """Raise the level until the sample fits its capacity; the accounts that left (also after a recovery with a
+        smaller capacity)."""
         left: dict[str, FirstSeen] = {}
         while len(self.accounts) > self.capacity and self.level < MAX_LEVEL:
             self.level += 1
