@@ -42,6 +42,7 @@ from stream_processors.accounts.agents import TABLE_NAME, Edge, SeedStates, inst
 from stream_processors.accounts.pushing import FeastSink, FeatureSink, PushPolicy, SnapshotBatcher
 from stream_processors.accounts.restore import REALTIME_VIEW, Restorer
 from stream_processors.accounts.scored import ScoredWatermark
+from stream_processors.accounts.starts import KafkaPositions, StartGuard
 from stream_processors.metrics import FeatureMetrics, default_metrics
 from stream_processors.settings import StreamProcessorSettings
 from streamscore.deadletters import DeadLetterWriter, faust_sender
@@ -50,7 +51,7 @@ from streamscore.failures import env_name
 from streamscore.faust_apps import faust_app as shared_faust_app
 from streamscore.faust_apps import install_faust_sensors, install_health, running_loop_name, use_event_loop
 from streamscore.health import Check, HealthPolicy
-from streamscore.kafka import admin_client, missing_topic
+from streamscore.kafka import admin_client, consumer_config, missing_topic
 from streamscore.logs import worker_logging_config
 from streamscore.ports import ensure_free
 
@@ -204,8 +205,25 @@ def create_app(
     # Batches write table rows with an explicit changelog partition into the memory store; a persistent store files
     # a row under the partition of the event being processed, so it folds event by event.
     batch_size = settings.stream_batch_size if settings.store == "memory://" else 1
+    transactions = settings.topics.registry().transactions.name
+    # Faust's at-least-once consumer reads uncommitted data (aiokafka's default): so does the check of a gap.
+    positions = KafkaPositions(
+        admin_client(settings.kafka, quiet=True),
+        consumer_config(settings.kafka, "unused", "features-starts", read_committed=False),
+        settings.faust_id,
+        transactions,
+    )
     edge = Edge(
-        app, table, batcher, metrics, letters, processor.give_up, window=window, seed=seed, batch_size=batch_size
+        app,
+        table,
+        batcher,
+        metrics,
+        letters,
+        processor.give_up,
+        window=window,
+        seed=seed,
+        batch_size=batch_size,
+        starts=StartGuard(positions, processor.give_up),
     )
     batcher.before_push = edge.send_changelog
     install(app, topic, edge, max_wait_s=settings.stream_batch_ms / 1000.0)

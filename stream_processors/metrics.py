@@ -68,6 +68,13 @@ class FeatureMetrics:
             " past them would lose them (accounts/agents.py, guard_acks)",
             registry=registry,
         )
+        self.events_refused = Counter(
+            f"{prefix}_events_refused",
+            "Events neither folded nor acknowledged because they cannot be this worker's now: of a partition it is not"
+            " assigned, or of a batch fetched before a rebalance (then the worker restarts and reads them again from"
+            " the committed offset; accounts/starts.py)",
+            registry=registry,
+        )
         self.state_resets = Counter(
             f"{prefix}_state_resets",
             "Accounts whose stored state could not be written to the online store and was started again",

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stream_processors.accounts.pushing import GiveUp, SnapshotBatcher
+from stream_processors.accounts.starts import StartGuard
 from stream_processors.metrics import FeatureMetrics
 from streamscore.contracts import (
     DEFAULT_WINDOW,
@@ -223,6 +224,8 @@ class Edge:
     live: LiveStates = field(default_factory=lambda: LiveStates())
     dirty: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Accounts whose table row changed since its changelog record was sent: (partition, consumer generation)."""
+    starts: StartGuard | None = None
+    """Checks where each partition starts in each consumer generation (accounts/starts.py); None: not checked."""
 
     def send_changelog(self, accounts: Sequence[str]) -> list[Any]:
         """Send the changelog records of `accounts`' changed rows and return the sends (the batcher calls this just
@@ -402,6 +405,8 @@ async def on_events(edge: Edge, stream: Any, events: Sequence[Any]) -> None:
     once with every event's ack. Accounts live on one partition each, so the per-account order is the partition's."""
     app, metrics = edge.app, edge.metrics
     generation = app.consumer_generation_id
+    if edge.starts is not None:
+        events = await _admitted(edge, generation, events)
     by_account: dict[str, list[_Pending]] = {}
     for event in events:
         if event.message.generation_id != generation:
@@ -437,6 +442,27 @@ async def on_events(edge: Edge, stream: Any, events: Sequence[Any]) -> None:
         batcher.kick()
     else:
         await batcher.wait_for_room()
+
+
+async def _admitted(edge: Edge, generation: int, events: Sequence[Any]) -> Sequence[Any]:
+    """`events` less those of partitions the start guard refuses (not assigned here, or a stale fetch): they are
+    neither folded nor acknowledged."""
+    guard = edge.starts
+    assert guard is not None
+    firsts: dict[int, int] = {}
+    for event in events:
+        message = event.message
+        if message.generation_id == generation:
+            firsts.setdefault(message.partition, message.offset)
+    if not firsts or guard.settled(generation, firsts):
+        return events
+    topic = events[0].message.topic
+    assigned = {tp.partition for tp in edge.app.consumer.assignment() if tp.topic == topic}
+    admitted = await guard.admit(generation, assigned, firsts)
+    kept = [e for e in events if e.message.generation_id != generation or e.message.partition in admitted]
+    if len(kept) != len(events):
+        edge.metrics.events_refused.inc(len(events) - len(kept))
+    return kept
 
 
 async def _ack(app: Any, stream: Any, event: Any) -> None:

@@ -212,12 +212,18 @@ def test_the_feature_processor_survives_a_broker_kill_or_pause(
 
     now = datetime.now(UTC).replace(microsecond=0)
     events: list[Transaction] = []
+    from tests.integration.test_scale_out import Timeline  # here: test_scale_out imports this module
+
+    sent_at: list[float] = []
+    """When each event was sent, on `timeline` (a failure's post-mortem)."""
+    timeline = Timeline(topics.transactions.name)
 
     with EventProducer(kafka, topics, client_id="test-restarts", linger_ms=5) as producer:
 
         def send(i: int) -> None:
             event = transaction(f"rs-{i}", f"acc-rs-{i % 60}", now - timedelta(seconds=3600 - i * 0.5), 10.0 + i % 7)
             events.append(event)
+            sent_at.append(timeline.now())
             producer.send_transaction(event)
             producer.poll(0)
 
@@ -236,9 +242,15 @@ def test_the_feature_processor_survives_a_broker_kill_or_pause(
             producer.flush(120)
             expected = expected_online(events)
             accounts = sorted(expected)
-            supervised.wait(
-                lambda: online(store, accounts) == expected, RECOVER_TIMEOUT_S, f"the features of every event ({what})"
-            )
+            try:
+                supervised.wait(
+                    lambda: online(store, accounts) == expected,
+                    RECOVER_TIMEOUT_S,
+                    f"the features of every event ({what})",
+                )
+            except pytest.fail.Exception:
+                print(features_postmortem(kafka, topics, env, store, accounts, expected, events, sent_at, timeline))
+                raise
 
             def caught_up() -> bool:
                 lag = supervised.current.metrics("streamscore_features_consumer_group_lag_offsets")
@@ -247,6 +259,30 @@ def test_the_feature_processor_survives_a_broker_kill_or_pause(
             supervised.wait(caught_up, 60.0, "the group's lag gauge at 0")
             supervised.wait(lambda: answer(supervised.current, "/readyz")[0] == 200, 60.0, "ready at the end")
     print(f"feature processor, broker {fault}: {what}; {len(events)} events, {len(accounts)} accounts as replayed")
+
+
+def features_postmortem(
+    kafka: Any,
+    topics: TopicRegistry,
+    env: dict[str, str],
+    store: Any,
+    accounts: list[str],
+    expected: dict[str, Any],
+    events: list[Transaction],
+    sent_at: list[float],
+    timeline: Any,
+) -> str:
+    """What a failed wait for the features leaves to explain: the accounts that differ, each with the story of its
+    value, its events and the changelog's records (test_scale_out's dump)."""
+    from tests.integration.test_scale_out import features_dump  # here: test_scale_out imports this module
+
+    got = online(store, accounts)
+    wrong = [a for a in accounts if got[a] != expected[a]]
+    changelog = f"{env['TOPICS_PREFIX']}{env['FEATURES_APP_ID']}-account-state-changelog"
+    name = topics.transactions.name
+    return f"{len(wrong)} accounts differ\n" + features_dump(
+        kafka, name, changelog, wrong[:5], got, expected, events, sent_at, timeline
+    )
 
 
 # --- the monitor ----------------------------------------------------------------------------------------------------

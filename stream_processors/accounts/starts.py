@@ -1,0 +1,169 @@
+"""Where a partition's events must start after a rebalance, and refusing a batch fetched before it.
+
+After every rebalance Faust seeks each assigned partition to the group's committed offset, so the first event of a
+partition the agent gets under the new consumer generation should be the event at that offset. One case breaks this:
+Faust stamps a fetched batch with the generation current when the fetch *returns*, not when it was sent. A fetch in
+flight across the rebalance (typical right after the broker comes back: the consumer fetches and is told it left the
+group in the same instant) returns records from the old position stamped with the new generation. Faust then reads
+on from the old position: its consumer's read offset jumps past the committed one, it counts the skipped offsets as a
+gap that is safe to commit, and drops the records it reads again below its read offset. The events between the
+committed offset and the old position are never folded, and the first acknowledgement of the partition commits past
+them (seen in the broker-kill test: offsets 43–66 of one partition lost, the commit went from 41 to 68).
+
+So the first event of every partition in a generation is checked against the committed offset (`StartGuard`): at
+it, or past it only when no record lies in between (transaction markers take offsets but hold no records), it starts
+the partition. An event of a partition this worker is not assigned is dropped. Otherwise the batch is stale: none of
+the partition's events are folded or acknowledged in this generation (so Faust commits nothing of it, its gap
+included), and the worker exits non-zero for a restart, which reads the partition again from the committed offset —
+the only way back that does not reach into Faust's offset bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Positions(Protocol):
+    """The broker's answers the guard needs (blocking calls: the guard runs them on an executor)."""
+
+    def starts(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Per partition, the offset the group resumes from: its committed offset, else the log's first offset."""
+        ...
+
+    def record_before(self, partition: int, start: int, end: int) -> bool:
+        """Whether the partition holds a record at an offset in [start, end)."""
+        ...
+
+
+class KafkaPositions:
+    """`Positions` from the broker: the group's committed offsets (one admin round trip), the log start for a
+    partition without one, and a read of [start, end) with a consumer of its own (no group is joined)."""
+
+    def __init__(self, admin: AdminClient, consumer_config: Mapping[str, object], group: str, topic: str) -> None:
+        self._admin = admin
+        self._consumer_config = dict(consumer_config)
+        self.group = group
+        self.topic = topic
+        self.timeout_s = 10.0
+
+    def starts(self, partitions: Sequence[int]) -> dict[int, int]:
+        request = [ConsumerGroupTopicPartitions(self.group, [TopicPartition(self.topic, p) for p in partitions])]
+        result = self._admin.list_consumer_group_offsets(request, request_timeout=self.timeout_s)[self.group].result(
+            timeout=self.timeout_s
+        )
+        starts = {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+        missing = [p for p in partitions if p not in starts]
+        if missing:
+            with self._consumer() as consumer:
+                for p in missing:
+                    low, _ = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
+                    starts[p] = low
+        return starts
+
+    def record_before(self, partition: int, start: int, end: int) -> bool:
+        with self._consumer() as consumer:
+            consumer.assign([TopicPartition(self.topic, partition, start)])
+            deadline = time.monotonic() + self.timeout_s
+            while time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is None:
+                    continue
+                if message.error() is not None:
+                    raise KafkaException(message.error())
+                offset = message.offset()
+                return offset is not None and offset < end
+        raise TimeoutError(f"no record of {self.topic}:{partition} from offset {start} within {self.timeout_s:.0f} s")
+
+    def _consumer(self) -> _Closing:
+        return _Closing(Consumer({**self._consumer_config, "group.id": f"streamscore-starts-{uuid.uuid4().hex}"}))
+
+
+class _Closing:
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+
+    def __enter__(self) -> Consumer:
+        return self.consumer
+
+    def __exit__(self, *exc: object) -> None:
+        self.consumer.close()
+
+
+@dataclass
+class StartGuard:
+    """Checks the first event of each partition in each consumer generation (see the module docstring)."""
+
+    positions: Positions
+    on_stale: Callable[[str], None]
+    """Stops the worker for a restart (`FeatureProcessor.give_up`)."""
+    retry_s: float = 1.0
+    patience_s: float = 60.0
+    """How long the broker may fail to answer before the worker gives up (its events stay unacknowledged)."""
+    generation: int | None = field(default=None, init=False)
+    started: set[int] = field(default_factory=set, init=False)
+    stale: set[int] = field(default_factory=set, init=False)
+    foreign: set[int] = field(default_factory=set, init=False)
+
+    def settled(self, generation: int, partitions: Collection[int]) -> bool:
+        """Whether every one of `partitions` is started in `generation` (the agent's fast path)."""
+        return generation == self.generation and self.started.issuperset(partitions)
+
+    async def admit(self, generation: int, assigned: Collection[int], firsts: Mapping[int, int]) -> set[int]:
+        """The partitions of a batch whose events may be folded, given the offset of each partition's first event in
+        the batch and the partitions this worker is assigned now."""
+        if generation != self.generation:
+            self.generation, self.started, self.stale, self.foreign = generation, set(), set(), set()
+        new = sorted(p for p in firsts if p not in self.started and p not in self.stale and p not in self.foreign)
+        foreign = [p for p in new if p not in assigned]
+        if foreign:
+            self.foreign.update(foreign)
+            log.warning("dropping the events of partitions %s: not assigned here (generation %s)", foreign, generation)
+        new = [p for p in new if p in assigned]
+        if new:
+            starts = await self._ask(self.positions.starts, new)
+            for p in new:
+                if starts is None:
+                    break  # gave up: the worker is stopping
+                first, start = firsts[p], starts[p]
+                between = first > start and await self._ask(self.positions.record_before, p, start, first)
+                if between is None:
+                    continue  # gave up: the worker is stopping
+                if not between:
+                    self.started.add(p)
+                else:
+                    self.stale.add(p)
+                    reason = (
+                        f"partition {p}: the first event of generation {generation} is at offset {first}, the group "
+                        f"resumes from {start}: a batch fetched before the rebalance (its events would be skipped)"
+                    )
+                    log.error("%s; refusing the partition's events and restarting", reason)
+                    self.on_stale(reason)
+        return {p for p in firsts if p in self.started}
+
+    async def _ask(self, function: Callable[..., T], *args: object) -> T | None:
+        """`function(*args)` on an executor, retried while the broker does not answer; None once the patience is
+        spent (the worker is told to stop, and the partitions stay unstarted: their events are not acknowledged)."""
+        deadline = time.monotonic() + self.patience_s
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return await loop.run_in_executor(None, function, *args)
+            except (KafkaException, TimeoutError) as exc:
+                if time.monotonic() >= deadline:
+                    self.on_stale(f"where the partitions start could not be read for {self.patience_s:.0f} s: {exc}")
+                    return None
+                log.warning("reading where the partitions start failed (%s); retrying", exc)
+                await asyncio.sleep(self.retry_s)

@@ -1,0 +1,117 @@
+"""The start guard: the first event of each partition in a consumer generation must be where the group resumes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from confluent_kafka import KafkaException
+from faust.types.tuples import TP
+from prometheus_client import CollectorRegistry
+
+from stream_processors.accounts.agents import _admitted
+from stream_processors.accounts.starts import StartGuard
+from stream_processors.metrics import FeatureMetrics
+
+TOPIC = "transactions"
+
+
+@dataclass
+class Broker:
+    """`Positions` over a fixed log: committed offsets, and the offsets that hold records."""
+
+    committed: dict[int, int]
+    records: dict[int, set[int]] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    failures: int = 0
+
+    def starts(self, partitions: Sequence[int]) -> dict[int, int]:
+        self.calls.append(f"starts {list(partitions)}")
+        if self.failures:
+            self.failures -= 1
+            raise KafkaException("broker away")
+        return {p: self.committed[p] for p in partitions}
+
+    def record_before(self, partition: int, start: int, end: int) -> bool:
+        self.calls.append(f"read {partition} [{start}, {end})")
+        return any(start <= o < end for o in self.records.get(partition, set()))
+
+
+def guard(broker: Broker, stopped: list[str]) -> StartGuard:
+    return StartGuard(broker, stopped.append, retry_s=0.0, patience_s=0.05)
+
+
+def test_a_partition_starting_at_its_committed_offset_is_admitted_once_per_generation() -> None:
+    broker, stopped = Broker({0: 10, 1: 20}), list[str]()
+    g = guard(broker, stopped)
+    assert asyncio.run(g.admit(3, {0, 1}, {0: 10, 1: 20})) == {0, 1}
+    assert g.settled(3, {0, 1}) and not g.settled(4, {0, 1})
+    assert broker.calls == ["starts [0, 1]"]
+    assert asyncio.run(g.admit(4, {0}, {0: 12})) == {0}  # a new generation checks again: 12 is past 10, but
+    assert broker.calls[1:] == ["starts [0]", "read 0 [10, 12)"]  # no record lies between (markers)
+    assert stopped == []
+
+
+def test_a_batch_fetched_before_the_rebalance_is_refused_and_the_worker_restarts() -> None:
+    # The broker-kill test's case: the group resumes partition 4 at 41; a fetch from the old position returns 67.
+    broker, stopped = Broker({4: 41, 5: 7}, records={4: set(range(0, 200))}), list[str]()
+    g = guard(broker, stopped)
+    assert asyncio.run(g.admit(3, {4, 5}, {4: 67, 5: 7})) == {5}
+    assert len(stopped) == 1 and "partition 4" in stopped[0] and "67" in stopped[0] and "41" in stopped[0]
+    assert asyncio.run(g.admit(3, {4, 5}, {4: 41, 5: 9})) == {5}  # the partition stays refused in this generation
+    assert len(stopped) == 1
+    assert asyncio.run(g.admit(4, {4}, {4: 41})) == {4}  # the next generation starts where the group resumes
+
+
+def test_offsets_without_records_between_the_committed_one_and_the_first_event_are_markers() -> None:
+    broker, stopped = Broker({0: 10}, records={0: {13, 14}}), list[str]()
+    g = guard(broker, stopped)
+    assert asyncio.run(g.admit(1, {0}, {0: 13})) == {0}
+    assert broker.calls == ["starts [0]", "read 0 [10, 13)"]
+    assert stopped == []
+
+
+def test_an_event_before_the_committed_offset_is_admitted_as_a_duplicate() -> None:
+    broker, stopped = Broker({0: 10}, records={0: set(range(20))}), list[str]()
+    assert asyncio.run(guard(broker, stopped).admit(1, {0}, {0: 8})) == {0}
+    assert stopped == []
+
+
+def test_events_of_a_partition_not_assigned_here_are_dropped_without_asking_the_broker() -> None:
+    broker, stopped = Broker({0: 10}), list[str]()
+    g = guard(broker, stopped)
+    assert asyncio.run(g.admit(1, {0}, {0: 10, 3: 99})) == {0}
+    assert asyncio.run(g.admit(1, {0}, {3: 100})) == set()
+    assert broker.calls == ["starts [0]"] and stopped == []
+
+
+def test_a_broker_that_does_not_answer_within_the_patience_stops_the_worker_and_admits_nothing() -> None:
+    broker, stopped = Broker({0: 10}, failures=10_000), list[str]()
+    g = guard(broker, stopped)
+    assert asyncio.run(g.admit(1, {0}, {0: 10})) == set()
+    assert len(stopped) == 1 and "could not be read" in stopped[0]
+    broker.failures = 1  # one failure within the patience is retried
+    assert asyncio.run(g.admit(2, {0}, {0: 10})) == {0}
+
+
+def message(partition: int, offset: int, generation: int) -> Any:
+    return SimpleNamespace(
+        message=SimpleNamespace(topic=TOPIC, partition=partition, offset=offset, generation_id=generation)
+    )
+
+
+def test_the_agent_folds_only_the_admitted_partitions_events_and_counts_the_rest() -> None:
+    broker, stopped = Broker({4: 41, 5: 7}, records={4: set(range(200))}), list[str]()
+    metrics = FeatureMetrics(CollectorRegistry())
+    consumer = SimpleNamespace(assignment=lambda: {TP(TOPIC, 4), TP(TOPIC, 5), TP("other", 1)})
+    edge: Any = SimpleNamespace(starts=guard(broker, stopped), app=SimpleNamespace(consumer=consumer), metrics=metrics)
+    old = message(4, 40, 2)  # an older generation's: on_events drops it on its own, no need to count it here
+    events = [old, message(4, 67, 3), message(5, 7, 3), message(4, 68, 3), message(5, 8, 3)]
+    kept = asyncio.run(_admitted(edge, 3, events))
+    assert [(e.message.partition, e.message.offset) for e in kept] == [(4, 40), (5, 7), (5, 8)]
+    assert metrics.registry.get_sample_value("streamscore_features_events_refused_total") == 2
+    assert asyncio.run(_admitted(edge, 3, [message(5, 9, 3)])) == [message(5, 9, 3)]
+    assert broker.calls.count("starts [4, 5]") == 1  # settled partitions cost nothing
