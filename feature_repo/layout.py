@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
+from streamscore.features import IDLE_S
+
 FieldKind = Literal["int", "float", "string", "strings"]
 
 REALTIME_VIEW = "account_realtime"
@@ -19,8 +21,9 @@ SERVICES: dict[str, tuple[str, ...]] = {
 }
 """The views of each feature service, one service per model configuration."""
 
-REALTIME_TTL = timedelta(days=2)
-"""A real-time row older than this no longer joins: the account counts as having no recent history."""
+REALTIME_TTL = timedelta(seconds=IDLE_S)
+"""A real-time row older than this no longer joins: the account counts as having no recent history (and its state
+starts afresh at its next transaction: `streamscore.features.IDLE_S`)."""
 BATCH_TTL = timedelta(days=2)
 """Daily batch rows: yesterday's snapshot always joins, a missed day is tolerated, older rows do not."""
 VIEW_TTLS: dict[str, timedelta] = {REALTIME_VIEW: REALTIME_TTL, PROFILE_VIEW: BATCH_TTL, MERCHANT_VIEW: BATCH_TTL}

@@ -39,6 +39,7 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_processors.accounts.agents import TABLE_NAME, Edge, SeedStates, install
+from stream_processors.accounts.evict import Sweeper
 from stream_processors.accounts.pushing import FeastSink, FeatureSink, PushPolicy, SnapshotBatcher
 from stream_processors.accounts.restore import REALTIME_VIEW, Restorer
 from stream_processors.accounts.scored import ScoredWatermark
@@ -82,6 +83,8 @@ class FeatureProcessor:
     """Set when the worker gave up on infrastructure; `run_worker` exits with it."""
     letters: DeadLetterWriter | None = field(default=None, repr=False)
     restorer: Restorer | None = field(default=None, repr=False)
+    sweeper: Sweeper | None = field(default=None, repr=False)
+    """Drops the rows of accounts that can only start afresh (accounts/evict.py)."""
     """Restores an emptied online store (Redis only); `restorer.restoring` says whether it is at it."""
 
     def give_up(self, reason: str) -> None:
@@ -226,6 +229,20 @@ def create_app(
         starts=StartGuard(positions, processor.give_up),
     )
     batcher.before_push = edge.send_changelog
+
+    def forget(account: str) -> None:
+        edge.live.drop(account)
+        edge.dirty.pop(account, None)
+
+    processor.sweeper = Sweeper(
+        table,
+        partitions,
+        lambda: _assigned(app, transactions),
+        edge.received,
+        window.max_behind_s,
+        forget=forget,
+        on_evicted=metrics.rows_evicted.inc,
+    )
     install(app, topic, edge, max_wait_s=settings.stream_batch_ms / 1000.0)
     _add_timers(processor)
     _add_restorer(processor, sink, topic.get_topic_name(), partitions)
@@ -241,6 +258,11 @@ def create_app(
         settings.metrics_port,
     )
     return processor
+
+
+def _assigned(app: Any, topic: str) -> set[int]:
+    """The partitions of `topic` assigned to this worker now."""
+    return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
 
 
 def _add_restorer(processor: FeatureProcessor, sink: FeatureSink, topic: str, partitions: int) -> None:
@@ -261,15 +283,12 @@ def _add_restorer(processor: FeatureProcessor, sink: FeatureSink, topic: str, pa
         first, last = batch_range(settings.feast.data_dir)
         materialize(store, first, last, views=views)
 
-    def assigned() -> set[int]:
-        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
-
     restorer = Restorer(
         marks,
         processor.batcher,
         processor.metrics,
         partitions,
-        assigned,
+        lambda: _assigned(app, topic),
         lambda: processor.table.data,
         materialize=load if settings.restore_views else None,
         views=(PROFILE_VIEW, MERCHANT_VIEW, REALTIME_VIEW),
@@ -291,6 +310,16 @@ def _add_timers(processor: FeatureProcessor) -> None:
     @app.timer(interval=interval, name="push-due-snapshots")  # type: ignore[untyped-decorator]
     async def push_due_snapshots() -> None:
         batcher.kick()
+
+    sweeper = processor.sweeper
+    if sweeper is not None:
+
+        @app.timer(interval=processor.settings.evict_interval_s, name="evict-idle-accounts")  # type: ignore[untyped-decorator]
+        async def evict_idle_accounts() -> None:
+            # Only a recovered table, whose partitions are settled.
+            if app.tables.recovery.completed.is_set() and not app.rebalancing and not app.should_stop:
+                await sweeper.sweep()
+                processor.metrics.table_rows.set(len(sweeper.table.data))
 
     @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
     async def drain_on_shutdown(sender: Any, **kwargs: Any) -> None:

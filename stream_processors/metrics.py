@@ -75,6 +75,17 @@ class FeatureMetrics:
             " the committed offset; accounts/starts.py)",
             registry=registry,
         )
+        self.rows_evicted = Counter(
+            f"{prefix}_rows_evicted",
+            "Account rows dropped from the table because no event the window still accepts can fold into them (idle"
+            " two days past the window's lateness; accounts/evict.py)",
+            registry=registry,
+        )
+        self.table_rows = Gauge(
+            f"{prefix}_table_rows",
+            "Account rows in this worker's table (after the last sweep)",
+            registry=registry,
+        )
         self.state_resets = Counter(
             f"{prefix}_state_resets",
             "Accounts whose stored state could not be written to the online store and was started again",

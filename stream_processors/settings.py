@@ -69,6 +69,10 @@ class StreamProcessorSettings(BaseSettings):
     """Also re-materialize the batch views (account_profile, merchant_risk) and the history's real-time log from the
     offline files in FEAST_DATA_DIR when their marks are gone (one worker at a time). Off where the worker cannot
     read those files: then run `streamscore features materialize --realtime` after a Redis restart."""
+    evict_interval_s: float = Field(default=600.0, gt=0)
+    """How often the worker drops the table rows of accounts idle past two days plus the event-time window's lateness
+    (their next event starts afresh anyway: stream_processors/accounts/evict.py). Its memory then holds the accounts
+    active in the last nine days (by default), not every account since the start."""
     shutdown_drain_s: float = Field(default=10.0, ge=0)
     """At shutdown, how long to keep trying to push the queued snapshots."""
     metrics_port: int = Field(default=6066, ge=1, le=65535)

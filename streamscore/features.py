@@ -35,6 +35,12 @@ KNOWN_LIMIT = 16
 """Devices / countries remembered per account (most recent first); older ones are forgotten."""
 SEEN_LIMIT = 256
 """Event ids remembered per account for idempotency (beyond the 24 h window's own ids)."""
+IDLE_S = 2 * 86400.0
+"""An account idle this long starts afresh at its next transaction: its windows are empty by then (24 h), and its
+remembered devices, countries and event ids are forgotten — what the online store shows by then too (the
+`account_realtime` view's TTL is this, feature_repo/layout.py). It is what bounds the stream processor's table: a row
+idle longer than this plus the event-time window's lateness can never be folded into again, only restarted, so it is
+dropped (stream_processors/accounts/evict.py) and offline and online stay one computation."""
 NO_HISTORY_S = 30 * 86400.0
 """`seconds_since_last` of an account with no previous transaction (documented default)."""
 FUTURE_GUARD_S = 86400.0
@@ -153,7 +159,8 @@ class FutureEventError(ValueError):
 def apply_transaction(state: AccountState, tx: TransactionFacts, *, latest_s: float | None = None) -> bool:
     """Fold one transaction into the account's state. Returns False (and changes nothing) when the event
     was already applied (a redelivery) or is older than the 24 h window of the latest event (too late to
-    matter): at-least-once delivery then yields exactly-once state.
+    matter): at-least-once delivery then yields exactly-once state. An event `IDLE_S` or more after the latest one
+    folds into a fresh state.
 
     Raises FutureEventError (and changes nothing) for an event after `latest_s` (default: the wall clock plus
     FUTURE_GUARD_S; history and live events are never past the wall clock, so their features do not change). A state
@@ -167,6 +174,10 @@ def apply_transaction(state: AccountState, tx: TransactionFacts, *, latest_s: fl
         return False
     if state.last_event_ts is not None and tx.event_ts <= state.last_event_ts - WINDOWS_S["24h"]:
         return False
+    if state.last_event_ts is not None and tx.event_ts - state.last_event_ts >= IDLE_S:
+        # Idle past IDLE_S: start afresh (what an evicted row does).
+        state.events, state.devices, state.countries, state.seen = deque(), [], [], deque()
+        state.last_event_ts = None
     entry = (tx.event_ts, tx.amount, tx.merchant_id, tx.event_id)
     if state.events and tx.event_ts < state.events[-1][0]:
         # Slightly out of order (another producer's clock): keep the deque sorted by time.

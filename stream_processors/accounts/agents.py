@@ -224,6 +224,8 @@ class Edge:
     live: LiveStates = field(default_factory=lambda: LiveStates())
     dirty: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Accounts whose table row changed since its changelog record was sent: (partition, consumer generation)."""
+    received: dict[int, float] = field(default_factory=dict)
+    """Per partition, the newest receiving time of a record taken (the sweep's clock, accounts/evict.py)."""
     starts: StartGuard | None = None
     """Checks where each partition starts in each consumer generation (accounts/starts.py); None: not checked."""
 
@@ -419,6 +421,9 @@ async def on_events(edge: Edge, stream: Any, events: Sequence[Any]) -> None:
             # Faust's timestamps are in seconds; aiokafka's timestamp type 1 is LogAppendTime (Kafka's protocol).
             stamp = message.timestamp * 1000.0 if message.timestamp else None
             received = receiving_clock(stamp, message.timestamp_type == LOG_APPEND_TIME)
+            clock = time.time() if received is None else received  # what the window judges the event by
+            if clock > edge.received.get(message.partition, 0.0):
+                edge.received[message.partition] = clock
             tx = decode(message.key, message.value, message.headers, edge.window, received)
         except EventError as exc:
             # The contract rejects it: the scorer dead-letters it to transactions.dlq (same bytes, same reason);
