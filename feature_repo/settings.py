@@ -41,6 +41,11 @@ class FeastSettings(BaseSettings):
     registry_cache_ttl_s: int = Field(default=60, ge=0)
     """How long a process trusts its cached copy of the registry before re-reading the file (0 = never
     re-read)."""
+    redis_key_ttl_s: int = Field(default=9 * 86400, ge=0)
+    """A Redis online-store key not written for this long expires (Feast's `key_ttl_seconds`: every write, pushed or
+    materialized, sets it again). The default, two days idle (no row that old joins: the views' TTLs) plus the
+    event-time window's seven days of lateness, is when the stream processor drops the account's state too, so the
+    store holds the accounts of the last nine days, not every account seen. 0: keys never expire."""
     redis: RedisSettings = Field(default_factory=RedisSettings)
 
     @field_validator("project")

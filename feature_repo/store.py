@@ -103,6 +103,8 @@ def repo_config(settings: FeastSettings) -> RepoConfig:
     if settings.online_store == "redis":
         # skip_dedup: last write wins (see the module docstring: out-of-order events keep last_event_ts).
         online = {"type": "redis", "connection_string": settings.redis.connection_string(), "skip_dedup": True}
+        if settings.redis_key_ttl_s:
+            online["key_ttl_seconds"] = settings.redis_key_ttl_s
     else:
         online = {"type": "sqlite", "path": str(settings.sqlite_path.resolve())}
     return RepoConfig(

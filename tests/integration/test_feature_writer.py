@@ -88,6 +88,11 @@ def test_the_writer_stores_the_bytes_feast_stores_and_feast_reads_them_back_iden
         want = stored(client, by_feast.config.project, account)
         assert len(want) == len(REALTIME_FIELDS) + 1
         assert stored(client, by_writer.config.project, account) == want, account
+    # Both set the key's expiry (FEAST_REDIS_KEY_TTL_S, nine days by default): an idle account's row leaves Redis.
+    ttl = FeastSettings().redis_key_ttl_s
+    for store in (by_feast, by_writer):
+        left = client.ttl(redis_key(store.config.project, "account_id", rows[0][0]))
+        assert ttl - 60 <= left <= ttl
 
     # Feast's public read, the reference the scorer's reader is proven against: the same response for both.
     refs = [f"{REALTIME_VIEW}:{name}" for name, _ in REALTIME_FIELDS]
