@@ -43,7 +43,6 @@ from stream_processors.accounts.evict import Sweeper
 from stream_processors.accounts.pushing import FeastSink, FeatureSink, PushPolicy, SnapshotBatcher
 from stream_processors.accounts.restore import REALTIME_VIEW, Restorer
 from stream_processors.accounts.scored import ScoredWatermark
-from stream_processors.accounts.starts import KafkaPositions, StartGuard
 from stream_processors.metrics import FeatureMetrics, default_metrics
 from stream_processors.settings import StreamProcessorSettings
 from streamscore.deadletters import DeadLetterWriter, faust_sender
@@ -55,6 +54,7 @@ from streamscore.health import Check, HealthPolicy
 from streamscore.kafka import admin_client, consumer_config, missing_topic
 from streamscore.logs import worker_logging_config
 from streamscore.ports import ensure_free
+from streamscore.starts import KafkaPositions, StartGuard
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,6 @@ def create_app(
         admin_client(settings.kafka, quiet=True),
         consumer_config(settings.kafka, "unused", "features-starts", read_committed=False),
         settings.faust_id,
-        transactions,
     )
     edge = Edge(
         app,

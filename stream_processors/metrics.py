@@ -72,7 +72,7 @@ class FeatureMetrics:
             f"{prefix}_events_refused",
             "Events neither folded nor acknowledged because they cannot be this worker's now: of a partition it is not"
             " assigned, or of a batch fetched before a rebalance (then the worker restarts and reads them again from"
-            " the committed offset; accounts/starts.py)",
+            " the committed offset; streamscore/starts.py)",
             registry=registry,
         )
         self.rows_evicted = Counter(

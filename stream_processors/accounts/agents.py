@@ -33,7 +33,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stream_processors.accounts.pushing import GiveUp, SnapshotBatcher
-from stream_processors.accounts.starts import StartGuard
 from stream_processors.metrics import FeatureMetrics
 from streamscore.contracts import (
     DEFAULT_WINDOW,
@@ -47,6 +46,7 @@ from streamscore.contracts import (
 from streamscore.deadletters import DeadLetterGiveUpError, DeadLetterWriter, SourceRecord
 from streamscore.errors import ConfigError, EventError
 from streamscore.features import AccountState, RealtimeSnapshot, TransactionFacts, apply_transaction
+from streamscore.starts import StartGuard
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class Edge:
     received: dict[int, float] = field(default_factory=dict)
     """Per partition, the newest receiving time of a record taken (the sweep's clock, accounts/evict.py)."""
     starts: StartGuard | None = None
-    """Checks where each partition starts in each consumer generation (accounts/starts.py); None: not checked."""
+    """Checks where each partition starts in each consumer generation (streamscore/starts.py); None: not checked."""
 
     def send_changelog(self, accounts: Sequence[str]) -> list[Any]:
         """Send the changelog records of `accounts`' changed rows and return the sends (the batcher calls this just
@@ -454,17 +454,18 @@ async def _admitted(edge: Edge, generation: int, events: Sequence[Any]) -> Seque
     neither folded nor acknowledged."""
     guard = edge.starts
     assert guard is not None
-    firsts: dict[int, int] = {}
+    firsts: dict[tuple[str, int], int] = {}
     for event in events:
         message = event.message
         if message.generation_id == generation:
-            firsts.setdefault(message.partition, message.offset)
+            firsts.setdefault((message.topic, message.partition), message.offset)
     if not firsts or guard.settled(generation, firsts):
         return events
-    topic = events[0].message.topic
-    assigned = {tp.partition for tp in edge.app.consumer.assignment() if tp.topic == topic}
+    assigned = {(tp.topic, tp.partition) for tp in edge.app.consumer.assignment()}
     admitted = await guard.admit(generation, assigned, firsts)
-    kept = [e for e in events if e.message.generation_id != generation or e.message.partition in admitted]
+    kept = [
+        e for e in events if e.message.generation_id != generation or (e.message.topic, e.message.partition) in admitted
+    ]
     if len(kept) != len(events):
         edge.metrics.events_refused.inc(len(events) - len(kept))
     return kept

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream_processors.accounts.starts import KafkaPositions
 from streamscore.kafka import admin_client, consumer_config, producer_config
 from streamscore.settings import KafkaSettings
+from streamscore.starts import KafkaPositions
 from streamscore.topics import TopicRegistry
 
 
@@ -29,11 +29,11 @@ def test_where_a_group_resumes_and_whether_records_lie_between(kafka: KafkaSetti
     committer.close()
 
     positions = KafkaPositions(
-        admin_client(kafka), consumer_config(kafka, "unused", "test-starts", read_committed=False), group, topic
+        admin_client(kafka), consumer_config(kafka, "unused", "test-starts", read_committed=False), group
     )
     # Committed offsets where there are; the start of the log where there are none (partition 1 is empty).
-    assert positions.starts([0, 1, 2]) == {0: 3, 1: 0, 2: 1}
-    assert positions.record_before(0, 3, 5)  # offsets 3 and 4 hold records
-    assert not positions.record_before(0, 3, 3)
-    assert not positions.record_before(2, 1, 2)  # offset 1 is a marker: the next record is at 2
-    assert positions.record_before(2, 0, 2)
+    assert positions.starts([(topic, 0), (topic, 1), (topic, 2)]) == {(topic, 0): 3, (topic, 1): 0, (topic, 2): 1}
+    assert positions.record_before((topic, 0), 3, 5)  # offsets 3 and 4 hold records
+    assert not positions.record_before((topic, 0), 3, 3)
+    assert not positions.record_before((topic, 2), 1, 2)  # offset 1 is a marker: the next record is at 2
+    assert positions.record_before((topic, 2), 0, 2)

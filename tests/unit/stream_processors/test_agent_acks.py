@@ -95,9 +95,9 @@ def test_the_agent_does_not_acknowledge_an_event_of_an_older_generation() -> Non
 
 
 def test_faust_commits_past_a_gap_a_stale_fetch_opened() -> None:
-    # What the start guard (accounts/starts.py) is for: the group resumes at 41 after a rebalance, but a fetch from the
-    # old position returns 67 first. Faust's drain counts 42–66 as a gap (it never reads them again: they are below its
-    # read offset), and one acknowledgement past it commits 68.
+    # What the start guard (streamscore/starts.py) is for: the group resumes at 41 after a rebalance, but a fetch from
+    # the old position returns 67 first. Faust's drain counts 42–66 as a gap (it never reads them again: they are below
+    # its read offset), and one acknowledgement past it commits 68.
     consumer = faust_offsets()
     consumer._committed_offset[PARTITION] = 41
     consumer.add_gap = MethodType(Consumer._add_gap, consumer)

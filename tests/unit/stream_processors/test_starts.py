@@ -13,31 +13,41 @@ from faust.types.tuples import TP
 from prometheus_client import CollectorRegistry
 
 from stream_processors.accounts.agents import _admitted
-from stream_processors.accounts.starts import StartGuard
 from stream_processors.metrics import FeatureMetrics
+from streamscore.starts import StartGuard
 
 TOPIC = "transactions"
 
 
 @dataclass
 class Broker:
-    """`Positions` over a fixed log: committed offsets, and the offsets that hold records."""
+    """`Positions` over a fixed log of one topic: committed offsets, and the offsets that hold records."""
 
     committed: dict[int, int]
     records: dict[int, set[int]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     failures: int = 0
 
-    def starts(self, partitions: Sequence[int]) -> dict[int, int]:
-        self.calls.append(f"starts {list(partitions)}")
+    def starts(self, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        assert all(t == TOPIC for t, _ in partitions)
+        self.calls.append(f"starts {[p for _, p in partitions]}")
         if self.failures:
             self.failures -= 1
             raise KafkaException("broker away")
-        return {p: self.committed[p] for p in partitions}
+        return {(t, p): self.committed[p] for t, p in partitions}
 
-    def record_before(self, partition: int, start: int, end: int) -> bool:
-        self.calls.append(f"read {partition} [{start}, {end})")
-        return any(start <= o < end for o in self.records.get(partition, set()))
+    def record_before(self, partition: tuple[str, int], start: int, end: int) -> bool:
+        self.calls.append(f"read {partition[1]} [{start}, {end})")
+        return any(start <= o < end for o in self.records.get(partition[1], set()))
+
+
+def tps(*partitions: int) -> set[tuple[str, int]]:
+    return {(TOPIC, p) for p in partitions}
+
+
+def at(**offsets: int) -> dict[tuple[str, int], int]:
+    """First offsets by partition: at(p4=67, p5=7)."""
+    return {(TOPIC, int(k[1:])): v for k, v in offsets.items()}
 
 
 def guard(broker: Broker, stopped: list[str]) -> StartGuard:
@@ -47,10 +57,10 @@ def guard(broker: Broker, stopped: list[str]) -> StartGuard:
 def test_a_partition_starting_at_its_committed_offset_is_admitted_once_per_generation() -> None:
     broker, stopped = Broker({0: 10, 1: 20}), list[str]()
     g = guard(broker, stopped)
-    assert asyncio.run(g.admit(3, {0, 1}, {0: 10, 1: 20})) == {0, 1}
-    assert g.settled(3, {0, 1}) and not g.settled(4, {0, 1})
+    assert asyncio.run(g.admit(3, tps(0, 1), at(p0=10, p1=20))) == tps(0, 1)
+    assert g.settled(3, tps(0, 1)) and not g.settled(4, tps(0, 1))
     assert broker.calls == ["starts [0, 1]"]
-    assert asyncio.run(g.admit(4, {0}, {0: 12})) == {0}  # a new generation checks again: 12 is past 10, but
+    assert asyncio.run(g.admit(4, tps(0), at(p0=12))) == tps(0)  # a new generation checks again: 12 is past 10, but
     assert broker.calls[1:] == ["starts [0]", "read 0 [10, 12)"]  # no record lies between (markers)
     assert stopped == []
 
@@ -59,42 +69,44 @@ def test_a_batch_fetched_before_the_rebalance_is_refused_and_the_worker_restarts
     # The broker-kill test's case: the group resumes partition 4 at 41; a fetch from the old position returns 67.
     broker, stopped = Broker({4: 41, 5: 7}, records={4: set(range(0, 200))}), list[str]()
     g = guard(broker, stopped)
-    assert asyncio.run(g.admit(3, {4, 5}, {4: 67, 5: 7})) == {5}
-    assert len(stopped) == 1 and "partition 4" in stopped[0] and "67" in stopped[0] and "41" in stopped[0]
-    assert asyncio.run(g.admit(3, {4, 5}, {4: 41, 5: 9})) == {5}  # the partition stays refused in this generation
+    assert asyncio.run(g.admit(3, tps(4, 5), at(p4=67, p5=7))) == tps(5)
+    assert len(stopped) == 1 and "partition transactions:4" in stopped[0] and "67" in stopped[0] and "41" in stopped[0]
+    assert asyncio.run(g.admit(3, tps(4, 5), at(p4=41, p5=9))) == tps(
+        5
+    )  # the partition stays refused in this generation
     assert len(stopped) == 1
-    assert asyncio.run(g.admit(4, {4}, {4: 41})) == {4}  # the next generation starts where the group resumes
+    assert asyncio.run(g.admit(4, tps(4), at(p4=41))) == tps(4)  # the next generation starts where the group resumes
 
 
 def test_offsets_without_records_between_the_committed_one_and_the_first_event_are_markers() -> None:
     broker, stopped = Broker({0: 10}, records={0: {13, 14}}), list[str]()
     g = guard(broker, stopped)
-    assert asyncio.run(g.admit(1, {0}, {0: 13})) == {0}
+    assert asyncio.run(g.admit(1, tps(0), at(p0=13))) == tps(0)
     assert broker.calls == ["starts [0]", "read 0 [10, 13)"]
     assert stopped == []
 
 
 def test_an_event_before_the_committed_offset_is_admitted_as_a_duplicate() -> None:
     broker, stopped = Broker({0: 10}, records={0: set(range(20))}), list[str]()
-    assert asyncio.run(guard(broker, stopped).admit(1, {0}, {0: 8})) == {0}
+    assert asyncio.run(guard(broker, stopped).admit(1, tps(0), at(p0=8))) == tps(0)
     assert stopped == []
 
 
 def test_events_of_a_partition_not_assigned_here_are_dropped_without_asking_the_broker() -> None:
     broker, stopped = Broker({0: 10}), list[str]()
     g = guard(broker, stopped)
-    assert asyncio.run(g.admit(1, {0}, {0: 10, 3: 99})) == {0}
-    assert asyncio.run(g.admit(1, {0}, {3: 100})) == set()
+    assert asyncio.run(g.admit(1, tps(0), at(p0=10, p3=99))) == tps(0)
+    assert asyncio.run(g.admit(1, tps(0), at(p3=100))) == set()
     assert broker.calls == ["starts [0]"] and stopped == []
 
 
 def test_a_broker_that_does_not_answer_within_the_patience_stops_the_worker_and_admits_nothing() -> None:
     broker, stopped = Broker({0: 10}, failures=10_000), list[str]()
     g = guard(broker, stopped)
-    assert asyncio.run(g.admit(1, {0}, {0: 10})) == set()
+    assert asyncio.run(g.admit(1, tps(0), at(p0=10))) == set()
     assert len(stopped) == 1 and "could not be read" in stopped[0]
     broker.failures = 1  # one failure within the patience is retried
-    assert asyncio.run(g.admit(2, {0}, {0: 10})) == {0}
+    assert asyncio.run(g.admit(2, tps(0), at(p0=10))) == tps(0)
 
 
 def message(partition: int, offset: int, generation: int) -> Any:

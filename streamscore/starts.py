@@ -1,19 +1,21 @@
-"""Where a partition's events must start after a rebalance, and refusing a batch fetched before it.
+"""Where a partition's records must start after a rebalance, and refusing a batch fetched before it (the Faust
+services: the feature processor, the monitor).
 
-After every rebalance Faust seeks each assigned partition to the group's committed offset, so the first event of a
-partition the agent gets under the new consumer generation should be the event at that offset. One case breaks this:
+After every rebalance Faust seeks each assigned partition to the group's committed offset, so the first record of a
+partition an agent gets under the new consumer generation should be the record at that offset. One case breaks this:
 Faust stamps a fetched batch with the generation current when the fetch *returns*, not when it was sent. A fetch in
 flight across the rebalance (typical right after the broker comes back: the consumer fetches and is told it left the
 group in the same instant) returns records from the old position stamped with the new generation. Faust then reads
 on from the old position: its consumer's read offset jumps past the committed one, it counts the skipped offsets as a
-gap that is safe to commit, and drops the records it reads again below its read offset. The events between the
-committed offset and the old position are never folded, and the first acknowledgement of the partition commits past
-them (seen in the broker-kill test: offsets 43–66 of one partition lost, the commit went from 41 to 68).
+gap that is safe to commit, and drops the records it reads again below its read offset. The records between the
+committed offset and the old position are never processed, and the first acknowledgement of the partition commits
+past them (seen in the feature processor's broker-kill test: offsets 43–66 of one partition lost, the commit went
+from 41 to 68).
 
-So the first event of every partition in a generation is checked against the committed offset (`StartGuard`): at
+So the first record of every partition in a generation is checked against the committed offset (`StartGuard`): at
 it, or past it only when no record lies in between (transaction markers take offsets but hold no records), it starts
-the partition. An event of a partition this worker is not assigned is dropped. Otherwise the batch is stale: none of
-the partition's events are folded or acknowledged in this generation (so Faust commits nothing of it, its gap
+the partition. A record of a partition this worker is not assigned is dropped. Otherwise the batch is stale: none of
+the partition's records are processed or acknowledged in this generation (so Faust commits nothing of it, its gap
 included), and the worker exits non-zero for a restart, which reads the partition again from the committed offset —
 the only way back that does not reach into Faust's offset bookkeeping.
 """
@@ -36,14 +38,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+Partition = tuple[str, int]
+"""(topic, partition)."""
+
+
 class Positions(Protocol):
     """The broker's answers the guard needs (blocking calls: the guard runs them on an executor)."""
 
-    def starts(self, partitions: Sequence[int]) -> dict[int, int]:
+    def starts(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
         """Per partition, the offset the group resumes from: its committed offset, else the log's first offset."""
         ...
 
-    def record_before(self, partition: int, start: int, end: int) -> bool:
+    def record_before(self, partition: Partition, start: int, end: int) -> bool:
         """Whether the partition holds a record at an offset in [start, end)."""
         ...
 
@@ -52,30 +58,30 @@ class KafkaPositions:
     """`Positions` from the broker: the group's committed offsets (one admin round trip), the log start for a
     partition without one, and a read of [start, end) with a consumer of its own (no group is joined)."""
 
-    def __init__(self, admin: AdminClient, consumer_config: Mapping[str, object], group: str, topic: str) -> None:
+    def __init__(self, admin: AdminClient, consumer_config: Mapping[str, object], group: str) -> None:
         self._admin = admin
         self._consumer_config = dict(consumer_config)
         self.group = group
-        self.topic = topic
         self.timeout_s = 10.0
 
-    def starts(self, partitions: Sequence[int]) -> dict[int, int]:
-        request = [ConsumerGroupTopicPartitions(self.group, [TopicPartition(self.topic, p) for p in partitions])]
+    def starts(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
+        request = [ConsumerGroupTopicPartitions(self.group, [TopicPartition(t, p) for t, p in partitions])]
         result = self._admin.list_consumer_group_offsets(request, request_timeout=self.timeout_s)[self.group].result(
             timeout=self.timeout_s
         )
-        starts = {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
-        missing = [p for p in partitions if p not in starts]
+        starts = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+        missing = [tp for tp in partitions if tp not in starts]
         if missing:
             with self._consumer() as consumer:
-                for p in missing:
-                    low, _ = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
-                    starts[p] = low
+                for topic, p in missing:
+                    low, _ = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=self.timeout_s)
+                    starts[(topic, p)] = low
         return starts
 
-    def record_before(self, partition: int, start: int, end: int) -> bool:
+    def record_before(self, partition: Partition, start: int, end: int) -> bool:
+        topic, number = partition
         with self._consumer() as consumer:
-            consumer.assign([TopicPartition(self.topic, partition, start)])
+            consumer.assign([TopicPartition(topic, number, start)])
             deadline = time.monotonic() + self.timeout_s
             while time.monotonic() < deadline:
                 message = consumer.poll(0.5)
@@ -85,7 +91,7 @@ class KafkaPositions:
                     raise KafkaException(message.error())
                 offset = message.offset()
                 return offset is not None and offset < end
-        raise TimeoutError(f"no record of {self.topic}:{partition} from offset {start} within {self.timeout_s:.0f} s")
+        raise TimeoutError(f"no record of {topic}:{number} from offset {start} within {self.timeout_s:.0f} s")
 
     def _consumer(self) -> _Closing:
         return _Closing(Consumer({**self._consumer_config, "group.id": f"streamscore-starts-{uuid.uuid4().hex}"}))
@@ -113,15 +119,17 @@ class StartGuard:
     patience_s: float = 60.0
     """How long the broker may fail to answer before the worker gives up (its events stay unacknowledged)."""
     generation: int | None = field(default=None, init=False)
-    started: set[int] = field(default_factory=set, init=False)
-    stale: set[int] = field(default_factory=set, init=False)
-    foreign: set[int] = field(default_factory=set, init=False)
+    started: set[Partition] = field(default_factory=set, init=False)
+    stale: set[Partition] = field(default_factory=set, init=False)
+    foreign: set[Partition] = field(default_factory=set, init=False)
 
-    def settled(self, generation: int, partitions: Collection[int]) -> bool:
+    def settled(self, generation: int, partitions: Collection[Partition]) -> bool:
         """Whether every one of `partitions` is started in `generation` (the agent's fast path)."""
         return generation == self.generation and self.started.issuperset(partitions)
 
-    async def admit(self, generation: int, assigned: Collection[int], firsts: Mapping[int, int]) -> set[int]:
+    async def admit(
+        self, generation: int, assigned: Collection[Partition], firsts: Mapping[Partition, int]
+    ) -> set[Partition]:
         """The partitions of a batch whose events may be folded, given the offset of each partition's first event in
         the batch and the partitions this worker is assigned now."""
         if generation != self.generation:
@@ -146,8 +154,9 @@ class StartGuard:
                 else:
                     self.stale.add(p)
                     reason = (
-                        f"partition {p}: the first event of generation {generation} is at offset {first}, the group "
-                        f"resumes from {start}: a batch fetched before the rebalance (its events would be skipped)"
+                        f"partition {p[0]}:{p[1]}: the first record of generation {generation} is at offset {first}, "
+                        f"the group resumes from {start}: a batch fetched before the rebalance (the records between "
+                        "would be skipped)"
                     )
                     log.error("%s; refusing the partition's events and restarting", reason)
                     self.on_stale(reason)
