@@ -49,10 +49,11 @@ from streamscore.failures import describe, env_name
 from streamscore.faust_apps import faust_app as shared_faust_app
 from streamscore.faust_apps import install_faust_sensors, install_health, running_loop_name, use_event_loop
 from streamscore.health import Check, HealthPolicy
-from streamscore.kafka import admin_client, missing_topic, wait_for_broker
+from streamscore.kafka import admin_client, consumer_config, missing_topic, wait_for_broker
 from streamscore.logs import worker_logging_config
 from streamscore.ports import ensure_free
 from streamscore.registry import CHAMPION, AliasNotFoundError, Registry
+from streamscore.starts import KafkaPositions, StartGuard
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +263,13 @@ def create_app(
     install(runtime, merger)
     monitor = Monitor(app=app, runtime=runtime, merger=merger, settings=settings)
     runtime.on_give_up = monitor.give_up
+    # Faust's at-least-once consumer reads uncommitted data (aiokafka's default): so does the check of a gap.
+    positions = KafkaPositions(
+        admin_client(settings.kafka, quiet=True),
+        consumer_config(settings.kafka, "unused", "monitor-starts", read_committed=False),
+        settings.faust_id,
+    )
+    runtime.starts = StartGuard(positions, monitor.give_up)
     _add_pages(monitor)
     if loader is None:
         _warm_references(monitor)
