@@ -35,6 +35,7 @@ from typing import Any
 import faust
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from monitor.agents import MERGE_TABLE, STATE_TABLE, RecordingStore, Runtime, Topics, install
@@ -269,7 +270,7 @@ def create_app(
         consumer_config(settings.kafka, "unused", "monitor-starts", read_committed=False),
         settings.faust_id,
     )
-    runtime.starts = StartGuard(positions, monitor.give_up)
+    runtime.starts = StartGuard(positions, lambda tp, offset: app.consumer.seek(TP(*tp), offset), monitor.give_up)
     _add_pages(monitor)
     if loader is None:
         _warm_references(monitor)

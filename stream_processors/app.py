@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_processors.accounts.agents import TABLE_NAME, Edge, SeedStates, install
@@ -225,7 +226,7 @@ def create_app(
         window=window,
         seed=seed,
         batch_size=batch_size,
-        starts=StartGuard(positions, processor.give_up),
+        starts=StartGuard(positions, lambda tp, offset: app.consumer.seek(TP(*tp), offset), processor.give_up),
     )
     batcher.before_push = edge.send_changelog
 

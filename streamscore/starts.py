@@ -12,12 +12,20 @@ committed offset and the old position are never processed, and the first acknowl
 past them (seen in the feature processor's broker-kill test: offsets 43–66 of one partition lost, the commit went
 from 41 to 68).
 
+The same hole opens without a broker fault, at an ordinary rebalance, one record wide: a record whose hand-over to
+the stream was held up (its queue full, the flow suspended) completes after Faust's seek and sets the read offset
+past the committed one again (seen in the scale-out tests: first record at committed + 1, every few rebalances).
+
 So the first record of every partition in a generation is checked against the committed offset (`StartGuard`): at
 it, or past it only when no record lies in between (transaction markers take offsets but hold no records), it starts
-the partition. A record of a partition this worker is not assigned is dropped. Otherwise the batch is stale: none of
-the partition's records are processed or acknowledged in this generation (so Faust commits nothing of it, its gap
-included), and the worker exits non-zero for a restart, which reads the partition again from the committed offset —
-the only way back that does not reach into Faust's offset bookkeeping.
+the partition. A record of a partition this worker is not assigned is dropped. Otherwise the partition is sought back
+to the committed offset with Faust's public `Consumer.seek` (which moves its read offset back too), and its records
+are refused — neither processed nor acknowledged — until the record at that offset arrives; sought again if it has
+not after `reseek_s`. What remains: the records the stale batch carried past the seek leave a gap entry in Faust's
+bookkeeping, so once the partition's records are acknowledged again a commit can run ahead of records read but not
+yet acknowledged — a crash in that moment (a push delay, after a rebalance with a hole) would lose them; without the
+seek they were lost every time. A worker whose broker cannot say where a partition starts, or whose seek fails,
+exits non-zero for a restart.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -110,18 +118,25 @@ class _Closing:
 
 @dataclass
 class StartGuard:
-    """Checks the first event of each partition in each consumer generation (see the module docstring)."""
+    """Checks the first record of each partition in each consumer generation (see the module docstring)."""
 
     positions: Positions
+    seek: Callable[[Partition, int], Awaitable[object]]
+    """Seeks a partition of this worker's consumer (Faust's public `Consumer.seek`, which also moves its read
+    offset back)."""
     on_stale: Callable[[str], None]
-    """Stops the worker for a restart (`FeatureProcessor.give_up`)."""
+    """Stops the worker for a restart: when the broker cannot say where a partition starts, or a seek fails."""
     retry_s: float = 1.0
     patience_s: float = 60.0
-    """How long the broker may fail to answer before the worker gives up (its events stay unacknowledged)."""
+    """How long the broker may fail to answer before the worker gives up (its records stay unacknowledged)."""
+    reseek_s: float = 1.0
+    """A partition still not back at its start this long after its seek is sought again."""
+    clock: Callable[[], float] = time.monotonic
     generation: int | None = field(default=None, init=False)
     started: set[Partition] = field(default_factory=set, init=False)
-    stale: set[Partition] = field(default_factory=set, init=False)
     foreign: set[Partition] = field(default_factory=set, init=False)
+    seeking: dict[Partition, tuple[int, float]] = field(default_factory=dict, init=False)
+    """Partitions sought back to where the group resumes them: (that offset, when), until a record there arrives."""
 
     def settled(self, generation: int, partitions: Collection[Partition]) -> bool:
         """Whether every one of `partitions` is started in `generation` (the agent's fast path)."""
@@ -130,16 +145,27 @@ class StartGuard:
     async def admit(
         self, generation: int, assigned: Collection[Partition], firsts: Mapping[Partition, int]
     ) -> set[Partition]:
-        """The partitions of a batch whose events may be folded, given the offset of each partition's first event in
-        the batch and the partitions this worker is assigned now."""
+        """The partitions of a batch whose records may be processed, given the offset of each partition's first
+        record in the batch and the partitions this worker is assigned now. A partition whose first record is past
+        where the group resumes it, with records in between, is sought back there; its records are refused until the
+        one at that offset arrives."""
         if generation != self.generation:
-            self.generation, self.started, self.stale, self.foreign = generation, set(), set(), set()
-        new = sorted(p for p in firsts if p not in self.started and p not in self.stale and p not in self.foreign)
+            self.generation, self.started, self.foreign, self.seeking = generation, set(), set(), {}
+        new = sorted(p for p in firsts if p not in self.started and p not in self.foreign)
         foreign = [p for p in new if p not in assigned]
         if foreign:
             self.foreign.update(foreign)
-            log.warning("dropping the events of partitions %s: not assigned here (generation %s)", foreign, generation)
+            log.warning("dropping the records of partitions %s: not assigned here (generation %s)", foreign, generation)
         new = [p for p in new if p in assigned]
+        for p in [p for p in new if p in self.seeking]:
+            new.remove(p)
+            target, since = self.seeking[p]
+            if firsts[p] == target:
+                del self.seeking[p]
+                self.started.add(p)
+                log.info("partition %s:%d starts at %d again", p[0], p[1], target)
+            elif firsts[p] > target and self.clock() - since >= self.reseek_s:
+                await self._seek(p, target, firsts[p])
         if new:
             starts = await self._ask(self.positions.starts, new)
             for p in new:
@@ -152,15 +178,26 @@ class StartGuard:
                 if not between:
                     self.started.add(p)
                 else:
-                    self.stale.add(p)
-                    reason = (
-                        f"partition {p[0]}:{p[1]}: the first record of generation {generation} is at offset {first}, "
-                        f"the group resumes from {start}: a batch fetched before the rebalance (the records between "
-                        "would be skipped)"
+                    log.warning(
+                        "partition %s:%d: the first record of generation %s is at offset %d, the group resumes from "
+                        "%d: a batch fetched before the rebalance, or records the stream dropped; seeking back",
+                        p[0],
+                        p[1],
+                        generation,
+                        first,
+                        start,
                     )
-                    log.error("%s; refusing the partition's events and restarting", reason)
-                    self.on_stale(reason)
+                    await self._seek(p, start, first)
         return {p for p in firsts if p in self.started}
+
+    async def _seek(self, partition: Partition, offset: int, seen: int) -> None:
+        self.seeking[partition] = (offset, self.clock())
+        try:
+            await self.seek(partition, offset)
+        except Exception as exc:  # noqa: BLE001 — the consumer cannot seek: a restart reads from the committed offset
+            self.on_stale(
+                f"seeking {partition[0]}:{partition[1]} back to {offset} (a record at {seen} came first) failed: {exc}"
+            )
 
     async def _ask(self, function: Callable[..., T], *args: object) -> T | None:
         """`function(*args)` on an executor, retried while the broker does not answer; None once the patience is

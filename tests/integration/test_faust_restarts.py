@@ -256,7 +256,13 @@ def test_the_feature_processor_survives_a_broker_kill_or_pause(
                 lag = supervised.current.metrics("streamscore_features_consumer_group_lag_offsets")
                 return bool(lag) and sum(lag.values()) == 0
 
-            supervised.wait(caught_up, 60.0, "the group's lag gauge at 0")
+            try:
+                supervised.wait(caught_up, 60.0, "the group's lag gauge at 0")
+            except pytest.fail.Exception:
+                worker = supervised.current
+                for name in ("consumer_lag_offsets", "events_refused", "acks_refused", "pending_events"):
+                    print(name, worker.metrics(f"streamscore_features_{name}"))
+                raise
             supervised.wait(lambda: answer(supervised.current, "/readyz")[0] == 200, 60.0, "ready at the end")
     print(f"feature processor, broker {fault}: {what}; {len(events)} events, {len(accounts)} accounts as replayed")
 

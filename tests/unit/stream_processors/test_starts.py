@@ -50,8 +50,19 @@ def at(**offsets: int) -> dict[tuple[str, int], int]:
     return {(TOPIC, int(k[1:])): v for k, v in offsets.items()}
 
 
-def guard(broker: Broker, stopped: list[str]) -> StartGuard:
-    return StartGuard(broker, stopped.append, retry_s=0.0, patience_s=0.05)
+@dataclass
+class Clock:
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def guard(broker: Broker, stopped: list[str], clock: Clock | None = None) -> StartGuard:
+    async def seek(partition: tuple[str, int], offset: int) -> None:
+        broker.calls.append(f"seek {partition[1]} {offset}")
+
+    return StartGuard(broker, seek, stopped.append, retry_s=0.0, patience_s=0.05, clock=clock or Clock())
 
 
 def test_a_partition_starting_at_its_committed_offset_is_admitted_once_per_generation() -> None:
@@ -65,17 +76,31 @@ def test_a_partition_starting_at_its_committed_offset_is_admitted_once_per_gener
     assert stopped == []
 
 
-def test_a_batch_fetched_before_the_rebalance_is_refused_and_the_worker_restarts() -> None:
+def test_a_partition_starting_past_where_the_group_resumes_is_sought_back_and_refused_until_it_is_there() -> None:
     # The broker-kill test's case: the group resumes partition 4 at 41; a fetch from the old position returns 67.
-    broker, stopped = Broker({4: 41, 5: 7}, records={4: set(range(0, 200))}), list[str]()
-    g = guard(broker, stopped)
+    broker, stopped, clock = Broker({4: 41, 5: 7}, records={4: set(range(0, 200))}), list[str](), Clock()
+    g = guard(broker, stopped, clock)
     assert asyncio.run(g.admit(3, tps(4, 5), at(p4=67, p5=7))) == tps(5)
-    assert len(stopped) == 1 and "partition transactions:4" in stopped[0] and "67" in stopped[0] and "41" in stopped[0]
-    assert asyncio.run(g.admit(3, tps(4, 5), at(p4=41, p5=9))) == tps(
-        5
-    )  # the partition stays refused in this generation
-    assert len(stopped) == 1
-    assert asyncio.run(g.admit(4, tps(4), at(p4=41))) == tps(4)  # the next generation starts where the group resumes
+    assert broker.calls == ["starts [4, 5]", "read 4 [41, 67)", "seek 4 41"]
+    assert asyncio.run(g.admit(3, tps(4, 5), at(p4=68, p5=9))) == tps(5)  # the stale batch goes on: refused
+    clock.now = 2.0  # still not back after reseek_s: sought again
+    assert asyncio.run(g.admit(3, tps(4), at(p4=69))) == set()
+    assert broker.calls[-1] == "seek 4 41"
+    assert asyncio.run(g.admit(3, tps(4), at(p4=30))) == set()  # older records are refused, without a seek
+    assert broker.calls.count("seek 4 41") == 2
+    assert asyncio.run(g.admit(3, tps(4), at(p4=41))) == tps(4)  # back where the group resumes: started
+    assert g.settled(3, tps(4, 5)) and stopped == []
+
+
+def test_a_seek_that_fails_stops_the_worker_for_a_restart() -> None:
+    broker, stopped = Broker({4: 41}, records={4: set(range(200))}), list[str]()
+
+    async def seek(partition: tuple[str, int], offset: int) -> None:
+        raise RuntimeError("consumer stopped")
+
+    g = StartGuard(broker, seek, stopped.append, retry_s=0.0, patience_s=0.05)
+    assert asyncio.run(g.admit(3, tps(4), at(p4=67))) == set()
+    assert len(stopped) == 1 and "transactions:4" in stopped[0] and "consumer stopped" in stopped[0]
 
 
 def test_offsets_without_records_between_the_committed_one_and_the_first_event_are_markers() -> None:
