@@ -70,6 +70,24 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def fresh_setup(
+    kafka: KafkaSettings, redis: RedisSettings, work: Path, project: str = "drain"
+) -> tuple[str, TopicRegistry, FeastSettings]:
+    """A tag of its own, the topics under `bench.drain.<tag>.` and a Feast project applied in `work/<tag>`."""
+    tag = uuid.uuid4().hex[:6]
+    registry = TopicRegistry.build(prefix=f"bench.drain.{tag}.", partitions=6)
+    ensure_topics(kafka, registry.all())
+    feast = FeastSettings(
+        project=f"{project}_{tag}",
+        data_dir=work / tag / "features",
+        registry_path=work / tag / "registry.db",
+        online_store="redis",
+        redis=redis,
+    )
+    apply(open_store(feast), feast.data_dir)
+    return tag, registry, feast
+
+
 def produce(kafka: KafkaSettings, topic: str, count: int, accounts: int, seed: int) -> None:
     rate = 1000.0
     start = datetime.now(UTC) - timedelta(seconds=count / rate + 5)
@@ -123,17 +141,7 @@ def one_round(
     profile: str | None,
     extra_env: dict[str, str],
 ) -> tuple[Round, Path | None]:
-    tag = uuid.uuid4().hex[:6]
-    registry = TopicRegistry.build(prefix=f"bench.drain.{tag}.", partitions=6)
-    ensure_topics(kafka, registry.all())
-    feast = FeastSettings(
-        project=f"drain_{tag}",
-        data_dir=work / tag / "features",
-        registry_path=work / tag / "registry.db",
-        online_store="redis",
-        redis=redis,
-    )
-    apply(open_store(feast), feast.data_dir)
+    tag, registry, feast = fresh_setup(kafka, redis, work)
     produce(kafka, registry.transactions.name, events, accounts, seed)
     port = free_ports(1)[0]
     app_id = f"drain-{tag}"
@@ -255,17 +263,7 @@ def live_round(
     5 ms, with the scorer's reader): readable time - event time."""
     from scorer.features.redis_client import RedisFeatureClient
 
-    tag = uuid.uuid4().hex[:6]
-    registry = TopicRegistry.build(prefix=f"bench.drain.{tag}.", partitions=6)
-    ensure_topics(kafka, registry.all())
-    feast = FeastSettings(
-        project=f"drain_{tag}",
-        data_dir=work / tag / "features",
-        registry_path=work / tag / "registry.db",
-        online_store="redis",
-        redis=redis,
-    )
-    apply(open_store(feast), feast.data_dir)
+    tag, registry, feast = fresh_setup(kafka, redis, work)
     count = int(rate * seconds)
     start = datetime.now(UTC) + timedelta(seconds=60)  # generated before the worker starts; paced from `start` on
     records = transactions(seed, count, start, rate, accounts=accounts, merchants=max(accounts // 10, 10))

@@ -35,14 +35,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench._data import world
 from bench._processors import process_memory_kib
-from bench.feature_drain import ROOT, free_ports, worker_env
-from feature_repo.settings import FeastSettings
-from feature_repo.store import apply, open_store
+from bench.feature_drain import ROOT, free_ports, fresh_setup, worker_env
 from producers.generator import GeneratorConfig, TransactionGenerator
 from streamscore.contracts import headers_for
-from streamscore.kafka import ensure_topics, producer_config
+from streamscore.kafka import producer_config
 from streamscore.settings import KafkaSettings
-from streamscore.topics import TopicRegistry
 
 PARTITIONS = 6
 
@@ -219,17 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         traffic: Traffic | None = None
         try:
             kafka, redis = stack.settings.kafka_settings(), stack.settings.redis_settings()
-            tag = uuid.uuid4().hex[:6]
-            registry = TopicRegistry.build(prefix=f"bench.drain.{tag}.", partitions=PARTITIONS)
-            ensure_topics(kafka, registry.all())
-            feast = FeastSettings(
-                project=f"restart_{tag}",
-                data_dir=work / tag / "features",
-                registry_path=work / tag / "registry.db",
-                online_store="redis",
-                redis=redis,
-            )
-            apply(open_store(feast), feast.data_dir)
+            tag, registry, feast = fresh_setup(kafka, redis, work, "restart")
             env = worker_env(kafka, redis, feast, tag, port, work, {})
             changelog = f"bench.drain.{tag}.drain-{tag}-account-state-changelog"
             worker = Worker(env, port, work / "worker.log")

@@ -55,7 +55,6 @@ from streamscore.contracts import DeadLetterReason, DeadLetterStage, Label, Scor
 from streamscore.deadletters import DeadLetterGiveUpError, DeadLetterWriter, SourceRecord
 from streamscore.errors import EventError, StreamscoreError
 from streamscore.logs import kafka_context
-from streamscore.starts import StartGuard
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +196,6 @@ class Runtime:
     diverged: str | None = None
     """Why the states in memory are ahead of the changelog (a checkpoint cut short); None while they are not. Once
     set it stays: nothing more is written or applied from these states (module docstring)."""
-    starts: StartGuard | None = None
-    """Checks where each source partition starts in each consumer generation (streamscore/starts.py); None: not
-    checked (unit tests)."""
 
     @property
     def policy(self) -> Policy:
@@ -261,8 +257,6 @@ class Runtime:
         async with self.lock:
             if self.diverged is not None:
                 return  # not acknowledged: this worker's restart reads it again
-            if self.starts is not None and not await self._admitted(event.message):
-                return  # not applied, not acknowledged: read again from the committed offset
             state = self.states.get(event.message.partition) if self.ready else None
             if state is None:
                 if not self.ready:
@@ -273,25 +267,6 @@ class Runtime:
                     self.early.append(event)
                 return  # not ours (any more): its partition's owner reads it again
             await self.apply(state, event)
-
-    async def _admitted(self, message: Any) -> bool:
-        """Whether a source record may be applied: fetched under the current consumer generation (an older one's is
-        read again by its partition's owner from the committed offset), of a partition assigned here, and not from
-        a batch fetched before the rebalance (`StartGuard`: then the worker restarts)."""
-        guard = self.starts
-        assert guard is not None
-        generation = self.app.consumer_generation_id
-        if message.generation_id != generation:
-            self.metrics.records_refused.inc()
-            return False
-        tp = (message.topic, message.partition)
-        if guard.settled(generation, (tp,)):
-            return True
-        assigned = {(t.topic, t.partition) for t in self.app.consumer.assignment()}
-        if tp in await guard.admit(generation, assigned, {tp: message.offset}):
-            return True
-        self.metrics.records_refused.inc()
-        return False
 
     async def unread_starts(self) -> dict[TP, int]:
         """The assigned source partitions without a committed offset, and their log starts. Faust resumes fetching the

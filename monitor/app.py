@@ -35,7 +35,6 @@ from typing import Any
 import faust
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
-from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from monitor.agents import MERGE_TABLE, STATE_TABLE, RecordingStore, Runtime, Topics, install
@@ -50,11 +49,10 @@ from streamscore.failures import describe, env_name
 from streamscore.faust_apps import faust_app as shared_faust_app
 from streamscore.faust_apps import install_faust_sensors, install_health, running_loop_name, use_event_loop
 from streamscore.health import Check, HealthPolicy
-from streamscore.kafka import admin_client, consumer_config, missing_topic, wait_for_broker
+from streamscore.kafka import admin_client, missing_topic, wait_for_broker
 from streamscore.logs import worker_logging_config
 from streamscore.ports import ensure_free
 from streamscore.registry import CHAMPION, AliasNotFoundError, Registry
-from streamscore.starts import KafkaPositions, StartGuard
 
 log = logging.getLogger(__name__)
 
@@ -264,13 +262,6 @@ def create_app(
     install(runtime, merger)
     monitor = Monitor(app=app, runtime=runtime, merger=merger, settings=settings)
     runtime.on_give_up = monitor.give_up
-    # Faust's at-least-once consumer reads uncommitted data (aiokafka's default): so does the check of a gap.
-    positions = KafkaPositions(
-        admin_client(settings.kafka, quiet=True),
-        consumer_config(settings.kafka, "unused", "monitor-starts", read_committed=False),
-        settings.faust_id,
-    )
-    runtime.starts = StartGuard(positions, lambda tp, offset: app.consumer.seek(TP(*tp), offset), monitor.give_up)
     _add_pages(monitor)
     if loader is None:
         _warm_references(monitor)

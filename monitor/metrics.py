@@ -34,13 +34,6 @@ class MonitorMetrics:
             ["topic", "outcome"],
             registry=registry,
         )
-        self.records_refused = Counter(
-            f"{prefix}_records_refused",
-            "Source records neither applied nor acknowledged because they cannot be this worker's now: fetched under an"
-            " older consumer generation, of a partition not assigned here, or of a batch fetched before a rebalance"
-            " (then the worker restarts); each is read again from the committed offset (streamscore/starts.py)",
-            registry=registry,
-        )
         self.drift_skipped = Counter(
             f"{prefix}_drift_skipped",
             "Scores left out of drift windows: late (their window had closed), no_reference (the model version has no "
