@@ -51,6 +51,8 @@ class Restart:
     events_sent: int
     changelog_records: int
     """Records of the table's changelog a restart reads (from the log start to its end, after compaction)."""
+    changelog_mib: float
+    """Their values' size: each is an account's state, its last 24 h of events included."""
     changelog_offsets: int
     """Records ever written to the changelog (its end offsets): what a restart would read without compaction."""
     to_recovered_s: float
@@ -113,8 +115,8 @@ def health(port: int, path: str) -> tuple[int | None, dict[str, object]]:
         return None, {}
 
 
-def changelog_records(kafka: KafkaSettings, topic: str) -> tuple[int, int]:
-    """(records a reader from the beginning gets, the sum of end offsets)."""
+def changelog_records(kafka: KafkaSettings, topic: str) -> tuple[int, int, int]:
+    """(records a reader from the beginning gets, their values' bytes, the sum of end offsets)."""
     consumer = Consumer(
         {
             "bootstrap.servers": kafka.bootstrap_servers,
@@ -127,16 +129,17 @@ def changelog_records(kafka: KafkaSettings, topic: str) -> tuple[int, int]:
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(PARTITIONS)}
         todo = {p for p, end in ends.items() if end > 0}
         consumer.assign([TopicPartition(topic, p, 0) for p in todo])
-        count, deadline = 0, time.monotonic() + 600
+        count, size, deadline = 0, 0, time.monotonic() + 600
         while todo and time.monotonic() < deadline:
             for message in consumer.consume(10_000, timeout=1.0):
                 if message.error() is not None:
                     continue
                 count += 1
+                size += len(message.value() or b"")
                 partition, offset = message.partition(), message.offset()
                 if partition is not None and offset is not None and offset + 1 >= ends[partition]:
                     todo.discard(partition)
-        return count, sum(ends.values())
+        return count, size, sum(ends.values())
     finally:
         consumer.close()
 
@@ -230,13 +233,14 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(1.0)
                 rss_before = worker.rss_mib()
                 worker.stop()
-                records, offsets = changelog_records(kafka, changelog)
+                records, size, offsets = changelog_records(kafka, changelog)
                 started = worker.start()
                 to_recovered, to_ready = worker.wait(started)
                 result = Restart(
                     traffic_min=mark,
                     events_sent=traffic.sent,
                     changelog_records=records,
+                    changelog_mib=round(size / 2**20, 1),
                     changelog_offsets=offsets,
                     to_recovered_s=round(to_recovered, 2),
                     to_ready_s=round(to_ready, 2),
