@@ -188,6 +188,7 @@ def faust_app(settings: MonitorAppSettings, partitions: int) -> Any:
         offset_reset=settings.auto_offset_reset,
         store="memory://",
         state_dir=settings.state_dir,
+        loop=use_event_loop(settings.event_loop, env_name(MonitorAppSettings, "event_loop")),
     )
 
 
@@ -362,7 +363,7 @@ def run_worker(monitor: Monitor, loglevel: str = "info") -> None:
     # Faust's web server (metrics, health) binds in the worker's loop, where a taken port is a traceback: check first.
     settings = monitor.settings
     ensure_free(settings.metrics_port, env_name(MonitorAppSettings, "metrics_port"), settings.metrics_bind)
-    loop = monitor.app.loop = use_event_loop(settings.event_loop, env_name(MonitorAppSettings, "event_loop"))
+    loop = monitor.app.loop  # chosen when the app was made (faust_app)
     worker = faust.Worker(
         monitor.app, loop=loop, loglevel=loglevel, quiet=True, logging_config=worker_logging_config(loglevel)
     )

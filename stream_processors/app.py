@@ -133,6 +133,7 @@ def faust_app(settings: StreamProcessorSettings, partitions: int) -> Any:
         store=settings.store,
         offset_reset=settings.auto_offset_reset,
         state_dir=settings.state_dir,
+        loop=use_event_loop(settings.event_loop, env_name(StreamProcessorSettings, "event_loop")),
     )
 
 
@@ -373,7 +374,7 @@ def run_worker(processor: FeatureProcessor, loglevel: str = "info") -> None:
     # Faust's web server (metrics, health) binds in the worker's loop, where a taken port is a traceback: check first.
     settings = processor.settings
     ensure_free(settings.metrics_port, env_name(StreamProcessorSettings, "metrics_port"), settings.metrics_bind)
-    loop = processor.app.loop = use_event_loop(settings.event_loop, env_name(StreamProcessorSettings, "event_loop"))
+    loop = processor.app.loop  # chosen when the app was made (faust_app)
     worker = faust.Worker(
         processor.app, loop=loop, loglevel=loglevel, quiet=True, logging_config=worker_logging_config(loglevel)
     )

@@ -51,8 +51,8 @@ HEARTBEAT_INTERVAL_S = 1.0
 
 
 def use_event_loop(name: str, variable: str = "event loop") -> asyncio.AbstractEventLoop:
-    """A new event loop of `name` (one of EVENT_LOOPS), set as the thread's loop: pass it to the worker and its app
-    (`faust.Worker(app, loop=…)`, `app.loop = …`) so that neither keeps a loop resolved earlier.
+    """A new event loop of `name` (one of EVENT_LOOPS), set as the thread's loop: give it to the app when it is made
+    (`faust_app(…, loop=…)`) and run the worker on the app's loop (`faust.Worker(app, loop=app.loop)`).
 
     uvloop by default: every record a Faust worker consumes passes through several asyncio hand-offs (fetcher →
     conductor → stream queue → agent, acks, the changelog producer's futures); uvloop makes them cheaper (~8 % less
@@ -114,9 +114,16 @@ def faust_app(
     web_bind: str,
     offset_reset: str = "earliest",
     state_dir: Path | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
     **options: Any,
 ) -> Any:
     """A Faust app as our services run one; `options` adds Faust settings (commit cadence, store, …).
+
+    - `loop` (`use_event_loop`): the loop the worker will run, given before anything of the app is made. Faust's
+      channels, tables and their flow-controlled queues keep the app's loop as it is when they are made; a loop
+      chosen only when the worker starts left them on the default loop, and a record handed to a stream while its
+      queue was suspended (any rebalance with a full queue) failed with "Future attached to a different loop" — the
+      record was lost to the stream and the monitor's fetcher crashed;
 
     - at-least-once, a new group starting from the earliest record (`offset_reset`), `stream_wait_empty=False`: on a
       rebalance or at shutdown Faust commits what is acknowledged and does not wait for queued events (the
@@ -137,6 +144,7 @@ def faust_app(
         options["datadir"] = str(state_dir)
     return faust.App(
         app_id,
+        loop=loop,
         env={},
         autodiscover=False,
         broker=broker_urls(kafka),

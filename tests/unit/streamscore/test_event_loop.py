@@ -10,7 +10,8 @@ import faust
 import pytest
 
 from streamscore.errors import ConfigError
-from streamscore.faust_apps import running_loop_name, use_event_loop
+from streamscore.faust_apps import faust_app, running_loop_name, use_event_loop
+from streamscore.settings import KafkaSettings
 
 
 @pytest.fixture(autouse=True)
@@ -41,3 +42,57 @@ async def _running() -> asyncio.AbstractEventLoop:
 def test_an_unknown_loop_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"MONITOR_EVENT_LOOP: unknown event loop 'tokio'\. use one of uvloop"):
         use_event_loop("tokio", "MONITOR_EVENT_LOOP")
+
+
+def _suspended_hand_over(app: faust.App, queue: object, loop: asyncio.AbstractEventLoop) -> None:
+    """A record handed to a stream's queue while the flow is suspended (a rebalance) waits for the resume."""
+
+    async def scenario() -> None:
+        app.flow_control.suspend()
+        put = asyncio.ensure_future(queue.put("record"))  # type: ignore[attr-defined]
+        await asyncio.sleep(0.01)
+        if put.done():
+            put.result()  # raises what ended it early
+        assert not put.done()
+        app.flow_control.resume()
+        await asyncio.wait_for(put, 2.0)
+
+    loop.run_until_complete(scenario())
+
+
+@pytest.mark.parametrize("name", ["uvloop", "asyncio"])
+def test_a_record_handed_over_during_a_rebalance_waits_on_the_apps_own_loop(name: str) -> None:
+    loop = use_event_loop(name)
+    app = faust_app(
+        "loop-made",
+        KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+        client="t",
+        partitions=1,
+        web_port=1,
+        web_bind="127.0.0.1",
+        loop=loop,
+    )
+    queue = app.channel().queue  # made while the service is built, as the agents' are
+    try:
+        _suspended_hand_over(app, queue, app.loop)
+    finally:
+        loop.close()
+
+
+def test_negative_control_a_loop_chosen_after_the_app_was_made_breaks_the_hand_over() -> None:
+    # What the services did before: the app made on the default loop, the worker's loop set when it starts.
+    app = faust_app(
+        "loop-late",
+        KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+        client="t",
+        partitions=1,
+        web_port=1,
+        web_bind="127.0.0.1",
+    )
+    queue = app.channel().queue
+    loop = app.loop = use_event_loop("uvloop")
+    try:
+        with pytest.raises(RuntimeError, match="attached to a different loop"):
+            _suspended_hand_over(app, queue, loop)
+    finally:
+        loop.close()
