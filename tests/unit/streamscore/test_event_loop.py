@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import faust
 import pytest
@@ -44,6 +45,11 @@ def test_an_unknown_loop_is_a_config_error() -> None:
         use_event_loop("tokio", "MONITOR_EVENT_LOOP")
 
 
+def _app(app_id: str, loop: asyncio.AbstractEventLoop | None) -> Any:
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1")
+    return faust_app(app_id, kafka, client="t", partitions=1, web_port=1, web_bind="127.0.0.1", loop=loop)
+
+
 def _suspended_hand_over(app: faust.App, queue: object, loop: asyncio.AbstractEventLoop) -> None:
     """A record handed to a stream's queue while the flow is suspended (a rebalance) waits for the resume."""
 
@@ -63,15 +69,7 @@ def _suspended_hand_over(app: faust.App, queue: object, loop: asyncio.AbstractEv
 @pytest.mark.parametrize("name", ["uvloop", "asyncio"])
 def test_a_record_handed_over_during_a_rebalance_waits_on_the_apps_own_loop(name: str) -> None:
     loop = use_event_loop(name)
-    app = faust_app(
-        "loop-made",
-        KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-        client="t",
-        partitions=1,
-        web_port=1,
-        web_bind="127.0.0.1",
-        loop=loop,
-    )
+    app = _app("loop-made", loop)
     queue = app.channel().queue  # made while the service is built, as the agents' are
     try:
         _suspended_hand_over(app, queue, app.loop)
@@ -81,14 +79,7 @@ def test_a_record_handed_over_during_a_rebalance_waits_on_the_apps_own_loop(name
 
 def test_negative_control_a_loop_chosen_after_the_app_was_made_breaks_the_hand_over() -> None:
     # What the services did before: the app made on the default loop, the worker's loop set when it starts.
-    app = faust_app(
-        "loop-late",
-        KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-        client="t",
-        partitions=1,
-        web_port=1,
-        web_bind="127.0.0.1",
-    )
+    app = _app("loop-late", None)
     queue = app.channel().queue
     loop = app.loop = use_event_loop("uvloop")
     try:
