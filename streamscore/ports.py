@@ -47,8 +47,16 @@ def holder(port: int) -> str:
     for process in Path("/proc").iterdir():
         if not process.name.isdigit():
             continue
-        with contextlib.suppress(OSError):
-            for fd in (process / "fd").iterdir():
+        try:
+            fds = list((process / "fd").iterdir())
+        except OSError:
+            continue  # gone, or not ours to see
+        for fd in fds:
+            # One descriptor at a time: one closed while we look (a thread of that process at work) must not end the
+            # search of the process that holds the port (the CLI's own tests hold it in their pytest process).
+            try:
                 if str(fd.readlink()) in inodes:
                     return f"pid {process.name} ({(process / 'comm').read_text().strip()})"
+            except OSError:
+                continue
     return ""
