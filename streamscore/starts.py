@@ -1,5 +1,5 @@
-"""Where a partition's records must start after a rebalance, and refusing a batch fetched before it (the Faust
-services: the feature processor, the monitor).
+"""Where a partition's records must start after a rebalance, and refusing a batch fetched before it (the feature
+processor uses it; the monitor does not yet, see docs/monitor.md "Scale-out").
 
 After every rebalance Faust seeks each assigned partition to the group's committed offset, so the first record of a
 partition an agent gets under the new consumer generation should be the record at that offset. One case breaks this:
@@ -31,6 +31,7 @@ exits non-zero for a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -101,19 +102,10 @@ class KafkaPositions:
                 return offset is not None and offset < end
         raise TimeoutError(f"no record of {topic}:{number} from offset {start} within {self.timeout_s:.0f} s")
 
-    def _consumer(self) -> _Closing:
-        return _Closing(Consumer({**self._consumer_config, "group.id": f"streamscore-starts-{uuid.uuid4().hex}"}))
-
-
-class _Closing:
-    def __init__(self, consumer: Consumer) -> None:
-        self.consumer = consumer
-
-    def __enter__(self) -> Consumer:
-        return self.consumer
-
-    def __exit__(self, *exc: object) -> None:
-        self.consumer.close()
+    def _consumer(self) -> contextlib.closing[Consumer]:
+        return contextlib.closing(
+            Consumer({**self._consumer_config, "group.id": f"streamscore-starts-{uuid.uuid4().hex}"})
+        )
 
 
 @dataclass
